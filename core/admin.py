@@ -1,0 +1,65 @@
+"""Admin actions (imports, users, generation status), each checked against the user's role."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import auth
+from core.auth import User, require
+from core.config import ROOT, settings
+from core.ingest import ImportResult, import_file
+from core.store import Store
+
+IMPORT_FORMATS = ("auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl")
+
+
+def import_reports(store: Store, user: User, path: str | Path, fmt: str = "auto",
+                   display_name: str | None = None) -> ImportResult:
+    require(user, "admin")
+    return import_file(store, path, fmt=fmt, actor=user.username, display_name=display_name)
+
+
+def recent_imports(store: Store, user: User):
+    import pandas as pd
+
+    require(user, "admin", "coordinator")
+    return pd.DataFrame(store.imports())
+
+
+def users(store: Store, user: User):
+    import pandas as pd
+
+    require(user, "admin")
+    return pd.DataFrame([r.__dict__ for r in store.list_readers()])
+
+
+def add_user(store: Store, user: User, username: str, role: str, password: str):
+    require(user, "admin")
+    return auth.create_user(store, username, role, password, actor=user.username)
+
+
+def generation_status(store: Store, user: User) -> dict:
+    import pandas as pd
+
+    require(user, "admin", "coordinator")
+    by_model = pd.DataFrame(store.generation_status())
+    ready = store.reports_ready_count()
+    return {"reports": store.count_reports(), "ready": ready, "by_model": by_model}
+
+
+def start_generation(store: Store, user: User, limit: int = 200) -> Path:
+    """Start ``python -m core generate`` as a separate process; returns its log file."""
+    require(user, "admin")
+    logs = settings().data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"generate-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with open(log, "wb") as out:
+        subprocess.Popen([sys.executable, "-m", "core", "generate", "--limit", str(limit)],
+                         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                         env=dict(os.environ), start_new_session=True)
+    store.audit(user.username, "generation_started", {"limit": limit})
+    return log

@@ -1,0 +1,188 @@
+"""The annotate workflow: next case, rate/edit, skip, undo, and a reader's own history.
+
+Every function takes the signed-in :class:`core.auth.User` and checks permissions itself, so a
+page cannot forget to. Nothing is overwritten: undo appends a retraction.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from core.auth import User, require, require_self_or
+from core.errors import PermissionDenied, ValidationError
+from core.store import Case, Store
+
+RATING_SCALE: dict[int, str] = {
+    -2: "Much worse",
+    -1: "Worse",
+    0: "Equivalent",
+    1: "Better",
+    2: "Much better",
+}
+MAX_TEXT = 20_000  # characters; an impression is a few hundred at most
+RATERS = ("radiologist", "admin")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(value: str | None, field: str, max_len: int = MAX_TEXT) -> str | None:
+    """Normalise a free-text field from a form: NFC, no control characters, bounded length.
+
+    Raises:
+        ValidationError: naming the field when the text is too long.
+    """
+    if value is None:
+        return None
+    text = _CONTROL.sub("", unicodedata.normalize("NFC", str(value))).replace("\r\n", "\n")
+    text = text.strip()
+    if len(text) > max_len:
+        raise ValidationError(f"field {field!r}: {len(text):,} characters, at most "
+                              f"{max_len:,} allowed")
+    return text or None
+
+
+def _same_words(a: str | None, b: str | None) -> bool:
+    """True when two texts differ only in whitespace and punctuation."""
+    norm = lambda s: re.findall(r"[\w']+", (s or "").lower())  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def next_case(store: Store, user: User, adapter: str | None = None) -> Case | None:
+    """The signed-in radiologist's next case, or None when the queue is done."""
+    require(user, *RATERS)
+    return store.next_case(user.id, adapter=adapter)
+
+
+def progress(store: Store, user: User) -> tuple[int, int]:
+    require(user, *RATERS)
+    return store.queue_progress(user.id)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """What a radiologist submits for one case."""
+
+    rating: int
+    factual_error: bool = False
+    omission: bool = False
+    style_issue: bool = False
+    critical_missed: bool = False
+    comment: str | None = None
+    edited_text: str | None = None
+    time_spent_ms: int | None = None
+    blinded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rating not in RATING_SCALE:
+            raise ValidationError(f"rating {self.rating!r}: must be one of -2..2")
+        if self.time_spent_ms is not None and not 0 <= self.time_spent_ms < 86_400_000:
+            raise ValidationError(f"time_spent_ms {self.time_spent_ms!r} is out of range")
+
+
+def submit_rating(store: Store, user: User, case: Case, rating: Rating,
+                  client_token: str | None = None, study_id: int | None = None) -> int:
+    """Append a rating (and edit) of ``case`` by ``user``. Returns the feedback id.
+
+    An edit that changes only whitespace or punctuation is stored as no edit. A repeated
+    ``client_token`` (double submit) returns the first row's id.
+    """
+    require(user, *RATERS)
+    edited = clean_text(rating.edited_text, "edited impression")
+    if edited is not None and _same_words(edited, case.ai_text):
+        edited = None
+    return store.add_feedback(
+        reader_id=user.id, report_id=case.report_id, generation_id=case.generation_id,
+        kind="rating", rating=rating.rating, factual_error=rating.factual_error,
+        omission=rating.omission, style_issue=rating.style_issue,
+        critical_missed=rating.critical_missed,
+        comment=clean_text(rating.comment, "comment", 5_000), edited_text=edited,
+        time_spent_ms=rating.time_spent_ms, blinded=rating.blinded, study_id=study_id,
+        client_token=client_token)
+
+
+def skip(store: Store, user: User, case: Case, client_token: str | None = None,
+         time_spent_ms: int | None = None) -> int:
+    require(user, *RATERS)
+    return store.add_feedback(reader_id=user.id, report_id=case.report_id,
+                              generation_id=case.generation_id, kind="skip",
+                              time_spent_ms=time_spent_ms, client_token=client_token)
+
+
+def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:
+    """Retract the user's most recent standing rating or skip; returns it (or None)."""
+    require(user, *RATERS)
+    with store.tx():
+        last = store.last_current_rating(user.id, study_id)
+        if last is None:
+            return None
+        if last["reader_id"] != user.id:  # defence in depth: the query already filters
+            raise PermissionDenied("cannot retract another reader's rating")
+        store.add_feedback(reader_id=user.id, report_id=last["report_id"],
+                           generation_id=last["generation_id"], kind="retraction",
+                           retracts=last["id"], study_id=study_id)
+    return last
+
+
+def retract(store: Store, user: User, feedback_id: int) -> int:
+    """Retract one specific rating of the user's own."""
+    require(user, *RATERS)
+    with store.tx():
+        row = store.get_feedback(feedback_id)
+        if row["reader_id"] != user.id:
+            raise PermissionDenied(f"{user.username} may not retract another reader's rating")
+        if row["kind"] == "retraction" or store.is_retracted(feedback_id):
+            raise ValidationError(f"feedback {feedback_id} is already retracted")
+        return store.add_feedback(reader_id=user.id, report_id=row["report_id"],
+                                  generation_id=row["generation_id"], kind="retraction",
+                                  retracts=feedback_id, study_id=row["study_id"])
+
+
+def feedback_of(store: Store, user: User, reader_id: int | None = None,
+                include_retracted: bool = True):
+    """A reader's feedback history (DataFrame). Radiologists may only read their own."""
+    reader_id = user.id if reader_id is None else reader_id
+    require_self_or(user, reader_id, "coordinator", "admin")
+    return store.feedback_history(reader_id=reader_id, include_retracted=include_retracted)
+
+
+def blind_order(reader_id: int, report_id: int) -> tuple[str, str]:
+    """Which text is shown as A and which as B for this reader and case (stable, random-like).
+
+    Returns ("ai", "original") or ("original", "ai").
+    """
+    digest = hashlib.sha256(f"{reader_id}:{report_id}".encode()).digest()
+    return ("ai", "original") if digest[0] % 2 == 0 else ("original", "ai")
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """Word-level diff as (op, text) pieces with op in {"=", "-", "+"}.
+
+    >>> word_diff("No acute disease.", "No acute cardiopulmonary disease.")
+    [('=', 'No acute'), ('+', 'cardiopulmonary'), ('=', 'disease.')]
+    """
+    a, b = before.split(), after.split()
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("=", " ".join(a[i1:i2])))
+        if op in ("delete", "replace"):
+            out.append(("-", " ".join(a[i1:i2])))
+        if op in ("insert", "replace"):
+            out.append(("+", " ".join(b[j1:j2])))
+    return out
+
+
+def diff_html(before: str, after: str) -> str:
+    """The word diff as escaped HTML (<del>/<ins>), safe to render."""
+    import html
+
+    parts = []
+    for op, text in word_diff(before, after):
+        text = html.escape(text)
+        parts.append({"=": text, "-": f"<del style='color:#b42318'>{text}</del>",
+                      "+": f"<ins style='color:#067647'>{text}</ins>"}[op])
+    return " ".join(parts)

@@ -1,0 +1,39 @@
+"""Import report files into the store: validate the whole file first, then one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.store import Store
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    file: str
+    format: str
+    rows: int
+    imported: int
+    skipped: int
+
+    def summary(self) -> str:
+        return (f"{self.file}: {self.imported:,} reports imported, {self.skipped:,} skipped as "
+                f"duplicates ({self.rows:,} rows, format {self.format})")
+
+
+def import_file(store: Store, path: str | Path, fmt: str = "auto",
+                mapping: dict[str, str] | None = None, require_impression: bool = True,
+                actor: str | None = None, display_name: str | None = None) -> ImportResult:
+    """Validate ``path`` completely, then insert its reports in one transaction.
+
+    Raises:
+        core.importers.ImportValidationError: naming file, row and field; nothing is written.
+    """
+    from core.importers import detect_format, read_reports
+
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    records = read_reports(path, fmt=fmt, mapping=mapping, require_impression=require_impression)
+    name = display_name or str(path)
+    imported, skipped = store.import_reports(records, file=name, fmt=fmt, actor=actor)
+    return ImportResult(file=name, format=fmt, rows=len(records), imported=imported,
+                        skipped=skipped)

@@ -1,0 +1,67 @@
+"""Admin: import report files, manage users, watch generation."""
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from core import admin, auth
+from core.errors import ImpressionistError
+from ui import get_store, require_user
+
+user = require_user("admin")
+store = get_store()
+
+st.title("Admin")
+tab_import, tab_users, tab_gen = st.tabs(["Import reports", "Users", "Generation"])
+
+with tab_import:
+    st.markdown("Upload IU X-ray/Open-i CSV, CheXpert Plus CSV, MIMIC-CXR report text "
+                "(.txt), or a generic CSV/JSONL (columns uid, findings, impression, "
+                "indication, comparison). The whole file is checked before anything is "
+                "written: a bad file imports nothing.")
+    upload = st.file_uploader("Report file", type=["csv", "jsonl", "ndjson", "txt"],
+                              key="admin_upload")
+    fmt = st.selectbox("Format", admin.IMPORT_FORMATS, key="admin_format")
+    if st.button("Import", key="admin_import", type="primary", disabled=upload is None):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(upload.name).name
+            path.write_bytes(upload.getvalue())
+            with st.spinner(f"Importing {upload.name}…"):
+                try:
+                    result = admin.import_reports(store, user, path, fmt=fmt,
+                                                  display_name=upload.name)
+                except ImpressionistError as exc:
+                    st.error(f"Nothing was imported. {exc}")
+                else:
+                    st.success(result.summary())
+    st.markdown("**Recent imports**")
+    st.dataframe(admin.recent_imports(store, user), hide_index=True, use_container_width=True)
+
+with tab_users:
+    st.dataframe(admin.users(store, user), hide_index=True, use_container_width=True)
+    with st.form("add_user", clear_on_submit=True):
+        st.markdown("**Add a user**")
+        name = st.text_input("Username", key="admin_new_name")
+        role = st.selectbox("Role", auth.ROLES, key="admin_new_role")
+        password = st.text_input("Initial password", type="password", key="admin_new_pw")
+        if st.form_submit_button("Add user"):
+            try:
+                admin.add_user(store, user, name, role, password)
+            except ImpressionistError as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"Added {name} ({role}).")
+
+with tab_gen:
+    status = admin.generation_status(store, user)
+    st.metric("Reports", f"{status['reports']:,}")
+    st.metric("Reports with an AI impression ready", f"{status['ready']:,}")
+    st.dataframe(status["by_model"], hide_index=True, use_container_width=True)
+    st.markdown("Generation runs as its own process so that the app stays responsive; the "
+                "queue only shows cases whose AI impression is ready.")
+    limit = st.number_input("Reports to generate", 1, 100_000, 200, key="admin_gen_limit")
+    if st.button("Start generation in the background", key="admin_gen_start"):
+        log = admin.start_generation(store, user, limit=int(limit))
+        st.info(f"Started. Progress is written to {log}.")
+    st.code("python -m core generate --limit 200", language="bash")

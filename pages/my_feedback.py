@@ -1,0 +1,42 @@
+"""My feedback: a radiologist's own ratings and edits, filterable and exportable."""
+
+import streamlit as st
+
+from core import annotate
+from ui import get_store, require_user
+
+user = require_user("radiologist", "admin")
+store = get_store()
+
+st.title("My feedback")
+history = annotate.feedback_of(store, user)
+if history.empty:
+    st.info("You have not rated any case yet.")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+kinds = c1.multiselect("Kind", ["rating", "skip", "retraction"], default=["rating", "skip"],
+                       key="mf_kinds")
+show_retracted = c2.toggle("Include retracted", value=False, key="mf_retracted")
+only_edits = c3.toggle("Only edited", value=False, key="mf_edited")
+text = st.text_input("Search in findings, impressions and comments", key="mf_search")
+
+view = history[history["kind"].isin(kinds)]
+if not show_retracted:
+    view = view[~view["retracted"]]
+if only_edits:
+    view = view[view["edited_text"].notna()]
+if text:
+    needle = text.lower()
+    hay = (view["findings"].fillna("") + " " + view["ai_text"].fillna("") + " "
+           + view["edited_text"].fillna("") + " " + view["comment"].fillna("")).str.lower()
+    view = view[hay.str.contains(needle, regex=False)]
+
+view = view.assign(rating_label=view["rating"].map(annotate.RATING_SCALE))
+cols = ["created_at", "kind", "rating_label", "factual_error", "omission", "style_issue",
+        "critical_missed", "ai_text", "edited_text", "original_impression", "comment",
+        "external_id", "retracted"]
+st.caption(f"{len(view):,} of {len(history):,} rows")
+st.dataframe(view[cols], hide_index=True, use_container_width=True, key="mf_table")
+st.download_button("Export CSV", view.to_csv(index=False).encode("utf-8"),
+                   file_name=f"feedback-{user.username}.csv", mime="text/csv", key="mf_export")

@@ -1,0 +1,64 @@
+"""Shared fixtures. Every test gets its own database; nothing touches data/ or a model hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_IU = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray" / "reports.csv"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """Point the app at a per-test database and keep everything offline and on the CPU."""
+    monkeypatch.setenv("IMPRESSIONIST_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("IMPRESSIONIST_DB", str(tmp_path / "data" / "test.duckdb"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("IMPRESSIONIST_BCRYPT_ROUNDS", "4")
+    yield
+
+
+@pytest.fixture
+def iu_csv() -> Path:
+    if not SHARED_IU.exists():
+        pytest.skip(f"real IU X-ray data absent at {SHARED_IU}")
+    return SHARED_IU
+
+
+@pytest.fixture
+def store(tmp_path):
+    from core.store import Store
+
+    s = Store(os.environ["IMPRESSIONIST_DB"])
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def users(store):
+    """One user per role, plus a second radiologist (passwords: '<name>-Passw0rd')."""
+    from core import auth
+
+    out = {}
+    for name, role in [("rad1", "radiologist"), ("rad2", "radiologist"),
+                       ("coord", "coordinator"), ("admin", "admin")]:
+        auth.create_user(store, name, role, f"{name}-Passw0rd")
+        out[name] = auth.sign_in(store, name, f"{name}-Passw0rd")
+    return out
+
+
+@pytest.fixture
+def cases(store):
+    """Twelve synthetic reports, each with a stored AI impression (no model needed)."""
+    from core.demo import synthetic_reports
+
+    store.import_reports(synthetic_reports(12, seed=3), file="synthetic", fmt="demo")
+    reports = store.reports()
+    store.add_generations({"report_id": r["id"], "model": "test-model",
+                           "text": f"AI impression for report {r['id']}.", "latency_ms": 5.0}
+                          for r in reports)
+    return reports

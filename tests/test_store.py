@@ -1,0 +1,111 @@
+import multiprocessing as mp
+import time
+
+import pytest
+
+from core.errors import StoreError
+
+
+def test_migrate_is_idempotent(store):
+    v = store.schema_version()
+    assert v >= 1
+    assert store.migrate() == v
+
+
+def test_import_reports_dedups(store):
+    from core.demo import synthetic_reports
+
+    recs = synthetic_reports(10, seed=1)
+    assert store.import_reports(recs, "a.csv", "demo") == (10, 0)
+    assert store.import_reports(recs, "a.csv", "demo") == (0, 10)
+    assert store.count_reports() == 10
+    imports = store.imports()
+    assert [i["n_imported"] for i in imports] == [0, 10]
+
+
+def test_import_is_one_transaction(store):
+    from core.demo import synthetic_reports
+
+    class Boom:
+        def __iter__(self):
+            yield from synthetic_reports(3, seed=2)
+            raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        store.import_reports(Boom(), "b.csv", "demo")
+    assert store.count_reports() == 0
+    assert store.imports() == []
+
+
+def test_feedback_is_append_only_and_current_view(store, users, cases):
+    rad = users["rad1"]
+    case = store.next_case(rad.id)
+    fid = store.add_feedback(reader_id=rad.id, report_id=case.report_id,
+                             generation_id=case.generation_id, kind="rating", rating=1)
+    assert store.next_case(rad.id).report_id != case.report_id
+    store.add_feedback(reader_id=rad.id, report_id=case.report_id,
+                       generation_id=case.generation_id, kind="retraction", retracts=fid)
+    # retracted: the case is back in the queue, and both rows are still there
+    assert store.next_case(rad.id).report_id == case.report_id
+    assert store.count_feedback(rad.id) == 2
+    assert store.is_retracted(fid)
+
+
+def test_double_submit_with_same_token_writes_once(store, users, cases):
+    rad = users["rad1"]
+    case = store.next_case(rad.id)
+    kw = dict(reader_id=rad.id, report_id=case.report_id, generation_id=case.generation_id,
+              kind="rating", rating=0, client_token="tok-1")
+    assert store.add_feedback(**kw) == store.add_feedback(**kw)
+    assert store.count_feedback(rad.id) == 1
+
+
+def test_unknown_feedback_field_refused(store):
+    with pytest.raises(StoreError):
+        store.add_feedback(reader_id=1, report_id=1, kind="rating", rating=1, evil="x")
+
+
+def test_queue_only_shows_ready_cases(store, users):
+    from core.demo import synthetic_reports
+
+    store.import_reports(synthetic_reports(3, seed=9), "c", "demo")
+    assert store.next_case(users["rad1"].id) is None
+    rid = store.reports()[1]["id"]
+    store.add_generations([{"report_id": rid, "model": "m", "text": "t"}])
+    assert store.next_case(users["rad1"].id).report_id == rid
+    assert store.queue_progress(users["rad1"].id) == (0, 1)
+
+
+def _hold_and_write(path, seconds, n, q):
+    from core.store import Store
+
+    s = Store(path)
+    ok = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and ok < n:
+        s.audit("other-process", "tick", {"i": ok})
+        ok += 1
+        time.sleep(0.002)
+    s.close()
+    q.put(ok)
+
+
+def test_two_processes_share_the_file(store):
+    """The app (this process) and another process both read and write while the other runs."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_hold_and_write, args=(store.path, 20, 60, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    mine = 0
+    end = time.monotonic() + 20
+    while time.monotonic() < end and mine < 60:
+        store.audit("this-process", "tick", {"i": mine})
+        mine += 1
+        time.sleep(0.002)
+    others = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert others == [60, 60] and mine == 60
+    assert len(store.audit_log(limit=1000, action="tick")) == 180
