@@ -8,19 +8,27 @@ st.set_page_config(page_title="Impressionist", page_icon="🩻", layout="wide")
 
 user = current_user()
 if user is None:
-    pages = [st.Page("pages/sign_in.py", title="Sign in", icon="🔑")]
+    home = st.Page("pages/sign_in.py", title="Sign in", icon="🔑", default=True)
+    pages = [home]
 else:
+    annotate = st.Page("pages/annotate.py", title="Annotate", icon="📝",
+                       default=user.role != "coordinator")
+    everyone = st.Page("pages/feedback_all.py", title="All feedback", icon="📊",
+                       default=user.role == "coordinator")
     pages = []
     if user.role in ("radiologist", "admin"):
-        pages += [st.Page("pages/annotate.py", title="Annotate", icon="📝", default=True),
-                  st.Page("pages/my_feedback.py", title="My feedback", icon="🗂️")]
+        pages += [annotate, st.Page("pages/my_feedback.py", title="My feedback", icon="🗂️")]
     if user.role in ("coordinator", "admin"):
-        pages += [st.Page("pages/feedback_all.py", title="All feedback", icon="📊",
-                          default=user.role == "coordinator")]
+        pages += [everyone]
     if user.role == "admin":
         pages += [st.Page("pages/admin.py", title="Admin", icon="⚙️")]
     pages += [st.Page("pages/sign_out.py", title="Sign out", icon="🚪")]
+    home = everyone if user.role == "coordinator" else annotate
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
 
-st.navigation(pages).run()
+page = st.navigation(pages)
+if user is not None and st.session_state.pop("just_signed_in", False):
+    # The browser still points at the sign-in page; send it to the role's home page.
+    st.switch_page(home)
+page.run()

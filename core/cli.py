@@ -149,6 +149,9 @@ def cmd_setup(args) -> int:
                                        model=None))
 
 
+# -- more command functions: helpers insert above this line, one function each --
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
@@ -197,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_prepare_model)
+
+    # -- more commands: helpers insert their sub-parsers above this line, one block each --
 
     p = sub.add_parser("setup", help="migrate, prepare the model, write demo data")
     p.add_argument("--reports", type=int, default=60)

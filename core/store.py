@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from core.errors import NotFound, StoreBusy, StoreError
+from core.store_study import STUDY_MIGRATIONS, StudyQueries
+from core.store_training import TRAINING_MIGRATIONS, TrainingQueries
 
 # ---------------------------------------------------------------------------------------------
 # Migrations. Append only; never edit a released migration. Version ranges by area:
@@ -140,6 +142,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 
+MIGRATIONS += TRAINING_MIGRATIONS + STUDY_MIGRATIONS
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -171,7 +176,7 @@ class Case:
     flags: dict
 
 
-class Store:
+class Store(TrainingQueries, StudyQueries):
     """A DuckDB database shared fairly between processes (see the module docstring).
 
     Args:

@@ -23,6 +23,16 @@ def _load(case=None) -> None:
     st.session_state["revealed"] = None
 
 
+def _rerun() -> None:
+    """Rerun only the case panel when it runs as a fragment (no page flicker), else the page."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:  # the panel ran as part of a full-page run
+        st.rerun()
+
+
 def _set_rating(value: int) -> None:
     st.session_state[f"rating_{st.session_state['case_nonce']}"] = value
 
@@ -44,7 +54,7 @@ def case_panel() -> None:
         st.success(revealed)
         if st.button("Next case", key="next_after_reveal", shortcut="N", type="primary"):
             _load()
-            st.rerun(scope="fragment")
+            _rerun()
         return
 
     if case is None:
@@ -54,7 +64,7 @@ def case_panel() -> None:
             last = annotate.undo_last(store, user)
             if last is not None:
                 _load(store.case(last["report_id"]))
-                st.rerun(scope="fragment")
+                _rerun()
         return
 
     blind = st.session_state.get("blind", False)
@@ -120,14 +130,14 @@ def case_panel() -> None:
             if blind:
                 st.session_state["revealed"] = (
                     f"Saved. Impression {'A' if order[0] == 'ai' else 'B'} was the AI's.")
-                st.rerun(scope="fragment")
+                _rerun()
             st.session_state["annotate_flash"] = "Rating saved"
             _load()
-            st.rerun(scope="fragment")
+            _rerun()
         if skip:
             annotate.skip(store, user, case, client_token=f"{nonce}-skip", time_spent_ms=spent)
             _load()
-            st.rerun(scope="fragment")
+            _rerun()
         if undo:
             last = annotate.undo_last(store, user)
             if last is None:
@@ -135,7 +145,7 @@ def case_panel() -> None:
             else:
                 st.session_state["annotate_flash"] = "Last rating retracted"
                 _load(store.case(last["report_id"]))
-            st.rerun(scope="fragment")
+            _rerun()
     except ImpressionistError as exc:
         st.error(str(exc))
 

@@ -20,4 +20,5 @@ if submitted:
     except AuthError as exc:
         st.error(str(exc))
     else:
+        st.session_state["just_signed_in"] = True
         st.rerun()

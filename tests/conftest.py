@@ -18,6 +18,8 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("IMPRESSIONIST_BCRYPT_ROUNDS", "4")
+    # .streamlit/config.toml hides error details from users; page tests need them.
+    monkeypatch.setenv("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
     yield
 
 

@@ -1,0 +1,159 @@
+"""Page tests with streamlit.testing.v1.AppTest: sign in, rate, edit, undo, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 30
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _show_errors():
+    """.streamlit/config.toml hides error details from users; page tests need them."""
+    from streamlit import config
+
+    config.set_option("client.showErrorDetails", "full")
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def _signed_in(user) -> AppTest:
+    at = _app()
+    at.session_state["user"] = user
+    return at.run()
+
+
+def _button(at, key_prefix):
+    return next(b for b in at.button if b.key and b.key.startswith(key_prefix))
+
+
+def test_sign_in_with_wrong_then_right_password(store, users):
+    at = _app().run()
+    assert not at.exception
+    at.text_input(key="signin_username").input("rad1")
+    at.text_input(key="signin_password").input("not-the-password")
+    at.button[0].click().run()
+    assert "wrong password" in at.error[0].value
+    assert "user" not in at.session_state
+    at.text_input(key="signin_password").input("rad1-Passw0rd")
+    at.button[0].click().run()
+    assert at.session_state["user"].username == "rad1"
+    # AppTest keeps the last page selected; a browser lands on the role's home page.
+    at.switch_page("pages/annotate.py").run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Annotate"], [t.value for t in at.title]
+
+
+def test_rate_edit_and_undo_through_the_page(store, users, cases):
+    rad = users["rad1"]
+    at = _signed_in(rad)
+    assert not at.exception, at.exception
+    first = at.session_state["case"]
+    assert first.findings in [t.value for t in at.text]
+    _button(at, "rate_1_").click().run()                      # "Better"
+    at.checkbox(key=f"style_{at.session_state['case_nonce']}").check()
+    nonce = at.session_state["case_nonce"]
+    at.text_area(key=f"edit_{nonce}").input("No acute cardiopulmonary process.")
+    at.run()
+    assert any("<ins" in m.value for m in at.markdown)     # the word diff is shown
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    rows = store.feedback_history(reader_id=rad.id)
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert (row["rating"], row["style_issue"], row["edited_text"]) == (
+        1, True, "No acute cardiopulmonary process.")
+    assert at.session_state["case"].report_id != first.report_id
+    # undo brings the same case back and appends a retraction
+    _button(at, "undo_").click().run()
+    assert at.session_state["case"].report_id == first.report_id
+    kinds = sorted(store.feedback_history(reader_id=rad.id)["kind"])
+    assert kinds == ["rating", "retraction"]
+
+
+def test_blinded_rating_is_stored_as_ai_vs_original(store, users, cases):
+    from core.annotate import blind_order
+
+    rad = users["rad1"]
+    at = _signed_in(rad)
+    at.toggle(key="blind").set_value(True).run()
+    case = at.session_state["case"]
+    labels = [m.value for m in at.markdown]
+    assert "**Impression A**" in labels and "**AI impression**" not in labels
+    _button(at, "rate_2_").click().run()                      # "B much better than A"
+    _button(at, "submit_").click().run()
+    expected = 2 if blind_order(rad.id, case.report_id)[1] == "ai" else -2
+    row = store.feedback_history(reader_id=rad.id).iloc[0]
+    assert row["rating"] == expected and row["blinded"]
+    assert "was the AI" in at.success[0].value              # revealed only after rating
+
+
+def test_skip_then_queue_moves_on(store, users, cases):
+    at = _signed_in(users["rad1"])
+    first = at.session_state["case"].report_id
+    _button(at, "skip_").click().run()
+    assert at.session_state["case"].report_id != first
+
+
+def test_radiologist_does_not_get_admin_page(store, users):
+    at = _signed_in(users["rad1"])
+    # st.navigation registers only the role's pages: the admin page does not exist for them
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("pages/admin.py")
+    at = _signed_in(users["admin"])
+    at.switch_page("pages/admin.py").run()
+    assert [t.value for t in at.title] == ["Admin"]
+
+
+def test_admin_page_refuses_non_admin_directly(store, users):
+    at = AppTest.from_file(str(ROOT / "pages/admin.py"), default_timeout=TIMEOUT)
+    at.session_state["user"] = users["coord"]
+    at.run()
+    assert "do not have access" in at.error[0].value
+
+
+def test_my_feedback_shows_only_own_rows(store, users, cases):
+    from core import annotate
+
+    r1, r2 = users["rad1"], users["rad2"]
+    annotate.submit_rating(store, r1, annotate.next_case(store, r1),
+                           annotate.Rating(rating=2, comment="mine"))
+    annotate.submit_rating(store, r2, annotate.next_case(store, r2),
+                           annotate.Rating(rating=-2, comment="theirs"))
+    at = AppTest.from_file(str(ROOT / "pages/my_feedback.py"), default_timeout=TIMEOUT)
+    at.session_state["user"] = r2
+    at.run()
+    frame = at.dataframe[0].value
+    assert list(frame["comment"]) == ["theirs"]
+
+
+def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_path):
+    import csv
+
+    good = tmp_path / "good.csv"
+    with good.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "findings", "impression"])
+        w.writerow(["a1", "Lungs are clear.", "Normal chest."])
+        w.writerow(["a2", "Small left effusion.", "Small left pleural effusion."])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uid,findings,impression\nb1,Lungs clear.,Normal.\nb2,,Normal.\n")
+    from core import admin
+
+    result = admin.import_reports(store, users["admin"], good)
+    assert (result.imported, result.skipped) == (2, 0)
+    from core.importers import ImportValidationError
+
+    with pytest.raises(ImportValidationError, match=r"row 3.*findings"):
+        admin.import_reports(store, users["admin"], bad)
+    assert store.count_reports() == 2
+    at = AppTest.from_file(str(ROOT / "pages/admin.py"), default_timeout=TIMEOUT)
+    at.session_state["user"] = users["admin"]
+    at.run()
+    assert not at.exception, at.exception
