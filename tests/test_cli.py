@@ -1,0 +1,78 @@
+"""CLI tests: python -m core <verb>, run in a subprocess like a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+
+def test_users_add_reads_password_from_stdin(store):
+    store.close()  # the CLI is another process; let it have the file
+    result = run("users", "add", "dr_cli", "--role", "radiologist", stdin="Str0ng-password\n")
+    assert result.returncode == 0, result.stderr
+    assert "Str0ng-password" not in result.stdout + result.stderr
+    listed = run("users", "list")
+    assert "dr_cli" in listed.stdout and "radiologist" in listed.stdout
+    weak = run("users", "add", "dr_weak", "--role", "radiologist", stdin="short\n")
+    assert weak.returncode == 2 and "at least 8" in weak.stderr
+
+
+def test_import_counts_and_reimport_adds_nothing(tmp_path, store):
+    store.close()
+    f = tmp_path / "reports.jsonl"
+    f.write_text('{"uid": "1", "findings": "Lungs clear.", "impression": "Normal."}\n'
+                 '{"uid": "2", "findings": "Small effusion.", "impression": "Effusion."}\n')
+    first = run("import", str(f))
+    assert first.returncode == 0, first.stderr
+    assert "2 reports imported, 0 skipped" in first.stdout
+    again = run("import", str(f))
+    assert "0 reports imported, 2 skipped" in again.stdout
+
+
+def test_bad_file_exits_2_naming_row_and_field_and_writes_nothing(tmp_path, store):
+    store.close()
+    f = tmp_path / "broken.csv"
+    f.write_text("uid,findings,impression\n1,Lungs clear.,Normal.\n2,,Normal.\n")
+    result = run("import", str(f))
+    assert result.returncode == 2
+    assert "broken.csv" in result.stderr and "row 3" in result.stderr \
+        and "findings" in result.stderr
+    from core.store import Store
+
+    s = Store(os.environ["IMPRESSIONIST_DB"])
+    assert s.count_reports() == 0
+    s.close()
+
+
+def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
+    store.close()
+    result = run("import", str(iu_csv))
+    assert result.returncode == 0, result.stderr
+    assert "2,809 reports imported" in result.stdout
+    text = iu_csv.read_text(encoding="utf-8")
+    # cut the file in the middle of the findings of a row about two thirds in
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text)))
+    findings = rows[1900][6]
+    start = text.index("\n" + rows[1900][0] + ",")
+    cut = text.index(findings, start) + len(findings) // 2
+    broken = tmp_path / "reports-broken.csv"
+    broken.write_text(text[:cut], encoding="utf-8")
+    bad = run("import", str(broken), "--format", "iu-xray")
+    assert bad.returncode == 2 and "reports-broken.csv" in bad.stderr
+    from core.store import Store
+
+    s = Store(os.environ["IMPRESSIONIST_DB"])
+    assert s.count_reports() == 2809
+    s.close()
