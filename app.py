@@ -4,25 +4,25 @@ import streamlit as st
 
 from ui import current_user
 
-st.set_page_config(page_title="Impressionist", page_icon="🩻", layout="wide")
+st.set_page_config(page_title="Impressionist", page_icon=":material/radiology:", layout="wide")
 
 user = current_user()
 if user is None:
-    home = st.Page("pages/sign_in.py", title="Sign in", icon="🔑", default=True)
+    home = st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)
     pages = [home]
 else:
-    annotate = st.Page("pages/annotate.py", title="Annotate", icon="📝",
+    annotate = st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:",
                        default=user.role != "coordinator")
-    everyone = st.Page("pages/feedback_all.py", title="All feedback", icon="📊",
+    everyone = st.Page("pages/feedback_all.py", title="All feedback", icon=":material/table_chart:",
                        default=user.role == "coordinator")
     pages = []
     if user.role in ("radiologist", "admin"):
-        pages += [annotate, st.Page("pages/my_feedback.py", title="My feedback", icon="🗂️")]
+        pages += [annotate, st.Page("pages/my_feedback.py", title="My feedback", icon=":material/history:")]
     if user.role in ("coordinator", "admin"):
         pages += [everyone]
     if user.role == "admin":
-        pages += [st.Page("pages/admin.py", title="Admin", icon="⚙️")]
-    pages += [st.Page("pages/sign_out.py", title="Sign out", icon="🚪")]
+        pages += [st.Page("pages/admin.py", title="Admin", icon=":material/settings:")]
+    pages += [st.Page("pages/sign_out.py", title="Sign out", icon=":material/logout:")]
     home = everyone if user.role == "coordinator" else annotate
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")

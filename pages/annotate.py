@@ -84,39 +84,41 @@ def case_panel() -> None:
         for col, label, key in ((a, labels[0], order[0]), (b, labels[1], order[1])):
             with col:
                 st.markdown(f"**{label}**")
-                st.info(texts[key]) if key == "ai" or blind else st.text(texts[key])
+                with st.container(border=True):
+                    st.text(texts[key])
         if case.flags.get("messages"):
             st.warning("Clinical check: " + "; ".join(case.flags["messages"]))
 
-        question = ("How does **B** compare with **A**?" if blind else
-                    "How does the **AI impression** compare with the original?")
-        st.markdown(question)
-        current = st.session_state.get(f"rating_{nonce}")
-        cols = st.columns(5)
-        for col, (value, label) in zip(cols, annotate.RATING_SCALE.items()):
-            col.button(f"{label}", key=f"rate_{value}_{nonce}", shortcut=SHORTCUTS[value],
-                       type="primary" if current == value else "secondary",
-                       on_click=_set_rating, args=(value,), use_container_width=True)
-        c1, c2, c3, c4 = st.columns(4)
-        factual = c1.checkbox("Factually wrong", key=f"factual_{nonce}")
-        omission = c2.checkbox("Omission", key=f"omission_{nonce}")
-        style = c3.checkbox("Style", key=f"style_{nonce}")
-        critical = c4.checkbox("Missed critical finding", key=f"critical_{nonce}")
-        edited = st.text_area("Edit the AI impression (optional)", value=case.ai_text,
-                              key=f"edit_{nonce}", height=110)
-        if edited.strip() != case.ai_text.strip():
-            st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
-                        unsafe_allow_html=True)
-        comment = st.text_input("Comment (optional)", key=f"comment_{nonce}")
+    st.divider()
+    question = ("How does **B** compare with **A**?" if blind else
+                "How does the **AI impression** compare with the original?")
+    st.markdown(question)
+    current = st.session_state.get(f"rating_{nonce}")
+    cols = st.columns(5)
+    for col, (value, label) in zip(cols, annotate.RATING_SCALE.items()):
+        col.button(f"{label}", key=f"rate_{value}_{nonce}", shortcut=SHORTCUTS[value],
+                   type="primary" if current == value else "secondary",
+                   on_click=_set_rating, args=(value,), use_container_width=True)
+    c1, c2, c3, c4 = st.columns(4)
+    factual = c1.checkbox("Factually wrong", key=f"factual_{nonce}")
+    omission = c2.checkbox("Omission", key=f"omission_{nonce}")
+    style = c3.checkbox("Style", key=f"style_{nonce}")
+    critical = c4.checkbox("Missed critical finding", key=f"critical_{nonce}")
+    edited = st.text_area("Edit the AI impression (optional)", value=case.ai_text,
+                          key=f"edit_{nonce}", height=110)
+    if edited.strip() != case.ai_text.strip():
+        st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
+                    unsafe_allow_html=True)
+    comment = st.text_input("Comment (optional)", key=f"comment_{nonce}")
 
-        b1, b2, b3 = st.columns(3)
-        submit = b1.button("Submit and next", key=f"submit_{nonce}", shortcut="Ctrl+Enter",
-                           type="primary", disabled=current is None, use_container_width=True)
-        skip = b2.button("Skip", key=f"skip_{nonce}", shortcut="Alt+S",
-                         use_container_width=True)
-        undo = b3.button("Undo last rating", key=f"undo_{nonce}", shortcut="Alt+Z",
-                         use_container_width=True)
-        st.caption("Keys: 1–5 rate · Ctrl+Enter submit · Alt+S skip · Alt+Z undo")
+    b1, b2, b3 = st.columns(3)
+    submit = b1.button("Submit and next", key=f"submit_{nonce}", shortcut="Ctrl+Enter",
+                       type="primary", disabled=current is None, use_container_width=True)
+    skip = b2.button("Skip", key=f"skip_{nonce}", shortcut="Alt+S",
+                     use_container_width=True)
+    undo = b3.button("Undo last rating", key=f"undo_{nonce}", shortcut="Alt+Z",
+                     use_container_width=True)
+    st.caption("Keys: 1–5 rate · Ctrl+Enter submit · Alt+S skip · Alt+Z undo")
 
     spent = int((time.monotonic() - st.session_state["case_started"]) * 1000)
     try:
