@@ -149,6 +149,22 @@ def cmd_setup(args) -> int:
                                        model=None))
 
 
+def cmd_backup(args) -> int:
+    store = _store(args)
+    counts = store.backup(args.dest)
+    store.audit("cli", "backup", {"to": Path(args.dest).name, **counts})
+    print(f"backup written to {args.dest}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    store = _store(args)
+    counts = store.restore(args.src)
+    print(f"restored {args.src}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items())
+          + f" (previous database kept as {store.path}.before-restore)")
+    return 0
+
+
 # -- more command functions: helpers insert above this line, one function each --
 
 
@@ -200,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_prepare_model)
+
+    p = sub.add_parser("backup", help="consistent copy of the database (safe while the app runs)")
+    p.add_argument("dest", help="new backup file, e.g. backups/2026-11-23.duckdb")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="replace the database with a backup")
+    p.add_argument("src")
+    p.set_defaults(func=cmd_restore)
 
     # -- more commands: helpers insert their sub-parsers above this line, one block each --
 

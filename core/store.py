@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -143,6 +144,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 
 
 MIGRATIONS += TRAINING_MIGRATIONS + STUDY_MIGRATIONS
+
+
+def _sql_path(path: str | os.PathLike) -> str:
+    return str(path).replace("'", "''")
 
 
 def _now() -> datetime:
@@ -317,6 +322,68 @@ class Store(TrainingQueries, StudyQueries):
         with self._lock:
             self._closed = True
             self._release()
+
+    # -- backup and restore ----------------------------------------------------------------------
+    def backup(self, dest: str | os.PathLike) -> dict:
+        """Write a consistent copy of the whole database to ``dest`` (a new DuckDB file).
+
+        Runs inside one transaction, so it sees one snapshot even while the app writes;
+        the copy is written next to ``dest`` and renamed into place when complete.
+        """
+        dest = Path(dest)
+        if dest.exists():
+            raise StoreError(f"{dest}: already exists; choose a new backup file")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        with self._lock:
+            with self.tx() as con:
+                main = con.execute("SELECT current_database()").fetchall()[0][0]
+                con.execute(f"ATTACH '{_sql_path(tmp)}' AS backup_target")
+                con.execute(f'COPY FROM DATABASE "{main}" TO backup_target')
+                counts = {t: con.execute(f"SELECT count(*) FROM backup_target.{t}"
+                                         ).fetchall()[0][0]
+                          for t in ("reports", "generations", "feedback", "readers")}
+            # DuckDB detaches only outside the transaction that wrote to the target.
+            if self._con is not None:
+                self._con.execute("DETACH backup_target")
+        os.replace(tmp, dest)
+        return counts
+
+    def restore(self, src: str | os.PathLike) -> dict:
+        """Replace the database with the backup ``src`` (checked first), atomically.
+
+        Other processes are kept out while the file is swapped; they reopen the restored file
+        on their next transaction. The replaced database is kept as ``<db>.before-restore``.
+        """
+        import duckdb
+
+        src = Path(src)
+        if self.memory:
+            raise StoreError("cannot restore into an in-memory database")
+        try:
+            check = duckdb.connect(str(src), read_only=True)
+            counts = {t: check.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                      for t in ("reports", "generations", "feedback", "readers")}
+            check.close()
+        except duckdb.Error as exc:
+            raise StoreError(f"{src}: not a usable Impressionist backup ({exc})") from exc
+        with self._lock:
+            if self._con is None:
+                self._open()
+            self._con.close()  # keep the flock: nobody else may open the file meanwhile
+            self._con = None
+            try:
+                staged = Path(self.path + ".restoring")
+                shutil.copyfile(src, staged)
+                if Path(self.path).exists():
+                    os.replace(self.path, self.path + ".before-restore")
+                Path(self.path + ".wal").unlink(missing_ok=True)
+                os.replace(staged, self.path)
+            finally:
+                self._release()
+        self.audit(None, "restore", {"from": src.name, **counts})
+        return counts
 
     # -- small helpers ---------------------------------------------------------------------------
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:

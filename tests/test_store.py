@@ -109,3 +109,41 @@ def test_two_processes_share_the_file(store):
         assert p.exitcode == 0
     assert others == [60, 60] and mine == 60
     assert len(store.audit_log(limit=1000, action="tick")) == 180
+
+
+def test_backup_while_writing_then_restore(store, users, cases, tmp_path):
+    import threading
+
+    from core import annotate
+
+    rad = users["rad1"]
+    stop = threading.Event()
+    saved = []
+
+    def writer():
+        while not stop.is_set():
+            case = annotate.next_case(store, rad)
+            if case is None:
+                break
+            saved.append(annotate.submit_rating(store, rad, case, annotate.Rating(rating=0)))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    counts = store.backup(tmp_path / "b1.duckdb")
+    stop.set()
+    t.join()
+    assert counts["reports"] == 12 and counts["readers"] == 4
+    assert counts["feedback"] <= len(saved)
+    # more writes after the backup, then restore: the database is the backup again
+    store.add_feedback(reader_id=rad.id, report_id=cases[0]["id"], kind="skip")
+    restored = store.restore(tmp_path / "b1.duckdb")
+    assert store.count_feedback() == restored["feedback"] == counts["feedback"]
+    assert store.count_reports() == 12
+
+
+def test_restore_refuses_a_non_database(store, tmp_path):
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(b"not a database")
+    with pytest.raises(StoreError, match="not a usable"):
+        store.restore(junk)
+    assert store.schema_version() >= 1
