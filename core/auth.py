@@ -8,6 +8,7 @@ imports, users and adapters. Checks live here, in core, not only in which pages 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ MIN_PASSWORD_LENGTH = 8
 MAX_FAILED_SIGNINS = 5
 THROTTLE_WINDOW = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)
+_USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,11 @@ def create_user(store: Store, username: str, role: str, password: str,
     >>> create_user(store, "dr_lee", "radiologist", "s3cret-pass")  # doctest: +SKIP
     """
     username = username.strip()
-    if not username or len(username) > 64 or not username.replace("_", "").replace(
-            ".", "").replace("-", "").isalnum():
+    if not _USERNAME.fullmatch(username):
         raise ValidationError(
-            f"username {username!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            f"username {username!r}: use 1-64 ASCII letters, digits, '.', '_' or '-'")
+    if any(r.username == username for r in store.list_readers()):
+        raise ValidationError(f"username {username!r} is already taken")
     if role not in ROLES:
         raise ValidationError(f"role {role!r}: must be one of {', '.join(ROLES)}")
     if check_rules:
