@@ -149,6 +149,12 @@ def feedback_of(store: Store, user: User, reader_id: int | None = None,
     return store.feedback_history(reader_id=reader_id, include_retracted=include_retracted)
 
 
+def record_export(store: Store, user: User, what: str, rows: int) -> None:
+    """Audit an export (who exported what, how many rows; never the content)."""
+    require(user)
+    store.audit(user.username, "export", {"what": what, "rows": int(rows)})
+
+
 def blind_order(reader_id: int, report_id: int) -> tuple[str, str]:
     """Which text is shown as A and which as B for this reader and case (stable, random-like).
 

@@ -18,4 +18,6 @@ history = annotate.feedback_of(store, user, reader_id=readers[name])
 st.caption(f"{len(history):,} rows")
 st.dataframe(history.drop(columns=["findings"]), hide_index=True, use_container_width=True)
 st.download_button("Export CSV", history.to_csv(index=False).encode("utf-8"),
-                   file_name=f"feedback-{name}.csv", mime="text/csv", key="fa_export")
+                   file_name=f"feedback-{name}.csv", mime="text/csv",
+                   on_click=annotate.record_export,
+                   args=(store, user, f"feedback of {name}", len(history)), key="fa_export")

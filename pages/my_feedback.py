@@ -39,4 +39,6 @@ cols = ["created_at", "kind", "rating_label", "factual_error", "omission", "styl
 st.caption(f"{len(view):,} of {len(history):,} rows")
 st.dataframe(view[cols], hide_index=True, use_container_width=True, key="mf_table")
 st.download_button("Export CSV", view.to_csv(index=False).encode("utf-8"),
-                   file_name=f"feedback-{user.username}.csv", mime="text/csv", key="mf_export")
+                   file_name=f"feedback-{user.username}.csv", mime="text/csv",
+                   on_click=annotate.record_export,
+                   args=(store, user, "own feedback", len(view)), key="mf_export")

@@ -157,3 +157,18 @@ def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_pa
     at.session_state["user"] = users["admin"]
     at.run()
     assert not at.exception, at.exception
+
+
+def test_export_is_audited(store, users, cases):
+    from core import annotate
+
+    rad = users["rad1"]
+    annotate.submit_rating(store, rad, annotate.next_case(store, rad), annotate.Rating(rating=1))
+    at = AppTest.from_file(str(ROOT / "pages/my_feedback.py"), default_timeout=TIMEOUT)
+    at.session_state["user"] = rad
+    at.run()
+    assert not at.exception, at.exception
+    assert store.audit_log(action="export") == []
+    annotate.record_export(store, rad, "own feedback", 1)
+    log = store.audit_log(action="export")
+    assert log[0]["actor"] == "rad1" and "findings" not in log[0]["detail"]
