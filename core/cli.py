@@ -165,6 +165,193 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    """Human evaluation studies: create, assign, status, pause/resume, extend, close, report,
+    export (see core.study)."""
+    from datetime import datetime, timezone
+
+    from core import study
+    from core.auth import User, require
+    from core.errors import NotFound, ValidationError
+
+    store = _store(args)
+    try:
+        if args.as_user:
+            try:
+                reader = store.get_reader(args.as_user)
+            except NotFound:
+                raise ValidationError(f"--as {args.as_user!r}: no such user") from None
+            user = require(User(reader.id, reader.username, reader.role,
+                                datetime.now(timezone.utc)), "coordinator", "admin")
+        else:  # whoever can run the CLI can open the database file: an admin named "cli"
+            user = User(0, "cli", "admin", datetime.now(timezone.utc))
+        return _study_verb(args, store, user, study)
+    finally:
+        store.close()
+
+
+def _study_verb(args, store, user, study) -> int:
+    from core.errors import ValidationError
+
+    split = lambda text: [x.strip() for x in (text or "").split(",") if x.strip()]  # noqa: E731
+    cmd = args.study_cmd
+    if cmd == "create":
+        questions = None if not (args.question or args.no_default_questions) else (
+            ([] if args.no_default_questions else list(study.DEFAULT_QUESTIONS))
+            + list(args.question or []))
+        guideline = (Path(args.guideline_file).read_text(encoding="utf-8")
+                     if args.guideline_file else study.DEFAULT_GUIDELINE)
+        design = study.StudyDesign(
+            name=args.name, arms=split(args.arms), n_items=args.n, seed=args.seed,
+            raters=split(args.raters), k=args.k, scale=args.scale, questions=questions,
+            guideline=guideline, strata=split(args.strata), sources=split(args.sources) or None,
+            external_source=args.external_source, typo_rate=args.typo_rate,
+            model=args.from_model)
+        model = (study.model_text_maker(_generator(args.model), batch_size=args.batch_size,
+                                        progress=True) if args.generate else None)
+        # Style arms are rendered from stored base texts by rules; the model only runs with
+        # --generate, for texts nobody has generated yet.
+        study_id = study.create_study(store, user, design,
+                                      make_texts=study.stored_style_maker(store, model))
+        s = store.get_study(study_id)
+        print(f"created study {study_id} ({s['status']}): {s['n_items']} items x "
+              f"{len(s['arms'])} arms" + (f", {len(design.raters)} raters, k={design.k}"
+                                          if design.raters else
+                                          f"; assign raters with: python -m core study assign "
+                                          f"{study_id} --raters A,B,C --k 2"))
+    elif cmd == "assign":
+        n = study.assign_raters(store, user, args.id, split(args.raters), args.k)
+        print(f"study {args.id}: {n} tasks assigned")
+    elif cmd == "list":
+        for s in study.list_studies(store, user):
+            print(f"{s['id']:>4}  {s['status']:8} {s['n_done']:>6}/{s['n_tasks']:<6} "
+                  f"{s['name']}  [{', '.join(s['arms'])}]")
+    elif cmd == "status":
+        p = study.progress(store, user, args.id)
+        print(f"study {p.study_id}: {p.name} [{p.status}] k={p.k} items={p.n_items} "
+              f"done {p.done}/{p.total} (alpha so far {p.alpha_so_far:.3f})")
+        print(p.per_rater.to_string(index=False))
+        print(p.per_arm.to_string(index=False))
+    elif cmd in ("pause", "resume", "close"):
+        status = getattr(study, cmd)(store, user, args.id)
+        print(f"study {args.id} is {status}")
+    elif cmd == "extend":
+        n = study.extend(store, user, args.id, split(args.raters), extra_k=args.extra_k)
+        print(f"study {args.id}: {n} tasks for {', '.join(split(args.raters))}")
+    elif cmd == "report":
+        from core.study_report import summary_text
+
+        res = study.results(store, user, args.id, n_boot=args.n_boot,
+                            metrics=split(args.metrics))
+        print(summary_text(res))
+        if args.html:
+            study.export_html(store, user, args.id, args.html, res=res)
+            print(f"wrote {args.html}")
+    elif cmd == "export":
+        fmt = (args.format or Path(args.out).suffix.lstrip(".")).lower()
+        if fmt in ("csv", "parquet"):
+            study.export_ratings(store, user, args.id, args.out, fmt=fmt)
+            print(f"wrote {args.out}")
+        elif fmt in ("jsonl", "trl"):
+            n = study.export_preferences(store, user, args.id, args.out,
+                                         min_margin=args.min_margin,
+                                         conversational=not args.plain)
+            print(f"wrote {n} preference pairs to {args.out}")
+        elif fmt in ("html", "htm"):
+            study.export_html(store, user, args.id, args.out, n_boot=args.n_boot,
+                              metrics=split(args.metrics))
+            print(f"wrote {args.out}")
+        else:
+            raise ValidationError(f"--format {fmt!r}: choose csv, parquet, jsonl or html")
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    """Export one radiologist's preference pairs as JSONL (TRL preference format)."""
+    from core.pairs import pairs_for_reader, write_jsonl
+
+    store = _store(args)
+    reader = store.get_reader(args.reader)
+    pairs = pairs_for_reader(store, reader.id, heldout_fraction=args.heldout_fraction,
+                             record_heldout=not args.no_record)
+    n = write_jsonl(pairs.train, args.out)
+    print(f"{args.reader}: {pairs.summary()}")
+    print(f"wrote {n} training pairs to {args.out}")
+    if args.heldout_out:
+        m = write_jsonl(pairs.heldout, args.heldout_out)
+        print(f"wrote {m} held-out pairs to {args.heldout_out}")
+    return 0
+
+
+def cmd_nightly(args) -> int:
+    """Train, evaluate and maybe promote each radiologist's adapter (safe while the app runs)."""
+    import json as _json
+
+    from core.nightly import NightlyConfig, run_nightly
+    from core.train import TrainConfig
+
+    store = _store(args)
+    train = TrainConfig(method="grpo" if args.method == "grpo" else "dpo", epochs=args.epochs,
+                        batch_size=args.batch_size, learning_rate=args.lr,
+                        lora_layers=args.lora_layers, threads=args.threads)
+    config = NightlyConfig(method=args.method, min_new_feedback=args.min_new_feedback,
+                           min_pairs=args.min_pairs, max_pairs=args.max_pairs,
+                           readers=args.readers.split(",") if args.readers else None,
+                           force=args.force, refresh_per_reader=args.refresh,
+                           model_path=args.model, train=train)
+    report = run_nightly(store, config, progress=not args.quiet)
+    print(report.summary())
+    if args.json:
+        from dataclasses import asdict
+
+        Path(args.json).write_text(_json.dumps(asdict(report), indent=2, default=str))
+    return 0 if all(o.status != "failed" for o in report.outcomes) else 1
+
+
+def cmd_adapters(args) -> int:
+    """List adapter versions; promote one; roll back to the previous one."""
+    from core import adapters
+
+    store = _store(args)
+    if args.adapters_cmd == "list":
+        rows = adapters.list_versions(store, reader=args.reader)
+        if not rows:
+            print("no adapters yet (run `python -m core nightly`)")
+        for r in rows:
+            m = r.get("metrics") or {}
+            rouge = f"{m['rougeL']:.1f}" if isinstance(m.get("rougeL"), (int, float)) else "-"
+            print(f"{r['reader']:20} v{r['version']:<4} {r['status']:10} "
+                  f"{'ACTIVE' if r['active'] else '':6} {r['method'] or '':7} ROUGE-L {rouge:>5} "
+                  f"{r['path']}")
+    elif args.adapters_cmd == "promote":
+        prev = adapters.promote(store, args.reader, args.version, actor="cli",
+                                reason="promoted by hand")
+        print(f"{args.reader}: v{args.version} is active (was "
+              f"{'v' + str(prev) if prev else 'the shared model'})")
+    elif args.adapters_cmd == "rollback":
+        old, new = adapters.rollback(store, args.reader, args.to, actor="cli")
+        print(f"{args.reader}: rolled back from v{old} to "
+              f"{'v' + str(new) if new else 'the shared model'}")
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    """Import existing draft -> signed impression pairs as feedback."""
+    from core.feedback_import import import_feedback
+
+    store = _store(args)
+    result = import_feedback(store, args.file, actor="cli")
+    print(result.summary())
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    """Run the personalization benchmarks end to end (see core/simulate.py)."""
+    from core.simulate import main as simulate_main
+
+    return simulate_main(args)
+
+
 # -- more command functions: helpers insert above this line, one function each --
 
 
@@ -224,6 +411,124 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="replace the database with a backup")
     p.add_argument("src")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("study", help="human evaluation studies (blinded, multi-rater)")
+    p.add_argument("--as", dest="as_user", metavar="USER",
+                   help="act as this coordinator/admin (default: an admin named 'cli')")
+    st = p.add_subparsers(dest="study_cmd", required=True)
+    c = st.add_parser("create", help="sample reports, collect arm texts, blind, assign")
+    c.add_argument("--name", required=True)
+    c.add_argument("--arms", required=True,
+                   help="comma list: original, base, adapter:NAME, style:brief|bullets|"
+                        "comprehensive, typos[:RATE], external")
+    c.add_argument("--n", type=int, required=True, help="number of reports (items)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--raters", help="comma list of radiologists (omit to assign later)")
+    c.add_argument("--k", type=int, default=2, help="raters per unit")
+    c.add_argument("--scale", default="absolute", choices=["absolute", "relative",
+                                                           "acceptability"])
+    c.add_argument("--question", action="append", metavar="KEY:TEXT",
+                   help="extra yes/no question (repeatable)")
+    c.add_argument("--no-default-questions", action="store_true",
+                   help="do not ask the four error dimensions")
+    c.add_argument("--guideline-file", help="text file shown to raters")
+    c.add_argument("--strata", default="normal,source")
+    c.add_argument("--sources", help="comma list of report sources to sample from")
+    c.add_argument("--external-source", help="source of the 'external' arm, e.g. chexpert-plus")
+    c.add_argument("--typo-rate", type=float, default=0.03)
+    c.add_argument("--from-model", help="use only stored generations of this model")
+    c.add_argument("--generate", action="store_true",
+                   help="generate missing arm texts with the local model")
+    c.add_argument("--model", help="checkpoint for --generate (default: embedded model)")
+    c.add_argument("--batch-size", type=int, default=8)
+    a = st.add_parser("assign", help="assign a draft study's units to raters")
+    a.add_argument("id", type=int)
+    a.add_argument("--raters", required=True)
+    a.add_argument("--k", type=int, required=True)
+    st.add_parser("list", help="every study with status and progress")
+    for verb, text in (("status", "progress per rater and arm"), ("pause", "pause ratings"),
+                       ("resume", "resume a paused study"),
+                       ("close", "close for good; unlocks results and exports")):
+        v = st.add_parser(verb, help=text)
+        v.add_argument("id", type=int)
+    e = st.add_parser("extend", help="add raters to a running or paused study")
+    e.add_argument("id", type=int)
+    e.add_argument("--raters", required=True)
+    e.add_argument("--extra-k", type=int, default=0,
+                   help="0: move pending work to the new raters; N: N more ratings per unit")
+    r = st.add_parser("report", help="results of a closed study")
+    r.add_argument("id", type=int)
+    r.add_argument("--n-boot", type=int, default=1000)
+    r.add_argument("--metrics", default="rouge_l,label_f1,bertscore",
+                   help="comma list of rouge_l, label_f1, bertscore ('' for none; BERTScore "
+                        "takes ~0.05 s per text on a CPU)")
+    r.add_argument("--html", help="also write the one-page HTML summary here")
+    x = st.add_parser("export", help="ratings (csv/parquet), TRL pairs (jsonl), summary (html)")
+    x.add_argument("id", type=int)
+    x.add_argument("--out", required=True)
+    x.add_argument("--format", choices=["csv", "parquet", "jsonl", "html"],
+                   help="default: from the --out suffix")
+    x.add_argument("--min-margin", type=float, default=0.0,
+                   help="jsonl: keep pairs whose mean ratings differ by more than this")
+    x.add_argument("--plain", action="store_true",
+                   help="jsonl: plain-string prompts instead of chat messages")
+    x.add_argument("--n-boot", type=int, default=1000)
+    x.add_argument("--metrics", default="rouge_l,label_f1,bertscore",
+                   help="html: automatic metrics to include")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("pairs", help="export a radiologist's preference pairs (JSONL)")
+    p.add_argument("--reader", required=True)
+    p.add_argument("--out", required=True, help="JSONL file for the training pairs")
+    p.add_argument("--heldout-out", help="also write the held-out pairs here")
+    p.add_argument("--heldout-fraction", type=float, default=0.2)
+    p.add_argument("--no-record", action="store_true",
+                   help="do not record newly held-out reports in the database")
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("nightly", help="train/evaluate/promote per-radiologist adapters")
+    p.add_argument("--method", choices=["dpo", "grpo", "memory"], default="dpo")
+    p.add_argument("--min-new-feedback", type=int, default=20,
+                   help="train a reader only after this many new ratings")
+    p.add_argument("--min-pairs", type=int, default=8)
+    p.add_argument("--max-pairs", type=int, default=256)
+    p.add_argument("--readers", help="comma list of usernames (default: everyone)")
+    p.add_argument("--force", action="store_true", help="ignore --min-new-feedback")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lora-layers", type=int, help="train LoRA in the top N layers only")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--refresh", type=int, default=20,
+                   help="pre-draft this many next cases per promoted reader")
+    p.add_argument("--model", help="base checkpoint (default: the embedded model)")
+    p.add_argument("--json", help="write the run report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_nightly)
+
+    p = sub.add_parser("adapters", help="list, promote or roll back adapter versions")
+    ad = p.add_subparsers(dest="adapters_cmd", required=True)
+    a = ad.add_parser("list")
+    a.add_argument("--reader")
+    a = ad.add_parser("promote", help="make a version active")
+    a.add_argument("reader")
+    a.add_argument("version", type=int)
+    a = ad.add_parser("rollback", help="back to the version active before the current one")
+    a.add_argument("reader")
+    a.add_argument("--to", type=int, help="a specific version instead")
+    p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("feedback", help="import existing feedback (draft -> signed impression)")
+    fb = p.add_subparsers(dest="feedback_cmd", required=True)
+    a = fb.add_parser("import", help="CSV: reader, uid, edited impression[, ai_text, rating]")
+    a.add_argument("file")
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("simulate", help="personalization benchmarks on IU X-ray (end to end)")
+    from core.simulate import add_arguments as _simulate_arguments
+
+    _simulate_arguments(p)
+    p.set_defaults(func=cmd_simulate)
 
     # -- more commands: helpers insert their sub-parsers above this line, one block each --
 

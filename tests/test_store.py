@@ -1,9 +1,13 @@
-import multiprocessing as mp
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from core.errors import StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_migrate_is_idempotent(store):
@@ -76,37 +80,42 @@ def test_queue_only_shows_ready_cases(store, users):
     assert store.queue_progress(users["rad1"].id) == (0, 1)
 
 
-def _hold_and_write(path, seconds, n, q):
-    from core.store import Store
-
-    s = Store(path)
-    ok = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and ok < n:
-        s.audit("other-process", "tick", {"i": ok})
-        ok += 1
-        time.sleep(0.002)
-    s.close()
-    q.put(ok)
+_OTHER_PROCESS = """
+import sys, time
+from core.store import Store
+path, seconds, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+s = Store(path)
+ok = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end and ok < n:
+    s.audit("other-process", "tick", {"i": ok})
+    ok += 1
+    time.sleep(0.002)
+s.close()
+print(ok)
+"""
 
 
 def test_two_processes_share_the_file(store):
-    """The app (this process) and another process both read and write while the other runs."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_hold_and_write, args=(store.path, 20, 60, q)) for _ in range(2)]
-    for p in procs:
-        p.start()
+    """The app (this process) and two other processes all write while the others run.
+
+    Real subprocesses (not multiprocessing): spawn re-imports ``__main__``, which after a page
+    test is a Streamlit page file.
+    """
+    procs = [subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS, store.path, "20", "60"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
     mine = 0
     end = time.monotonic() + 20
     while time.monotonic() < end and mine < 60:
         store.audit("this-process", "tick", {"i": mine})
         mine += 1
         time.sleep(0.002)
-    others = [q.get(timeout=60) for _ in procs]
+    others = []
     for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        others.append(int(out.strip()))
     assert others == [60, 60] and mine == 60
     assert len(store.audit_log(limit=1000, action="tick")) == 180
 

@@ -1,0 +1,204 @@
+"""Import feedback that already exists: draft -> signed impression pairs from a CSV file.
+
+``python -m core feedback import FILE.csv``. Departments have years of resident drafts and
+dictation corrections; each row becomes a radiologist's feedback on day one.
+
+Columns (header names matched case-insensitively; the first present spelling wins):
+
+    reader      reader, radiologist, username                      required: an existing user
+    uid         uid, report_uid, external_id, report               required: a report in the store
+    edited      edited_impression, edited, signed_impression,      required: the impression the
+                final_impression, impression                       radiologist signed
+    ai_text     ai_text, draft, draft_impression, ai_impression    optional: the draft it replaced
+    rating      rating                                             optional: -2..2, the draft
+                                                                   relative to the original
+    source      source                                             optional: report source, when
+                                                                   a uid exists in several
+
+The same rules as the report importers: the whole file is validated first (UTF-8, header,
+quoting, field counts, every cell) and an error names the file, row and field; nothing is written
+unless every row is valid; then everything is written in ONE transaction. Rows already imported
+(same reader, report and texts) and repeated rows are skipped, so importing a file twice is safe.
+
+Each row becomes a ``feedback`` row (kind ``rating``, ``source = 'import'``). With ``ai_text``
+the draft is stored as a generation (model ``imported-draft``, style ``imported``, so it never
+enters anyone's queue) and the row yields an edit-over-draft pair. Without it the row is linked to
+the report's current shared AI draft when there is one (an edit-over-draft pair against the
+model's own text), otherwise it only feeds the radiologist's memory of accepted impressions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.annotate import MAX_TEXT
+from core.importers.common import ImportValidationError, normalize_text, read_csv_table
+
+__all__ = ["FeedbackImportResult", "import_feedback", "COLUMNS"]
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "reader": ("reader", "radiologist", "username"),
+    "uid": ("uid", "report_uid", "external_id", "report"),
+    "edited": ("edited_impression", "edited", "signed_impression", "final_impression",
+               "impression"),
+    "ai_text": ("ai_text", "draft", "draft_impression", "ai_impression"),
+    "rating": ("rating",),
+    "source": ("source",),
+}
+RATERS = ("radiologist", "admin")
+
+
+@dataclass(frozen=True)
+class FeedbackImportResult:
+    file: str
+    rows: int
+    imported: int
+    skipped: int
+    drafts_stored: int
+    linked_to_shared_draft: int
+    memory_only: int
+
+    def summary(self) -> str:
+        return (f"{self.file}: {self.imported:,} feedback rows imported, {self.skipped:,} "
+                f"skipped as already imported or repeated ({self.rows:,} rows); "
+                f"{self.drafts_stored:,} drafts stored, {self.linked_to_shared_draft:,} linked to "
+                f"the shared AI draft, {self.memory_only:,} without any draft (memory only)")
+
+
+def _token(reader: str, report_id: int, edited: str, ai_text: str | None) -> str:
+    raw = json.dumps([reader, report_id, edited, ai_text or ""], ensure_ascii=False)
+    return "import:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()[:40]
+
+
+def import_feedback(store, path: str | Path, actor: str | None = None,
+                    display_name: str | None = None) -> FeedbackImportResult:
+    """Validate a feedback CSV completely, then write it in one transaction.
+
+    Args:
+        store: the store.
+        path: the CSV file.
+        actor: who imports (audit log).
+        display_name: how the file is named in messages (default: the path).
+
+    Returns:
+        A :class:`FeedbackImportResult`.
+
+    Raises:
+        ImportValidationError: naming file, row and field; nothing is written.
+    """
+    from core.pairs import same_words
+
+    display = display_name or str(path)
+    table = read_csv_table(Path(path), display)
+    col = {k: table.column(v, required=k in ("reader", "uid", "edited"), what=k)
+           for k, v in COLUMNS.items()}
+    readers = {r.username: r for r in store.list_readers()}
+    parsed = []
+    uids = set()
+    for line, cells in table.rows:
+        def cell(key: str) -> str:
+            i = col[key]
+            return normalize_text(cells[i]) if i is not None else ""
+
+        name = cell("reader")
+        field_reader = table.header[col["reader"]]
+        if not name:
+            raise ImportValidationError(display, line, field_reader, "reader is empty")
+        reader = readers.get(name)
+        if reader is None:
+            raise ImportValidationError(display, line, field_reader,
+                                        f"no user named {name!r}; add the user first")
+        if reader.role not in RATERS or not reader.active:
+            raise ImportValidationError(display, line, field_reader,
+                                        f"user {name!r} is {'disabled' if not reader.active else reader.role}"
+                                        f"; only active radiologists (or admins) give feedback")
+        uid = cell("uid")
+        if not uid:
+            raise ImportValidationError(display, line, table.header[col["uid"]], "uid is empty")
+        edited = cell("edited")
+        field_edited = table.header[col["edited"]]
+        if not edited:
+            raise ImportValidationError(display, line, field_edited, "edited impression is empty")
+        if len(edited) > MAX_TEXT:
+            raise ImportValidationError(display, line, field_edited,
+                                        f"{len(edited):,} characters, at most {MAX_TEXT:,}")
+        ai_text = cell("ai_text") or None
+        if ai_text and len(ai_text) > MAX_TEXT:
+            raise ImportValidationError(display, line, table.header[col["ai_text"]],
+                                        f"{len(ai_text):,} characters, at most {MAX_TEXT:,}")
+        rating = None
+        raw = cell("rating")
+        if raw:
+            try:
+                rating = int(float(raw))
+                if float(raw) != rating:
+                    raise ValueError
+            except ValueError:
+                raise ImportValidationError(display, line, table.header[col["rating"]],
+                                            f"rating {raw!r} is not a whole number") from None
+            if not -2 <= rating <= 2:
+                raise ImportValidationError(display, line, table.header[col["rating"]],
+                                            f"rating {rating} is outside -2..2")
+        source = cell("source") or None
+        uids.add(uid)
+        parsed.append((line, reader, uid, source, edited, ai_text, rating))
+
+    reports: dict[tuple[str, str], list[dict]] = {}
+    by_uid: dict[str, list[dict]] = {}
+    for r in store.reports_by_external_id(sorted(uids)):
+        by_uid.setdefault(r["external_id"], []).append(r)
+        reports.setdefault((r["external_id"], r["source"]), []).append(r)
+    resolved = []
+    for line, reader, uid, source, edited, ai_text, rating in parsed:
+        matches = reports.get((uid, source), []) if source else by_uid.get(uid, [])
+        field_uid = table.header[col["uid"]]
+        if not matches:
+            raise ImportValidationError(display, line, field_uid,
+                                        f"no report with uid {uid!r}"
+                                        f"{f' from source {source!r}' if source else ''} in the "
+                                        f"database; import the reports first")
+        if len(matches) > 1:
+            raise ImportValidationError(
+                display, line, field_uid,
+                f"uid {uid!r} names {len(matches)} reports (sources "
+                f"{', '.join(sorted(m['source'] for m in matches))}); add a 'source' column")
+        resolved.append((reader, matches[0], edited, ai_text, rating))
+
+    tokens = [_token(rd.username, rep["id"], ed, ai) for rd, rep, ed, ai, _ in resolved]
+    known = store.feedback_client_tokens(tokens)
+    shared = store.latest_default_generation(sorted({rep["id"] for _, rep, *_ in resolved}))
+    imported = skipped = drafts = linked = memory_only = 0
+    seen: set[str] = set()
+    with store.tx():
+        for (reader, rep, edited, ai_text, rating), token in zip(resolved, tokens):
+            if token in known or token in seen:
+                skipped += 1
+                continue
+            seen.add(token)
+            generation_id = None
+            if ai_text:
+                generation_id = store.add_generations([{
+                    "report_id": rep["id"], "model": "imported-draft", "style": "imported",
+                    "text": ai_text, "flags": {"imported_from": Path(display).name}}])[0]
+                drafts += 1
+                draft_text = ai_text
+            elif rep["id"] in shared:
+                generation_id = shared[rep["id"]]["id"]
+                draft_text = shared[rep["id"]]["text"]
+                linked += 1
+            else:
+                draft_text = None
+                memory_only += 1
+            store.add_feedback(
+                reader_id=reader.id, report_id=rep["id"], generation_id=generation_id,
+                kind="rating", rating=rating,
+                edited_text=None if draft_text and same_words(edited, draft_text) else edited,
+                source="import", client_token=token)
+            imported += 1
+        store.audit(actor, "feedback_import", {"file": Path(display).name, "rows": len(resolved),
+                                               "imported": imported, "skipped": skipped})
+    return FeedbackImportResult(display, len(resolved), imported, skipped, drafts, linked,
+                                memory_only)

@@ -1,0 +1,115 @@
+"""Chat messages that ask the model for the IMPRESSION of a chest X-ray report.
+
+Prompts are kept short on purpose: SmolLM2-135M has little capacity for long instructions, and
+every prompt token costs CPU time at generation and at nightly training.
+
+>>> msgs = impression_messages("Heart size normal. Lungs clear.", indication="Cough")
+>>> [m["role"] for m in msgs]
+['system', 'user']
+>>> print(msgs[1]["content"])
+INDICATION: Cough
+FINDINGS: Heart size normal. Lungs clear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from core.errors import ValidationError
+
+# Chosen on 24 IU reports against three alternatives (ROUGE-L of the zero-shot base model: 0.114
+# vs 0.043-0.084). Wordings naming "the IMPRESSION of a report" made SmolLM2-135M echo that phrase.
+SYSTEM_PROMPT = (
+    "You are a radiologist. Given the findings of a chest X-ray, write the impression: one short "
+    "sentence with the main conclusion, for example 'No acute cardiopulmonary abnormality.'"
+)
+
+_SPACES = re.compile(r"\s+")
+
+
+def _clean(text: str | None) -> str:
+    """Collapse runs of whitespace (IU reports carry stray newlines and double spaces)."""
+    return _SPACES.sub(" ", text or "").strip()
+
+
+def report_text(findings: str, indication: str | None = None, comparison: str | None = None) -> str:
+    """The user turn for one report: labelled sections, empty ones left out.
+
+    Args:
+        findings: the FINDINGS section; must not be blank.
+        indication: the INDICATION section, or None.
+        comparison: the COMPARISON section, or None.
+
+    Returns:
+        Lines ``INDICATION: ...``, ``COMPARISON: ...``, ``FINDINGS: ...``.
+
+    >>> report_text("Lungs clear.", comparison="None.")
+    'COMPARISON: None.\\nFINDINGS: Lungs clear.'
+    """
+    findings_clean = _clean(findings)
+    if not findings_clean:
+        raise ValidationError(f"findings is blank ({findings!r}); an impression needs findings")
+    lines = []
+    if _clean(indication):
+        lines.append(f"INDICATION: {_clean(indication)}")
+    if _clean(comparison):
+        lines.append(f"COMPARISON: {_clean(comparison)}")
+    lines.append(f"FINDINGS: {findings_clean}")
+    return "\n".join(lines)
+
+
+def system_prompt(style: str | None = None) -> str:
+    """The system turn, with an optional style instruction appended.
+
+    Args:
+        style: a short instruction such as "Write for the referring GP, in plain words.", or None.
+
+    Returns:
+        The system prompt text.
+    """
+    style_clean = _clean(style)
+    return f"{SYSTEM_PROMPT} Style: {style_clean}" if style_clean else SYSTEM_PROMPT
+
+
+def impression_messages(
+    findings: str,
+    indication: str | None = None,
+    comparison: str | None = None,
+    examples: Iterable[tuple[str, str]] = (),
+    style: str | None = None,
+) -> list[dict]:
+    """Chat messages asking for the impression of one report, with optional few-shot examples.
+
+    Each example becomes a prior user turn (its findings) and assistant turn (its impression), so the
+    model sees the exact format it must answer in.
+
+    Args:
+        findings: the report's FINDINGS section; must not be blank.
+        indication: the INDICATION section, or None.
+        comparison: the COMPARISON section, or None.
+        examples: (findings, impression) pairs shown before the report, in order.
+        style: an optional style instruction added to the system prompt.
+
+    Returns:
+        A list of ``{"role": ..., "content": ...}`` dicts: system, (user, assistant) per example, user.
+
+    >>> msgs = impression_messages("Lungs clear.", examples=[("Small left effusion.", "Small left pleural effusion.")])
+    >>> [m["role"] for m in msgs]
+    ['system', 'user', 'assistant', 'user']
+    """
+    messages = [{"role": "system", "content": system_prompt(style)}]
+    for i, example in enumerate(examples):
+        if not isinstance(example, (tuple, list)) or len(example) != 2:
+            raise ValidationError(f"examples[{i}] must be a (findings, impression) pair, got {example!r}")
+        ex_findings, ex_impression = example
+        if not _clean(ex_impression):
+            raise ValidationError(f"examples[{i}] has a blank impression ({ex_impression!r})")
+        try:
+            user = report_text(ex_findings)
+        except ValidationError as exc:
+            raise ValidationError(f"examples[{i}]: {exc}") from None
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": _clean(ex_impression)})
+    messages.append({"role": "user", "content": report_text(findings, indication, comparison)})
+    return messages

@@ -1,0 +1,113 @@
+"""Adapters (coordinators and admins): nightly runs, metrics over time, the active version per
+radiologist, promote and roll back."""
+
+import plotly.express as px
+import streamlit as st
+
+from core import adapters
+from core.errors import ImpressionistError
+from ui import get_store, require_user
+
+user = require_user("coordinator", "admin")
+store = get_store()
+
+st.title("Adapters")
+st.caption("Each radiologist's adapter (LoRA weights + their accepted impressions) is retrained "
+           "by the nightly job (`python -m core nightly`) and promoted only when it beats the "
+           "current one on their held-out feedback without losing critical findings.")
+
+if (msg := st.session_state.pop("adapters_flash", None)) is not None:
+    st.success(msg)
+
+tab_active, tab_runs, tab_metrics, tab_versions = st.tabs(
+    ["Active versions", "Runs", "Metrics over time", "Versions"])
+
+with tab_active:
+    active = adapters.active_table(store, user)
+    if active.empty:
+        st.info("No radiologists yet.")
+    else:
+        st.dataframe(active, hide_index=True, use_container_width=True)
+        with_adapter = active.loc[active["active"] != "shared model", "reader"].tolist()
+        if with_adapter:
+            who = st.selectbox("Roll back a radiologist to their previous version",
+                               with_adapter, key="ad_rollback_reader")
+            if st.button("Roll back", key="ad_rollback", icon=":material/undo:"):
+                try:
+                    old, new = adapters.rollback(store, who, user=user)
+                except ImpressionistError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state["adapters_flash"] = (
+                        f"{who}: rolled back from v{old} to "
+                        f"{'v' + str(new) if new else 'the shared model'}.")
+                    st.rerun()
+
+with tab_runs:
+    runs = adapters.runs_table(store, user)
+    if runs.empty:
+        st.info("No nightly runs yet. Schedule `python -m core nightly` (see the README).")
+    else:
+        readers = ["everyone"] + sorted(runs["reader"].unique())
+        pick = st.selectbox("Radiologist", readers, key="ad_runs_reader")
+        shown = runs if pick == "everyone" else runs[runs["reader"] == pick]
+        failed = int((shown["status"].isin(["failed", "abandoned"])).sum())
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Runs", len(shown))
+        c2.metric("Promoted", int((shown["decision"] == "promoted").sum()))
+        c3.metric("Failed or abandoned", failed)
+        st.dataframe(shown, hide_index=True, use_container_width=True)
+
+with tab_metrics:
+    runs = adapters.runs_table(store, user)
+    done = runs[runs["ROUGE-L"].notna()] if not runs.empty else runs
+    if done.empty:
+        st.info("Metrics appear after the first evaluated run.")
+    else:
+        fig = px.line(done.sort_values("finished"), x="finished", y="ROUGE-L", color="reader",
+                      symbol="decision", markers=True,
+                      hover_data=["run", "version", "ROUGE-L before", "label F1",
+                                  "critical recall", "pairs"],
+                      title="Candidate ROUGE-L on each radiologist's held-out feedback")
+        st.plotly_chart(fig, use_container_width=True, key="ad_metrics_chart")
+        fig2 = px.bar(done.sort_values("finished"), x="run", y="pairs/s", color="reader",
+                      title="Training speed of each run (pairs/s)")
+        st.plotly_chart(fig2, use_container_width=True, key="ad_speed_chart")
+
+with tab_versions:
+    names = [r.username for r in store.list_readers() if r.role in ("radiologist", "admin")]
+    if not names:
+        st.info("No radiologists yet.")
+    else:
+        who = st.selectbox("Radiologist", names, key="ad_versions_reader")
+        versions = adapters.list_versions(store, user, reader=who)
+        if not versions:
+            st.info(f"{who} has no adapter versions yet.")
+        else:
+            import pandas as pd
+
+            st.dataframe(pd.DataFrame([{
+                "version": v["version"], "status": v["status"], "active": v["active"],
+                "method": v["method"], "ROUGE-L": (v["metrics"] or {}).get("rougeL"),
+                "label F1": (v["metrics"] or {}).get("label_f1"),
+                "created": v["created_at"], "path": v["path"]} for v in versions]),
+                hide_index=True, use_container_width=True)
+            choice = st.selectbox("Version to make active",
+                                  [v["version"] for v in reversed(versions)],
+                                  format_func=lambda v: f"v{v}", key="ad_promote_version")
+            if st.button("Promote", key="ad_promote", icon=":material/publish:", type="primary"):
+                try:
+                    prev = adapters.promote(store, who, int(choice), user=user,
+                                            reason="promoted on the Adapters page")
+                except ImpressionistError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state["adapters_flash"] = (
+                        f"{who}: v{choice} is active (was "
+                        f"{'v' + str(prev) if prev else 'the shared model'}).")
+                    st.rerun()
+
+st.code("python -m core nightly            # cron: 0 2 * * * cd /srv/impressionist && "
+        ".venv/bin/python -m core nightly --quiet\n"
+        "python -m core adapters list\npython -m core adapters rollback <reader>",
+        language="bash")
