@@ -11,19 +11,25 @@ if user is None:
     home = st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)
     pages = [home]
 else:
+    coordinator = user.role == "coordinator"
     annotate = st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:",
-                       default=user.role != "coordinator")
+                       default=not coordinator)
     everyone = st.Page("pages/feedback_all.py", title="All feedback", icon=":material/table_chart:",
-                       default=user.role == "coordinator")
+                       default=coordinator)
     pages = []
     if user.role in ("radiologist", "admin"):
-        pages += [annotate, st.Page("pages/my_feedback.py", title="My feedback", icon=":material/history:")]
+        pages += [annotate,
+                  st.Page("pages/study_annotate.py", title="Study queue", icon=":material/checklist:"),
+                  st.Page("pages/my_feedback.py", title="My feedback", icon=":material/history:")]
     if user.role in ("coordinator", "admin"):
-        pages += [everyone]
+        pages += [everyone,
+                  st.Page("pages/study.py", title="Studies", icon=":material/science:"),
+                  st.Page("pages/results.py", title="Study results", icon=":material/monitoring:"),
+                  st.Page("pages/adapters.py", title="Adapters", icon=":material/model_training:")]
     if user.role == "admin":
         pages += [st.Page("pages/admin.py", title="Admin", icon=":material/settings:")]
     pages += [st.Page("pages/sign_out.py", title="Sign out", icon=":material/logout:")]
-    home = everyone if user.role == "coordinator" else annotate
+    home = everyone if coordinator else annotate
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
 

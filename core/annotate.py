@@ -6,14 +6,16 @@ page cannot forget to. Nothing is overwritten: undo appends a retraction.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Iterator
 
 from core.auth import User, require, require_self_or
-from core.errors import PermissionDenied, ValidationError
+from core.errors import PermissionDenied, StoreError, ValidationError
 from core.store import Case, Store
 
 RATING_SCALE: dict[int, str] = {
@@ -49,6 +51,22 @@ def _same_words(a: str | None, b: str | None) -> bool:
     """True when two texts differ only in whitespace and punctuation."""
     norm = lambda s: re.findall(r"[\w']+", (s or "").lower())  # noqa: E731
     return norm(a) == norm(b)
+
+
+@contextlib.contextmanager
+def _saving(what: str) -> Iterator[None]:
+    """Turn a database failure while saving (disk full, I/O error) into a :class:`StoreError`
+    that says nothing was saved, so the page shows it and keeps the radiologist's text."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as exc:
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise StoreError(f"could not save the {what}: the database refused the write ({detail}); "
+                         f"nothing was saved. Try again; if it keeps failing, tell the "
+                         f"administrator (the disk may be full)") from exc
 
 
 def next_case(store: Store, user: User, adapter: str | None = None) -> Case | None:
@@ -94,28 +112,30 @@ def submit_rating(store: Store, user: User, case: Case, rating: Rating,
     edited = clean_text(rating.edited_text, "edited impression")
     if edited is not None and _same_words(edited, case.ai_text):
         edited = None
-    return store.add_feedback(
-        reader_id=user.id, report_id=case.report_id, generation_id=case.generation_id,
-        kind="rating", rating=rating.rating, factual_error=rating.factual_error,
-        omission=rating.omission, style_issue=rating.style_issue,
-        critical_missed=rating.critical_missed,
-        comment=clean_text(rating.comment, "comment", 5_000), edited_text=edited,
-        time_spent_ms=rating.time_spent_ms, blinded=rating.blinded, study_id=study_id,
-        client_token=client_token)
+    comment = clean_text(rating.comment, "comment", 5_000)
+    with _saving("rating"):
+        return store.add_feedback(
+            reader_id=user.id, report_id=case.report_id, generation_id=case.generation_id,
+            kind="rating", rating=rating.rating, factual_error=rating.factual_error,
+            omission=rating.omission, style_issue=rating.style_issue,
+            critical_missed=rating.critical_missed, comment=comment, edited_text=edited,
+            time_spent_ms=rating.time_spent_ms, blinded=rating.blinded, study_id=study_id,
+            client_token=client_token)
 
 
 def skip(store: Store, user: User, case: Case, client_token: str | None = None,
          time_spent_ms: int | None = None) -> int:
     require(user, *RATERS)
-    return store.add_feedback(reader_id=user.id, report_id=case.report_id,
-                              generation_id=case.generation_id, kind="skip",
-                              time_spent_ms=time_spent_ms, client_token=client_token)
+    with _saving("skip"):
+        return store.add_feedback(reader_id=user.id, report_id=case.report_id,
+                                  generation_id=case.generation_id, kind="skip",
+                                  time_spent_ms=time_spent_ms, client_token=client_token)
 
 
 def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:
     """Retract the user's most recent standing rating or skip; returns it (or None)."""
     require(user, *RATERS)
-    with store.tx():
+    with _saving("undo"), store.tx():
         last = store.last_current_rating(user.id, study_id)
         if last is None:
             return None
@@ -130,7 +150,7 @@ def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | N
 def retract(store: Store, user: User, feedback_id: int) -> int:
     """Retract one specific rating of the user's own."""
     require(user, *RATERS)
-    with store.tx():
+    with _saving("retraction"), store.tx():
         row = store.get_feedback(feedback_id)
         if row["reader_id"] != user.id:
             raise PermissionDenied(f"{user.username} may not retract another reader's rating")
@@ -146,7 +166,12 @@ def feedback_of(store: Store, user: User, reader_id: int | None = None,
     """A reader's feedback history (DataFrame). Radiologists may only read their own."""
     reader_id = user.id if reader_id is None else reader_id
     require_self_or(user, reader_id, "coordinator", "admin")
-    return store.feedback_history(reader_id=reader_id, include_retracted=include_retracted)
+    from core.study import without_open_study_rows
+
+    # The history shows each rating's model/style next to the original impression: rows of a
+    # study that is still running would unblind its arms.
+    return without_open_study_rows(
+        store, store.feedback_history(reader_id=reader_id, include_retracted=include_retracted))
 
 
 def record_export(store: Store, user: User, what: str, rows: int) -> None:

@@ -655,9 +655,14 @@ class Store(TrainingQueries, StudyQueries):
         Only reports whose AI impression is ready are queued: the app never generates while a
         radiologist waits. ``after_report`` lets a caller step past a case (e.g. prefetching).
         """
+        # Reports this reader rates in a study that is not closed stay out of the general queue:
+        # it shows the AI impression beside the original, which would unblind the study's arms.
         where = ("AND NOT EXISTS (SELECT 1 FROM current_feedback f WHERE f.reader_id = ? AND "
-                 "f.report_id = r.id AND f.study_id IS NULL)")
-        params: list[Any] = [adapter, adapter, reader_id]
+                 "f.report_id = r.id AND f.study_id IS NULL) "
+                 "AND r.id NOT IN (SELECT u.report_id FROM study_tasks t JOIN study_units u "
+                 "ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN "
+                 "(SELECT study_id FROM study_events WHERE event = 'closed'))")
+        params: list[Any] = [adapter, adapter, reader_id, reader_id]
         if after_report is not None:
             where += " AND r.id > ?"
             params.append(after_report)

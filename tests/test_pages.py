@@ -111,6 +111,29 @@ def test_radiologist_does_not_get_admin_page(store, users):
     assert [t.value for t in at.title] == ["Admin"]
 
 
+ROLE_PAGES = {
+    "radiologist": {"annotate", "study_annotate", "my_feedback"},
+    "coordinator": {"feedback_all", "study", "results", "adapters"},
+    "admin": {"annotate", "study_annotate", "my_feedback", "feedback_all", "study", "results",
+              "adapters", "admin"},
+}
+
+
+@pytest.mark.parametrize("who", ["rad1", "coord", "admin"])
+def test_router_offers_each_role_exactly_its_pages(store, users, who):
+    user = users[who]
+    every = set().union(*ROLE_PAGES.values())
+    for name in sorted(every):
+        at = _signed_in(user)
+        if name in ROLE_PAGES[user.role]:
+            at.switch_page(f"pages/{name}.py").run()
+            assert not at.exception, (name, at.exception)
+            assert not [e.value for e in at.error if "do not have access" in e.value], name
+        else:
+            with pytest.raises(ValueError, match="Could not find a navigation page"):
+                at.switch_page(f"pages/{name}.py")
+
+
 def test_admin_page_refuses_non_admin_directly(store, users):
     at = AppTest.from_file(str(ROOT / "pages/admin.py"), default_timeout=TIMEOUT)
     at.session_state["user"] = users["coord"]

@@ -715,8 +715,6 @@ def test_feedback_history_hides_running_study_rows(store, people):
     assert len(study.without_open_study_rows(store, raw)) == 1   # unblinded after close
 
 
-@pytest.mark.xfail(strict=True, reason="lead: annotate.feedback_of must call "
-                                       "core.study.without_open_study_rows (blinding)")
 def test_my_feedback_does_not_unblind_a_running_study(store, people):
     from core import annotate
 
@@ -738,8 +736,6 @@ def test_reports_in_open_studies_are_listed_for_the_annotate_queue(store, people
     assert store.report_ids_in_open_studies(people["r0"].id) == []
 
 
-@pytest.mark.xfail(strict=True, reason="lead: Store.next_case must skip "
-                                       "report_ids_in_open_studies(reader) (blinding)")
 def test_annotate_queue_skips_reports_of_a_running_study(store, people):
     from core import annotate
 
