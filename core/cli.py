@@ -61,13 +61,14 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _generator(model: str | None):
-    from core.models import ModelSpec, load_generator
+def _generator(model: str | None, backend: str | None = None):
+    """The configured model on the configured backend (``--backend``/``IMPRESSIONIST_BACKEND``)."""
+    from core.backends import load_backend
 
     path = Path(model) if model else settings().model_path
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path}: run `make setup` (or pass --model PATH)")
-    return load_generator(ModelSpec(path=str(path)))
+    return load_backend(backend or settings().backend, path)
 
 
 def cmd_generate(args) -> int:
@@ -77,11 +78,12 @@ def cmd_generate(args) -> int:
         if not (args.inp and args.out):
             print("error: --in and --out go together", file=sys.stderr)
             return 2
-        return generate.generate_csv(args.inp, args.out, generator=_generator(args.model),
+        return generate.generate_csv(args.inp, args.out,
+                                     generator=_generator(args.model, args.backend),
                                      style=args.style, reader=args.reader,
                                      batch_size=args.batch_size)
     store = _store(args)
-    n = generate.fill_missing(store, _generator(args.model), limit=args.limit,
+    n = generate.fill_missing(store, _generator(args.model, args.backend), limit=args.limit,
                               batch_size=args.batch_size)
     print(f"generated {n} impressions")
     return 0
@@ -352,6 +354,45 @@ def cmd_simulate(args) -> int:
     return simulate_main(args)
 
 
+def cmd_evaluate(args) -> int:
+    """Score predictions (uid,prediction) against references (uid,impression), joined by uid."""
+    from core.evaluation import evaluate_pairs, format_result, read_pairs, write_json
+
+    pairs = read_pairs(args.pred, args.ref, pred_col=args.pred_col, ref_col=args.ref_col,
+                       findings_col=None if args.findings_col == "" else args.findings_col)
+    result = evaluate_pairs(pairs, with_bertscore=not args.no_bertscore)
+    result.update({"pred_file": str(args.pred), "ref_file": str(args.ref)})
+    print(f"{result['n']} predictions of {args.pred} scored against {args.ref}\n")
+    print(format_result(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_train_sft(args) -> int:
+    """SFT of the shared base adapter on the store's train-split reports (core.sft)."""
+    from core.sft import run_sft
+    from core.train import SFTTrainConfig
+
+    store = _store(args)
+    try:
+        config = SFTTrainConfig(epochs=args.epochs, max_steps=args.max_steps,
+                                batch_size=args.batch_size, learning_rate=args.lr,
+                                max_length=args.max_length, lora_r=args.lora_r,
+                                lora_alpha=args.lora_alpha or 2 * args.lora_r,
+                                lora_layers=args.lora_layers, dtype=args.dtype, seed=args.seed,
+                                threads=args.threads, progress=not args.quiet,
+                                max_minutes=args.max_minutes)
+        run = run_sft(store, config, model_path=args.model, max_examples=args.max_examples,
+                      shots=args.shots, eval_examples=args.eval_examples, source=args.source,
+                      promote=not args.no_promote, out=args.out)
+    finally:
+        store.close()
+    print(run.summary())
+    return 0
+
+
 # -- more command functions: helpers insert above this line, one function each --
 
 
@@ -381,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV to write uid, prediction, style, flags")
     p.add_argument("--style", default="default")
     p.add_argument("--reader", help="use this radiologist's active adapter")
+    p.add_argument("--backend", choices=["transformers", "vllm"],
+                   help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "
+                        "vllm serves many radiologists' adapters in one batch on a GPU)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("users", help="manage users")
@@ -529,6 +573,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     _simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("evaluate", help="score a predictions CSV against reference impressions")
+    p.add_argument("--pred", required=True, help="CSV with uid, prediction (what generate --out writes)")
+    p.add_argument("--ref", required=True, help="CSV with uid, impression[, findings] (e.g. IU reports.csv)")
+    p.add_argument("--pred-col", default="prediction", help="predictions text column")
+    p.add_argument("--ref-col", default="impression", help="references text column")
+    p.add_argument("--findings-col", default="findings",
+                   help="references findings column for consistency ('' to skip)")
+    p.add_argument("--json", help="also write the metrics as JSON here")
+    p.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (faster)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train-sft", help="SFT of the shared base adapter on the train split")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=-1, help="cap on optimizer steps (-1: epochs)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-examples", type=int, help="a seeded subset of the train reports")
+    p.add_argument("--shots", type=int, default=3, help="retrieved examples per prompt")
+    p.add_argument("--eval-examples", type=int, default=64,
+                   help="dev reports for the before/after completion loss (0: none)")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, help="default: 2 x rank")
+    p.add_argument("--lora-layers", type=int, help="LoRA in the top N layers only")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=float, help="stop training after this wall time")
+    p.add_argument("--source", help="only reports of this source (e.g. iu-xray)")
+    p.add_argument("--model", help="base checkpoint (default: the embedded model)")
+    p.add_argument("--out", help="also copy the adapter here (e.g. core/assets/base-adapter)")
+    p.add_argument("--no-promote", action="store_true",
+                   help="keep the new version as a candidate instead of making it active")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_sft)
 
     # -- more commands: helpers insert their sub-parsers above this line, one block each --
 

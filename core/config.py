@@ -7,6 +7,7 @@ department's deployment use the same code:
     IMPRESSIONIST_DATA        data folder              (default data/)
     IMPRESSIONIST_MODEL       base model checkpoint    (default data/models/smollm2-135m-instruct)
     IMPRESSIONIST_ADAPTERS    versioned LoRA adapters  (default data/adapters)
+    IMPRESSIONIST_BACKEND     generation backend       (default transformers; vllm on a GPU node)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Settings:
         _path("IMPRESSIONIST_DATA", ROOT / "data") / "models" / "smollm2-135m-instruct"))
     adapters_dir: Path = field(default_factory=lambda: _path(
         "IMPRESSIONIST_ADAPTERS", _path("IMPRESSIONIST_DATA", ROOT / "data") / "adapters"))
+    backend: str = field(default_factory=lambda: os.environ.get("IMPRESSIONIST_BACKEND", "transformers"))
 
 
 def settings() -> Settings:
