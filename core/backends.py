@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.models import AdapterError, GenerationResult, ModelError
+from core.models import AdapterError, GenerationResult, ModelError, check_generate_args, check_loaded
 
 BACKENDS = ("transformers", "vllm")
 
@@ -175,22 +175,14 @@ class VLLMGenerator:
         Same contract as :meth:`core.models.Generator.generate`; ``batch_size`` is ignored
         (vLLM batches continuously). ``latency_s`` of every row is the call's wall time.
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        adapters = [None] * len(prompts) if adapters is None else list(adapters)
-        if len(adapters) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(adapters)} adapters")
+        adapters = check_generate_args(prompts, adapters, max_new_tokens, temperature)
         if not prompts:
             return []
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
         with self._lock:
-            unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
-            if unknown:
-                raise AdapterError(f"adapters {unknown} are not loaded (loaded: {sorted(self._adapters)})")
+            check_loaded(adapters, self._adapters)
             requests = [None if a is None else LoRARequest(a, self._ids[a], str(self._adapters[a]))
                         for a in adapters]
         texts = [p if isinstance(p, str) else self.format_chat(p) for p in prompts]

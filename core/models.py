@@ -90,6 +90,40 @@ class AdapterError(ModelError):
     """A LoRA adapter is missing, malformed, or was not loaded before use."""
 
 
+def check_adapter_files(path: str | Path) -> None:
+    """Check a PEFT adapter folder without loading it: a readable ``adapter_config.json`` and,
+    when present, a complete ``adapter_model.safetensors`` (header and every tensor's bytes).
+
+    Args:
+        path: the adapter directory.
+
+    Raises:
+        AdapterError: naming the damaged file (e.g. a truncated weights file after a crash or a
+            full disk). Checked before PEFT touches the model: a failed PEFT load would leave
+            LoRA layers injected into the base model.
+    """
+    path = Path(path)
+    config = path / "adapter_config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"{path} is not a PEFT adapter directory: adapter_config.json is "
+                           f"missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AdapterError(f"adapter file {config} is damaged: {exc}") from None
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as fh:  # validates header and file coverage
+                keys = list(fh.keys())
+        except Exception as exc:  # SafetensorError is not a subclass of a builtin error
+            raise AdapterError(f"adapter file {weights} is damaged: {exc}") from None
+        if not keys:
+            raise AdapterError(f"adapter file {weights} holds no tensors")
+
+
 # --------------------------------------------------------------------------- preparation
 
 
@@ -467,8 +501,7 @@ class Generator:
         path = Path(path).resolve()
         if not name or name == BASE_ADAPTER:
             raise AdapterError(f"adapter name {name!r} is reserved or empty (adapter at {path})")
-        if not (path / "adapter_config.json").is_file():
-            raise AdapterError(f"{path} is not a PEFT adapter directory: adapter_config.json is missing")
+        check_adapter_files(path)
         with self._lock:
             if self._adapters.get(name) == path:
                 return
@@ -541,23 +574,12 @@ class Generator:
         """
         import torch
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if adapters is None:
-            adapters = [None] * len(prompts)
-        if len(adapters) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(adapters)} adapters")
+        adapters = check_generate_args(prompts, adapters, max_new_tokens, temperature, batch_size)
         if not prompts:
             return []
 
         with self._lock:
-            unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
-            if unknown:
-                raise AdapterError(f"adapters {unknown} are not loaded (loaded: {sorted(self._adapters)})")
+            check_loaded(adapters, self._adapters)
             texts = [p if isinstance(p, str) else self.format_chat(p) for p in prompts]
             # Templates carry their own special tokens; SmolLM2 adds no BOS either.
             ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -620,6 +642,32 @@ class Generator:
                     text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
                     results[i] = GenerationResult(text, n, latency, adapters[i], truncated)
             return results  # type: ignore[return-value]
+
+
+def check_generate_args(prompts: list, adapters: list | None, max_new_tokens: int,
+                        temperature: float, batch_size: int = 1) -> list:
+    """Validate the arguments every backend's ``generate`` takes; returns one adapter per prompt.
+
+    Raises:
+        ValueError: a bound is out of range, or adapters and prompts differ in length.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    adapters = [None] * len(prompts) if adapters is None else list(adapters)
+    if len(adapters) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(adapters)} adapters")
+    return adapters
+
+
+def check_loaded(adapters: list, loaded: dict) -> None:
+    """Raise :class:`AdapterError` naming every requested adapter that is not loaded."""
+    unknown = sorted({a for a in adapters if a is not None and a not in loaded})
+    if unknown:
+        raise AdapterError(f"adapters {unknown} are not loaded (loaded: {sorted(loaded)})")
 
 
 _CACHE: dict[tuple[str, str, str], Generator] = {}
