@@ -29,11 +29,17 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
     Raises:
         core.importers.ImportValidationError: naming file, row and field; nothing is written.
     """
-    from core.importers import detect_format, read_reports
+    from core.importers import ImportValidationError, detect_format, read_reports
 
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    records = read_reports(path, fmt=fmt, mapping=mapping, require_impression=require_impression)
     name = display_name or str(path)
+    try:
+        fmt = detect_format(path) if fmt == "auto" else fmt
+        records = read_reports(path, fmt=fmt, mapping=mapping, require_impression=require_impression)
+    except ImportValidationError as exc:
+        if display_name is None or exc.file != str(path):
+            raise
+        # An upload is read from a temporary copy: name the file the way the user knows it.
+        raise ImportValidationError(display_name, exc.row, exc.field, exc.problem) from None
     imported, skipped = store.import_reports(records, file=name, fmt=fmt, actor=actor)
     return ImportResult(file=name, format=fmt, rows=len(records), imported=imported,
                         skipped=skipped)

@@ -175,6 +175,8 @@ def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_pa
 
     with pytest.raises(ImportValidationError, match=r"row 3.*findings"):
         admin.import_reports(store, users["admin"], bad)
+    with pytest.raises(ImportValidationError, match=r"^my upload\.csv, row 3, field 'findings'"):
+        admin.import_reports(store, users["admin"], bad, display_name="my upload.csv")
     assert store.count_reports() == 2
     at = AppTest.from_file(str(ROOT / "pages/admin.py"), default_timeout=TIMEOUT)
     at.session_state["user"] = users["admin"]
