@@ -5,7 +5,7 @@ import uuid
 
 import streamlit as st
 
-from core import annotate
+from core import annotate, study
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -153,5 +153,12 @@ def case_panel() -> None:
 
 
 st.title("Annotate")
+pending = [s for s in study.my_studies(store, user) if s.status == "running" and s.done < s.total]
+if pending:
+    with st.container(border=True):
+        st.markdown("**Evaluation study waiting:** " + "; ".join(
+            f"{s.name} ({s.total - s.done} of {s.total} left)" for s in pending))
+        st.page_link("pages/study_annotate.py", label="Open my study queue",
+                     icon=":material/checklist:")
 st.toggle("Blind A/B (hide which impression is the AI's until rated)", key="blind")
 case_panel()

@@ -223,3 +223,43 @@ def test_forbidden_words_check_is_not_vacuous(store, users, study_setup):
     assert "Submit and next" in text and "Excellent" in text
     assert re.search(r"Case \d+", text)
     assert at.session_state["sa_task"].findings.split(".")[0] in text
+
+
+def test_general_rater_pages_do_not_unblind_a_running_study(store, users, cases):
+    """My feedback and the general Annotate page show a rating's AI text next to the original
+    impression: while a study runs, its ratings and its reports stay off them."""
+    rad = users["rad1"]
+    sid = study.create_study(store, users["coord"], StudyDesign(
+        name="Blind", arms=["original", "base"], n_items=4, seed=5, raters=["rad1"], k=1))
+    units = store.study_units(sid)
+    for _ in range(3):
+        t = study.next_task(store, rad, sid)
+        study.submit(store, rad, t.task_id, 1, comment="study comment")
+    at = _page("my_feedback.py", rad).run()
+    assert not at.exception, at.exception
+    assert "not rated any case yet" in at.info[0].value
+    assert "study comment" not in page_text(at)
+    at = _page("annotate.py", rad).run()
+    assert not at.exception, at.exception
+    text = page_text(at)
+    shown = [rid for rid in set(units["report_id"]) if f"AI impression for report {rid}." in text]
+    assert shown == []
+    assert any(f"AI impression for report {r['id']}." in text for r in cases)  # not vacuous
+    study.close(store, users["coord"], sid)
+    at = _page("my_feedback.py", rad).run()
+    frame = at.dataframe[0].value
+    assert list(frame["comment"]) == ["study comment"] * 3          # unblinded after close
+
+
+def test_annotate_screen_points_raters_to_their_study_queue(store, users, study_setup):
+    def annotate_screen(user):  # through the router: the link needs the registered pages
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.session_state["user"] = user
+        at.run().switch_page("pages/annotate.py").run()
+        assert not at.exception, at.exception
+        return at
+
+    at = annotate_screen(users["rad1"])
+    assert any("Reader study 1 (16 of 16 left)" in m.value for m in at.markdown)
+    at = annotate_screen(users["admin"])    # no tasks: no notice
+    assert not any("Evaluation study waiting" in m.value for m in at.markdown)
