@@ -210,7 +210,7 @@ def _study_verb(args, store, user, study) -> int:
             external_source=args.external_source, typo_rate=args.typo_rate,
             model=args.from_model)
         model = (study.model_text_maker(_generator(args.model), batch_size=args.batch_size,
-                                        progress=True) if args.generate else None)
+                                        progress=True, store=store) if args.generate else None)
         # Style arms are rendered from stored base texts by rules; the model only runs with
         # --generate, for texts nobody has generated yet.
         study_id = study.create_study(store, user, design,
@@ -277,6 +277,7 @@ def cmd_pairs(args) -> int:
     pairs = pairs_for_reader(store, reader.id, heldout_fraction=args.heldout_fraction,
                              record_heldout=not args.no_record)
     n = write_jsonl(pairs.train, args.out)
+    store.audit("cli", "export", {"what": "pairs", "reader": args.reader, "rows": n})
     print(f"{args.reader}: {pairs.summary()}")
     print(f"wrote {n} training pairs to {args.out}")
     if args.heldout_out:

@@ -10,6 +10,7 @@ Tables (migration 30):
   number; the unit's report is the slot's report (or, for the ``external`` arm, the slot's
   report from the external source); ``label`` is what raters see instead of the arm; ``text``
   is a snapshot of the impression rated, so later generations never change a running study.
+  ``case_number`` (migration 31) is the number raters see: one per report, in a seeded order.
 * ``study_raters``: who rates, and in which batch they joined (0 at assignment, 1.. extend).
 * ``study_tasks``: one rater x unit, with the rater's queue position.
 * ``study_task_withdrawals``: pending tasks moved to another rater when a study is extended
@@ -105,6 +106,14 @@ STUDY_MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        31,
+        "study_units.case_number: the case number raters see (per report, seeded order)",
+        # Before 31 raters saw slot + 1, which gave an external-arm text (another report in
+        # the same slot) the case number of a different report's findings: a tell. Units of
+        # older studies keep slot + 1 (NULL here; readers coalesce).
+        "ALTER TABLE study_units ADD COLUMN case_number INTEGER;",
+    ),
 ]
 
 # Status events, latest wins; 'created' alone means a draft (no raters yet).
@@ -120,8 +129,9 @@ _DONE = ("EXISTS (SELECT 1 FROM study_answers a WHERE a.task_id = t.id AND NOT E
 
 _TASK_SQL = """
     SELECT t.id AS task_id, t.study_id, t.unit_id, t.reader_id, t.position, u.slot, u.label,
-           u.text, u.report_id, u.generation_id, r.findings, r.indication, r.comparison,
-           r.impression AS reference, {done} AS done, {active} AS active
+           coalesce(u.case_number, u.slot + 1) AS case_number, u.text, u.report_id,
+           u.generation_id, r.findings, r.indication, r.comparison, r.impression AS reference,
+           {done} AS done, {active} AS active
     FROM study_tasks t JOIN study_units u ON u.id = t.unit_id
     JOIN reports r ON r.id = u.report_id
 """
@@ -198,7 +208,8 @@ class StudyQueries:
 
         Args:
             study: name, seed, k, n_items, arms, scale, questions, guideline, config.
-            units: DataFrame with slot, report_id, arm, label, generation_id, text, normal.
+            units: DataFrame with slot, report_id, arm, label, generation_id, text, normal
+                and case_number (default slot + 1).
             actor: username recorded in the event and audit log.
         """
         now = _now()
@@ -212,12 +223,15 @@ class StudyQueries:
                  json.dumps(study.get("config") or {}), actor, now])
             study_id = con.execute("SELECT currval('studies_id_seq')").fetchall()[0][0]
             frame = units.assign(study_id=study_id)
+            if "case_number" not in frame:
+                frame = frame.assign(case_number=frame["slot"] + 1)
             con.register("incoming_units", frame)
             try:
                 con.execute(
                     "INSERT INTO study_units (study_id, slot, report_id, arm, label, "
-                    "generation_id, text, normal) SELECT study_id, slot, report_id, arm, label, "
-                    "generation_id, text, normal FROM incoming_units")
+                    "generation_id, text, normal, case_number) SELECT study_id, slot, "
+                    "report_id, arm, label, generation_id, text, normal, case_number "
+                    "FROM incoming_units")
             finally:
                 con.unregister("incoming_units")
             self._study_event(con, study_id, "created", actor,
@@ -360,7 +374,8 @@ class StudyQueries:
     def study_units(self, study_id: int):
         """Every unit of a study (the blinding key with texts) as a DataFrame."""
         return self.df(
-            "SELECT u.id AS unit_id, u.slot, u.report_id, u.arm, u.label, u.generation_id, "
+            "SELECT u.id AS unit_id, u.slot, coalesce(u.case_number, u.slot + 1) AS "
+            "case_number, u.report_id, u.arm, u.label, u.generation_id, "
             "u.text, u.normal, r.source, r.external_id, r.findings, r.indication, r.comparison, "
             "r.impression AS original, g.model, g.adapter, g.style, g.flags "
             "FROM study_units u JOIN reports r ON r.id = u.report_id "
@@ -410,7 +425,8 @@ class StudyQueries:
         """
         return self.df(
             "SELECT f.id AS feedback_id, f.created_at, a.task_id, a.unit_id, f.reader_id, "
-            "rd.username AS rater, u.slot, u.arm, u.label, u.report_id, r.source, "
+            "rd.username AS rater, u.slot, coalesce(u.case_number, u.slot + 1) AS "
+            "case_number, u.arm, u.label, u.report_id, r.source, "
             "r.external_id, u.normal, u.generation_id, g.model, g.adapter, g.style, "
             "f.rating, f.factual_error, f.omission, f.style_issue, f.critical_missed, "
             "f.comment, f.time_spent_ms, a.answers, u.text, r.impression AS original, "

@@ -507,6 +507,14 @@ def create_study(store: Store, user: User, design: StudyDesign,
                          "label": blind_label(design.seed, slot, arm.name, names),
                          "generation_id": gen_id, "text": text.strip(),
                          "normal": bool(rep["normal"]) if "normal" in rep else None})
+    # Raters see a case number per report (not the slot): an external-arm text in slot i is
+    # another report than slot i's, and sharing its number would single it out. Numbers run
+    # 1..reports in a seeded order, so they say nothing about slot, arm or source either.
+    in_study = sorted({row["report_id"] for row in rows},
+                      key=lambda rid: (_hkey(design.seed, "case", rid), rid))
+    case_of = {rid: i + 1 for i, rid in enumerate(in_study)}
+    for row in rows:
+        row["case_number"] = case_of[row["report_id"]]
     units = pd.DataFrame(rows).astype({"generation_id": "Int64", "normal": "boolean"})
     config = {"strata": list(strata), "sources": list(design.sources or []),
               "external_source": design.external_source, "typo_rate": design.typo_rate,
@@ -744,7 +752,8 @@ class RaterStudy:
 @dataclass(frozen=True)
 class StudyTask:
     """One blinded unit to rate. ``reference`` is the original impression, given only on
-    scales that rate relative to it."""
+    scales that rate relative to it. ``case_number`` is one per report of the study, in a
+    seeded order (texts of the same findings share it; it is not the item slot)."""
 
     task_id: int
     study_id: int
@@ -780,7 +789,7 @@ def rater_study(store: Store, user: User, study_id: int) -> RaterStudy:
 
 
 def _task(row: dict, scale: Scale) -> StudyTask:
-    return StudyTask(int(row["task_id"]), int(row["study_id"]), int(row["slot"]) + 1,
+    return StudyTask(int(row["task_id"]), int(row["study_id"]), int(row["case_number"]),
                      row["label"], row["text"], row["findings"], row["indication"],
                      row["comparison"], row["reference"] if scale.reference else None,
                      bool(row["done"]))
@@ -1450,7 +1459,7 @@ def ratings_table(store: Store, user: User, study_id: int):
     r = _ratings_frame(store, study, scale)
     if r.empty:
         return pd.DataFrame(columns=EXPORT_COLUMNS)
-    r = r.assign(study_id=study["id"], case_number=r["slot"] + 1,
+    r = r.assign(study_id=study["id"],
                  neutral_or_better=r["rating"] >= 0,
                  answers=r["answers"].map(lambda a: json.dumps(a, sort_keys=True)))
     return r[EXPORT_COLUMNS].reset_index(drop=True)
@@ -1625,13 +1634,25 @@ def stored_style_maker(store: Store, fallback: MakeTexts | None = None) -> MakeT
 
 
 def model_text_maker(generator, batch_size: int = 8, max_new_tokens: int = 96,
-                     progress: bool = False) -> MakeTexts:
+                     progress: bool = False, store: Store | None = None) -> MakeTexts:
     """``make_texts`` backed by a loaded :class:`core.models.Generator` via core.generate.
 
-    Base, typo and external arms are zero-shot impressions (:func:`core.generate.impressions_for`).
-    Style arms are the base impression rendered by :mod:`core.styles`, unless
-    ``impressions_for`` takes a ``style`` itself. Adapter arms need ``impressions_for`` to take
-    an ``adapter`` (or ``reader``); until then they raise :class:`StudyError`.
+    Base, typo and external arms are the pipeline's impressions
+    (:func:`core.generate.impressions_for`; with ``store`` it retrieves from that database like
+    the app's stored texts, else the model writes alone). Style arms are the base impression
+    rendered by :mod:`core.styles`, unless ``impressions_for`` takes a ``style`` itself.
+    Adapter arms (``adapter:<radiologist>``) load that radiologist's active LoRA adapter
+    (:func:`core.generate.reader_adapter`: the database with ``store``, else the pointer file)
+    into the generator once and draft with it.
+
+    Args:
+        generator: the loaded model.
+        batch_size: model batch size.
+        max_new_tokens: token budget per impression.
+        progress: show progress bars.
+        store: the database to retrieve from and to find active adapters in (optional).
+    Returns:
+        ``make_texts(reports, arm)``.
     """
     from core import generate
 
@@ -1643,6 +1664,8 @@ def model_text_maker(generator, batch_size: int = 8, max_new_tokens: int = 96,
                                   **extra}
         if "progress" in params:
             kwargs["progress"] = progress
+        if store is not None and "store" in params:
+            kwargs["store"] = store
         return [o.text for o in generate.impressions_for(generator, reports, **kwargs)]
 
     def base(reports: list[dict]) -> list[str]:
@@ -1651,6 +1674,19 @@ def model_text_maker(generator, batch_size: int = 8, max_new_tokens: int = 96,
             cache[(r["id"], r["findings"])] = text
         return [cache[(r["id"], r["findings"])] for r in reports]
 
+    def adapter_name(arm: Arm) -> str:
+        """The arm's adapter loaded into the generator (PEFT forbids "." in names)."""
+        gen_name = str(arm.adapter).replace(".", "__dot__")
+        if gen_name in (getattr(generator, "adapters", None) or {}):
+            return gen_name
+        path = generate.reader_adapter(str(arm.adapter), store=store)
+        if path is None:
+            raise StudyError(
+                f"arm {arm.name!r}: {arm.adapter!r} has no active adapter with LoRA weights "
+                f"(promote one on the Adapters page, or let the nightly job draft these texts)")
+        generator.load_adapter(gen_name, path)
+        return gen_name
+
     def make(reports: list[dict], arm_name: str) -> list[str]:
         arm = parse_arm(arm_name)
         if arm.kind == "style":
@@ -1658,11 +1694,13 @@ def model_text_maker(generator, batch_size: int = 8, max_new_tokens: int = 96,
                 return run(reports, style=arm.style)
             return _styled(arm, reports, base(reports))
         if arm.kind == "adapter":
-            key = "adapter" if "adapter" in params else "reader" if "reader" in params else None
-            if key is None:
+            if "adapter" not in params:
                 raise StudyError(f"arm {arm.name!r}: core.generate.impressions_for cannot use "
-                                 f"an adapter yet; generate the adapter's texts first")
-            return run(reports, **{key: arm.adapter})
+                                 f"an adapter; generate the adapter's texts first")
+            extra: dict[str, Any] = {"adapter": adapter_name(arm)}
+            if "reader" in params:
+                extra["reader"] = arm.adapter      # the radiologist's own reports rank first
+            return run(reports, **extra)
         return base(reports)
 
     make.model_name = generator.name  # type: ignore[attr-defined]

@@ -162,6 +162,69 @@ def svg_stacked(distribution, arms: Sequence[str], labels: Sequence[str], title:
     return "".join(parts)
 
 
+ERROR_DIMENSIONS = {"factual_error": ("factual error", "#b42318"),
+                    "omission": ("omission", "#e17b54"), "style_issue": ("style", "#6ca6d9")}
+
+
+def svg_grouped_rates(errors, arms: Sequence[str], title: str) -> str:
+    """Per arm, one thin bar per error dimension (factual error, omission, style) with its
+    interval, and a legend. ``errors``: the StudyResults.errors frame.
+
+    Returns:
+        An ``<svg>`` element as text ("" when no dimension was asked).
+    """
+    dims = [d for d in ERROR_DIMENSIONS if len(errors) and d in set(errors["question"])]
+    if not dims:
+        return ""
+    left, right, top, bar_h = 150, 20, 28, 6
+    width = 460
+    plot_w = width - left - right
+    row_h = bar_h * len(dims) + 8
+    top_hi = max([float(v) for v in errors["hi"] if not math.isnan(float(v))] + [0.1])
+    x_max = min(1.0, math.ceil(top_hi * 5) / 5)            # quarter ticks land on whole %
+    height = top + row_h * len(arms) + 36
+
+    def x(v: float) -> float:
+        return left + min(max(v, 0.0), x_max) / x_max * plot_w
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="16" font-size="12" font-weight="600">{_esc(title)}</text>']
+    axis_y = top + row_h * len(arms)
+    for i in range(5):
+        xx = x(x_max * i / 4)
+        parts.append(f'<line x1="{xx:.1f}" y1="{top - 4}" x2="{xx:.1f}" y2="{axis_y}" '
+                     f'stroke="#eaecf0"/>')
+        parts.append(f'<text x="{xx:.1f}" y="{axis_y + 12}" font-size="10" '
+                     f'text-anchor="middle" fill="#475467">{100 * x_max * i / 4:.0f}%</text>')
+    by = {(r["arm"], r["question"]): r for r in errors.to_dict("records")}
+    for i, arm in enumerate(arms):
+        y0 = top + i * row_h
+        parts.append(f'<text x="{left - 6}" y="{y0 + row_h / 2 + 3:.1f}" font-size="11" '
+                     f'text-anchor="end">{_esc(arm)}</text>')
+        for j, d in enumerate(dims):
+            r = by.get((arm, d))
+            if r is None or math.isnan(float(r["rate"])):
+                continue
+            y = y0 + 4 + j * bar_h
+            name, color = ERROR_DIMENSIONS[d]
+            parts.append(f'<rect x="{left}" y="{y}" width="{x(float(r["rate"])) - left:.1f}" '
+                         f'height="{bar_h - 1}" fill="{color}"><title>{_esc(arm)}, '
+                         f'{_esc(name)}: {100 * float(r["rate"]):.1f}%</title></rect>')
+            if not (math.isnan(float(r["lo"])) or math.isnan(float(r["hi"]))):
+                cy = y + (bar_h - 1) / 2
+                parts.append(f'<line x1="{x(float(r["lo"])):.1f}" y1="{cy:.1f}" '
+                             f'x2="{x(float(r["hi"])):.1f}" y2="{cy:.1f}" stroke="#101828"/>')
+    lx, ly = left, height - 6
+    for d in dims:
+        name, color = ERROR_DIMENSIONS[d]
+        parts.append(f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{color}"/>')
+        parts.append(f'<text x="{lx + 12}" y="{ly}" font-size="9.5">{_esc(name)}</text>')
+        lx += 14 + 5.6 * len(name) + 8
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +252,8 @@ th, td { border-bottom: 1px solid #eaecf0; padding: 2px 5px; text-align: right; 
 th:first-child, td:first-child, th.l, td.l { text-align: left; }
 th { background: #f9fafb; font-weight: 600; }
 .notes { color: #7a2e0e; } .small { color: #475467; font-size: 10px; }
+svg { max-width: 100%; height: auto; }
+@media print { html { zoom: 0.74; } .grid > div { break-inside: avoid; } }
 """
 
 
@@ -216,6 +281,17 @@ def summary_html(res: "StudyResults") -> str:
           "hi": r["hi"]} for r in paired],
         "Mean rating difference (bootstrap 95% CI)", x_min=-span, x_max=span, percent=False,
         ref=0.0) if paired else ""
+
+    bias_rows = res.bias.to_dict("records")
+    b_span = max([abs(float(v)) for r in bias_rows for v in (r["lo"], r["hi"], r["mean_offset"])
+                  if not math.isnan(float(v))] + [0.5])
+    b_span = min(4.0, math.ceil(b_span * 2) / 2)
+    fig_bias = svg_interval_bars(
+        [{"name": r["rater"], "share": r["mean_offset"], "lo": r["lo"], "hi": r["hi"]}
+         for r in bias_rows],
+        "Per-rater mean offset (95% CI)", x_min=-b_span, x_max=b_span, percent=False,
+        ref=0.0) if bias_rows else ""
+    fig_err = svg_grouped_rates(res.errors, arms, "Error rates (Wilson 95% CI)")
 
     share_table = _table(
         ["Arm", "Ratings", "Items", "Mean", "Neutral or better", "Wilson 95% CI",
@@ -278,7 +354,7 @@ status {_esc(s['status'])} · summary written {when}</div>
 <div class="grid">
 <div>{fig_share}</div><div>{fig_dist}</div>
 <div><h2>Share rated neutral or better</h2>{share_table}</div>
-<div><h2>Error rates per dimension (Wilson 95% CI)</h2>{err_table}</div>
+<div><h2>Error rates per dimension (Wilson 95% CI)</h2>{err_table}{fig_err}</div>
 <div><h2>Comparisons between arms</h2>{pair_table}
 <p class="small">Paired arms: Wilcoxon signed-rank on per-item mean ratings, effect = rank-biserial
 (positive: A rated higher). External arm: Mann-Whitney U, effect = rank-biserial.</p></div>
@@ -286,6 +362,7 @@ status {_esc(s['status'])} · summary written {when}</div>
 <div><h2>Inter-rater agreement</h2>{agree_table}
 <h2>Per-rater bias (mean offset from the other raters of the same unit)</h2>{bias_table}</div>
 <div><h2>Automatic metrics beside human ratings</h2>{metric_table}
+{fig_bias}
 {f'<h2>Notes</h2><ul class="notes">{notes}</ul>' if notes else ''}</div>
 </div>
 </body></html>
@@ -307,9 +384,12 @@ def summary_text(res: "StudyResults") -> str:
         if frame is None or frame.empty:
             out.append("  (none)")
         else:
+            shown = frame[list(cols)].copy()
+            for col in ("p_value", "p_holm"):          # "<0.001", not a misleading 0.000
+                if col in shown:
+                    shown[col] = shown[col].map(_p)
             with pd.option_context("display.width", 160, "display.max_columns", 30):
-                out.append(frame[list(cols)].to_string(index=False, float_format=lambda v:
-                                                      f"{v:.3f}"))
+                out.append(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         out.append("")
 
     block("Share neutral-or-better (Wilson 95% CI; item-bootstrap CI)", res.shares,

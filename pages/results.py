@@ -47,6 +47,17 @@ for note in res.notes:
     st.warning(note)
 
 COLORS = ["#b42318", "#e17b54", "#d0d5dd", "#6ca6d9", "#175cd3"]
+PCT = st.column_config.NumberColumn(format="percent")
+
+
+def _cols(pct=(), dec2=(), dec3=()) -> dict:
+    """column_config: shares as %, means and differences to 2 decimals, agreement to 3
+    (p-values keep the default, which shows small ones in full)."""
+    cfg = {c: PCT for c in pct}
+    cfg |= {c: st.column_config.NumberColumn(format="%.2f") for c in dec2}
+    cfg |= {c: st.column_config.NumberColumn(format="%.3f") for c in dec3}
+    return cfg
+
 
 
 def _err(frame, value="share", lo="lo", hi="hi"):
@@ -148,23 +159,29 @@ with tab_arms:
     left.plotly_chart(fig_shares(res.shares), use_container_width=True, key="rs_fig_shares")
     right.plotly_chart(fig_distribution(res.distribution), use_container_width=True,
                        key="rs_fig_dist")
-    st.dataframe(res.shares, hide_index=True, use_container_width=True)
+    st.dataframe(res.shares, hide_index=True, use_container_width=True,
+                 column_config=_cols(pct=("share", "lo", "hi", "boot_lo", "boot_hi"),
+                                     dec2=("mean",)))
     if not res.errors.empty:
         st.plotly_chart(fig_errors(res.errors), use_container_width=True, key="rs_fig_err")
     if not res.by_stratum.empty:
         st.markdown("**Neutral or better by normal / abnormal report**")
-        st.dataframe(res.by_stratum, hide_index=True, use_container_width=True)
+        st.dataframe(res.by_stratum, hide_index=True, use_container_width=True,
+                     column_config=_cols(pct=("share", "lo", "hi")))
 with tab_cmp:
     if res.paired.empty:
         st.info("A comparison needs two arms with ratings.")
     else:
         st.plotly_chart(fig_paired(res.paired), use_container_width=True, key="rs_fig_paired")
-        st.dataframe(res.paired, hide_index=True, use_container_width=True)
+        st.dataframe(res.paired, hide_index=True, use_container_width=True,
+                     column_config=_cols(dec2=("mean_a", "mean_b", "mean_diff", "lo", "hi",
+                                               "effect")))
         st.caption("Paired arms: Wilcoxon signed-rank on per-item mean ratings; effect = "
                    "rank-biserial (positive: A rated higher); p (Holm) adjusts for the number "
                    "of comparisons. External arm: Mann-Whitney U (different reports).")
 with tab_agree:
-    st.dataframe(res.agreement, hide_index=True, use_container_width=True)
+    st.dataframe(res.agreement, hide_index=True, use_container_width=True,
+                 column_config=_cols(dec3=("estimate", "lo", "hi")))
     left, right = st.columns(2)
     if not res.pairwise.empty:
         left.plotly_chart(fig_pairwise(res.pairwise), use_container_width=True,
@@ -175,7 +192,15 @@ with tab_auto:
     if res.correlations.empty:
         st.info("No automatic metric was computed.")
     else:
-        st.dataframe(res.correlations, hide_index=True, use_container_width=True)
+        names = list(res.correlations["metric"])
+        st.markdown("**Mean per arm** (each text against the report's original impression)")
+        st.dataframe(res.unit_metrics.groupby("arm", sort=False)[["mean_rating", *names]]
+                     .mean().reindex([a for a in arms if a in set(res.unit_metrics["arm"])])
+                     .reset_index(), hide_index=True, use_container_width=True,
+                     column_config=_cols(dec2=("mean_rating",), dec3=tuple(names)))
+        st.markdown("**How well each metric tracks the human ratings** (Spearman, per text)")
+        st.dataframe(res.correlations, hide_index=True, use_container_width=True,
+                     column_config=_cols(dec3=("rho",)))
         metric = st.selectbox("Metric", list(res.correlations["metric"]), key="rs_metric")
         st.plotly_chart(fig_metric(res.unit_metrics, metric), use_container_width=True,
                         key="rs_fig_metric")

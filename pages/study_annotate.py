@@ -74,7 +74,8 @@ def task_panel(rs: study.RaterStudy) -> None:
             st.markdown("**Reference impression**")
             st.text(task.reference)
         st.markdown(f"**Impression to rate** (text {task.label})")
-        st.info(task.text)
+        # Verbatim, not Markdown: "- ", "1." or "*" in a text must look the same for every arm.
+        st.container(border=True).text(task.text)
         st.markdown(rs.scale.question)
         current = st.session_state.get(f"sa_rating_{nonce}")
         cols = st.columns(len(rs.scale.values))

@@ -175,6 +175,12 @@ def test_missing_texts_are_refused_without_a_generator_and_made_with_one(store, 
     assert all(seen["base"][i] == originals[i] for i in seen["base"])
     changed = [seen["typos"][i] != originals[i] for i in seen["typos"]]
     assert sum(changed) == 10                     # ~5 of 16 words per findings get a typo
+    # ...but raters see the clean findings: typos on their screen would give the arm away
+    typo_units = set(units[units["arm"] == "typos"]["unit_id"])
+    tasks = store.study_tasks(sid)
+    for t in tasks[tasks["unit_id"].isin(typo_units)].itertuples():
+        row = store.get_study_task(t.task_id)
+        assert row["findings"] == originals[row["report_id"]]
     # originals are the reports' own impressions, without a generation
     orig = units[units["arm"] == "original"]
     assert orig["generation_id"].isna().all() and (orig["text"] == orig["original"]).all()
@@ -222,6 +228,21 @@ def test_external_arm_rates_reports_of_the_other_source(store, people):
     units = store.study_units(sid)
     assert set(units[units["arm"] == "external"]["source"]) == {"chexpert-plus"}
     assert set(units[units["arm"] != "external"]["source"]) == {"site-a"}
+    # Case numbers are per report, not per slot: the external text of slot i (another
+    # report) must not carry the number of slot i's findings, or it would stand out.
+    case_of = units.groupby("report_id")["case_number"].agg(["nunique", "first"])
+    assert (case_of["nunique"] == 1).all()
+    assert sorted(case_of["first"]) == list(range(1, 17))          # 8 + 8 reports
+    ext = units[units["arm"] == "external"].set_index("slot")["case_number"]
+    own = units[units["arm"] == "base"].set_index("slot")["case_number"]
+    assert not (ext == own).any()
+    assert list(own.sort_index()) != list(range(1, 9))              # seeded, not the slot order
+    seen = {}
+    for name in ("r0", "r1", "r2"):
+        for t in store.study_tasks(sid).query("rater == @name").itertuples():
+            task = study._task(store.get_study_task(t.task_id), study.SCALES["absolute"])
+            seen.setdefault(task.case_number, set()).add(task.findings)
+    assert all(len(f) == 1 for f in seen.values())                 # one case, one findings
     _rate_all(store, people, sid, lambda u, r: 1 if u["arm"] == "external" else 0)
     study.close(store, people["coord"], sid)
     res = study.results(store, people["coord"], sid, n_boot=50, metric_fns={})
@@ -235,7 +256,50 @@ def test_external_arm_rates_reports_of_the_other_source(store, people):
     assert pairs == []  # original and base tie everywhere
 
 
+def test_external_arm_from_a_chexpert_plus_import(store, people, tmp_path):
+    """The robustness arm on an imported CheXpert Plus file (real importer, source
+    'chexpert-plus'): offered by the design form, sampled only from that source."""
+    import csv
+
+    from core.ingest import import_file
+
+    store.import_reports(make_reports(20), file="t", fmt="test")
+    path = tmp_path / "df_chexpert_plus_240401.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path_to_image", "section_findings", "section_impression"])
+        for i in range(12):
+            findings, impression = ABNORMAL if i % 3 == 0 else NORMAL
+            for view in ("view1_frontal.jpg", "view2_lateral.jpg"):   # one report per study
+                w.writerow([f"train/patient{i:05d}/study1/{view}", f"{findings} Study {i}.",
+                            impression])
+    import_file(store, path, fmt="auto", actor="test")
+    opts = study.design_options(store, people["coord"])
+    assert opts.sources == {"site-a": 20, "chexpert-plus": 12} and "external" in opts.arms
+    sid = _create(store, people, n=6, arms=("base", "external"),
+                  external_source="chexpert-plus")
+    units = store.study_units(sid)
+    ext = units[units["arm"] == "external"]
+    assert set(ext["source"]) == {"chexpert-plus"} and ext["report_id"].nunique() == 6
+    assert ext["external_id"].str.startswith("train/patient").all()
+    assert set(units[units["arm"] == "base"]["source"]) == {"site-a"}
+    assert ext["normal"].sum() == 4                 # 2/3 of the CheXpert studies are normal
+    assert store.get_study(sid)["config"]["external_source"] == "chexpert-plus"
+
+
 # ------------------------------------------------------------------------------- raters
+def test_units_of_studies_before_migration_31_keep_slot_case_numbers(store, people):
+    """Units created before study_units.case_number existed (NULL) show slot + 1."""
+    sid = _create(store, people, n=4, raters=("r0",), k=1)
+    with store.tx() as con:
+        con.execute("UPDATE study_units SET case_number = NULL WHERE study_id = ?", [sid])
+    units = store.study_units(sid)
+    assert list(units["case_number"]) == list(units["slot"] + 1)
+    task = study.next_task(store, people["r0"], sid)
+    row = store.get_study_task(task.task_id)
+    assert task.case_number == row["slot"] + 1
+
+
 def test_rater_queue_is_blind_and_own(store, people):
     sid = _create(store, people, n=10, arms=("original", "base", "style:brief"))
     task = study.next_task(store, people["r0"], sid)
@@ -518,6 +582,8 @@ def test_exports_after_close(store, people, hand_study, tmp_path):
     csv, pq = pd.read_csv(csv_path), pd.read_parquet(pq_path)
     assert len(csv) == len(pq) == 16
     assert list(csv.columns) == study.EXPORT_COLUMNS
+    shown = store.study_units(sid).set_index(["slot", "arm"])["case_number"]   # raters' numbers
+    assert [shown[(s, a)] for s, a in zip(csv["slot"], csv["arm"])] == list(csv["case_number"])
     assert sorted(csv.groupby("arm")["rating"].apply(list)["base"]) == \
         sorted(HAND["base"]["r0"] + HAND["base"]["r1"])
     assert set(csv["model"].dropna()) == {"fake-model"}
@@ -541,6 +607,11 @@ def test_exports_after_close(store, people, hand_study, tmp_path):
     html = study.export_html(store, coord, sid, tmp_path / "s.html", n_boot=50, metrics=())
     assert (tmp_path / "s.html").read_text() == html
     assert "<svg" in html and "87.5%" in html and "37.5%" in html
+    # figures: neutral-or-better, distribution, error rates, paired differences, rater offsets
+    assert html.count("<svg") == 5
+    for title in ("Neutral or better", "Rating distribution", "Error rates (Wilson",
+                  "Mean rating difference", "Per-rater mean offset"):
+        assert f'aria-label="{title}' in html, title
     low = html.lower()
     assert "<script" not in low and "src=" not in low and "href=" not in low
     assert "https://" not in low and "@import" not in low
@@ -606,6 +677,9 @@ def test_cli_study_flow(store, users, cases, tmp_path):
     assert status.returncode == 0 and "done 0/24" in status.stdout and "rad2" in status.stdout
     early = run("study", "report", "1")
     assert early.returncode == 1 and "only after the study is closed" in early.stderr
+    early = run("study", "export", "1", "--out", str(tmp_path / "early.csv"))
+    assert early.returncode == 1 and "only after the study is closed" in early.stderr
+    assert not (tmp_path / "early.csv").exists()
     bad = run("study", "create", "--name", "x", "--arms", "original,style:fancy", "--n", "3")
     assert bad.returncode == 2 and "style:fancy" in bad.stderr
     not_coord = run("study", "--as", "rad1", "list")
@@ -651,10 +725,25 @@ def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
         assert bullets.loc[slot, "text"] == apply_style(base.loc[slot, "text"], "bullets")
         assert json.loads(bullets.loc[slot, "flags"])["styled_from"] == \
             int(base.loc[slot, "generation_id"])
-    if "adapter" not in inspect.signature(generate.impressions_for).parameters and \
-            "reader" not in inspect.signature(generate.impressions_for).parameters:
-        with pytest.raises(StudyError, match="adapter"):
-            model([{"id": 1, "findings": "Lungs clear."}], "adapter:dr_lee")
+    # an adapter arm needs the radiologist's active LoRA adapter...
+    with pytest.raises(StudyError, match="'r0' has no active adapter"):
+        model([{"id": 1, "findings": "Lungs clear."}], "adapter:r0")
+    # ...which it loads once (here a hand-copied flat adapter folder, no versions) and drafts with
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.config import settings
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(path), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft.save_pretrained(settings().adapters_dir / "r0")
+    sid = study.create_study(store, people["coord"], StudyDesign(
+        "Adapter study", ["base", "adapter:r0"], n_items=3, raters=["r1"], k=1),
+        make_texts=study.stored_style_maker(store, model))
+    made = store.study_units(sid).query("arm == 'adapter:r0'")
+    assert len(made) == 3 and (made["adapter"] == "r0").all() and (made["model"] == "tiny").all()
+    assert made["text"].str.len().min() > 0
+    assert "r0" in gen.adapters
 
 
 def test_style_arms_from_stored_base_texts_without_a_model(store, people):
