@@ -152,6 +152,7 @@ OBSERVATIONS: tuple[ObservationSpec, ...] = (
             r"(?<!bone )(?<!soft tissue )(?<!mineral )\bdensit(?:y|ies)\b",
             r"\bhaz(?:y|iness)\b",
             r"\bground[- ]glass\b",
+            r"\bwhite-?out\b",
         ),
         normals=_LUNGS_CLEAR,
     ),
@@ -664,6 +665,14 @@ CRITICAL_FINDINGS: tuple[CriticalFinding, ...] = (
             r"|\bwhite-?out\b"
         ),
         exclude=r"\b(?:no|without)\b[^.;]{0,20}\blarge\b",
+    ),
+    CriticalFinding(
+        "hemithorax white-out", "Lung Opacity",
+        "A whited-out hemithorax (massive effusion, whole-lung collapse or consolidation) needs "
+        "urgent explanation and often drainage or bronchoscopy.",
+        qualifier=(r"\bwhite-?out\b|\b(?:complete|total|entire|whole)\w* (?:opacif\w+|opacity) of the "
+                   r"(?:right |left )?hemithorax\b|\bopacified (?:right |left )?hemithorax\b"),
+        satisfied_by=("Pleural Effusion", "Atelectasis", "Consolidation"),
     ),
     CriticalFinding(
         "pulmonary edema", "Edema",

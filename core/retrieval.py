@@ -1,8 +1,9 @@
 """Retrieval of similar past reports, and minimum-Bayes-risk consensus over their impressions.
 
 Why: in IU X-ray (and in any department) impressions are written from a few dictation templates,
-so the impression of the most similar findings is a strong answer (TF-IDF 1-NN: ROUGE-L ~62-66
-against ~47 for a constant normal impression, and ~5 for SmolLM2-135M zero-shot). Two things make
+so the impression of the most similar findings is a strong answer (on the fixed test split,
+bench/quality.py: word TF-IDF 1-NN ROUGE-L 59.4 against 42.0 for a constant normal impression and
+62.7 for the coarse-to-fine default; ~5-7 for SmolLM2-135M drafting alone). Two things make
 retrieval better than copying the single nearest neighbour:
 
 1. Robust features: TF-IDF over character n-grams (3-5, inside word boundaries) plus word uni- and

@@ -182,6 +182,7 @@ CRITICAL_CASES = [
     ("Pneumoperitoneum is present. Heart size normal.", "Free Air", "free air (pneumoperitoneum)"),
     ("Large right pleural effusion with adjacent atelectasis.", "Pleural Effusion", "large pleural effusion"),
     ("Moderate left pleural effusion. Heart is normal.", "Pleural Effusion", "large pleural effusion"),
+    ("Complete white-out of the left hemithorax.", "Lung Opacity", "hemithorax white-out"),
     ("Cardiomegaly with interstitial pulmonary edema.", "Edema", "pulmonary edema"),
     ("Right lower lobe consolidation. No effusion.", "Consolidation", "consolidation"),
     ("Patchy airspace disease in the left lower lobe consistent with pneumonia.", "Pneumonia", "pneumonia"),
