@@ -71,7 +71,7 @@ LAY: dict[str, str] = {
     "Interstitial Disease": "changes in the tissue between the air sacs (interstitial disease)",
     "Vascular Congestion": "full blood vessels in the lungs (vascular congestion)",
     "Emphysema": "damaged air sacs in the lungs (emphysema)",
-    "Low Lung Volumes": "lungs that are not fully expanded (low lung volumes)",
+    "Low Lung Volumes": "less air in the lungs than usual (low lung volumes)",
     "Hernia": "part of the stomach pushing up into the chest (hernia)",
     "Elevated Diaphragm": "a raised breathing muscle under the lung (elevated diaphragm)",
     "Scarring": "some old scarring in the lung (scarring)",
@@ -80,6 +80,9 @@ LAY: dict[str, str] = {
     "Calcification": "calcium deposits (calcification)",
     "Tortuous Aorta": "a curving main artery (tortuous aorta)",
 }
+# Lay phrases that take "There are" ("There are signs of ...", "There are calcium deposits").
+LAY_PLURAL = frozenset({"Pneumonia", "Interstitial Disease", "Vascular Congestion", "Emphysema",
+                        "Degenerative Spine", "Calcification"})
 URGENT = frozenset({"Pneumothorax", "Free Air", "Edema", "Consolidation", "Pneumonia", "Mass", "Fracture"})
 # Pertinent negatives stated in the comprehensive style when the findings negate them.
 PERTINENT_NEGATIVES = (
@@ -181,7 +184,7 @@ def brief(impression: str, findings: str | None = None) -> str:
         if labels[obs] is Label.UNCERTAIN:
             out.append(f"There may be {phrase}.")
         else:
-            out.append(f"There is {phrase}.")
+            out.append(f"There {'are' if obs in LAY_PLURAL else 'is'} {phrase}.")
         urgent = urgent or obs in URGENT
     if urgent:
         out.append("This needs prompt attention from your doctor.")
