@@ -164,6 +164,7 @@ def retract(store: Store, user: User, feedback_id: int) -> int:
 def feedback_of(store: Store, user: User, reader_id: int | None = None,
                 include_retracted: bool = True):
     """A reader's feedback history (DataFrame). Radiologists may only read their own."""
+    require(user)
     reader_id = user.id if reader_id is None else reader_id
     require_self_or(user, reader_id, "coordinator", "admin")
     from core.study import without_open_study_rows

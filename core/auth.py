@@ -7,6 +7,7 @@ imports, users and adapters. Checks live here, in core, not only in which pages 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ MAX_FAILED_SIGNINS = 5
 THROTTLE_WINDOW = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Refused whatever the other rules say (lower-cased comparison).
+COMMON_PASSWORDS = frozenset({
+    "password", "password1", "password12", "password123", "passw0rd", "p@ssw0rd", "p@ssword",
+    "12345678", "123456789", "1234567890", "87654321", "11111111", "00000000", "qwertyui",
+    "qwerty123", "qwertyuiop", "1q2w3e4r", "1qaz2wsx", "abcd1234", "abc12345", "iloveyou",
+    "letmein1", "welcome1", "welcome123", "changeme", "changeme1", "admin123", "administrator",
+    "radiology", "radiology1", "radiologist", "hospital", "hospital1", "impressionist",
+    "sunshine1", "trustno1", "football1", "monkey123", "dragon123",
+})
 
 
 @dataclass(frozen=True)
@@ -54,16 +64,36 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
-def check_password_rules(password: str) -> None:
-    """Raise :class:`AuthError` for a password that is too weak."""
+def check_password_rules(password: str, username: str | None = None) -> None:
+    """Raise :class:`AuthError` for a password that is too weak.
+
+    Rules: at least ``MIN_PASSWORD_LENGTH`` characters and at most 72 bytes (bcrypt's limit); no
+    leading/trailing spaces; not only lower-case letters; not a well-known password; not mostly
+    the username (what is left after removing it must still be long enough).
+
+    Args:
+        password: the proposed password (never logged or put in a message).
+        username: the account's name, for the last rule.
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AuthError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password.encode("utf-8")) > 72:
+    try:
+        n_bytes = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise AuthError("password contains characters that cannot be typed (lone surrogates)") \
+            from None
+    if n_bytes > 72:
         # bcrypt only reads the first 72 bytes; refuse rather than silently truncate.
         raise AuthError("password must be at most 72 bytes")
     if password.strip() != password or password.lower() == password and password.isalpha():
         raise AuthError("password must not start/end with spaces and must not be only "
                         "lower-case letters")
+    if password.lower() in COMMON_PASSWORDS:
+        raise AuthError("password is a well-known password; choose another")
+    if username and username.lower() in password.lower() and \
+            len(password) - len(username) < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"password must not be mostly the username; it needs at least "
+                        f"{MIN_PASSWORD_LENGTH} other characters")
 
 
 def create_user(store: Store, username: str, role: str, password: str,
@@ -81,27 +111,56 @@ def create_user(store: Store, username: str, role: str, password: str,
     if role not in ROLES:
         raise ValidationError(f"role {role!r}: must be one of {', '.join(ROLES)}")
     if check_rules:
-        check_password_rules(password)
+        check_password_rules(password, username)
     reader = store.add_reader(username, role, hash_password(password))
     store.audit(actor, "user_added", {"username": username, "role": role})
     return reader
 
 
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    """A bcrypt hash of nothing anyone knows, checked for unknown users so that a wrong
+    username takes as long as a wrong password (no user enumeration by timing)."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password(os.urandom(16).hex())
+    return _DUMMY_HASH
+
+
+def audit_name(store: Store, username: str) -> str:
+    """How a sign-in attempt names its actor in the audit log: the username when such a user
+    exists, else ``unknown:<hash>``. A password typed into the username box (a common slip)
+    must never land in the log; the hash still lets throttling count the attempts."""
+    if _USERNAME.fullmatch(username or "") and store.password_hash(username) is not None:
+        return username
+    digest = hashlib.sha256((username or "").encode("utf-8", "surrogatepass")).hexdigest()
+    return f"unknown:{digest[:16]}"
+
+
 def sign_in(store: Store, username: str, password: str) -> User:
     """Check credentials (with throttling) and return the :class:`User`.
+
+    At most ``MAX_FAILED_SIGNINS`` failures per name within ``THROTTLE_WINDOW``; then every
+    attempt (even with the right password) is refused until the window has passed. Every attempt
+    is audited (``signin``, ``signin_failed``, ``signin_throttled``) without the password, and
+    an unknown name only as a hash (see :func:`audit_name`).
 
     Raises:
         AuthError: unknown user, wrong password or too many recent failures. The message does
             not tell which of the first two it was.
     """
     now = datetime.now(timezone.utc)
-    failures = store.failed_signins_since(username, (now - THROTTLE_WINDOW).replace(tzinfo=None))
+    actor = audit_name(store, username)
+    failures = store.failed_signins_since(actor, (now - THROTTLE_WINDOW).replace(tzinfo=None))
     if failures >= MAX_FAILED_SIGNINS:
-        store.audit(username, "signin_throttled", {})
+        store.audit(actor, "signin_throttled", {})
         raise AuthError("too many failed sign-ins; try again in 15 minutes")
-    hashed = store.password_hash(username)
-    if hashed is None or not verify_password(password, hashed):
-        store.audit(username, "signin_failed", {})
+    hashed = store.password_hash(username) if actor == username else None
+    ok = verify_password(password, hashed if hashed is not None else _dummy_hash())
+    if hashed is None or not ok:
+        store.audit(actor, "signin_failed", {})
         raise AuthError("unknown user or wrong password")
     reader = store.get_reader(username)
     store.audit(username, "signin", {"role": reader.role})

@@ -136,7 +136,7 @@ def import_feedback(store, path: str | Path, actor: str | None = None,
                 rating = int(float(raw))
                 if float(raw) != rating:
                     raise ValueError
-            except ValueError:
+            except (ValueError, OverflowError):  # "abc", "1.5", "nan"; "inf", "1e309"
                 raise ImportValidationError(display, line, table.header[col["rating"]],
                                             f"rating {raw!r} is not a whole number") from None
             if not -2 <= rating <= 2:

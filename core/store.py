@@ -188,12 +188,20 @@ class Store(TrainingQueries, StudyQueries):
         path: database file; ``":memory:"`` for a private in-memory database (tests).
         lock_timeout: seconds to wait for another process before raising :class:`StoreBusy`.
         linger: seconds an idle connection is kept open before the file is handed back.
+        slice_s: while another process waits, keep the file at most this long for threads of
+            this process already queued in ``tx()`` (one reopen per burst, not one per
+            transaction: each hand-over costs a checkpoint and a reopen, 40-400 ms).
 
     >>> store = Store(":memory:"); store.migrate()
     1
     """
 
-    def __init__(self, path: str | os.PathLike, lock_timeout: float = 60.0, linger: float = 0.3):
+    def __init__(self, path: str | os.PathLike, lock_timeout: float = 60.0, linger: float = 0.3,
+                 slice_s: float = 0.2):
+        self.slice_s = slice_s
+        self._queued = 0  # threads of this process inside or waiting for tx()
+        self._queued_lock = threading.Lock()
+        self._held_since = 0.0
         self.path = str(path)
         self.memory = self.path == ":memory:"
         self.lock_timeout = lock_timeout
@@ -258,6 +266,7 @@ class Store(TrainingQueries, StudyQueries):
             os.close(fd)
             raise
         self._lock_fd = fd
+        self._held_since = time.monotonic()
         self._ensure_watcher()
 
     def _release(self) -> None:
@@ -292,30 +301,42 @@ class Store(TrainingQueries, StudyQueries):
 
         Nested calls join the outer transaction.
         """
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"{self.path}: store is closed")
-            if self._con is None:
-                self._open()
-            con = self._con
-            outer = self._depth == 0
-            self._depth += 1
-            try:
-                if outer:
-                    con.execute("BEGIN TRANSACTION")
-                yield con
-                if outer:
-                    con.execute("COMMIT")
-            except BaseException:
-                if outer:
-                    with contextlib.suppress(Exception):
-                        con.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth -= 1
-                self._last_used = time.monotonic()
-                if outer and not self.memory and (self.linger <= 0 or self._someone_waits()):
-                    self._release()
+        with self._queued_lock:
+            self._queued += 1
+        try:
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"{self.path}: store is closed")
+                if self._con is None:
+                    self._open()
+                con = self._con
+                outer = self._depth == 0
+                self._depth += 1
+                try:
+                    if outer:
+                        con.execute("BEGIN TRANSACTION")
+                    yield con
+                    if outer:
+                        con.execute("COMMIT")
+                except BaseException:
+                    if outer:
+                        with contextlib.suppress(Exception):
+                            con.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._depth -= 1
+                    self._last_used = time.monotonic()
+                    if outer and not self.memory and (self.linger <= 0 or (
+                            self._someone_waits() and (
+                                self._queued <= 1 or
+                                time.monotonic() - self._held_since > self.slice_s))):
+                        # Another process waits: hand over now, unless other threads of this
+                        # process are queued and the slice is not used up (one reopen per
+                        # burst of queued transactions, not one per transaction).
+                        self._release()
+        finally:
+            with self._queued_lock:
+                self._queued -= 1
 
     def close(self) -> None:
         """Close the connection and hand the file back (the store cannot be used after)."""

@@ -371,6 +371,10 @@ class ReaderContext:
             ImportValidationError: empty findings, empty impression when required, empty id.
         """
         where = display or self.display
+        for name, value in ((findings_field, findings), (impression_field, impression),
+                            ("indication", indication), ("comparison", comparison),
+                            ("author", author), (id_field, external_id)):
+            _check_encodable(value, where, row, name)
         f = normalize_text(findings)
         if not f:
             if self.skip_empty_findings:
@@ -397,6 +401,19 @@ class ReaderContext:
             indication=normalize_text(indication) or None,
             comparison=normalize_text(comparison) or None,
             author=normalize_text(author) or None, row=row, extra=extra or {})
+
+
+def _check_encodable(value: str | None, display: str, row: int | None, field: str) -> None:
+    """Refuse text that cannot be stored as UTF-8: lone surrogates (JSON "\\udc80" escapes)."""
+    if not value:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ImportValidationError(
+            display, row, field,
+            f"invalid character {value[exc.start]!r} at position {exc.start} (a lone UTF-16 "
+            "surrogate, e.g. a broken \\u escape in JSON); fix or remove it") from None
 
 
 def check_unique(records: Sequence[ReportRecord], display: str, id_field: str,
