@@ -636,3 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ImpressionistError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        import duckdb
+
+        if not isinstance(exc, duckdb.Error):
+            raise
+        # e.g. the disk is full: the transaction was rolled back, nothing was written.
+        print(f"error: the database refused the change ({type(exc).__name__}: {exc}); "
+              f"nothing was written", file=sys.stderr)
+        return 1

@@ -564,7 +564,8 @@ class Store(TrainingQueries, StudyQueries):
                     "AND r.external_id = i.external_id)", [import_id, _now()])
                 after = con.execute("SELECT count(*) FROM reports").fetchall()[0][0]
             finally:
-                con.unregister("incoming")
+                with contextlib.suppress(Exception):  # keep the original error
+                    con.unregister("incoming")
             imported = after - before
             skipped = len(records) - imported
             con.execute("UPDATE imports SET n_imported = ?, n_skipped = ? WHERE id = ?",
@@ -806,4 +807,5 @@ class Store(TrainingQueries, StudyQueries):
                 cols = ", ".join(frame.columns)
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM bulk_frame")
             finally:
-                con.unregister("bulk_frame")
+                with contextlib.suppress(Exception):  # keep the original error
+                    con.unregister("bulk_frame")

@@ -23,6 +23,8 @@ Nothing here checks permissions or blinding; :mod:`core.study` does, before call
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -233,7 +235,8 @@ class StudyQueries:
                     "report_id, arm, label, generation_id, text, normal, case_number "
                     "FROM incoming_units")
             finally:
-                con.unregister("incoming_units")
+                with contextlib.suppress(Exception):  # keep the original error
+                    con.unregister("incoming_units")
             self._study_event(con, study_id, "created", actor,
                               {"n_items": study["n_items"], "arms": study["arms"]}, now)
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) "
@@ -295,7 +298,8 @@ class StudyQueries:
                     "t.created_at FROM incoming_tasks t JOIN study_units u ON "
                     "u.study_id = t.study_id AND u.slot = t.slot AND u.arm = t.arm")
             finally:
-                con.unregister("incoming_tasks")
+                with contextlib.suppress(Exception):  # keep the original error
+                    con.unregister("incoming_tasks")
             self._study_event(con, study_id, event, actor, detail, now)
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) "
                         "VALUES (?, ?, ?, ?)", [now, actor, f"study_{event}",
