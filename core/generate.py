@@ -158,6 +158,26 @@ def _present(text: str) -> dict:
     return {k: v for k, v in label(text).items() if v in PRESENT and k != "No Finding"}
 
 
+def draft_messages(report: dict, neighbours: Sequence, shots: int) -> list[dict]:
+    """The chat prompt the model drafts from: the ``shots`` closest neighbours as few-shot examples
+    (the closest right before the report), then the report. SFT (``core.sft``) trains on exactly
+    this format.
+
+    Args:
+        report: a dict with ``findings`` (``indication``, ``comparison`` optional).
+        neighbours: retrieved :class:`core.retrieval.Neighbour` objects, closest first.
+        shots: how many of them to show.
+
+    Returns:
+        ``core.prompts.impression_messages`` for the report with those examples.
+    """
+    from core.prompts import impression_messages
+
+    examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
+    return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
+                               examples=examples)
+
+
 class _LabelCache:
     """Labels of texts, cached (impressions repeat a lot across neighbourhoods)."""
 
@@ -307,15 +327,9 @@ class CoarseToFine:
         want = [i for i in range(n) if self._wants_draft(votes[i], adapters[i], neighbours[i])]
         drafts: dict[int, Any] = {}
         if want:
-            from core.prompts import impression_messages
-
             prompts, names = [], []
             for i in want:
-                r = reports[i]
-                shots = neighbours[i][:cfg.shots][::-1]  # the closest example right before the report
-                examples = [(nb.findings, tidy(nb.impression)) for nb in shots]
-                prompts.append(impression_messages(r["findings"], r.get("indication"), r.get("comparison"),
-                                                   examples=examples))
+                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots))
                 names.append(adapters[i] or self.base_adapter)
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=batch_size, progress=progress)
@@ -453,7 +467,7 @@ _PIPELINES: dict[tuple, CoarseToFine] = {}
 
 
 def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, base_adapter: str | None = None,
-                 refresh: bool = False) -> CoarseToFine:
+                 refresh: bool = False, shared_base: bool = True) -> CoarseToFine:
     """The process-wide pipeline for a store and a model (built once; the index is cached on disk too).
 
     Args:
@@ -461,13 +475,20 @@ def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, ba
         generator: a loaded model, or None for retrieval only.
         config: pipeline settings (default :class:`C2FConfig`).
         base_adapter: name of an adapter already loaded into ``generator`` for drafts without a
-            reader adapter (None: the bare model).
+            reader adapter (None: the shared base adapter, see ``shared_base``).
         refresh: rebuild even when cached (e.g. after an import).
+        shared_base: when ``base_adapter`` is None, draft with the shared base adapter
+            (``core.sft.use_base_adapter``: the active trained one, else the shipped one) when
+            one fits the generator's model; False: the bare model.
 
     Returns:
         The pipeline.
     """
     config = config or C2FConfig()
+    if base_adapter is None and shared_base and generator is not None:
+        from core.sft import use_base_adapter
+
+        base_adapter = use_base_adapter(generator)
     key = (getattr(store, "path", None), id(generator), repr(config), base_adapter,
            store.count_reports() if store is not None else 0)
     if refresh or key not in _PIPELINES:
@@ -544,8 +565,10 @@ def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         outputs = pipeline.generate(part, style=style, batch_size=batch_size)
+        # drafts of the shared base adapter are the shared model's (generations.adapter NULL)
         store.add_generations({"report_id": r["id"], "model": name, "text": o.text, "style": style,
-                               "adapter": o.flags.get("adapter"), "flags": o.flags,
+                               "adapter": (None if o.flags.get("adapter") == pipeline.base_adapter
+                                           else o.flags.get("adapter")), "flags": o.flags,
                                "latency_ms": o.latency_ms} for r, o in zip(part, outputs))
         done += len(part)
         bar.update(len(part))
@@ -620,8 +643,9 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
         out: CSV to write (``uid, prediction, style, needs_review, flags``).
         generator: a loaded model, or None (retrieval only).
         style: audience style.
-        reader: the radiologist: their past reports get a bonus, their active adapter is used
-            when one is found (``<adapters>/<reader>/``).
+        reader: the radiologist: their past reports get a bonus, and their *active* (promoted)
+            adapter version's LoRA weights draft when it has some (:func:`reader_adapter`;
+            a rejected or unpromoted newer version is never used).
         batch_size: model batch size.
         store: the store to retrieve from (default: the configured database, when it exists).
         config: pipeline settings.
@@ -658,7 +682,7 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
                   "the model writes alone and every row is flagged for review", file=sys.stderr)
         adapter = None
         if reader and generator is not None:
-            found = reader_adapter(reader)
+            found = reader_adapter(reader, store=store)
             if found is not None:
                 pipeline.use_adapter(f"reader:{reader}", found)
                 adapter = f"reader:{reader}"
@@ -673,13 +697,20 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
     return 0
 
 
-def reader_adapter(reader: str, adapters_dir: str | Path | None = None) -> Path | None:
-    """The newest adapter directory of a radiologist: ``<adapters>/<reader>/v<N>/`` (or
-    ``<adapters>/<reader>/`` itself) holding ``adapter_config.json``; None when there is none.
+def reader_adapter(reader: str, adapters_dir: str | Path | None = None, store=None) -> Path | None:
+    """The radiologist's *active* (promoted) adapter directory holding ``adapter_config.json``;
+    None when their drafts use the shared model or the active version has no LoRA weights.
+
+    A rejected or not yet promoted version is never used, even when it is the newest folder.
+    The database is the authority (``core.adapters.active_adapter``) when ``store`` is given;
+    otherwise the reader's pointer file ``<adapters>/<reader>/ACTIVE.json`` (the database's
+    mirror) names the version. A flat ``<adapters>/<reader>/adapter_config.json`` (an adapter
+    copied in by hand, no versions) is used when there is no pointer.
 
     Args:
         reader: the radiologist's username.
         adapters_dir: the adapters folder (default ``settings().adapters_dir``).
+        store: the store whose ``active_adapters`` table decides (None: the pointer file).
 
     Returns:
         The directory, or None.
@@ -688,11 +719,27 @@ def reader_adapter(reader: str, adapters_dir: str | Path | None = None) -> Path 
 
     root = Path(adapters_dir) if adapters_dir else settings().adapters_dir
     base = root / reader
+    if store is not None:
+        from core.adapters import active_adapter
+        from core.errors import ImpressionistError as _Err
+
+        try:
+            av = active_adapter(store, reader)
+        except _Err:
+            av = None
+        if av is not None:
+            return av.path if av.has_lora else None
+        # no active version in the database: the shared model (a hand-copied flat adapter
+        # still counts, as below)
+        return base if (base / "adapter_config.json").is_file() else None
+    pointer = base / "ACTIVE.json"
+    if pointer.is_file():
+        try:
+            version = int(json.loads(pointer.read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        d = base / f"v{version}"
+        return d if (d / "adapter_config.json").is_file() else None
     if (base / "adapter_config.json").is_file():
         return base
-    versions = []
-    for d in base.glob("v*"):
-        m = re.fullmatch(r"v(\d+)", d.name)
-        if m and (d / "adapter_config.json").is_file():
-            versions.append((int(m.group(1)), d))
-    return max(versions)[1] if versions else None
+    return None

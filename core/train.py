@@ -37,6 +37,10 @@ from typing import Any, Callable, Sequence
 
 from core.errors import ImpressionistError
 
+# torch's OpenMP threads must not spin on the shared 2-core target (see core.models): this must
+# be set before the first `import torch`, which here may be TRL's or the trainer's.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["TrainError", "TrainConfig", "TrainResult", "train_dpo", "train_grpo",
            "load_policy", "sequence_logps", "preference_accuracy", "lora_snapshot",
            "SFTTrainConfig", "SFTResult", "train_sft"]

@@ -1,0 +1,234 @@
+"""SFT of the shared base adapter on a tiny random-init model: LoRA moves, the base does not;
+the run is recorded, versioned, promoted, loadable, and the pipeline drafts with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from core.train import SFTTrainConfig, TrainError, lora_snapshot, train_sft
+
+FAST = dict(max_steps=3, batch_size=4, learning_rate=5e-3, progress=False, warmup_steps=0)
+
+
+class WeightWatch(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.lora0, self.base0 = lora_snapshot(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.lora1, self.base1 = lora_snapshot(model)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from core.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _reports(n: int = 40) -> list[dict]:
+    """Synthetic report dicts (seeded, fixed)."""
+    from dataclasses import asdict
+
+    from core.demo import synthetic_reports
+
+    return [asdict(r) for r in synthetic_reports(n, seed=5)]
+
+
+@pytest.fixture
+def iu_like(store):
+    """40 synthetic reports in the store; their external ids fall in every split."""
+    from core.demo import synthetic_reports
+
+    store.import_reports(synthetic_reports(40, seed=5), file="synthetic", fmt="demo")
+    return store
+
+
+def test_train_sft_moves_lora_only_and_loss_is_on_the_completion(tiny, tmp_path):
+    from core.sft import sft_examples
+
+    rows = [r | {"uid": str(i)} for i, r in enumerate(_reports(12))]
+    examples = sft_examples(rows, shots=2)
+    assert examples[0]["prompt"][0]["role"] == "system"
+    assert [m["role"] for m in examples[0]["prompt"]][-3:] == ["user", "assistant", "user"]
+    assert examples[0]["completion"][0]["role"] == "assistant"
+    # a report is never its own few-shot example
+    for r, e in zip(rows, examples):
+        shown = [m["content"] for m in e["prompt"][1:-1] if m["role"] == "assistant"]
+        assert len(shown) == 2
+    watch = WeightWatch()
+    res = train_sft(tiny, examples, tmp_path / "a", SFTTrainConfig(**FAST),
+                    eval_examples=examples[:4], callbacks=[watch])
+    moved = [n for n in watch.lora0 if not torch.equal(watch.lora0[n], watch.lora1[n])]
+    assert moved and all("lora_" in n for n in moved)
+    assert [n for n in watch.base0 if not torch.equal(watch.base0[n], watch.base1[n])] == []
+    assert res.steps == 3 and res.losses and res.train_tokens > res.completion_tokens > 0
+    assert res.eval_loss_after < res.eval_loss_before  # lr 5e-3 on 4 rows seen 3 times
+    assert 0 < res.epochs_done <= 1
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "model"  # no machine path in a shippable file
+    assert not (tmp_path / "a" / "trainer").exists()
+
+
+def test_completion_mask_covers_the_impression_only(tiny, tmp_path):
+    """What TRL trains on: the labels are the impression (and the end of turn), nothing else."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from core.prompts import impression_messages
+    from core.train import _tokenizer
+
+    tok = _tokenizer(tiny)
+    row = {"prompt": impression_messages("The lungs are clear."),
+           "completion": [{"role": "assistant", "content": "Normal chest."}]}
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    args = SFTConfig(output_dir=str(tmp_path / "unused"), completion_only_loss=True, report_to="none",
+                     use_cpu=True, bf16=False, activation_checkpointing=False)
+    tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]),
+                    processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM",
+                                                                 target_modules=["q_proj"]))
+    ex = tr.train_dataset[0]
+    labels = [t for t in ex["labels"] if t != -100]
+    assert tok.decode(labels).startswith("Normal chest.<|im_end|>")
+    assert len(labels) < len(ex["input_ids"]) / 3  # the prompt carries no loss
+
+
+def test_bad_config_and_empty_data_are_refused_clearly(tiny, tmp_path, iu_like):
+    with pytest.raises(TrainError, match="batch_size must be >= 1"):
+        SFTTrainConfig(batch_size=0)
+    with pytest.raises(TrainError, match="dtype must be"):
+        SFTTrainConfig(dtype="int8")
+    with pytest.raises(TrainError, match="max_steps must be -1 or >= 1"):
+        SFTTrainConfig(max_steps=0)
+    with pytest.raises(TrainError, match="no SFT examples"):
+        train_sft(tiny, [], tmp_path / "x")
+    with pytest.raises(TrainError, match="example 0: expected a dict with 'prompt'"):
+        train_sft(tiny, [{"text": "hi"}], tmp_path / "x")
+    with pytest.raises(TrainError, match="completion .*blank"):
+        train_sft(tiny, [{"prompt": [{"role": "user", "content": "x"}], "completion": " "}],
+                  tmp_path / "x")
+    with pytest.raises(TrainError, match="longer than max_length=16"):
+        train_sft(tiny, [{"prompt": [{"role": "user", "content": "The heart is normal. " * 9}],
+                          "completion": "Normal."}], tmp_path / "x",
+                  SFTTrainConfig(max_length=16, progress=False))
+
+
+def test_run_sft_refuses_an_empty_store(store, tiny):
+    from core.sft import SFTRunError, run_sft
+
+    with pytest.raises(SFTRunError, match="no train-split reports .* import reports first"):
+        run_sft(store, SFTTrainConfig(**FAST), model_path=tiny)
+    with pytest.raises(SFTRunError, match="no model checkpoint"):
+        run_sft(store, SFTTrainConfig(**FAST), model_path=tiny.parent / "nowhere")
+    assert store.training_runs() == []  # nothing recorded for a run that never started
+
+
+def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
+        iu_like, tiny, tmp_path, monkeypatch):
+    from core.adapters import shared_adapter_dir
+    from core.generate import pipeline_for
+    from core.models import ModelSpec, load_generator
+    from core.sft import (SHARED_ADAPTER_NAME, SHARED_READER, adapter_fits, base_adapter_dir,
+                          run_sft)
+    from core.splits import split_of
+
+    store = iu_like
+    monkeypatch.setenv("IMPRESSIONIST_MODEL", str(tiny))
+    assert base_adapter_dir() is None or base_adapter_dir().name == "base-adapter"
+    run = run_sft(store, SFTTrainConfig(**FAST), max_examples=20, shots=1, eval_examples=3,
+                  command="python -m core train-sft --max-steps 3", out=tmp_path / "ship")
+    assert run.version == 1 and run.promoted and run.adapter_dir.name == "v1"
+    assert run.adapter_dir.parent.name == SHARED_READER
+    # the run row: method sft, reader = the shared base, succeeded, with steps and losses
+    row = store.get_run(run.run_id)
+    reader = store.get_reader(SHARED_READER)
+    assert (row["reader_id"], row["method"], row["status"]) == (reader.id, "sft", "succeeded")
+    assert row["steps"] == 3 and row["losses"] and row["adapter_version"] == 1
+    assert row["config"]["command"] == "python -m core train-sft --max-steps 3"
+    assert not reader.active and store.password_hash(SHARED_READER) is None  # cannot sign in
+    # trained on train-split reports only
+    manifest = json.loads((run.adapter_dir / "manifest.json").read_text())
+    n_train = sum(split_of(r["external_id"]) == "train" for r in store.reports())
+    assert manifest["data"]["n_train_reports"] == n_train and manifest["data"]["n_examples"] == 20
+    assert manifest["partial_epoch"] and manifest["steps"] == 3
+    assert "train-sft --max-steps 3" in (run.adapter_dir / "README.md").read_text()
+    # versioned and active: the registry and the lookup agree
+    assert store.active_adapter_row(reader.id)["version"] == 1
+    assert base_adapter_dir() == run.adapter_dir == shared_adapter_dir()
+    assert adapter_fits(run.adapter_dir, tiny)
+    run2 = run_sft(store, SFTTrainConfig(**FAST), max_examples=4, shots=0, eval_examples=0,
+                   promote=False)
+    assert run2.version == 2 and base_adapter_dir() == run.adapter_dir  # v2 is a candidate
+    # the exported copy holds the shippable files only
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    # loadable by the Generator, and the pipeline drafts with it by default
+    gen = load_generator(ModelSpec(tiny, dtype="float32", device="cpu", name="tiny"))
+    gen.load_adapter("check", run.adapter_dir)
+    gen.unload_adapter("check")
+    from core.generate import C2FConfig
+
+    pipe = pipeline_for(store, gen, C2FConfig(llm="always", max_new_tokens=4))
+    assert pipe.base_adapter == SHARED_ADAPTER_NAME and SHARED_ADAPTER_NAME in gen.adapters
+    out = pipe.generate([{"findings": "The lungs are clear.", "uid": "zz"}])
+    assert out[0].flags["llm"] and out[0].flags["adapter"] == SHARED_ADAPTER_NAME
+    bare = pipeline_for(store, gen, C2FConfig(llm="always", max_new_tokens=4), shared_base=False)
+    assert bare.base_adapter is None
+    gen.unload_adapter(SHARED_ADAPTER_NAME)
+
+
+def test_a_base_adapter_of_another_model_is_never_used(tiny, tmp_path, monkeypatch):
+    from core.models import make_tiny_model
+    from core.sft import adapter_fits, base_adapter_dir, sft_examples
+
+    res = train_sft(tiny, sft_examples(_reports(4), shots=0), tmp_path / "a",
+                    SFTTrainConfig(**FAST | {"max_steps": 1}))
+    bigger = tmp_path / "other"
+    make_tiny_model(bigger)
+    cfg = json.loads((bigger / "config.json").read_text())
+    cfg["hidden_size"] = 48
+    (bigger / "config.json").write_text(json.dumps(cfg))
+    assert adapter_fits(res.adapter_dir, tiny)  # no manifest: LoRA widths vs hidden size
+    assert not adapter_fits(res.adapter_dir, bigger)
+    assert not adapter_fits(tmp_path / "nothing", tiny)
+    monkeypatch.setenv("IMPRESSIONIST_MODEL", str(tmp_path / "absent"))
+    assert base_adapter_dir() is None  # no configured model: nothing can fit
+
+
+def test_shipped_adapter_fits_the_embedded_model():
+    """The adapter in core/assets/base-adapter (when shipped) is for SmolLM2-135M-Instruct."""
+    from core.models import DEFAULT_MODEL_DIR
+    from core.sft import SHIPPED_ADAPTER_DIR, adapter_fits
+
+    if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
+        pytest.skip("no shipped base adapter")
+    manifest = json.loads((SHIPPED_ADAPTER_DIR / "manifest.json").read_text())
+    assert manifest["base_model"]["hidden_size"] == 576
+    assert manifest["base_model"]["num_hidden_layers"] == 30
+    assert (SHIPPED_ADAPTER_DIR / "adapter_model.safetensors").stat().st_size < 10_000_000
+    assert "## Scores" in (SHIPPED_ADAPTER_DIR / "README.md").read_text()
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        assert adapter_fits(SHIPPED_ADAPTER_DIR, DEFAULT_MODEL_DIR)
+
+
+def test_cli_train_sft(iu_like, tiny, capsys):
+    from core.cli import main
+
+    rc = main(["train-sft", "--max-steps", "2", "--batch-size", "2", "--max-examples", "4",
+               "--shots", "1", "--eval-examples", "0", "--model", str(tiny), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "shared-base v1 (active)" in out and "2 steps" in out
+    rc = main(["train-sft", "--batch-size", "0", "--model", str(tiny), "--quiet"])
+    assert rc == 1 and "batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_shared_adapter_name_matches_nightly():
+    from core import nightly, sft
+
+    assert sft.SHARED_ADAPTER_NAME == nightly.SHARED_ADAPTER_NAME
