@@ -115,8 +115,14 @@ def shared_adapter_dir() -> Path | None:
                 candidates.append(Path(found))
     except ImportError:
         pass
+    from core.models import AdapterError, check_adapter_files
+
     for c in candidates:
         if (c / "adapter_config.json").is_file():
+            try:
+                check_adapter_files(c)  # a damaged shared adapter: fall back to the bare base
+            except AdapterError:
+                continue
             return c
     return None
 
@@ -484,16 +490,24 @@ class Drafter:
             raise ValidationError(f"{len(reports)} reports but {len(adapters)} adapters")
         if not reports:
             return []
+        from core.models import AdapterError
+
         names: list[str | None] = []
         rows: list[dict] = []
         readers: list[str | None] = []
         memories: list[str] = []
-        for r, av in zip(reports, adapters):
+        broken: dict[int, str] = {}
+        for i, (r, av) in enumerate(zip(reports, adapters)):
             name = None
             if av is not None and use_lora and av.has_lora and self.generator is not None:
-                if self.generator.adapters.get(av.gen_name) != av.path.resolve():
-                    self.generator.load_adapter(av.gen_name, av.path)
-                name = av.gen_name
+                try:
+                    if self.generator.adapters.get(av.gen_name) != av.path.resolve():
+                        self.generator.load_adapter(av.gen_name, av.path)
+                    name = av.gen_name
+                except AdapterError as exc:
+                    # A damaged version (truncated weights): draft with the shared weights and
+                    # say so in the row's flags instead of failing every row of the batch.
+                    broken[i] = str(exc)
             names.append(name)
             key = self._memory_key(av) if av is not None and use_memory else None
             memories.append(key.split("@")[0] + f"@v{av.version}" if key else "shared")
@@ -518,6 +532,8 @@ class Drafter:
             flags["adapter_version"] = av.version if av is not None else None
             flags["memory"] = mem
             text = o.text
+            if i in broken:
+                flags["adapter_error"] = broken[i]
             if i in guarded:
                 text, flags["guard"] = guarded[i]
             out.append(DraftOutput(text, per_ms, flags))

@@ -236,11 +236,16 @@ def _pref_acc(drafter: Drafter, v: AdapterVersion | None, examples: Sequence[dic
     from core.models import BASE_ADAPTER
     from core.train import preference_accuracy
 
+    from core.models import AdapterError
+
     gen = drafter.generator
     name = BASE_ADAPTER
     if v is not None and use_lora and v.has_lora:
-        if gen.adapters.get(v.gen_name) != v.path.resolve():
-            gen.load_adapter(v.gen_name, v.path)
+        try:
+            if gen.adapters.get(v.gen_name) != v.path.resolve():
+                gen.load_adapter(v.gen_name, v.path)
+        except AdapterError:
+            return None  # a damaged version has no preference accuracy (see the drafts' flags)
         name = v.gen_name
     elif drafter.shared_adapter:
         name = drafter.shared_adapter
@@ -369,8 +374,10 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         result = None
         init = shared_adapter_dir()
         current = active_adapter(store, reader.id)
-        if config.method == "memory" and current is not None and current.has_lora:
+        if config.method == "memory" and current is not None and current.has_lora and \
+                _adapter_intact(current.path):
             # a memory-only night refreshes the memory and keeps the current LoRA weights
+            # (never copies damaged ones: the new version then has memory only)
             for f in current.path.iterdir():
                 if f.name.startswith("adapter_"):
                     shutil.copy2(f, tmp / f.name)
@@ -390,8 +397,10 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
                                 reward_funcs=grpo_reward_funcs(style))
         if result is not None:
             outcome.train_s = result.train_s
-            outcome.pairs_per_s = (result.steps * config.train.batch_size / result.train_s
-                                   if result.train_s else 0.0)
+            # pairs actually trained on (steps * batch_size over-counts a partial last batch)
+            seen = min(len(train_pairs) * config.train.epochs,
+                       result.steps * config.train.batch_size)
+            outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
         # evaluate candidate vs current on the held-out slice (no transaction open)
         if drafter.generator is None and current is not None and current.has_lora:
             drafter.generator = _load_generator(config)
@@ -440,6 +449,16 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         store.update_run(run_id, status="failed", error=outcome.reason[:2000],
                          finished_at=_now(), wall_s=outcome.wall_s)
         return outcome
+
+
+def _adapter_intact(path: Path) -> bool:
+    from core.models import AdapterError, check_adapter_files
+
+    try:
+        check_adapter_files(path)
+        return True
+    except AdapterError:
+        return False
 
 
 def _now():
@@ -508,8 +527,13 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
                              n_train_pairs=min(len(pairs.train), config.max_pairs),
                              n_heldout_pairs=len(pairs.heldout), pair_counts=pairs.counts)
             if drafter is None:
-                drafter = load_drafter(store, config, generator,
-                                       with_model=config.method != "memory")
+                try:
+                    drafter = load_drafter(store, config, generator,
+                                           with_model=config.method != "memory")
+                except Exception as exc:  # e.g. no model checkpoint: the run failed, say so
+                    store.update_run(run_id, status="failed", finished_at=_now(),
+                                     error=f"{type(exc).__name__}: {exc}"[:2000])
+                    raise
             outcome = _train_reader(store, drafter, reader, pairs, config, run_id, progress)
             outcomes.append(outcome)
             if outcome.promoted:

@@ -200,6 +200,8 @@ class SimConfig:
     model: str | None = None
     lora: bool = True
     memory_bonus: float = 0.3
+    eval_reports: int = 16
+    min_heldout: int = 4
 
 
 def _env(workdir: Path) -> dict:
@@ -268,6 +270,29 @@ def _score(preds: list[str], refs: list[str]) -> dict:
     return {"rougeL": rouge(preds, refs)["rougeL"], "label_f1": 100 * label_f1(preds, refs)["micro_f1"]}
 
 
+def leak_check(store, readers: list[SimReader]) -> dict:
+    """Count what of each reader's test part reached training: their feedback rows on test
+    reports (pairs are built only from feedback), the items of any adapter version's memory on
+    test reports, and test reports in the nightly job's held-out slice. All must be 0.
+
+    Returns:
+        ``{"feedback_on_test": n, "memory_on_test": n, "heldout_on_test": n}``.
+    """
+    from core.adapters import read_memory
+
+    out = {"feedback_on_test": 0, "memory_on_test": 0, "heldout_on_test": 0}
+    for sr in readers:
+        rid = store.get_reader(sr.name).id
+        test_ids = {r["id"] for r in sr.test}
+        out["feedback_on_test"] += sum(1 for f in store.feedback_for_training(rid)
+                                       if f["report_id"] in test_ids)
+        out["heldout_on_test"] += len(set(store.heldout_report_ids(rid)) & test_ids)
+        for v in store.adapters_of(rid):
+            out["memory_on_test"] += sum(1 for m in read_memory(v["path"])
+                                         if m.get("report_id") in test_ids)
+    return out
+
+
 def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], None] = print) -> dict:
     """Run one benchmark end to end in ``<out>/<kind>/`` (a fresh database and adapters folder).
 
@@ -314,7 +339,16 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
 
             generator = load_generator(ModelSpec(path=cfg.model or _s().model_path, device="cpu"))
         draft_cfg = DraftConfig(c2f=c2f, memory_bonus=cfg.memory_bonus)
-        drafter = Drafter(generator, shared_index, draft_cfg)
+        # the shared base adapter (when one is shipped) drafts for the shared model, exactly as
+        # the nightly job's drafter (core.nightly.load_drafter) and the app use it
+        from core.adapters import shared_adapter_dir
+        from core.nightly import SHARED_ADAPTER_NAME
+
+        shared_name = None
+        if generator is not None and shared_adapter_dir() is not None:
+            generator.load_adapter(SHARED_ADAPTER_NAME, shared_adapter_dir())
+            shared_name = SHARED_ADAPTER_NAME
+        drafter = Drafter(generator, shared_index, draft_cfg, shared_adapter=shared_name)
         log(f"[{kind}] {len(readers)} readers: " + ", ".join(
             f"{sr.name} ({len(sr.feedback)} feedback, {len(sr.test)} test)" for sr in readers))
 
@@ -345,6 +379,7 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
 
         curve: list[dict] = []
         nightly_runs: list[dict] = []
+        nights: list[dict] = []
         given = {sr.name: 0 for sr in readers}
         train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
                             learning_rate=cfg.learning_rate, lora_layers=cfg.lora_layers,
@@ -366,11 +401,16 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
             log(f"[{kind}] {point} items/reader: {n_new} feedback rows stored in "
                 f"{time.perf_counter() - t0:.1f} s")
             method = "dpo" if (cfg.lora and point in cfg.lora_points) else "memory"
-            ncfg = NightlyConfig(method=method, force=True, min_pairs=4, min_heldout_reports=4,
-                                 max_pairs=cfg.max_pairs, eval_max_reports=16,
+            ncfg = NightlyConfig(method=method, force=True, min_pairs=4,
+                                 min_heldout_reports=cfg.min_heldout,
+                                 max_pairs=cfg.max_pairs, eval_max_reports=cfg.eval_reports,
                                  refresh_per_reader=0, model_path=cfg.model, train=train,
                                  draft=draft_cfg, readers=[sr.name for sr in readers])
             report = run_nightly(store, ncfg, generator=generator, progress=False)
+            nights.append({"point": point, "method": method, "wall_s": report.wall_s,
+                           "readers": sum(o.status == "succeeded" for o in report.outcomes),
+                           "promoted": sum(o.promoted for o in report.outcomes),
+                           "train_pairs": sum(o.n_train_pairs for o in report.outcomes)})
             for o in report.outcomes:
                 nightly_runs.append({"point": point, "method": method, "reader": o.reader,
                                      "status": o.status, "promoted": o.promoted,
@@ -388,7 +428,12 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
                 for o in report.outcomes))
             # the readers' active adapters on their test parts, all readers in one mixed batch
             avs = [active_adapter(store, name) for name in test_owner]
+            t0 = time.perf_counter()
             outs = drafter.draft(test_rows, avs)
+            last_avs, last_outs = avs, outs
+            log(f"[{kind}] test drafts with the active adapters ({len(test_rows)} rows, "
+                f"{sum(bool(a and a.has_lora) for a in avs)} with LoRA) in "
+                f"{time.perf_counter() - t0:.1f} s")
             k = 0
             for sr in readers:
                 preds = [o.text for o in outs[k:k + len(sr.test)]]
@@ -396,6 +441,7 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
                 av = avs[k] if sr.test else None
                 curve.append({"point": point, "items": given[sr.name], "reader": sr.name,
                               "version": av.version if av else None,
+                              "method": av.method if av else None,
                               "has_lora": bool(av and av.has_lora), **s,
                               "shared_rougeL": shared_scores[sr.name]["rougeL"],
                               "shared_label_f1": shared_scores[sr.name]["label_f1"]})
@@ -418,7 +464,21 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
         for vname, kw in variants.items():
             if vname != "memory_only" and not any(v is not None and v.has_lora for v in newest):
                 continue
-            outs = drafter.draft(test_rows, newest, **kw)
+            t0 = time.perf_counter()
+            if vname == "both":
+                # rows whose newest version is the active one were drafted just above (same
+                # drafter, same version, same switches): reuse them; draft only the others
+                same = [a is not None and b is not None and (a.version == b.version) or
+                        (a is None and b is None) for a, b in zip(last_avs, newest)]
+                todo = [i for i, ok in enumerate(same) if not ok]
+                redo = drafter.draft([test_rows[i] for i in todo], [newest[i] for i in todo],
+                                     **kw) if todo else []
+                outs = list(last_outs)
+                for i, o in zip(todo, redo):
+                    outs[i] = o
+            else:
+                outs = drafter.draft(test_rows, newest, **kw)
+            log(f"[{kind}] ablation {vname}: {time.perf_counter() - t0:.1f} s")
             k = 0
             for sr in readers:
                 preds = [o.text for o in outs[k:k + len(sr.test)]]
@@ -427,16 +487,31 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
                 k += len(sr.test)
 
         final = [c for c in curve if c["point"] == max(cfg.points)]
+        # feedback items behind each version: the items given when its night ran
+        built_at = {(r["reader"], r["version"]): r["point"] for r in nightly_runs
+                    if r["version"] is not None}
         per_reader = []
         for c in final:
             sr = by_reader[c["reader"]]
+            active_point = built_at.get((c["reader"], c["version"]))
+            # the fewest feedback items after which the served adapter met the goal
+            margin = 10.0 if kind == "styles" else 0.0
+            reached = [x["items"] for x in curve if x["reader"] == c["reader"] and
+                       x["rougeL"] is not None and x["shared_rougeL"] is not None and
+                       x["version"] is not None and x["rougeL"] >= x["shared_rougeL"] + margin]
             per_reader.append({
                 "reader": c["reader"], "label": sr.label, "items": c["items"],
-                "test": len(sr.test), "version": c["version"], "has_lora": c["has_lora"],
+                "active_items": (min(active_point, len(sr.feedback)) if active_point is not None
+                                 else 0),
+                "items_to_goal": min(reached) if reached else None,
+                "test": len(sr.test), "version": c["version"], "method": c["method"],
+                "has_lora": c["has_lora"],
                 "shared_rougeL": c["shared_rougeL"], "personal_rougeL": c["rougeL"],
                 "shared_label_f1": c["shared_label_f1"], "personal_label_f1": c["label_f1"]})
         lora_runs = [r for r in nightly_runs if r["method"] == "dpo" and r["status"] ==
                      "succeeded"]
+        leaks = leak_check(store, readers)
+        log(f"[{kind}] leak check (must be all 0): {leaks}")
         results = {
             "bench": kind, "config": {k: (str(v) if isinstance(v, Path) else v)
                                       for k, v in cfg.__dict__.items()},
@@ -447,12 +522,15 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
                 "shared_label_f1": _macro([r["shared_label_f1"] for r in per_reader]),
                 "personal_label_f1": _macro([r["personal_label_f1"] for r in per_reader]),
             },
+            "leak_check": leaks,
+            "test_uids": {sr.name: [r["external_id"] for r in sr.test] for sr in readers},
             "ablation": ablation,
             "ablation_macro": {v: {m: _macro([a.get(v, {}).get(m) for a in ablation.values()])
                                    for m in ("rougeL", "label_f1")}
                                for v in ("shared", "memory_only", "lora_only", "both")},
             "curve": curve,
             "nightly": nightly_runs,
+            "nights": nights,
             "lora_training": {
                 "runs": len(lora_runs),
                 "pairs": sum(r["n_train_pairs"] for r in lora_runs),
@@ -485,12 +563,20 @@ def _f(v: float | None, digits: int = 1) -> str:
 def markdown(results: dict) -> str:
     """Per-reader and macro tables, the ablation and the nightly cost, as markdown."""
     lines = [f"### {results['bench']}", "",
-             "| reader | group/style | feedback items | test | version | ROUGE-L shared | "
-             "ROUGE-L personal | label F1 shared | label F1 personal |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| reader | group/style | feedback items (given / in active version / to goal) | "
+             "test | active version | ROUGE-L shared | ROUGE-L personal | label F1 shared | "
+             "label F1 personal |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in results["readers"]:
-        lines.append(f"| {r['reader']} | {r['label']} | {r['items']} | {r['test']} | "
-                     f"{'v' + str(r['version']) + (' (LoRA+memory)' if r['has_lora'] else ' (memory)') if r['version'] else 'shared'} | "
+        if r["version"]:
+            kind = "LoRA+memory" if r["has_lora"] else "memory only, no LoRA"
+            ver = f"v{r['version']} {r.get('method') or ''} ({kind})"
+        else:
+            ver = "none (shared model)"
+        goal = r.get("items_to_goal")
+        lines.append(f"| {r['reader']} | {r['label']} | {r['items']} / "
+                     f"{r.get('active_items', '-')} / {goal if goal is not None else 'not met'} | "
+                     f"{r['test']} | {ver} | "
                      f"{_f(r['shared_rougeL'])} | {_f(r['personal_rougeL'])} | "
                      f"{_f(r['shared_label_f1'])} | {_f(r['personal_label_f1'])} |")
     m = results["macro"]
@@ -505,6 +591,16 @@ def markdown(results: dict) -> str:
     lines += ["", f"LoRA (DPO) nights: {lt['runs']} reader runs, {lt['pairs']} pairs, "
               f"training {_f(lt['train_s'], 0)} s ({_f(lt['pairs_per_s'], 2)} pairs/s), "
               f"wall {_f(lt['wall_s'], 0)} s; whole benchmark {_f(results['wall_s'], 0)} s."]
+    if results.get("nights"):
+        lines += ["", "| night (items/reader) | method | readers run | promoted | train pairs | "
+                  "wall s |", "|---:|---|---:|---:|---:|---:|"]
+        for n in results["nights"]:
+            lines.append(f"| {n['point']} | {n['method']} | {n['readers']} | {n['promoted']} | "
+                         f"{n['train_pairs'] if n['method'] != 'memory' else '-'} | "
+                         f"{_f(n['wall_s'], 0)} |")
+    if "leak_check" in results:
+        lines += ["", "Leak check (test reports reaching feedback / adapter memory / the nightly "
+                  f"held-out slice; must be 0): {results['leak_check']}."]
     return "\n".join(lines)
 
 
@@ -601,6 +697,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-lora", action="store_true", help="memory-only adapters (no DPO)")
     p.add_argument("--memory-bonus", type=float, default=0.3,
                    help="similarity bonus of the reader's own memory in retrieval")
+    p.add_argument("--eval-reports", type=int, default=16,
+                   help="held-out reports per reader the nightly gate evaluates on (at most)")
+    p.add_argument("--min-heldout", type=int, default=4,
+                   help="the nightly gate never promotes with fewer held-out reports")
     p.add_argument("--model", dest="sim_model", help="base checkpoint")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 points, 3 readers, 8 test reports, 8 pairs")
@@ -614,7 +714,9 @@ def config_from_args(args) -> SimConfig:
                     epochs=args.sim_epochs, batch_size=args.sim_batch_size,
                     lora_layers=args.sim_lora_layers or None, threads=args.sim_threads,
                     csv=Path(args.csv), out=Path(args.out), model=args.sim_model,
-                    lora=not args.no_lora, memory_bonus=args.memory_bonus)
+                    lora=not args.no_lora, memory_bonus=args.memory_bonus,
+                    eval_reports=getattr(args, "eval_reports", 16),
+                    min_heldout=getattr(args, "min_heldout", 4))
     if args.quick:
         cfg.points, cfg.lora_points = [10, 20], [20]
         cfg.test_size, cfg.real_readers, cfg.style_readers, cfg.max_pairs = 8, 3, 4, 8

@@ -1,0 +1,52 @@
+"""``generate --reader`` uses the reader's *active* (promoted) adapter, never merely the newest
+version folder (a rejected candidate must not draft their impressions)."""
+
+from __future__ import annotations
+
+import json
+
+from core import adapters
+from core.generate import reader_adapter
+
+
+def _version(store, reader: str, lora: bool = True) -> int:
+    """A committed version folder with (fake) LoRA files."""
+    version, tmp = adapters.allocate_version(store, reader)
+    if lora:
+        (tmp / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+        (tmp / "adapter_model.safetensors").write_bytes(b"")
+    adapters.write_memory(tmp, [])
+    adapters.commit_version(store, reader, version, tmp, None, "dpo", {"rougeL": 1.0})
+    return version
+
+
+def test_reader_adapter_is_the_active_version_not_the_newest(store, users):
+    from core.config import settings
+
+    assert reader_adapter("rad1", store=store) is None  # nothing yet: the shared model
+    assert reader_adapter("rad1") is None
+    v1 = _version(store, "rad1")
+    # a candidate that was never promoted is not used
+    assert reader_adapter("rad1", store=store) is None
+    assert reader_adapter("rad1") is None
+    adapters.promote(store, "rad1", v1, actor="test")
+    v2 = _version(store, "rad1")
+    store.set_adapter_status(store.get_reader("rad1").id, v2, "rejected")
+    root = settings().adapters_dir
+    assert (root / "rad1" / f"v{v2}" / "adapter_config.json").is_file()  # newest folder exists
+    assert reader_adapter("rad1", store=store) == root / "rad1" / f"v{v1}"
+    assert reader_adapter("rad1") == root / "rad1" / f"v{v1}"  # via the ACTIVE.json pointer
+    # rolled back to the shared model: no adapter at all
+    adapters.rollback(store, "rad1", actor="test")
+    assert reader_adapter("rad1", store=store) is None
+    assert reader_adapter("rad1") is None
+    # another reader is unaffected; an unknown reader has none
+    assert reader_adapter("rad2", store=store) is None
+    assert reader_adapter("nobody", store=store) is None
+
+
+def test_memory_only_active_version_has_no_lora(store, users):
+    v1 = _version(store, "rad1", lora=False)
+    adapters.promote(store, "rad1", v1, actor="test")
+    assert reader_adapter("rad1", store=store) is None
+    assert reader_adapter("rad1") is None
