@@ -299,6 +299,7 @@ def cmd_nightly(args) -> int:
                         lora_layers=args.lora_layers, threads=args.threads)
     config = NightlyConfig(method=args.method, min_new_feedback=args.min_new_feedback,
                            min_pairs=args.min_pairs, max_pairs=args.max_pairs,
+                           min_heldout_reports=args.min_heldout,
                            readers=args.readers.split(",") if args.readers else None,
                            force=args.force, refresh_per_reader=args.refresh,
                            model_path=args.model, train=train)
@@ -536,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-new-feedback", type=int, default=20,
                    help="train a reader only after this many new ratings")
     p.add_argument("--min-pairs", type=int, default=8)
+    p.add_argument("--min-heldout", type=int, default=10,
+                   help="never promote on fewer held-out reports of the reader")
     p.add_argument("--max-pairs", type=int, default=256)
     p.add_argument("--readers", help="comma list of usernames (default: everyone)")
     p.add_argument("--force", action="store_true", help="ignore --min-new-feedback")
