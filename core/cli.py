@@ -74,6 +74,7 @@ def _generator(model: str | None, backend: str | None = None):
 def cmd_generate(args) -> int:
     from core import generate
 
+    config = generate.C2FConfig(llm=args.llm)
     if args.inp or args.out:
         if not (args.inp and args.out):
             print("error: --in and --out go together", file=sys.stderr)
@@ -81,10 +82,11 @@ def cmd_generate(args) -> int:
         return generate.generate_csv(args.inp, args.out,
                                      generator=_generator(args.model, args.backend),
                                      style=args.style, reader=args.reader,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, config=config)
     store = _store(args)
-    n = generate.fill_missing(store, _generator(args.model, args.backend), limit=args.limit,
-                              batch_size=args.batch_size)
+    generator = _generator(args.model, args.backend)
+    n = generate.fill_missing(store, generator, limit=args.limit, batch_size=args.batch_size,
+                              pipeline=generate.pipeline_for(store, generator, config))
     print(f"generated {n} impressions")
     return 0
 
@@ -424,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV to write uid, prediction, style, flags")
     p.add_argument("--style", default="default")
     p.add_argument("--reader", help="use this radiologist's active adapter")
+    p.add_argument("--llm", choices=["off", "auto", "always"], default="off",
+                   help="when the model drafts: off (retrieval and vote only, the default), auto "
+                        "(where the retrieved neighbours disagree) or always")
     p.add_argument("--backend", choices=["transformers", "vllm"],
                    help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "
                         "vllm serves many radiologists' adapters in one batch on a GPU)")

@@ -76,3 +76,33 @@ def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
     s = Store(os.environ["IMPRESSIONIST_DB"])
     assert s.count_reports() == 2809
     s.close()
+
+
+def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
+    """`generate --in/--out` retrieves from the store; `--llm always` makes the model draft too."""
+    import csv
+    import json
+
+    from core.demo import synthetic_reports
+    from core.models import make_tiny_model
+
+    store.import_reports(synthetic_reports(30, seed=4), file="s", fmt="demo")
+    store.close()
+    model = make_tiny_model(tmp_path / "tiny")
+    cases = tmp_path / "cases.csv"
+    cases.write_text("uid,findings,indication\nq1,Small left pleural effusion. No pneumothorax.,Cough\n"
+                     "q2,Heart size normal. Lungs are clear.,\n")
+    for llm in ("off", "always"):
+        out = tmp_path / f"pred-{llm}.csv"
+        result = run("generate", "--in", str(cases), "--out", str(out), "--model", str(model),
+                     "--llm", llm, "--style", "brief")
+        assert result.returncode == 0, result.stderr
+        rows = list(csv.DictReader(out.open()))
+        assert [r["uid"] for r in rows] == ["q1", "q2"] and all(r["prediction"] for r in rows)
+        flags = [json.loads(r["flags"]) for r in rows]
+        assert {f["llm"] for f in flags} == {llm == "always"}
+        assert {r["style"] for r in rows} == {"brief"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uid,findings\nq1,\n")
+    result = run("generate", "--in", str(bad), "--out", str(tmp_path / "x.csv"), "--model", str(model))
+    assert result.returncode == 2 and "row 2" in result.stderr and "findings" in result.stderr
