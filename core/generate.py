@@ -680,14 +680,21 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
         if pipeline.index is None:
             print("warning: no reports with impressions to retrieve from (import some first); "
                   "the model writes alone and every row is flagged for review", file=sys.stderr)
-        adapter = None
-        if reader and generator is not None:
-            found = reader_adapter(reader, store=store)
-            if found is not None:
-                pipeline.use_adapter(f"reader:{reader}", found)
-                adapter = f"reader:{reader}"
-        outputs = pipeline.generate(reports, style=style, reader=reader, adapter=adapter, batch_size=batch_size,
-                                    progress=True)
+        outputs = None
+        if reader and store is not None:
+            outputs = _reader_drafts(store, generator, reports, reader, style, batch_size, config)
+        if outputs is None:
+            adapter = None
+            if reader and generator is not None:
+                found = reader_adapter(reader, store=store)
+                if found is not None:
+                    pipeline.use_adapter(f"reader:{reader}", found)
+                    adapter = f"reader:{reader}"
+            outputs = pipeline.generate(reports, style=style, reader=reader, adapter=adapter,
+                                        batch_size=batch_size, progress=True)
+    except ImpressionistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if own_store is not None:
             own_store.close()
@@ -695,6 +702,23 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
     flagged = sum(bool(o.flags.get("needs_review")) for o in outputs)
     print(f"wrote {len(outputs)} impressions ({style}) to {out}; {flagged} flagged for review")
     return 0
+
+
+def _reader_drafts(store, generator, reports: list[dict], reader: str, style: str, batch_size: int,
+                   config: C2FConfig | None) -> list | None:
+    """Drafts with the reader's whole active adapter (memory of their accepted impressions and
+    LoRA weights), the app's path (:class:`core.adapters.Drafter`); None when the reader has no
+    active version (the shared pipeline then drafts, with their own past reports favoured)."""
+    from core.adapters import DraftConfig, active_adapter
+    from core.nightly import NightlyConfig, load_drafter
+
+    version = active_adapter(store, reader)  # NotFound names an unknown reader
+    if version is None:
+        return None
+    nightly = NightlyConfig(draft=DraftConfig(c2f=config)) if config is not None else NightlyConfig()
+    drafter = load_drafter(store, nightly, generator=generator, with_model=generator is not None)
+    return drafter.draft(reports, [version] * len(reports), style=style, batch_size=batch_size,
+                         progress=True)
 
 
 def reader_adapter(reader: str, adapters_dir: str | Path | None = None, store=None) -> Path | None:

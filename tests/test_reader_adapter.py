@@ -50,3 +50,32 @@ def test_memory_only_active_version_has_no_lora(store, users):
     adapters.promote(store, "rad1", v1, actor="test")
     assert reader_adapter("rad1", store=store) is None
     assert reader_adapter("rad1") is None
+
+
+def test_generate_csv_for_a_reader_drafts_from_their_memory(store, users, tmp_path, capsys):
+    """`generate --reader` takes the app's path: the reader's accepted impressions are the
+    neighbours and candidates of the vote, so the draft follows their wording."""
+    import csv
+
+    from core.demo import synthetic_reports
+    from core.generate import generate_csv
+
+    store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
+    findings = "Heart size normal. Lungs are clear. No pneumothorax or effusion."
+    mine = "Normal chest, rad1 wording."  # same (no) findings as the shared text: the guard lets it be
+    version, tmp = adapters.allocate_version(store, "rad1")
+    adapters.write_memory(tmp, [{"report_id": i, "external_id": f"m{i}", "findings": findings,
+                                 "impression": mine} for i in range(5)])
+    adapters.commit_version(store, "rad1", version, tmp, None, "memory", {"rougeL": 1.0})
+    adapters.promote(store, "rad1", version, actor="test")
+    cases = tmp_path / "cases.csv"
+    cases.write_text(f"uid,findings\nq1,{findings}\n")
+    out = {}
+    for reader in ("rad1", "rad2", None):
+        path = tmp_path / f"{reader}.csv"
+        assert generate_csv(cases, path, generator=None, reader=reader, store=store) == 0
+        out[reader] = next(csv.DictReader(path.open()))["prediction"]
+    assert "RAD1 WORDING" in out["rad1"].upper()
+    assert "RAD1 WORDING" not in out["rad2"].upper() and out["rad2"] == out[None]
+    assert generate_csv(cases, tmp_path / "x.csv", reader="nobody", store=store) == 2
+    assert "nobody" in capsys.readouterr().err
