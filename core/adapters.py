@@ -355,10 +355,11 @@ class DraftConfig:
     Attributes:
         min_memory: a reader memory smaller than this falls back to the shared memory.
         memory_bonus: similarity added to neighbours from the reader's own memory.
-        guard: content guard: a personalised text must state the same positive findings as
-            the shared model's text for the row (``core.clinical.label``); otherwise the reader's
-            own impression of the most similar report that does is used, else the shared text.
-            Personalisation changes how things are said, never what is found.
+        guard: content guard: a personalised text must state every positive finding of the
+            shared model's text for the row, and nothing more than that plus what the Findings
+            state (``core.clinical.label``); otherwise the reader's own impression of the most
+            similar report that does is used, else the shared text. Personalisation changes how
+            things are said, never what is found.
         c2f: settings of :class:`core.generate.CoarseToFine` (None: its defaults, the app's).
     """
 
@@ -560,14 +561,22 @@ class Drafter:
         result: dict[int, tuple[str, str]] = {}
         for i, s in zip(personal, shared_out):
             want = positives(s.text)
-            if positives(outputs[i].text) == want:
+            # A personal text may state more than the shared one only where the Findings do:
+            # a reader's draft that names the effusion the shared text missed is kept.
+            supported = want | positives(rows[i]["findings"])
+
+            def faithful(text: str) -> bool:
+                found = positives(text)
+                return want <= found <= supported
+
+            if faithful(outputs[i].text):
                 continue
             key = rows[i]["_memory"]
             choice = (s.text, "shared")
             if key is not None:
                 own = self._indexes[key].search([rows[i]], k=self.c2f.k, exclude_self=True)[0]
                 for nb in own:
-                    if positives(nb.impression) == want:
+                    if faithful(nb.impression):
                         choice = (tidy(nb.impression), "memory")
                         break
             result[i] = choice

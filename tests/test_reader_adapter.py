@@ -79,3 +79,29 @@ def test_generate_csv_for_a_reader_drafts_from_their_memory(store, users, tmp_pa
     assert "RAD1 WORDING" not in out["rad2"].upper() and out["rad2"] == out[None]
     assert generate_csv(cases, tmp_path / "x.csv", reader="nobody", store=store) == 2
     assert "nobody" in capsys.readouterr().err
+
+
+def test_the_guard_keeps_a_personal_draft_that_states_a_finding_the_shared_text_missed(
+        store, users, tmp_path):
+    """The shared index here knows only normal studies; rad1's memory names the effusion that
+    the Findings state. The guard must not swap their correct draft for the shared 'normal'."""
+    import csv
+
+    from core.demo import synthetic_reports
+    from core.generate import generate_csv
+
+    store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
+    findings = "Small left pleural effusion. Heart size normal. No pneumothorax."
+    version, tmp = adapters.allocate_version(store, "rad1")
+    adapters.write_memory(tmp, [{"report_id": i, "external_id": f"m{i}", "findings": findings,
+                                 "impression": "Small left pleural effusion."} for i in range(5)]
+                          + [{"report_id": 9, "external_id": "m9", "findings": findings,
+                              "impression": "Small left effusion and a right pneumothorax."}])
+    adapters.commit_version(store, "rad1", version, tmp, None, "memory", {"rougeL": 1.0})
+    adapters.promote(store, "rad1", version, actor="test")
+    cases = tmp_path / "cases.csv"
+    cases.write_text(f"uid,findings\nq1,{findings}\n")
+    out = tmp_path / "rad1.csv"
+    assert generate_csv(cases, out, generator=None, reader="rad1", store=store) == 0
+    text = next(csv.DictReader(out.open()))["prediction"].lower()
+    assert "effusion" in text and "pneumothorax" not in text
