@@ -672,18 +672,18 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
             store = own_store = Store(db)
             store.migrate()
     try:
-        try:
-            pipeline = pipeline_for(store, generator, config)
-        except ImpressionistError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        if pipeline.index is None:
-            print("warning: no reports with impressions to retrieve from (import some first); "
-                  "the model writes alone and every row is flagged for review", file=sys.stderr)
         outputs = None
         if reader and store is not None:
             outputs = _reader_drafts(store, generator, reports, reader, style, batch_size, config)
-        if outputs is None:
+        if outputs is None:  # the shared pipeline (built only when it drafts)
+            try:
+                pipeline = pipeline_for(store, generator, config)
+            except ImpressionistError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            if pipeline.index is None:
+                print("warning: no reports with impressions to retrieve from (import some first); "
+                      "the model writes alone and every row is flagged for review", file=sys.stderr)
             adapter = None
             if reader and generator is not None:
                 found = reader_adapter(reader, store=store)
