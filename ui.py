@@ -25,11 +25,21 @@ def get_store() -> Store:
 
 
 def current_user() -> User | None:
-    """The signed-in user, or None (also when the session has expired)."""
+    """The signed-in user, or None: also when the session has expired, or an admin has
+    disabled the account or changed its role since sign-in (checked on every run)."""
+    from core.auth import revalidate
+
     user = st.session_state.get("user")
-    if user is not None and user.expired:
+    if user is None:
+        return None
+    if user.expired:
         st.session_state.pop("user", None)
         st.session_state["flash"] = "Your session expired; please sign in again."
+        return None
+    if revalidate(get_store(), user) is None:
+        st.session_state.pop("user", None)
+        st.session_state["flash"] = ("Your account was disabled or its role changed; please "
+                                     "sign in again.")
         return None
     return user
 

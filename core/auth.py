@@ -19,6 +19,8 @@ from core.store import Reader, Store
 ROLES = ("radiologist", "coordinator", "admin")
 MIN_PASSWORD_LENGTH = 8
 MAX_FAILED_SIGNINS = 5
+# Failures from one client (browser address) over every name it tries: password spraying.
+MAX_FAILED_PER_CLIENT = 20
 THROTTLE_WINDOW = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -139,13 +141,25 @@ def audit_name(store: Store, username: str) -> str:
     return f"unknown:{digest[:16]}"
 
 
-def sign_in(store: Store, username: str, password: str) -> User:
+def client_key(address: str | None) -> str | None:
+    """How the audit log names the client a sign-in came from: a hash of its address (a
+    staff member's address is personal data; the hash still lets throttling count it)."""
+    if not isinstance(address, str) or not address:
+        return None
+    return "client:" + hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def sign_in(store: Store, username: str, password: str, client: str | None = None) -> User:
     """Check credentials (with throttling) and return the :class:`User`.
 
-    At most ``MAX_FAILED_SIGNINS`` failures per name within ``THROTTLE_WINDOW``; then every
-    attempt (even with the right password) is refused until the window has passed. Every attempt
-    is audited (``signin``, ``signin_failed``, ``signin_throttled``) without the password, and
-    an unknown name only as a hash (see :func:`audit_name`).
+    At most ``MAX_FAILED_SIGNINS`` failures per name, and ``MAX_FAILED_PER_CLIENT`` per client
+    address over all names, within ``THROTTLE_WINDOW``; then every attempt (even with the right
+    password) is refused until the window has passed. Every attempt is audited (``signin``,
+    ``signin_failed``, ``signin_throttled``) without the password, an unknown name only as a hash
+    (see :func:`audit_name`) and the client only as a hash (see :func:`client_key`).
+
+    Args:
+        client: the browser's address (``st.context.ip_address``), or None (CLI, localhost).
 
     Raises:
         AuthError: unknown user, wrong password or too many recent failures. The message does
@@ -153,18 +167,44 @@ def sign_in(store: Store, username: str, password: str) -> User:
     """
     now = datetime.now(timezone.utc)
     actor = audit_name(store, username)
-    failures = store.failed_signins_since(actor, (now - THROTTLE_WINDOW).replace(tzinfo=None))
-    if failures >= MAX_FAILED_SIGNINS:
-        store.audit(actor, "signin_throttled", {})
+    ckey = client_key(client)
+    detail = {"client": ckey} if ckey else {}
+    since = (now - THROTTLE_WINDOW).replace(tzinfo=None)
+    failures = store.failed_signins_since(actor, since)
+    by_client = store.failed_signins_from_client(ckey, since) if ckey else 0
+    if failures >= MAX_FAILED_SIGNINS or by_client >= MAX_FAILED_PER_CLIENT:
+        store.audit(actor, "signin_throttled", detail)
         raise AuthError("too many failed sign-ins; try again in 15 minutes")
     hashed = store.password_hash(username) if actor == username else None
     ok = verify_password(password, hashed if hashed is not None else _dummy_hash())
     if hashed is None or not ok:
-        store.audit(actor, "signin_failed", {})
+        store.audit(actor, "signin_failed", detail)
         raise AuthError("unknown user or wrong password")
     reader = store.get_reader(username)
-    store.audit(username, "signin", {"role": reader.role})
+    store.audit(username, "signin", {"role": reader.role, **detail})
     return User(reader.id, reader.username, reader.role, now)
+
+
+def revalidate(store: Store, user: User | None) -> User | None:
+    """The session's user if it still stands, else None.
+
+    A session is revoked at once (not at expiry) when an admin disables the account or changes
+    its role: pages call this on every run, and every feedback write checks the account too
+    (``Store.add_feedback``). A revoked session is audited as ``session_revoked``.
+    """
+    if user is None or user.expired:
+        return None
+    try:
+        reader = store.get_reader_by_id(user.id)
+    except NotFound:
+        reader = None
+    if reader is None or not reader.active or reader.role != user.role or \
+            reader.username != user.username:
+        store.audit(user.username, "session_revoked",
+                    {"reason": "account removed" if reader is None else
+                     "account disabled" if not reader.active else "role changed"})
+        return None
+    return user
 
 
 def require(user: User | None, *roles: str) -> User:

@@ -201,7 +201,7 @@ class SimConfig:
     lora: bool = True
     memory_bonus: float = 0.3
     eval_reports: int = 16
-    min_heldout: int = 4
+    min_heldout: int = 10  # the nightly job's default (NightlyConfig.min_heldout_reports)
 
 
 def _env(workdir: Path) -> dict:
@@ -699,7 +699,7 @@ def add_arguments(p) -> None:
                    help="similarity bonus of the reader's own memory in retrieval")
     p.add_argument("--eval-reports", type=int, default=16,
                    help="held-out reports per reader the nightly gate evaluates on (at most)")
-    p.add_argument("--min-heldout", type=int, default=4,
+    p.add_argument("--min-heldout", type=int, default=10,
                    help="the nightly gate never promotes with fewer held-out reports")
     p.add_argument("--model", dest="sim_model", help="base checkpoint")
     p.add_argument("--quick", action="store_true",
@@ -716,7 +716,7 @@ def config_from_args(args) -> SimConfig:
                     csv=Path(args.csv), out=Path(args.out), model=args.sim_model,
                     lora=not args.no_lora, memory_bonus=args.memory_bonus,
                     eval_reports=getattr(args, "eval_reports", 16),
-                    min_heldout=getattr(args, "min_heldout", 4))
+                    min_heldout=getattr(args, "min_heldout", 10))
     if args.quick:
         cfg.points, cfg.lora_points = [10, 20], [20]
         cfg.test_size, cfg.real_readers, cfg.style_readers, cfg.max_pairs = 8, 3, 4, 8

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from core.errors import NotFound, StoreBusy, StoreError
+from core.errors import NotFound, PermissionDenied, StoreBusy, StoreError
 from core.store_study import STUDY_MIGRATIONS, StudyQueries
 from core.store_training import TRAINING_MIGRATIONS, TrainingQueries
 
@@ -523,6 +523,12 @@ class Store(TrainingQueries, StudyQueries):
             "action = 'signin' AND actor = ?), TIMESTAMP '1970-01-01')",
             [username, since, username])
 
+    def failed_signins_from_client(self, client: str, since: datetime) -> int:
+        """Failed sign-ins from one client key (any name) since ``since``."""
+        return self._scalar(
+            "SELECT count(*) FROM audit_log WHERE action = 'signin_failed' AND created_at >= ? "
+            "AND json_extract_string(detail, '$.client') = ?", [since, client])
+
     # -- reports ---------------------------------------------------------------------------------
     def import_reports(self, records: Iterable[Any], file: str, fmt: str,
                        actor: str | None = None) -> tuple[int, int]:
@@ -728,6 +734,13 @@ class Store(TrainingQueries, StudyQueries):
             raise StoreError(f"unknown feedback field(s): {sorted(unknown)}")
         cols = [k for k in self.FEEDBACK_FIELDS if fields.get(k) is not None]
         with self.tx() as con:
+            # A disabled account writes nothing, even from a session opened before it was
+            # disabled (checked in the same transaction as the insert).
+            active = con.execute("SELECT active FROM readers WHERE id = ?",
+                                 [fields.get("reader_id")]).fetchall()
+            if not active or not active[0][0]:
+                raise PermissionDenied("this account is disabled or does not exist; nothing "
+                                       "was saved")
             token = fields.get("client_token")
             if token:
                 prior = con.execute("SELECT id FROM feedback WHERE client_token = ?",

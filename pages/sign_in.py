@@ -16,7 +16,8 @@ with st.form("signin", clear_on_submit=False):
 
 if submitted:
     try:
-        st.session_state["user"] = auth.sign_in(get_store(), username.strip(), password)
+        st.session_state["user"] = auth.sign_in(get_store(), username.strip(), password,
+                                                   client=st.context.ip_address)
     except AuthError as exc:
         st.error(str(exc))
     else:

@@ -101,6 +101,20 @@ def test_skip_then_queue_moves_on(store, users, cases):
     assert at.session_state["case"].report_id != first
 
 
+def test_a_disabled_account_is_signed_out_on_its_next_page_run(store, users, cases):
+    at = _signed_in(users["rad1"])
+    assert [t.value for t in at.title] == ["Annotate"]
+    store.set_reader_active("rad1", False)
+    at.run()
+    assert not at.exception, at.exception
+    assert "user" not in at.session_state
+    assert "Annotate" not in [t.value for t in at.title]
+    # AppTest keeps the last page; a browser falls back to the only page left, sign-in
+    at.switch_page("pages/sign_in.py").run()
+    assert [t.value for t in at.title] == ["Impressionist"]
+    assert any("disabled" in i.value for i in at.info)
+
+
 def test_radiologist_does_not_get_admin_page(store, users):
     at = _signed_in(users["rad1"])
     # st.navigation registers only the role's pages: the admin page does not exist for them

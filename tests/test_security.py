@@ -89,6 +89,54 @@ def test_disabled_user_cannot_sign_in(store, users):
         auth.sign_in(store, "rad2", "rad2-Passw0rd")
 
 
+def test_disabling_an_account_revokes_its_open_session_at_once(store, users, cases):
+    rad2 = users["rad2"]
+    case = annotate.next_case(store, rad2)
+    assert auth.revalidate(store, rad2) == rad2
+    annotate.submit_rating(store, rad2, case, annotate.Rating(rating=1))
+    store.set_reader_active("rad2", False)
+    # the session opened before: pages drop it on their next run...
+    assert auth.revalidate(store, rad2) is None
+    # ...and a save that was already on screen is refused in core, with nothing written
+    before = len(store.feedback_history(reader_id=rad2.id))
+    with pytest.raises(PermissionDenied, match="disabled"):
+        annotate.submit_rating(store, rad2, case, annotate.Rating(rating=2))
+    with pytest.raises(PermissionDenied):
+        annotate.skip(store, rad2, case)
+    assert len(store.feedback_history(reader_id=rad2.id)) == before
+    revoked = store.audit_log(action="session_revoked")
+    assert revoked and revoked[0]["actor"] == "rad2" and "disabled" in revoked[0]["detail"]
+    # other readers are unaffected; re-enabling lets a fresh sign-in work again
+    assert auth.revalidate(store, users["rad1"]) == users["rad1"]
+    store.set_reader_active("rad2", True)
+    assert auth.revalidate(store, auth.sign_in(store, "rad2", "rad2-Passw0rd")) is not None
+
+
+def test_a_role_change_revokes_the_session(store, users):
+    stale = replace(users["coord"], role="admin")  # a session that claims the old role
+    assert auth.revalidate(store, stale) is None
+    assert auth.revalidate(store, users["coord"]) == users["coord"]
+    expired = replace(users["coord"],
+                      signed_in_at=datetime.now(timezone.utc) - auth.SESSION_TTL * 2)
+    assert auth.revalidate(store, expired) is None and auth.revalidate(store, None) is None
+
+
+def test_one_client_spraying_many_names_is_throttled(store, monkeypatch):
+    monkeypatch.setattr(auth, "MAX_FAILED_PER_CLIENT", 6)
+    auth.create_user(store, "dr_c", "radiologist", "Passw0rd-ok")
+    for i in range(6):  # one failure per name: the per-name limit never trips
+        with pytest.raises(AuthError, match="wrong password"):
+            auth.sign_in(store, f"name{i}", "Guess-Passw0rd1", client="10.0.0.7")
+    with pytest.raises(AuthError, match="too many"):
+        auth.sign_in(store, "dr_c", "Passw0rd-ok", client="10.0.0.7")
+    # another client, and the CLI (no client), still sign in
+    assert auth.sign_in(store, "dr_c", "Passw0rd-ok", client="10.0.0.8").username == "dr_c"
+    assert auth.sign_in(store, "dr_c", "Passw0rd-ok").username == "dr_c"
+    # the address itself never reaches the audit log, only its hash
+    dump = repr(store.audit_log(limit=1000))
+    assert "10.0.0.7" not in dump and auth.client_key("10.0.0.7") in dump
+
+
 # -- roles and expiry in core, for every page-facing function -------------------------------------
 def _page_functions():
     out = []
