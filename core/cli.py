@@ -292,9 +292,16 @@ def cmd_nightly(args) -> int:
     """Train, evaluate and maybe promote each radiologist's adapter (safe while the app runs)."""
     import json as _json
 
-    from core.nightly import NightlyConfig, run_nightly
+    from core import distributed
+    from core.nightly import NightlyConfig, follow, run_nightly
     from core.train import TrainConfig
 
+    # Under `accelerate launch` (several GPUs): rank 0 runs the job; the others only train.
+    distributed.init()
+    if not distributed.is_main():
+        follow()
+        distributed.finish()
+        return 0
     store = _store(args)
     train = TrainConfig(method="grpo" if args.method == "grpo" else "dpo", epochs=args.epochs,
                         batch_size=args.batch_size, learning_rate=args.lr,
@@ -305,7 +312,10 @@ def cmd_nightly(args) -> int:
                            readers=args.readers.split(",") if args.readers else None,
                            force=args.force, refresh_per_reader=args.refresh,
                            model_path=args.model, train=train)
-    report = run_nightly(store, config, progress=not args.quiet)
+    try:
+        report = run_nightly(store, config, progress=not args.quiet)
+    finally:
+        distributed.finish()
     print(report.summary())
     if args.json:
         from dataclasses import asdict

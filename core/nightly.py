@@ -42,6 +42,7 @@ from typing import Any, Sequence
 from core.adapters import (AdapterVersion, DraftConfig, Drafter, active_adapter, allocate_version,
                            cleanup_partial, commit_version, promote, refresh_drafts,
                            shared_adapter_dir, sync_pointers, write_memory)
+from core import distributed
 from core.config import settings
 from core.errors import ImpressionistError
 from core.train import TrainConfig
@@ -324,8 +325,9 @@ def nightly_lock():
 def _load_generator(config: NightlyConfig):
     from core.models import ModelSpec, load_generator
 
+    # the gate's drafts on a GPU when there is one (an 8B model on a CPU would take hours)
     generator = load_generator(ModelSpec(path=config.model_path or settings().model_path,
-                                         device="cpu"))
+                                         device="auto"))
     shared = shared_adapter_dir()
     if shared is not None:
         generator.load_adapter(SHARED_ADAPTER_NAME, shared)
@@ -363,7 +365,7 @@ def _eval_examples(pairs, limit: int) -> list[dict]:
 def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig, run_id: int,
                   progress: bool) -> ReaderOutcome:
     from core.pairs import to_trl
-    from core.train import train_dpo, train_grpo, write_manifest
+    from core.train import write_manifest
 
     t0 = time.perf_counter()
     version, tmp = allocate_version(store, reader.id)
@@ -383,20 +385,16 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
             for f in current.path.iterdir():
                 if f.name.startswith("adapter_"):
                     shutil.copy2(f, tmp / f.name)
-        if config.method == "dpo":
-            result = train_dpo(config.model_path or settings().model_path,
-                               [to_trl(p) for p in train_pairs], tmp, config.train,
-                               init_adapter=init)
-        elif config.method == "grpo":
-            from core.rewards import StyleProfile, grpo_reward_funcs
-
-            style = StyleProfile.from_texts([m["impression"] for m in pairs.memory])
-            prompts = [{"prompt": to_trl(p)["prompt"], "findings": p.findings,
-                        "references": [p.chosen], "reference_completion": p.rejected}
-                       for p in train_pairs]
-            result = train_grpo(config.model_path or settings().model_path, prompts, tmp,
-                                config.train, init_adapter=init,
-                                reward_funcs=grpo_reward_funcs(style))
+        if config.method in ("dpo", "grpo"):
+            task = {"method": config.method, "model_path": str(config.model_path or
+                                                              settings().model_path),
+                    "examples": [{**to_trl(p), "findings": p.findings} for p in train_pairs],
+                    "out": str(tmp),
+                    "train": config.train, "init": str(init) if init else None,
+                    "style_texts": [m["impression"] for m in pairs.memory]}
+            # under `accelerate launch` the other ranks train the same run with this process
+            distributed.broadcast(task)
+            result = run_task(task)
         if result is not None:
             outcome.train_s = result.train_s
             # pairs actually trained on (steps * batch_size over-counts a partial last batch)
@@ -453,6 +451,34 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         return outcome
 
 
+def run_task(task: dict):
+    """Run one training task (what rank 0 broadcasts; every rank runs it). Returns the
+    ``core.train.TrainResult``."""
+    from core.train import train_dpo, train_grpo
+
+    if task["method"] == "dpo":
+        return train_dpo(task["model_path"], task["examples"], task["out"], task["train"],
+                         init_adapter=task["init"])
+    from core.rewards import StyleProfile, grpo_reward_funcs
+
+    style = StyleProfile.from_texts(task["style_texts"])
+    prompts = [{"prompt": e["prompt"], "findings": e["findings"],
+                "references": [e["chosen"][0]["content"]],
+                "reference_completion": e["rejected"][0]["content"]} for e in task["examples"]]
+    return train_grpo(task["model_path"], prompts, task["out"], task["train"],
+                      init_adapter=task["init"], reward_funcs=grpo_reward_funcs(style))
+
+
+def follow() -> int:
+    """A rank other than 0 under ``accelerate launch``: train every task rank 0 sends, until
+    it sends None. Never opens the database. Returns how many tasks were trained."""
+    n = 0
+    while (task := distributed.broadcast(None)) is not None:
+        run_task(task)
+        n += 1
+    return n
+
+
 def _adapter_intact(path: Path) -> bool:
     from core.models import AdapterError, check_adapter_files
 
@@ -486,13 +512,23 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
     Raises:
         NightlyBusy: another nightly job is running.
     """
+    config = config or NightlyConfig()
+    config.train.progress = progress and config.train.progress
+    if not distributed.is_main():
+        raise ImpressionistError("run_nightly runs on rank 0 only; other ranks call follow()")
+    t0 = time.perf_counter()
+    try:
+        return _run_nightly(store, config, generator, progress, t0)
+    finally:
+        distributed.broadcast(None)  # under a launcher: the other ranks stop waiting
+
+
+def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: float
+                 ) -> NightlyReport:
     from tqdm.auto import tqdm
 
     from core.pairs import pairs_for_reader
 
-    config = config or NightlyConfig()
-    config.train.progress = progress and config.train.progress
-    t0 = time.perf_counter()
     with nightly_lock():
         abandoned = store.abandon_running("the process running it stopped before finishing")
         cleanup_partial()

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["TrainError", "TrainConfig", "TrainResult", "train_dpo", "train_grpo",
            "load_policy", "sequence_logps", "preference_accuracy", "lora_snapshot",
-           "SFTTrainConfig", "SFTResult", "train_sft"]
+           "SFTTrainConfig", "SFTResult", "train_sft", "length_grouped_order", "padding_share"]
 
 
 class TrainError(ImpressionistError):
@@ -244,6 +244,15 @@ def _save_adapter(model, out: Path) -> None:
     tmp.rmdir()
 
 
+def _save_on_main(trainer, out: Path) -> None:
+    """Under ``accelerate launch`` every rank trains; only rank 0 writes the adapter, and the
+    others wait until it is on disk."""
+    if trainer.is_world_process_zero():
+        _save_adapter(trainer.model, out)
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
 def _losses(log_history: list[dict]) -> list[dict]:
     keep = ("step", "loss", "rewards/accuracies", "rewards/margins", "reward", "kl",
             "learning_rate", "epoch")
@@ -259,12 +268,72 @@ def _losses(log_history: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def length_grouped_order(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+                         mega: int = 32) -> list[int]:
+    """Reorder sampled indices so each batch holds pairs of similar length (less padding).
+
+    TRL 1.16 switched DPO's ``padding_free`` off ("temporarily unavailable after a refactor"; it
+    warns and pads), so padding is cut the other way: the sampled order is cut into chunks of
+    ``mega`` batches, each chunk is sorted by length (longest first) and cut into batches, and
+    the batches of a chunk are shuffled back in a fixed way. The multiset of indices, hence
+    what the weights drew, is unchanged; only which pairs share a batch changes.
+
+    Args:
+        order: sampled dataset indices (with repeats, from the weighted sampler).
+        lengths: per dataset index, the padded length its pair needs (prompt + longer answer).
+        batch_size: per-device batch size.
+        mega: batches per sorted chunk (larger: less padding, less randomness).
+    """
+    order = list(order)
+    size = max(1, batch_size) * max(1, mega)
+    out: list[int] = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: -lengths[i])
+        batches = [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        # interleave long and short batches (deterministic): memory peaks stay spread out
+        mixed = batches[0::2] + batches[1::2][::-1]
+        for b in mixed:
+            out.extend(b)
+    return out
+
+
+def padding_share(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> float:
+    """Share of padded positions when ``order`` is cut into batches padded to their longest."""
+    total = pad = 0
+    order = list(order)
+    for j in range(0, len(order), batch_size):
+        b = [lengths[i] for i in order[j:j + batch_size]]
+        total += max(b) * len(b)
+        pad += max(b) * len(b) - sum(b)
+    return pad / total if total else 0.0
+
+
 def _weighted_dpo_trainer():
     import torch
     from trl import DPOTrainer
 
+    class _Order(torch.utils.data.Sampler):
+        """Yields the precomputed order of epoch 1, then 2, ... (one list per epoch)."""
+
+        def __init__(self, epochs: list[list[int]]) -> None:
+            self.epochs = epochs
+            self.calls = 0
+
+        def __iter__(self):
+            order = self.epochs[self.calls % len(self.epochs)]
+            self.calls += 1
+            return iter(order)
+
+        def __len__(self) -> int:
+            return len(self.epochs[0])
+
     class WeightedDPOTrainer(DPOTrainer):
-        """DPOTrainer whose sampler draws pairs in proportion to their ``weight`` column."""
+        """DPOTrainer whose sampler draws pairs in proportion to their ``weight`` column and
+        groups pairs of similar length into a batch (:func:`length_grouped_order`).
+
+        Under ``accelerate launch`` every rank draws the same order (same seed) and accelerate
+        hands each rank its own batches of it.
+        """
 
         def _get_train_sampler(self, train_dataset=None):
             ds = self.train_dataset
@@ -273,8 +342,21 @@ def _weighted_dpo_trainer():
             weights = torch.tensor([max(float(w), 1e-6) for w in ds["weight"]],
                                    dtype=torch.double)
             gen = torch.Generator().manual_seed(self.args.seed)
-            return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(weights),
-                                                          replacement=True, generator=gen)
+            n = len(weights)
+            # one draw per epoch, all epochs drawn up front so the order is fixed by the seed
+            epochs = max(1, math.ceil(self.args.num_train_epochs))
+            order = torch.multinomial(weights, n * epochs, replacement=True,
+                                      generator=gen).tolist()
+            lengths = None
+            if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(ds.column_names):
+                lengths = [len(p) + max(len(c), len(r)) for p, c, r in
+                           zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+            group = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+            per_epoch = []
+            for k in range(epochs):
+                part = order[k * n:(k + 1) * n]
+                per_epoch.append(length_grouped_order(part, lengths, group) if lengths else part)
+            return _Order(per_epoch)
 
     return WeightedDPOTrainer
 
@@ -328,8 +410,7 @@ def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
-    _save_adapter(trainer.model, out)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    _save_on_main(trainer, out)
     steps = int(trainer.state.global_step)
     n_seen = steps * config.batch_size
     return TrainResult("dpo", str(out), len(rows), steps, train_s,
@@ -401,8 +482,7 @@ def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | P
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
-    _save_adapter(trainer.model, out)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    _save_on_main(trainer, out)
     steps = int(trainer.state.global_step)
     n_prompts = steps * batch // config.num_generations
     return TrainResult("grpo", str(out), len(rows), steps, train_s,

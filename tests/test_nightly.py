@@ -310,6 +310,40 @@ def test_app_and_nightly_at_once_lose_no_rating(store, users, tiny, tmp_path):
     assert report.outcomes[0].status == "succeeded", report.outcomes[0].reason
 
 
+def test_nightly_under_a_two_rank_launcher_trains_ddp_and_only_rank0_writes(store, users, tiny,
+                                                                          tmp_path):
+    """`torchrun --nproc_per_node 2 -m core nightly` (what `accelerate launch --multi_gpu` runs
+    on two GPUs), here as two CPU processes over gloo: both ranks train the same run, the
+    batches are split between them (half the optimizer steps of one process), and only rank 0
+    touches the database and the adapter folder."""
+    import json
+    import math
+
+    from core.pairs import pairs_for_reader
+
+    reports = _seed(store, 30)
+    _rate(store, users["rad1"], reports)
+    n_train = len(pairs_for_reader(store, users["rad1"].id, 0.2).train)
+    out = tmp_path / "report.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000), "-m", "core", "nightly",
+           "--model", tiny, "--force", "--min-pairs", "2", "--min-heldout", "1",
+           "--readers", "rad1", "--refresh", "0", "--epochs", "1", "--batch-size", "2",
+           "--quiet", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json.loads(out.read_text())["outcomes"][0]
+    assert outcome["status"] == "succeeded", outcome["reason"]
+    runs = store.training_runs(reader_id=users["rad1"].id)
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded"  # one run row: rank 0's
+    # data parallel: 2 ranks x batch 2 per step -> half the steps one process would take
+    assert runs[0]["steps"] == math.ceil(n_train / 4) < math.ceil(n_train / 2)
+    version = adapters.get_version(store, "rad1", outcome["version"])
+    assert (version.path / "adapter_model.safetensors").is_file()
+    assert not (version.path / "trainer").exists()
+
+
 # -- the Adapters page -----------------------------------------------------------------------------
 def _page(user):
     from streamlit import config

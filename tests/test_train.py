@@ -103,3 +103,41 @@ def test_refuses_empty_data_and_bad_config(tiny, tmp_path):
     with pytest.raises(TrainError):
         train_dpo(tmp_path / "no-model", [{"prompt": [], "chosen": [], "rejected": []}],
                   tmp_path / "y")
+
+
+def test_length_grouping_keeps_the_draw_and_cuts_padding():
+    import random
+
+    from core.train import length_grouped_order, padding_share
+
+    rng = random.Random(0)
+    lengths = [rng.randint(40, 400) for _ in range(60)]
+    order = [rng.randrange(60) for _ in range(240)]  # a weighted draw, with repeats
+    grouped = length_grouped_order(order, lengths, batch_size=4, mega=8)
+    assert sorted(grouped) == sorted(order)  # the same pairs, as often as drawn
+    assert padding_share(grouped, lengths, 4) < 0.5 * padding_share(order, lengths, 4)
+    # every sorted chunk stays inside its own slice of the draw (randomness kept across chunks)
+    for start in range(0, 240, 32):
+        assert sorted(grouped[start:start + 32]) == sorted(order[start:start + 32])
+    assert padding_share([0, 1], [5, 5], 2) == 0.0
+
+
+def test_dpo_batches_are_length_grouped_from_the_tokenized_pairs(tiny, examples, tmp_path,
+                                                                 monkeypatch):
+    import core.train as train
+
+    seen = []
+    real = train.length_grouped_order
+
+    def spy(order, lengths, batch_size, mega=32):
+        seen.append((list(order), list(lengths), batch_size))
+        return real(order, lengths, batch_size, mega)
+
+    monkeypatch.setattr(train, "length_grouped_order", spy)
+    long = dict(examples[0], chosen=[{"role": "assistant", "content": "No acute disease. " * 20}])
+    cfg = TrainConfig(epochs=1, batch_size=2, progress=False)
+    train.train_dpo(tiny, examples + [long], tmp_path / "dpo", cfg)
+    assert len(seen) == 1
+    order, lengths, bs = seen[0]
+    assert bs == 2 and len(order) == len(examples) + 1 and len(lengths) == len(examples) + 1
+    assert max(lengths) > min(lengths) + 40  # real token lengths of prompt + longer answer

@@ -1,0 +1,75 @@
+"""Rank awareness for the nightly job under ``accelerate launch`` (or ``torchrun``).
+
+Several processes run ``python -m core nightly``, one per GPU. Only rank 0 (the *main* process)
+touches the database, the nightly lock and the adapter folders; it decides which readers to
+train, and before each training run it sends the task (method, pairs, hyper-parameters, output
+folder) to the other ranks. Every rank then runs the same TRL trainer, which spreads the batches
+over the processes (DDP), and only rank 0 saves the adapter. When rank 0 is done it sends None
+and every rank leaves. A single process (no ``WORLD_SIZE``) runs everything itself, unchanged.
+
+The process group is the one accelerate sets up for the Trainer (NCCL on GPUs, gloo on CPUs),
+so the same command works on one GPU, several GPUs, or (for tests) several CPU processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["world_size", "rank", "is_main", "init", "broadcast", "barrier", "finish"]
+
+
+def world_size() -> int:
+    """Processes in this job (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank() -> int:
+    """This process's global rank (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Join the launcher's process group (a no-op for a single process)."""
+    if world_size() <= 1:
+        return
+    import torch
+    from accelerate import PartialState
+
+    # the same state the Trainer will use: GPUs when there are any, else CPU processes (gloo)
+    PartialState(cpu=not torch.cuda.is_available())
+
+
+def broadcast(obj: Any = None) -> Any:
+    """Rank 0's ``obj`` on every rank (rank 0 gets its own back)."""
+    if world_size() <= 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj if is_main() else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    """Wait for every rank, then leave the process group (a clean exit for the launcher)."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
