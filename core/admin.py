@@ -11,6 +11,7 @@ from pathlib import Path
 from core import auth
 from core.auth import User, require
 from core.config import ROOT, settings
+from core.errors import ValidationError
 from core.ingest import ImportResult, import_file
 from core.store import Store
 
@@ -40,6 +41,19 @@ def users(store: Store, user: User):
 def add_user(store: Store, user: User, username: str, role: str, password: str):
     require(user, "admin")
     return auth.create_user(store, username, role, password, actor=user.username)
+
+
+def set_user_active(store: Store, user: User, username: str, active: bool) -> None:
+    """Disable (or re-enable) an account. A disabled account cannot sign in, its open sessions
+    end on their next page run, and it can save nothing (``Store.add_feedback`` checks);
+    everything it wrote stays. Audited as ``user_disabled`` / ``user_enabled``."""
+    require(user, "admin")
+    target = auth.lookup_user(store, username)
+    if not active and target.id == user.id:
+        raise ValidationError("you cannot disable your own account")
+    store.set_reader_active(target.username, bool(active))
+    store.audit(user.username, "user_enabled" if active else "user_disabled",
+                {"user": target.username})
 
 
 def generation_status(store: Store, user: User) -> dict:

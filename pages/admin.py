@@ -52,6 +52,22 @@ with tab_users:
                 st.error(str(exc))
             else:
                 st.success(f"Added {name} ({role}).")
+    with st.form("user_access"):
+        st.markdown("**Disable or re-enable an account**")
+        st.caption("A disabled account cannot sign in, is signed out on its next page, and "
+                   "can save nothing; what it wrote stays.")
+        others = [r.username for r in store.list_readers() if r.username != user.username]
+        target = st.selectbox("User", others, key="admin_access_user")
+        c1, c2 = st.columns(2)
+        disable = c1.form_submit_button("Disable")
+        enable = c2.form_submit_button("Enable")
+        if (disable or enable) and target:
+            try:
+                admin.set_user_active(store, user, target, active=enable)
+            except ImpressionistError as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"{target} {'enabled' if enable else 'disabled'}.")
 
 with tab_gen:
     status = admin.generation_status(store, user)

@@ -211,3 +211,14 @@ def test_export_is_audited(store, users, cases):
     annotate.record_export(store, rad, "own feedback", 1)
     log = store.audit_log(action="export")
     assert log[0]["actor"] == "rad1" and "findings" not in log[0]["detail"]
+
+
+def test_admin_page_disables_an_account(store, users):
+    at = AppTest.from_file(str(ROOT / "pages/admin.py"), default_timeout=TIMEOUT)
+    at.session_state["user"] = users["admin"]
+    at.run()
+    at.selectbox(key="admin_access_user").select("rad2")
+    next(b for b in at.button if b.label == "Disable").click().run()
+    assert not at.exception, at.exception
+    assert not store.get_reader("rad2").active and store.get_reader("rad1").active
+    assert any("rad2 disabled" in s.value for s in at.success)

@@ -112,6 +112,19 @@ def test_disabling_an_account_revokes_its_open_session_at_once(store, users, cas
     assert auth.revalidate(store, auth.sign_in(store, "rad2", "rad2-Passw0rd")) is not None
 
 
+def test_admin_disables_and_enables_an_account_audited(store, users):
+    admin.set_user_active(store, users["admin"], "rad2", False)
+    assert not store.get_reader("rad2").active and auth.revalidate(store, users["rad2"]) is None
+    with pytest.raises(AuthError):
+        auth.sign_in(store, "rad2", "rad2-Passw0rd")
+    with pytest.raises(ImpressionistError, match="your own account"):
+        admin.set_user_active(store, users["admin"], "admin", False)
+    admin.set_user_active(store, users["admin"], "rad2", True)
+    assert auth.sign_in(store, "rad2", "rad2-Passw0rd").username == "rad2"
+    acts = [(r["action"], r["actor"]) for r in store.audit_log(limit=50)]
+    assert ("user_disabled", "admin") in acts and ("user_enabled", "admin") in acts
+
+
 def test_a_role_change_revokes_the_session(store, users):
     stale = replace(users["coord"], role="admin")  # a session that claims the old role
     assert auth.revalidate(store, stale) is None
@@ -201,6 +214,7 @@ ROLE_CASES = [
     (annotate.undo_last, ["coord"]), (annotate.retract, ["coord"]),
     (admin.import_reports, ["rad1", "coord"]), (admin.users, ["rad1", "coord"]),
     (admin.add_user, ["rad1", "coord"]), (admin.start_generation, ["rad1", "coord"]),
+    (admin.set_user_active, ["rad1", "coord"]),
     (admin.recent_imports, ["rad1"]), (admin.generation_status, ["rad1"]),
     (adapters.list_versions, ["rad1"]), (adapters.promote, ["rad1"]),
     (adapters.rollback, ["rad1"]), (adapters.runs_table, ["rad1"]),
