@@ -152,6 +152,26 @@ def write_memory(path: str | Path, memory: Sequence[dict]) -> None:
             fh.write(json.dumps({k: m.get(k) for k in keep}, ensure_ascii=False) + "\n")
 
 
+DRAFT_SETTINGS_FILE = "draft.json"
+
+
+def read_draft_settings(path: str | Path) -> dict:
+    """A version's drafting settings (``memory_bonus`` chosen by :func:`tune_memory_bonus`);
+    empty for versions made before there were any (they draft with ``DraftConfig``)."""
+    f = Path(path) / DRAFT_SETTINGS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_draft_settings(path: str | Path, settings_: dict) -> None:
+    (Path(path) / DRAFT_SETTINGS_FILE).write_text(json.dumps(settings_, indent=2),
+                                                 encoding="utf-8")
+
+
 # ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
@@ -387,10 +407,12 @@ class RoutedIndex:
     have not. Queries without a memory use the shared index alone.
     """
 
-    def __init__(self, shared, memories: dict[str, Any], memory_bonus: float = 0.3) -> None:
+    def __init__(self, shared, memories: dict[str, Any], memory_bonus: float = 0.3,
+                 bonuses: dict[str, float] | None = None) -> None:
         self.shared = shared
         self.memories = memories
         self.memory_bonus = memory_bonus
+        self.bonuses = bonuses or {}
 
     def __len__(self) -> int:
         return len(self.shared) if self.shared is not None else 0
@@ -409,9 +431,10 @@ class RoutedIndex:
             found = self.memories[key].search(
                 [reports[i] for i in rows], k=k,
                 exclude_uids=[excl[i] for i in rows] if excl else None, exclude_self=exclude_self)
+            bonus = self.bonuses.get(key, self.memory_bonus)
             for i, own in zip(rows, found):
                 for nb in own:
-                    nb.score += self.memory_bonus
+                    nb.score += bonus
                 mine = {nb.uid for nb in own if nb.uid is not None}
                 merged = own + [nb for nb in shared[i] if nb.uid is None or nb.uid not in mine]
                 merged.sort(key=lambda nb: -nb.score)
@@ -447,6 +470,7 @@ class Drafter:
             shared_index = self._index(list(shared_index), None)
         self.shared_index = shared_index
         self._indexes: dict[str, Any] = {}
+        self._bonuses: dict[str, float] = {}
 
     def _index(self, memory: Sequence[dict], reader: str | None):
         from core.retrieval import RetrievalIndex
@@ -465,11 +489,21 @@ class Drafter:
             mem = av.memory()
             self._indexes[key] = (self._index(mem, av.reader) if len(mem) >= self.config.min_memory
                                   else None)
+            bonus = read_draft_settings(av.path).get("memory_bonus")
+            if isinstance(bonus, (int, float)) and not isinstance(bonus, bool):
+                self._bonuses[key] = float(bonus)
         return key if self._indexes[key] is not None else None
+
+    def forget(self, av: AdapterVersion) -> None:
+        """Drop what is cached for a version (its memory index and settings were rewritten)."""
+        key = f"{av.reader}@{av.path}"
+        self._indexes.pop(key, None)
+        self._bonuses.pop(key, None)
 
     def draft(self, reports: Sequence[dict], adapters: Sequence[AdapterVersion | None],
               use_lora: bool = True, use_memory: bool = True, style: str = "default",
-              batch_size: int = 8, progress: bool = False) -> list[DraftOutput]:
+              batch_size: int = 8, progress: bool = False,
+              memory_bonus: float | None = None) -> list[DraftOutput]:
         """Draft one impression per report with that row's reader adapter.
 
         Args:
@@ -480,6 +514,8 @@ class Drafter:
             style: the audience style (``core.styles``).
             batch_size: model batch size.
             progress: show a progress bar over generation batches.
+            memory_bonus: use this bonus for every row's memory (tuning); None: each version's
+                own (its ``draft.json``), else ``DraftConfig.memory_bonus``.
 
         Returns:
             One :class:`DraftOutput` per report, in order; ``flags`` are the pipeline's flags plus
@@ -515,7 +551,9 @@ class Drafter:
             rows.append({**r, "uid": r.get("uid", r.get("external_id")), "_memory": key})
             readers.append(av.reader if av is not None else None)
         index = RoutedIndex(self.shared_index, {k: v for k, v in self._indexes.items()
-                                                if v is not None}, self.config.memory_bonus)
+                                                if v is not None},
+                            self.config.memory_bonus if memory_bonus is None else memory_bonus,
+                            {} if memory_bonus is not None else self._bonuses)
         pipeline = CoarseToFine(index if (self.shared_index is not None or index.memories)
                                 else None, self.generator, self.c2f,
                                 base_adapter=self.shared_adapter)
@@ -581,6 +619,44 @@ class Drafter:
                         break
             result[i] = choice
         return result
+
+
+BONUS_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def tune_memory_bonus(drafter: Drafter, av: AdapterVersion, grid: Sequence[float] = BONUS_GRID,
+                      max_items: int = 200) -> dict:
+    """Choose how strongly a reader's memory outranks the shared index, by leave-one-out on
+    the memory itself (never on the held-out slice, which the gate then judges on).
+
+    Each of the (at most ``max_items`` most recent) memory reports is drafted with that report
+    left out of both the memory and the shared index, once per bonus in ``grid``, and scored by
+    ROUGE-L against the reader's own accepted impression; the best bonus wins, ties going to the
+    smaller one (closer to the shared model). Readers who write like the department get a small
+    bonus (their memory then only breaks ties); readers with a style of their own get a large
+    one (BENCHMARKS.md, "Personalization").
+
+    Returns:
+        ``{"memory_bonus": best, "loo_rougeL": {bonus: score}, "loo_n": n}`` (``memory_bonus``
+        is ``DraftConfig.memory_bonus`` when the memory is too small to judge).
+    """
+    from core.metrics import rouge
+
+    mem = [m for m in av.memory() if (m.get("findings") or "").strip() and
+           (m.get("impression") or "").strip()][-max_items:]
+    if len(mem) < max(drafter.config.min_memory, 5):
+        return {"memory_bonus": drafter.config.memory_bonus, "loo_rougeL": {}, "loo_n": len(mem)}
+    rows = [{"findings": m["findings"], "indication": m.get("indication"),
+             "comparison": m.get("comparison"), "id": m.get("report_id"),
+             "uid": m.get("external_id") or m.get("uid") or m.get("report_id")} for m in mem]
+    refs = [m["impression"] for m in mem]
+    scores: dict[float, float] = {}
+    for bonus in grid:
+        outs = drafter.draft(rows, [av] * len(rows), use_lora=False, memory_bonus=bonus)
+        scores[float(bonus)] = rouge([o.text for o in outs], refs)["rougeL"]
+    best = max(sorted(scores), key=lambda b: (round(scores[b], 6), -b))
+    return {"memory_bonus": best, "loo_rougeL": {str(b): round(v, 3) for b, v in scores.items()},
+            "loo_n": len(mem)}
 
 
 def refresh_drafts(store, drafter: Drafter, readers: Sequence[str], per_reader: int = 20,

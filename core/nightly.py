@@ -41,7 +41,8 @@ from typing import Any, Sequence
 
 from core.adapters import (AdapterVersion, DraftConfig, Drafter, active_adapter, allocate_version,
                            cleanup_partial, commit_version, promote, refresh_drafts,
-                           shared_adapter_dir, sync_pointers, write_memory)
+                           shared_adapter_dir, sync_pointers, tune_memory_bonus,
+                           write_draft_settings, write_memory)
 from core import distributed
 from core.config import settings
 from core.errors import ImpressionistError
@@ -373,6 +374,13 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
                             n_pairs=len(pairs.train) + len(pairs.heldout))
     try:
         write_memory(tmp, pairs.memory)
+        # how strongly this reader's memory outranks the shared index: leave-one-out on the
+        # memory (the held-out slice stays for the gate)
+        memory_av = AdapterVersion(reader.username, reader.id, version, tmp,
+                                   alias=f"{reader.username}__candidate")
+        draft_settings = tune_memory_bonus(drafter, memory_av)
+        write_draft_settings(tmp, draft_settings)
+        drafter.forget(memory_av)
         train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
         outcome.n_train_pairs = len(train_pairs)
         result = None
@@ -415,6 +423,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
             drafter.generator.unload_adapter(candidate.gen_name)
         decision = gate(cand_m, cur_m, config)
         outcome.metrics = {k: v for k, v in cand_m.items() if k != "drafts"}
+        outcome.metrics["memory_bonus"] = draft_settings["memory_bonus"]
         outcome.baseline = {k: v for k, v in cur_m.items() if k != "drafts"}
         write_manifest(tmp, reader=reader.username, version=version, run_id=run_id,
                        method=config.method, metrics=outcome.metrics, baseline=outcome.baseline,
@@ -423,7 +432,8 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
                              **decision.checks},
                        train=result.to_dict() if result else None,
                        init_adapter=str(init) if init else None,
-                       memory_size=len(pairs.memory), config=config.to_dict())
+                       memory_size=len(pairs.memory), draft=draft_settings,
+                       config=config.to_dict())
         av = commit_version(store, reader.id, version, tmp, run_id, config.method,
                             outcome.metrics, base_model=str(config.model_path or
                                                             settings().model_path))

@@ -178,7 +178,11 @@ def test_nightly_trains_records_and_skips_without_new_feedback(store, users, tin
     assert run["adapter_version"] == o.version and Path(run["adapter_path"]).is_dir()
     path = Path(run["adapter_path"])
     assert {"adapter_config.json", "adapter_model.safetensors", "memory.jsonl",
-            "manifest.json"} <= {p.name for p in path.iterdir()}
+            "manifest.json", "draft.json"} <= {p.name for p in path.iterdir()}
+    # the memory bonus the version drafts with was chosen by leave-one-out on its memory
+    chosen = adapters.read_draft_settings(path)
+    assert chosen["memory_bonus"] == run["metrics"]["memory_bonus"]
+    assert chosen["loo_n"] == len(adapters.read_memory(path)) and chosen["loo_rougeL"]
     assert run["decision"] == ("promoted" if o.promoted else "rejected")
     active = adapters.active_adapter(store, "rad1")
     assert (active is not None and active.version == o.version) == o.promoted

@@ -105,3 +105,56 @@ def test_the_guard_keeps_a_personal_draft_that_states_a_finding_the_shared_text_
     assert generate_csv(cases, out, generator=None, reader="rad1", store=store) == 0
     text = next(csv.DictReader(out.open()))["prediction"].lower()
     assert "effusion" in text and "pneumothorax" not in text
+
+
+def _styled_memory(reports, style):
+    return [{"report_id": r["id"], "external_id": r["external_id"], "findings": r["findings"],
+             "impression": style(r["impression"])} for r in reports]
+
+
+def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its_own(store):
+    from core.adapters import AdapterVersion, Drafter, tune_memory_bonus
+    from core.demo import synthetic_reports
+
+    store.import_reports(synthetic_reports(60, seed=11), file="s", fmt="demo")
+    reports = [r for r in store.reports() if (r.get("impression") or "").strip()]
+    drafter = Drafter(None, reports)
+    # a reader with a style of their own (every impression rewritten the same way)
+    from core.config import settings
+
+    own = settings().adapters_dir / "t_own"
+    own.mkdir(parents=True)
+    adapters.write_memory(own, _styled_memory(reports[:40], lambda t: f"IMPRESSION ZULU: {t}"))
+    av = AdapterVersion("t_own", 1, 1, own)
+    tuned = tune_memory_bonus(drafter, av)
+    scores = {float(b): v for b, v in tuned["loo_rougeL"].items()}
+    assert tuned["loo_n"] == 40 and set(scores) == set(adapters.BONUS_GRID)
+    # the best bonus, ties to the smaller one (closer to the shared model)
+    best = max(scores.values())
+    assert tuned["memory_bonus"] == min(b for b, v in scores.items() if v == best)
+    # leave-one-out: a report never retrieves its own accepted impression (which would score
+    # ~100 for every bonus that lets the memory win)
+    assert max(scores.values()) < 90
+    # too small a memory to judge: the configured default
+    tiny = settings().adapters_dir / "t_tiny"
+    tiny.mkdir()
+    adapters.write_memory(tiny, _styled_memory(reports[:3], str.upper))
+    assert tune_memory_bonus(drafter, AdapterVersion("t_tiny", 2, 1, tiny))["memory_bonus"] == \
+        drafter.config.memory_bonus
+    # the version's draft.json decides its bonus in retrieval (memory scores raised by it)
+    from core.adapters import RoutedIndex
+
+    query = [dict(reports[50], id=None, uid="q-new")]
+    raised = {}
+    for bonus in (0.0, 0.5):
+        adapters.write_draft_settings(own, {"memory_bonus": bonus})
+        drafter.forget(av)
+        key = drafter._memory_key(av)
+        routed = RoutedIndex(None, {key: drafter._indexes[key]}, memory_bonus=0.3,
+                             bonuses=drafter._bonuses)
+        raised[bonus] = routed.search([{**query[0], "_memory": key}], k=3)[0][0].score
+    assert abs(raised[0.5] - raised[0.0] - 0.5) < 1e-6
+    # a version without draft.json drafts with the configured bonus
+    (own / adapters.DRAFT_SETTINGS_FILE).unlink()
+    drafter.forget(av)
+    assert drafter._memory_key(av) not in drafter._bonuses
