@@ -374,7 +374,9 @@ class DraftConfig:
 
     Attributes:
         min_memory: a reader memory smaller than this falls back to the shared memory.
-        memory_bonus: similarity added to neighbours from the reader's own memory.
+        memory_bonus: similarity added to neighbours from the reader's own memory, for versions
+            without their own (the nightly job chooses one per version by leave-one-out on
+            the memory, :func:`tune_memory_bonus`, and stores it in the version's draft.json).
         guard: content guard: a personalised text must state every positive finding of the
             shared model's text for the row, and nothing more than that plus what the Findings
             state (``core.clinical.label``); otherwise the reader's own impression of the most
