@@ -773,21 +773,29 @@ def sequence_logps(model, tok, prompts: Sequence[list[dict]], completions: Seque
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             part = rows[start:start + batch_size]
+            # Left-pad so that every completion ends at the right edge: the LM head and the
+            # log-softmax then run over the completion positions only (``logits_to_keep``),
+            # not over every prompt token times the whole vocabulary.
             width = max(len(r[0]) for r in part)
+            keep = max(len(f) - n for f, n in part) + 1
             ids = torch.full((len(part), width), pad, dtype=torch.long)
             mask = torch.zeros((len(part), width), dtype=torch.long)
             for i, (f_ids, _) in enumerate(part):
-                ids[i, :len(f_ids)] = torch.tensor(f_ids)
-                mask[i, :len(f_ids)] = 1
+                ids[i, width - len(f_ids):] = torch.tensor(f_ids)
+                mask[i, width - len(f_ids):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs = {}
             if adapter_names is not None:
                 kwargs["adapter_names"] = list(adapter_names[start:start + batch_size])
-            logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tgt = ids[:, 1:]
-            tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           logits_to_keep=keep, **kwargs).logits.float()
+            # logits[:, j] predicts token width - keep + j + 1
+            tgt = ids[:, width - keep + 1:]
+            lp = logits[:, :-1]
+            tok_lp = lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lp, dim=-1)
             for i, (f_ids, n_prompt) in enumerate(part):
-                span = tok_lp[i, n_prompt - 1:len(f_ids) - 1]
+                n_comp = len(f_ids) - n_prompt
+                span = tok_lp[i, tok_lp.shape[1] - n_comp:] if n_comp > 0 else tok_lp[i, :0]
                 out.append(float(span.mean()) if span.numel() else 0.0)
     if was_training:
         model.train()

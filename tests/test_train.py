@@ -141,3 +141,21 @@ def test_dpo_batches_are_length_grouped_from_the_tokenized_pairs(tiny, examples,
     order, lengths, bs = seen[0]
     assert bs == 2 and len(order) == len(examples) + 1 and len(lengths) == len(examples) + 1
     assert max(lengths) > min(lengths) + 40  # real token lengths of prompt + longer answer
+
+
+def test_sequence_logps_matches_a_one_row_full_vocabulary_reference(tiny):
+    from core.train import sequence_logps
+
+    model, tok = load_policy(tiny)
+    prompts = [[{"role": "user", "content": "Findings: " + FINDINGS * k}] for k in (1, 3, 2)]
+    texts = ["No acute disease.", "Mild cardiomegaly with a small left pleural effusion.", "Ok."]
+    fast = sequence_logps(model, tok, prompts, texts, batch_size=3)
+    for msgs, text, got in zip(prompts, texts, fast):
+        p = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+        full = tok(tok.apply_chat_template(msgs + [{"role": "assistant", "content": text}],
+                                           tokenize=False), add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits.float(), -1)
+        want = torch.stack([logp[0, j - 1, full[j]] for j in range(len(p), len(full))]).mean()
+        assert abs(got - float(want)) < 1e-4, (got, float(want))
