@@ -28,8 +28,11 @@ A held-out slice of each radiologist's *reports* (``heldout_fraction``, chosen b
 and report, and remembered in the store once assigned) goes to evaluation only: all pairs, edits
 and ratings of a held-out report stay out of training and out of the adapter's memory.
 
-The reader's *memory* is the list of their accepted impressions (their edits) on training
-reports: style exemplars for retrieval-conditioned drafting (see :mod:`core.adapters`).
+The reader's *memory* is the list of their accepted impressions on training reports: their
+edits, and AI drafts they rated as good as their own or better (0..2) without editing, unless
+flagged "critical finding missed" or missing a critical finding of the Findings. These are style
+exemplars for retrieval-conditioned drafting (see :mod:`core.adapters`); with edits alone the
+memory would hold only the cases the AI got wrong.
 
 >>> from core.pairs import FeedbackItem, build_pairs
 >>> items = [FeedbackItem(id=1, reader_id=1, report_id=10, generation_id=5, kind="rating",
@@ -238,6 +241,13 @@ def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 
             target[r.report_id] = {"report_id": r.report_id, "external_id": r.external_id,
                                    "findings": r.findings, "indication": r.indication,
                                    "comparison": r.comparison, "impression": edited}
+        elif r.ai_text and r.rating is not None and r.rating >= 0 and not r.critical_missed \
+                and r.report_id not in held and not missing(r, r.ai_text):
+            # signed off as it stands (as good as their own, no edit): also how they want it
+            # said. Without these the memory would hold only the cases the AI got wrong.
+            memory[r.report_id] = {"report_id": r.report_id, "external_id": r.external_id,
+                                   "findings": r.findings, "indication": r.indication,
+                                   "comparison": r.comparison, "impression": r.ai_text.strip()}
         if r.rating is not None and r.ai_text and r.original:
             if r.rating < 0:
                 add(r, r.original, r.ai_text, "rating", -r.rating, [r.id])

@@ -236,3 +236,22 @@ def test_feedback_import_needs_the_required_columns(store, users, cases, tmp_pat
     path = _csv(tmp_path / "cols.csv", [["rad1", "x"]], header="reader,uid")
     assert main(["--db", store.path, "feedback", "import", str(path)]) == 2
     assert "missing required column" in capsys.readouterr().err
+
+
+def test_memory_holds_edits_and_drafts_signed_off_unedited_but_not_rejected_or_unsafe_ones():
+    items = [
+        fb(1, report_id=1, rating=0, ai="No acute disease, rad wording."),     # equivalent: kept
+        fb(2, report_id=2, rating=2, ai="Clear lungs. Normal heart."),          # better: kept
+        fb(3, report_id=3, rating=-1, ai="Rated worse, not edited."),          # worse: not
+        fb(4, report_id=4, rating=0, ai="Flagged.", critical_missed=True),     # flagged: not
+        fb(5, report_id=5, rating=0, ai="Granuloma only.", findings=CRIT_FINDINGS),  # misses PTX
+        fb(6, report_id=6, rating=1, edited="My own words.", ai="AI words."),  # edit: the edit
+    ]
+    memory = {m["report_id"]: m["impression"]
+              for m in build_pairs(items, heldout_fraction=0).memory}
+    assert memory == {1: "No acute disease, rad wording.", 2: "Clear lungs. Normal heart.",
+                      6: "My own words."}
+    # a held-out report never enters the memory, signed off or not
+    held = [i for i in range(1, 400) if is_heldout(7, i, 0.5)][:3]
+    ps = build_pairs([fb(10 + i, report_id=i, rating=1) for i in held], heldout_fraction=0.5)
+    assert ps.memory == []
