@@ -46,12 +46,11 @@ from core.adapters import (AdapterVersion, DraftConfig, Drafter, active_adapter,
 from core import distributed
 from core.config import settings
 from core.errors import ImpressionistError
+from core.sft import SHARED_ADAPTER_NAME  # "@shared": never a valid username
 from core.train import TrainConfig
 
 __all__ = ["NightlyBusy", "NightlyConfig", "ReaderOutcome", "NightlyReport", "GateResult",
            "run_nightly", "evaluate_versions", "gate", "SHARED_ADAPTER_NAME"]
-
-SHARED_ADAPTER_NAME = "@shared"  # not a valid username, so it never clashes with a reader
 
 
 class NightlyBusy(ImpressionistError):
@@ -237,10 +236,8 @@ def _pref_acc(drafter: Drafter, v: AdapterVersion | None, examples: Sequence[dic
               use_lora: bool) -> float | None:
     if not examples:
         return None
-    from core.models import BASE_ADAPTER
+    from core.models import BASE_ADAPTER, AdapterError
     from core.train import preference_accuracy
-
-    from core.models import AdapterError
 
     gen = drafter.generator
     name = BASE_ADAPTER
@@ -327,12 +324,8 @@ def _load_generator(config: NightlyConfig):
     from core.models import ModelSpec, load_generator
 
     # the gate's drafts on a GPU when there is one (an 8B model on a CPU would take hours)
-    generator = load_generator(ModelSpec(path=config.model_path or settings().model_path,
-                                         device="auto"))
-    shared = shared_adapter_dir()
-    if shared is not None:
-        generator.load_adapter(SHARED_ADAPTER_NAME, shared)
-    return generator
+    return load_generator(ModelSpec(path=config.model_path or settings().model_path,
+                                    device="auto"))
 
 
 def load_drafter(store, config: NightlyConfig, generator=None, with_model: bool = True) -> Drafter:
@@ -343,12 +336,11 @@ def load_drafter(store, config: NightlyConfig, generator=None, with_model: bool 
     from core.generate import C2FConfig
     from core.retrieval import RetrievalError, index_for_store
 
+    from core.sft import use_base_adapter
+
     if generator is None and with_model:
         generator = _load_generator(config)
-    elif generator is not None and shared_adapter_dir() is not None:
-        generator.load_adapter(SHARED_ADAPTER_NAME, shared_adapter_dir())
-    shared_name = SHARED_ADAPTER_NAME if generator is not None and \
-        SHARED_ADAPTER_NAME in generator.adapters else None
+    shared_name = use_base_adapter(generator)
     c2f = config.draft.c2f or C2FConfig()
     try:
         index = index_for_store(store, config=c2f.retrieval)
@@ -376,11 +368,11 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         write_memory(tmp, pairs.memory)
         # how strongly this reader's memory outranks the shared index: leave-one-out on the
         # memory (the held-out slice stays for the gate)
-        memory_av = AdapterVersion(reader.username, reader.id, version, tmp,
-                                   alias=f"{reader.username}__candidate")
-        draft_settings = tune_memory_bonus(drafter, memory_av)
+        candidate = AdapterVersion(reader.username, reader.id, version, tmp,
+                                   method=config.method, alias=f"{reader.username}__candidate")
+        draft_settings = tune_memory_bonus(drafter, candidate)
         write_draft_settings(tmp, draft_settings)
-        drafter.forget(memory_av)
+        drafter.forget(candidate)
         train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
         outcome.n_train_pairs = len(train_pairs)
         result = None
@@ -411,11 +403,10 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
             outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
         # evaluate candidate vs current on the held-out slice (no transaction open)
         if drafter.generator is None and current is not None and current.has_lora:
+            from core.sft import use_base_adapter
+
             drafter.generator = _load_generator(config)
-            if SHARED_ADAPTER_NAME in drafter.generator.adapters:
-                drafter.shared_adapter = SHARED_ADAPTER_NAME
-        candidate = AdapterVersion(reader.username, reader.id, version, tmp,
-                                   method=config.method, alias=f"{reader.username}__candidate")
+            drafter.shared_adapter = use_base_adapter(drafter.generator)
         refs = sorted(pairs.heldout_refs, key=lambda r: r["report_id"])[:config.eval_max_reports]
         examples = _eval_examples(pairs.heldout, 4 * config.eval_max_reports)
         cand_m, cur_m = evaluate_versions(drafter, refs, [candidate, current], examples)

@@ -341,13 +341,9 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
         draft_cfg = DraftConfig(c2f=c2f, memory_bonus=cfg.memory_bonus)
         # the shared base adapter (when one is shipped) drafts for the shared model, exactly as
         # the nightly job's drafter (core.nightly.load_drafter) and the app use it
-        from core.adapters import shared_adapter_dir
-        from core.nightly import SHARED_ADAPTER_NAME
+        from core.sft import use_base_adapter
 
-        shared_name = None
-        if generator is not None and shared_adapter_dir() is not None:
-            generator.load_adapter(SHARED_ADAPTER_NAME, shared_adapter_dir())
-            shared_name = SHARED_ADAPTER_NAME
+        shared_name = use_base_adapter(generator)
         drafter = Drafter(generator, shared_index, draft_cfg, shared_adapter=shared_name)
         log(f"[{kind}] {len(readers)} readers: " + ", ".join(
             f"{sr.name} ({len(sr.feedback)} feedback, {len(sr.test)} test)" for sr in readers))
