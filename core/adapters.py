@@ -398,6 +398,11 @@ class DraftOutput:
     flags: dict = field(default_factory=dict)
 
 
+def _memory_uid(m: dict):
+    """How a memory item is named in its retrieval index (and left out of its own search)."""
+    return m.get("external_id") or m.get("uid") or m.get("report_id")
+
+
 class RoutedIndex:
     """A retrieval index that answers each query from its reader's memory *and* the shared index.
 
@@ -482,11 +487,15 @@ class Drafter:
         if not rows:
             return None
         return RetrievalIndex.build(
-            [{**m, "uid": m.get("external_id") or m.get("uid") or m.get("report_id"),
-              "author": reader or m.get("author")} for m in rows], self.c2f.retrieval)
+            [{**m, "uid": _memory_uid(m), "author": reader or m.get("author")} for m in rows],
+            self.c2f.retrieval)
+
+    @staticmethod
+    def _key(av: AdapterVersion) -> str:
+        return f"{av.reader}@{av.path}"
 
     def _memory_key(self, av: AdapterVersion) -> str | None:
-        key = f"{av.reader}@{av.path}"
+        key = self._key(av)
         if key not in self._indexes:
             mem = av.memory()
             self._indexes[key] = (self._index(mem, av.reader) if len(mem) >= self.config.min_memory
@@ -498,7 +507,7 @@ class Drafter:
 
     def forget(self, av: AdapterVersion) -> None:
         """Drop what is cached for a version (its memory index and settings were rewritten)."""
-        key = f"{av.reader}@{av.path}"
+        key = self._key(av)
         self._indexes.pop(key, None)
         self._bonuses.pop(key, None)
 
@@ -650,7 +659,7 @@ def tune_memory_bonus(drafter: Drafter, av: AdapterVersion, grid: Sequence[float
         return {"memory_bonus": drafter.config.memory_bonus, "loo_rougeL": {}, "loo_n": len(mem)}
     rows = [{"findings": m["findings"], "indication": m.get("indication"),
              "comparison": m.get("comparison"), "id": m.get("report_id"),
-             "uid": m.get("external_id") or m.get("uid") or m.get("report_id")} for m in mem]
+             "uid": _memory_uid(m)} for m in mem]
     refs = [m["impression"] for m in mem]
     scores: dict[float, float] = {}
     for bonus in grid:

@@ -131,14 +131,18 @@ def _dummy_hash() -> str:
     return _DUMMY_HASH
 
 
+def _digest(text: str) -> str:
+    """A short one-way name for text that must not be logged (16 hex digits of SHA-256)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def audit_name(store: Store, username: str) -> str:
     """How a sign-in attempt names its actor in the audit log: the username when such a user
     exists, else ``unknown:<hash>``. A password typed into the username box (a common slip)
     must never land in the log; the hash still lets throttling count the attempts."""
     if _USERNAME.fullmatch(username or "") and store.password_hash(username) is not None:
         return username
-    digest = hashlib.sha256((username or "").encode("utf-8", "surrogatepass")).hexdigest()
-    return f"unknown:{digest[:16]}"
+    return f"unknown:{_digest(username or '')}"
 
 
 def client_key(address: str | None) -> str | None:
@@ -146,7 +150,7 @@ def client_key(address: str | None) -> str | None:
     staff member's address is personal data; the hash still lets throttling count it)."""
     if not isinstance(address, str) or not address:
         return None
-    return "client:" + hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"client:{_digest(address)}"
 
 
 def sign_in(store: Store, username: str, password: str, client: str | None = None) -> User:

@@ -169,6 +169,12 @@ def _weight(gap: int, critical: bool, critical_factor: float) -> float:
     return round(min(gap, 4) / 2.0 * (critical_factor if critical else 1.0), 4)
 
 
+def _accepted(r: FeedbackItem, impression: str) -> dict:
+    """A report with the impression the reader accepted (memory item or held-out reference)."""
+    return {"report_id": r.report_id, "external_id": r.external_id, "findings": r.findings,
+            "indication": r.indication, "comparison": r.comparison, "impression": impression}
+
+
 def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 0.2,
                 critical_factor: float = 2.0, heldout_reports: set[int] | None = None
                 ) -> PairSet:
@@ -238,16 +244,12 @@ def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 
             else:
                 counts["edits_without_draft"] += 1
             target = memory if r.report_id not in held else refs
-            target[r.report_id] = {"report_id": r.report_id, "external_id": r.external_id,
-                                   "findings": r.findings, "indication": r.indication,
-                                   "comparison": r.comparison, "impression": edited}
+            target[r.report_id] = _accepted(r, edited)
         elif r.ai_text and r.rating is not None and r.rating >= 0 and not r.critical_missed \
                 and r.report_id not in held and not missing(r, r.ai_text):
             # signed off as it stands (as good as their own, no edit): also how they want it
             # said. Without these the memory would hold only the cases the AI got wrong.
-            memory[r.report_id] = {"report_id": r.report_id, "external_id": r.external_id,
-                                   "findings": r.findings, "indication": r.indication,
-                                   "comparison": r.comparison, "impression": r.ai_text.strip()}
+            memory[r.report_id] = _accepted(r, r.ai_text.strip())
         if r.rating is not None and r.ai_text and r.original:
             if r.rating < 0:
                 add(r, r.original, r.ai_text, "rating", -r.rating, [r.id])
@@ -256,9 +258,7 @@ def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 
             else:
                 counts["equivalent"] += 1
         if r.report_id in held and r.report_id not in refs and r.original:
-            refs[r.report_id] = {"report_id": r.report_id, "external_id": r.external_id,
-                                 "findings": r.findings, "indication": r.indication,
-                                 "comparison": r.comparison, "impression": r.original}
+            refs[r.report_id] = _accepted(r, r.original)
 
     # AI over AI: the latest standing rating of each distinct AI text of a report.
     by_report: dict[int, dict[tuple, FeedbackItem]] = {}
