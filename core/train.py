@@ -795,7 +795,7 @@ def sequence_logps(model, tok, prompts: Sequence[list[dict]], completions: Seque
             tok_lp = lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lp, dim=-1)
             for i, (f_ids, n_prompt) in enumerate(part):
                 n_comp = len(f_ids) - n_prompt
-                span = tok_lp[i, tok_lp.shape[1] - n_comp:] if n_comp > 0 else tok_lp[i, :0]
+                span = tok_lp[i, tok_lp.shape[1] - n_comp:]
                 out.append(float(span.mean()) if span.numel() else 0.0)
     if was_training:
         model.train()
