@@ -39,7 +39,8 @@ with tab_import:
     st.dataframe(admin.recent_imports(store, user), hide_index=True, use_container_width=True)
 
 with tab_users:
-    st.dataframe(admin.users(store, user), hide_index=True, use_container_width=True)
+    accounts = admin.users(store, user)
+    st.dataframe(accounts, hide_index=True, use_container_width=True)
     with st.form("add_user", clear_on_submit=True):
         st.markdown("**Add a user**")
         name = st.text_input("Username", key="admin_new_name")
@@ -56,7 +57,7 @@ with tab_users:
         st.markdown("**Disable or re-enable an account**")
         st.caption("A disabled account cannot sign in, is signed out on its next page, and "
                    "can save nothing; what it wrote stays.")
-        others = [r.username for r in store.list_readers() if r.username != user.username]
+        others = [n for n in accounts["username"] if n != user.username]
         target = st.selectbox("User", others, key="admin_access_user")
         c1, c2 = st.columns(2)
         disable = c1.form_submit_button("Disable")
