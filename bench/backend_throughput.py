@@ -55,6 +55,18 @@ def make_checkpoint(dest: Path, shape: str, tokenizer_from: Path) -> Path:
     return dest
 
 
+def checkpoint(shape: str, workdir: str | None, prefix: str) -> tuple[Path, Path]:
+    """A work folder (``workdir``, else a new temp dir) and, in it, a random-init checkpoint of
+    ``shape`` (made once; kept when ``workdir`` is reused)."""
+    from core.models import DEFAULT_MODEL_DIR
+
+    work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+    base = work / f"llama-{shape}"
+    if not (base / "config.json").is_file():
+        make_checkpoint(base, shape, DEFAULT_MODEL_DIR)
+    return work, base
+
+
 def make_adapters(base: Path, dest: Path, n: int) -> list[Path]:
     """``n`` random rank-16 LoRA adapters for ``base`` (B initialised non-zero so they matter)."""
     import torch
@@ -124,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
-    from core.models import DEFAULT_MODEL_DIR
-
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="impressionist-bench-"))
-    base = work / f"llama-{args.shape}"
-    if not (base / "config.json").is_file():
-        make_checkpoint(base, args.shape, DEFAULT_MODEL_DIR)
+    work, base = checkpoint(args.shape, args.workdir, "impressionist-bench-")
     counts = [int(x) for x in args.adapters.split(",")]
     adapters = make_adapters(base, work / "adapters", max(counts))
     results = []

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from backend_throughput import SHAPES, make_checkpoint  # noqa: E402
+from backend_throughput import SHAPES, checkpoint  # noqa: E402
 
 FINDINGS = ("The heart is normal in size. The mediastinum is unremarkable. There is a small "
             "left pleural effusion. No pneumothorax. Degenerative changes of the spine.")
@@ -52,13 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.models import DEFAULT_MODEL_DIR
     from core.train import TrainConfig, train_dpo
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="impressionist-dpo-"))
-    base = work / f"llama-{args.shape}"
-    if not (base / "config.json").is_file():
-        make_checkpoint(base, args.shape, DEFAULT_MODEL_DIR)
+    work, base = checkpoint(args.shape, args.workdir, "impressionist-dpo-")
     cfg = TrainConfig(epochs=1, batch_size=args.batch, progress=False, max_length=512)
     data = pairs(args.pairs)
     result = train_dpo(base, data, work / "adapter", cfg)
