@@ -158,15 +158,18 @@ def _present(text: str) -> dict:
     return {k: v for k, v in label(text).items() if v in PRESENT and k != "No Finding"}
 
 
-def draft_messages(report: dict, neighbours: Sequence, shots: int) -> list[dict]:
-    """The chat prompt the model drafts from: the ``shots`` closest neighbours as few-shot examples
-    (the closest right before the report), then the report. SFT (``core.sft``) trains on exactly
-    this format.
+def draft_messages(report: dict, neighbours: Sequence, shots: int, draft: str | None = None,
+                   style: str | None = None) -> list[dict]:
+    """The one prompt the model writes from, for serving, SFT, DPO/GRPO and the gate: the ``shots``
+    closest neighbours as few-shot examples (the closest right before the report), then the report
+    with the coarse ``draft`` (the vote's text) to keep or correct.
 
     Args:
         report: a dict with ``findings`` (``indication``, ``comparison`` optional).
         neighbours: retrieved :class:`core.retrieval.Neighbour` objects, closest first.
         shots: how many of them to show.
+        draft: the coarse draft (:meth:`CoarseToFine.coarse`), or None for the draft-free prompt.
+        style: an optional style instruction for the system turn.
 
     Returns:
         ``core.prompts.impression_messages`` for the report with those examples.
@@ -175,7 +178,7 @@ def draft_messages(report: dict, neighbours: Sequence, shots: int) -> list[dict]
 
     examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
     return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
-                               examples=examples)
+                               examples=examples, style=style, draft=draft)
 
 
 class _LabelCache:
@@ -306,21 +309,10 @@ class CoarseToFine:
         adapters = _per_row(adapter, n, "adapter")
         if any(adapters) and self.generator is None:
             raise GenerationError(f"adapter {next(a for a in adapters if a)!r} requested but this pipeline has no model")
-        queries = [{**r, "author": readers[i] or r.get("author")} for i, r in enumerate(reports)]
         stats.findings_tokens = sum(len(r["findings"].split()) for r in reports)
 
-        # 1. retrieve
-        t0 = time.perf_counter()
-        if self.index is not None:
-            neighbours = self.index.search(queries, k=cfg.k, exclude_self=exclude_self)
-        else:
-            neighbours = [[] for _ in reports]
-        stats.retrieve_s = time.perf_counter() - t0
-
-        # 2. vote among the neighbours' impressions
-        t0 = time.perf_counter()
-        votes = [self._vote(q, nb, []) for q, nb in zip(queries, neighbours)]
-        stats.vote_s = time.perf_counter() - t0
+        # 1-2. coarse: retrieve, vote among the neighbours' impressions
+        queries, neighbours, votes = self.coarse(reports, readers, exclude_self, stats)
 
         # 3. model drafts where needed
         t0 = time.perf_counter()
@@ -329,7 +321,7 @@ class CoarseToFine:
         if want:
             prompts, names = [], []
             for i in want:
-                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots))
+                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots, draft=votes[i]["text"]))
                 names.append(adapters[i] or self.base_adapter)
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=batch_size, progress=progress)
@@ -353,6 +345,38 @@ class CoarseToFine:
         for o in outputs:
             o.latency_ms = per
         return outputs
+
+    def coarse(self, reports: Sequence[dict], readers: Sequence | None = None, exclude_self: bool = True,
+               stats: StageStats | None = None) -> tuple[list[dict], list[list], list[dict]]:
+        """The coarse stage: the neighbours of each report and the vote among their impressions.
+
+        Serving and training both call this, so the draft an adapter is trained to edit is made
+        exactly as the draft it edits when serving (training: ``exclude_self`` = leave-one-out).
+
+        Args:
+            reports: dicts with ``findings`` (``indication``, ``comparison``, ``author``, ``id``).
+            readers: per report, the radiologist the text is for (None: the report's ``author``).
+            exclude_self: never retrieve the report itself.
+            stats: where to add the stage times.
+
+        Returns:
+            (queries, neighbours, votes): ``votes[i]["text"]`` is the coarse draft (None when
+            nothing was retrieved).
+        """
+        reports = list(reports)
+        readers = list(readers) if readers is not None else [None] * len(reports)
+        queries = [{**r, "author": readers[i] or r.get("author")} for i, r in enumerate(reports)]
+        t0 = time.perf_counter()
+        if self.index is not None:
+            neighbours = self.index.search(queries, k=self.config.k, exclude_self=exclude_self)
+        else:
+            neighbours = [[] for _ in reports]
+        t1 = time.perf_counter()
+        votes = [self._vote(q, nb, []) for q, nb in zip(queries, neighbours)]
+        if stats is not None:
+            stats.retrieve_s += t1 - t0
+            stats.vote_s += time.perf_counter() - t1
+        return queries, neighbours, votes
 
     def _wants_draft(self, vote: dict, adapter: str | None, neighbours: list) -> bool:
         if self.generator is None:

@@ -25,6 +25,14 @@ SYSTEM_PROMPT = (
     "sentence with the main conclusion, for example 'No acute cardiopulmonary abnormality.'"
 )
 
+# With a coarse draft in the prompt (retrieve-and-edit): the model keeps what the findings support
+# and changes what they contradict or add. Base and reader adapters are trained on this wording.
+DRAFT_SYSTEM_PROMPT = (
+    "You are a radiologist. Given the findings of a chest X-ray and a DRAFT impression taken from "
+    "similar past reports, write the impression for these findings: keep what they support, "
+    "correct what they contradict, add what the draft misses. Be short."
+)
+
 _SPACES = re.compile(r"\s+")
 
 
@@ -33,16 +41,18 @@ def _clean(text: str | None) -> str:
     return _SPACES.sub(" ", text or "").strip()
 
 
-def report_text(findings: str, indication: str | None = None, comparison: str | None = None) -> str:
+def report_text(findings: str, indication: str | None = None, comparison: str | None = None,
+                draft: str | None = None) -> str:
     """The user turn for one report: labelled sections, empty ones left out.
 
     Args:
         findings: the FINDINGS section; must not be blank.
         indication: the INDICATION section, or None.
         comparison: the COMPARISON section, or None.
+        draft: the coarse draft impression (retrieval and vote), or None.
 
     Returns:
-        Lines ``INDICATION: ...``, ``COMPARISON: ...``, ``FINDINGS: ...``.
+        Lines ``INDICATION: ...``, ``COMPARISON: ...``, ``FINDINGS: ...``, ``DRAFT: ...``.
 
     >>> report_text("Lungs clear.", comparison="None.")
     'COMPARISON: None.\\nFINDINGS: Lungs clear.'
@@ -56,20 +66,24 @@ def report_text(findings: str, indication: str | None = None, comparison: str | 
     if _clean(comparison):
         lines.append(f"COMPARISON: {_clean(comparison)}")
     lines.append(f"FINDINGS: {findings_clean}")
+    if _clean(draft):
+        lines.append(f"DRAFT: {_clean(draft)}")
     return "\n".join(lines)
 
 
-def system_prompt(style: str | None = None) -> str:
+def system_prompt(style: str | None = None, with_draft: bool = False) -> str:
     """The system turn, with an optional style instruction appended.
 
     Args:
         style: a short instruction such as "Write for the referring GP, in plain words.", or None.
+        with_draft: the user turn carries a coarse DRAFT to edit.
 
     Returns:
         The system prompt text.
     """
+    base = DRAFT_SYSTEM_PROMPT if with_draft else SYSTEM_PROMPT
     style_clean = _clean(style)
-    return f"{SYSTEM_PROMPT} Style: {style_clean}" if style_clean else SYSTEM_PROMPT
+    return f"{base} Style: {style_clean}" if style_clean else base
 
 
 def impression_messages(
@@ -78,6 +92,7 @@ def impression_messages(
     comparison: str | None = None,
     examples: Iterable[tuple[str, str]] = (),
     style: str | None = None,
+    draft: str | None = None,
 ) -> list[dict]:
     """Chat messages asking for the impression of one report, with optional few-shot examples.
 
@@ -90,6 +105,7 @@ def impression_messages(
         comparison: the COMPARISON section, or None.
         examples: (findings, impression) pairs shown before the report, in order.
         style: an optional style instruction added to the system prompt.
+        draft: the coarse draft (retrieval and vote) for the model to keep or correct, or None.
 
     Returns:
         A list of ``{"role": ..., "content": ...}`` dicts: system, (user, assistant) per example, user.
@@ -98,7 +114,7 @@ def impression_messages(
     >>> [m["role"] for m in msgs]
     ['system', 'user', 'assistant', 'user']
     """
-    messages = [{"role": "system", "content": system_prompt(style)}]
+    messages = [{"role": "system", "content": system_prompt(style, with_draft=bool(_clean(draft)))}]
     for i, example in enumerate(examples):
         if not isinstance(example, (tuple, list)) or len(example) != 2:
             raise ValidationError(f"examples[{i}] must be a (findings, impression) pair, got {example!r}")
@@ -111,5 +127,5 @@ def impression_messages(
             raise ValidationError(f"examples[{i}]: {exc}") from None
         messages.append({"role": "user", "content": user})
         messages.append({"role": "assistant", "content": _clean(ex_impression)})
-    messages.append({"role": "user", "content": report_text(findings, indication, comparison)})
+    messages.append({"role": "user", "content": report_text(findings, indication, comparison, draft)})
     return messages

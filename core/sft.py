@@ -185,33 +185,43 @@ def use_base_adapter(generator) -> str | None:
 
 
 def sft_examples(reports: Sequence[dict], shots: int = 3, index=None,
-                 retrieval=None) -> list[dict]:
-    """SFT rows in the drafting format: few-shot prompt of retrieved neighbours -> impression.
+                 retrieval=None, config=None) -> list[dict]:
+    """SFT rows in the serving format: the coarse draft and retrieved examples -> impression.
+
+    The draft is the pipeline's own vote (:meth:`core.generate.CoarseToFine.coarse`) among the
+    report's neighbours with the report itself left out, so the model learns to keep what the
+    draft gets right and to fix what this report's findings contradict or add.
 
     Args:
         reports: dicts with ``findings``, ``impression`` (``indication``, ``comparison``,
             ``author``, ``id``, ``external_id``/``uid`` optional).
-        shots: retrieved examples per prompt (0: zero-shot prompts, no retrieval).
+        shots: retrieved examples per prompt (0 with no index: zero-shot prompts, no draft).
         index: the ``core.retrieval.RetrievalIndex`` to retrieve from (default: one built over
-            ``reports`` themselves); a report is never its own example.
+            ``reports`` themselves); a report is never its own example nor its own draft.
         retrieval: ``core.retrieval.RetrievalConfig`` for the default index (default: the
-            pipeline's, ``C2FConfig().retrieval``).
+            pipeline's).
+        config: the ``core.generate.C2FConfig`` of the vote (default: the pipeline's).
 
     Returns:
         TRL conversational prompt-completion rows, one per report, in order.
     """
-    from core.generate import C2FConfig, draft_messages
+    from core.generate import C2FConfig, CoarseToFine, draft_messages
     from core.retrieval import RetrievalIndex, tidy
 
+    config = config or C2FConfig()
     rows = [{**r, "uid": r.get("uid", r.get("external_id"))} for r in reports]
-    neighbours: list[list] = [[] for _ in rows]
-    if shots > 0 and rows:
-        if index is None:
-            index = RetrievalIndex.build(rows, retrieval or C2FConfig().retrieval)
-        neighbours = index.search(rows, k=shots, exclude_self=True)
-    return [{"prompt": draft_messages(r, nb, shots),
+    if not rows:
+        return []
+    if index is None and shots > 0:
+        index = RetrievalIndex.build(rows, retrieval or config.retrieval)
+    if index is None:
+        neighbours, drafts = [[] for _ in rows], [None] * len(rows)
+    else:
+        _, neighbours, votes = CoarseToFine(index, None, config).coarse(rows, exclude_self=True)
+        drafts = [v["text"] for v in votes]
+    return [{"prompt": draft_messages(r, nb, shots, draft=d),
              "completion": [{"role": "assistant", "content": tidy(r["impression"])}]}
-            for r, nb in zip(rows, neighbours)]
+            for r, nb, d in zip(rows, neighbours, drafts)]
 
 
 def _split_reports(store, source: str | None = None) -> dict[str, list[dict]]:
@@ -348,8 +358,7 @@ def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path 
     retrieval = C2FConfig().retrieval
     # Shots come from the whole train split (as the pipeline retrieves from everything that is
     # not test), never from dev or test.
-    index = RetrievalIndex.build([{**r, "uid": r["external_id"]} for r in train_reports],
-                                 retrieval) if shots else None
+    index = RetrievalIndex.build([{**r, "uid": r["external_id"]} for r in train_reports], retrieval)
     examples = sft_examples(chosen, shots, index)
     dev_examples = sft_examples(dev_reports, shots, index) if dev_reports else []
 
@@ -381,8 +390,9 @@ def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path 
                      "n_train_reports": len(train_reports), "n_examples": result.n_examples,
                      "n_too_long": result.n_too_long, "n_dev_eval": len(dev_examples),
                      "max_examples": max_examples,
-                     "format": f"core.generate.draft_messages with {shots} retrieved train "
-                               f"examples (self excluded) -> impression; loss on the "
+                     "format": f"core.generate.draft_messages: the coarse draft (the pipeline's "
+                               f"vote over train neighbours, self excluded) and {shots} "
+                               f"retrieved train examples -> impression; loss on the "
                                f"completion only"},
             "command": cmd, "config": config.to_dict(), "shots": shots,
             "steps": result.steps, "epochs_done": result.epochs_done,
