@@ -68,7 +68,7 @@ def generation_status(store: Store, user: User) -> dict:
 def start_generation(store: Store, user: User, limit: int = 200) -> Path:
     """Start ``python -m core generate`` as a separate process; returns its log file."""
     require(user, "admin")
-    logs = settings().data_dir / "logs"
+    logs = settings().db_home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"generate-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with open(log, "wb") as out:

@@ -20,9 +20,9 @@ feedback since their last successful run:
 Then the promoted readers' next cases are pre-drafted with their new adapters, all readers in
 mixed-adapter batches.
 
-Safety: one nightly job at a time (``<data>/nightly.lock``). At start, runs left ``running``
-by a killed job are marked ``abandoned``, half-written version folders are removed, and the
-pointer files are re-synced from the database. A crash or kill at any point leaves the active
+Safety: one nightly job at a time per database (``<database home>/nightly.lock``). At start,
+runs left ``running`` by a killed job are marked ``abandoned``, half-written version folders are
+removed, and the pointer files are re-synced from the database. A crash or kill at any point leaves the active
 adapters and the database as they were.
 """
 
@@ -302,8 +302,11 @@ def gate(candidate: dict, current: dict, config: NightlyConfig) -> GateResult:
 
 @contextlib.contextmanager
 def nightly_lock():
-    """Hold ``<data>/nightly.lock`` exclusively, or raise :class:`NightlyBusy`."""
-    path = settings().data_dir / "nightly.lock"
+    """Hold ``<database home>/nightly.lock`` exclusively, or raise :class:`NightlyBusy`.
+
+    One lock per database: nightly jobs of two databases run side by side.
+    """
+    path = settings().db_home / "nightly.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -389,7 +389,8 @@ def index_for_store(store, split: str | Iterable[str] | None = None, config: Ret
         split: index only reports whose external id is in this split (``core.splits``), e.g.
             ``("train", "dev")`` when evaluating on test; None for all reports.
         config: feature settings; the tuned defaults when None.
-        cache_dir: where to keep the pickle (default ``settings().data_dir / "retrieval"``).
+        cache_dir: where to keep the pickle (default ``settings().db_home / "retrieval"``, beside
+            the database).
         exclude_ids: report ids never to index (e.g. the reports being generated for, so a report
             is not its own neighbour).
 
@@ -413,7 +414,7 @@ def index_for_store(store, split: str | Iterable[str] | None = None, config: Ret
                              f"{f' (split {split})' if split else ''}: import reports first")
     split_key = None if split is None else (split if isinstance(split, str) else tuple(sorted(split)))
     key = _cache_key(rows, config, split_key)
-    folder = Path(cache_dir) if cache_dir else settings().data_dir / "retrieval"
+    folder = Path(cache_dir) if cache_dir else settings().db_home / "retrieval"
     path = folder / f"index-{key}.pkl"
     if path.is_file():
         try:
