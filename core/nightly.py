@@ -152,6 +152,11 @@ class NightlyReport:
         if self.abandoned:
             lines.append(f"marked {len(self.abandoned)} interrupted run(s) as abandoned: "
                          f"{self.abandoned}")
+        trained = [o for o in self.outcomes if o.status != "skipped"]
+        lines.append(f"nightly: {len(trained)} trained, "
+                     f"{sum(o.promoted for o in trained)} promoted, "
+                     f"{sum(o.status == 'failed' for o in trained)} failed, "
+                     f"{len(self.outcomes) - len(trained)} skipped")
         for o in self.outcomes:
             if o.status == "skipped":
                 lines.append(f"{o.reader:20} skipped: {o.reason}")
@@ -508,7 +513,7 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
         config: thresholds, method and hyper-parameters.
         generator: a loaded ``core.models.Generator`` to reuse (tests, benchmarks); loaded
             from ``config.model_path`` when None and needed.
-        progress: tqdm bars (readers, training steps).
+        progress: tqdm bars (training steps, drafting), one at a time.
 
     Returns:
         A :class:`NightlyReport`.
@@ -529,8 +534,6 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
 
 def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: float
                  ) -> NightlyReport:
-    from tqdm.auto import tqdm
-
     from core.pairs import pairs_for_reader
 
     with nightly_lock():
@@ -550,7 +553,8 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
             todo.append(c)
         drafter = None
         promoted = []
-        for c in tqdm(todo, desc="nightly", unit="reader", disable=not progress):
+        # No bar over readers: it would nest with the trainer's bar; the summary lists them.
+        for c in todo:
             reader = store.get_reader_by_id(c["reader_id"])
             pairs = pairs_for_reader(store, reader.id, config.heldout_fraction)
             if config.method != "memory" and len(pairs.train) < config.min_pairs:
