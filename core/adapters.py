@@ -41,10 +41,10 @@ from core.auth import User, require
 from core.config import settings
 from core.errors import ImpressionistError, NotFound, ValidationError
 
-__all__ = ["AdapterRegistryError", "AdapterVersion", "reader_dir", "active_adapter",
-           "get_version", "list_versions", "allocate_version", "commit_version", "promote",
-           "rollback", "sync_pointers", "cleanup_partial", "read_memory", "write_memory",
-           "DraftConfig", "Drafter", "DraftOutput", "shared_adapter_dir"]
+__all__ = ["AdapterRegistryError", "UnknownVersion", "AdapterVersion", "reader_dir",
+           "active_adapter", "get_version", "list_versions", "allocate_version", "commit_version",
+           "promote", "rollback", "sync_pointers", "cleanup_partial", "read_memory",
+           "write_memory", "DraftConfig", "Drafter", "DraftOutput", "shared_adapter_dir"]
 
 MANAGERS = ("coordinator", "admin")
 POINTER = "ACTIVE.json"
@@ -55,6 +55,10 @@ _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 class AdapterRegistryError(ImpressionistError):
     """An adapter version is missing, malformed, or cannot be promoted/rolled back."""
+
+
+class UnknownVersion(AdapterRegistryError, ValidationError):
+    """A version number that the reader does not have (bad input, e.g. on the command line)."""
 
 
 @dataclass
@@ -209,16 +213,30 @@ def get_version(store, reader: str | int, version: int) -> AdapterVersion:
     r = _reader(store, reader)
     row = store.get_adapter(r.id, version)
     if row is None:
-        raise AdapterRegistryError(f"{r.username} has no adapter version {version}")
+        raise UnknownVersion(f"{r.username} has no adapter version {version}")
     return _version_from_row(row, r.username)
 
 
 def list_versions(store, user: User | None = None, reader: str | None = None) -> list[dict]:
-    """Adapter versions with status, metrics and whether active (coordinators and admins)."""
+    """Adapter versions with status, metrics and whether active (coordinators and admins).
+
+    Each row also has ``state``, what the version is now: ``active``; ``rolled back`` or
+    ``superseded`` for a version that was active until a rollback or a newer promotion took
+    it out of service (its ``status`` stays ``promoted``); else ``candidate`` or ``rejected``.
+    """
     if user is not None:
         require(user, *MANAGERS)
     rid = _reader(store, reader).id if reader else None
-    return store.adapters_of(rid)
+    left: dict[tuple[str, int], str] = {}  # (reader, version) -> how it last left service
+    for e in sorted(store.adapter_events(rid, limit=2**31 - 1), key=lambda e: e["id"]):
+        if e["previous_version"] is not None and e["previous_version"] != e["version"]:
+            left[(e["reader"], e["previous_version"])] = (
+                "rolled back" if e["action"] == "rollback" else "superseded")
+    rows = store.adapters_of(rid)
+    for r in rows:
+        r["state"] = ("active" if r["active"] else
+                      left.get((r["reader"], r["version"]), r["status"]))
+    return rows
 
 
 def _disk_versions(folder: Path) -> list[int]:

@@ -1,6 +1,6 @@
-"""``python -m core <command>``: everything Impressionist does, from the shell.
+"""python -m core <command>: everything Impressionist does, from the shell.
 
-Examples::
+Examples:
 
     python -m core setup                      # migrate, prepare the embedded model, demo data
     python -m core import ../shared/data/iu_xray/reports.csv
@@ -9,15 +9,24 @@ Examples::
     python -m core generate --limit 200
     echo 'a-long-password' | python -m core users add dr_lee --role radiologist
     python -m core users list
+    python -m core --db trial.duckdb users list   # another database (its files: trial-data/)
 
-Exit status: 0 on success, 2 on bad input (with a message naming the file, row and field),
-1 on any other failure.
+Every command works on the database given by --db (default: $IMPRESSIONIST_DB, else
+data/impressionist.duckdb). What belongs to a database (its adapters, the nightly lock, the
+retrieval cache, logs) lives beside it: in its folder for impressionist.duckdb, else in
+NAME-data/ next to NAME.duckdb. Add --help after a command for its options.
+
+Exit status: 0 on success, 2 on bad input (the message names the file, row and field, or the
+option), 1 on any other failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from core.config import settings
@@ -31,11 +40,43 @@ DEMO_USERS = (
 
 
 def _store(args):
+    """The database of ``--db`` (main() has made it the configured one), migrated; main()
+    closes it when the command ends, also on an error (an open DuckDB handle at exit prints
+    ``nanobind: leaked ...`` and can abort the interpreter)."""
     from core.store import Store
 
-    store = Store(args.db or settings().db_path)
+    store = Store(settings().db_path)
+    args.cleanup.callback(store.close)
     store.migrate()
     return store
+
+
+def _existing_store(args):
+    """:func:`_store` for commands that need data already there: a missing file is bad input
+    (instead of a new, empty database created by a typo in --db)."""
+    from core.errors import ValidationError
+
+    db = settings().db_path
+    if not db.is_file():
+        raise ValidationError(f"database {db} does not exist: import reports first "
+                              f"(python -m core --db {db} import FILE)")
+    return _store(args)
+
+
+def _cli_user():
+    """Whoever can run the CLI can open the database file: an admin named "cli"."""
+    from datetime import datetime, timezone
+
+    from core.auth import User
+
+    return User(0, "cli", "admin", datetime.now(timezone.utc))
+
+
+def _table(rows: list[tuple], header: tuple[str, ...]) -> str:
+    """Rows as left-aligned columns under a header (plain text, for the terminal)."""
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
 def _mapping(pairs: list[str] | None) -> dict[str, str] | None:
@@ -64,35 +105,111 @@ def cmd_import(args) -> int:
 def _generator(model: str | None, backend: str | None = None):
     """The configured model on the configured backend (``--backend``/``IMPRESSIONIST_BACKEND``)."""
     from core.backends import load_backend
+    from core.errors import ValidationError
+    from core.models import ModelNotPrepared
 
     path = Path(model) if model else settings().model_path
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"no model at {path}: run `make setup` (or pass --model PATH)")
+        if model:
+            raise ValidationError(f"--model {model}: no Hugging Face checkpoint there "
+                                  f"(config.json is missing)")
+        raise ModelNotPrepared(f"no model at {path}: run `make setup` (or pass --model PATH)")
     return load_backend(backend or settings().backend, path)
 
 
-def cmd_generate(args) -> int:
+def _pipeline(store, config, model: str | None = None, backend: str | None = None,
+              needs_model: bool = False):
+    """The generation pipeline of ``store``, with the model loaded only when it can draft.
+
+    Retrieval and vote (``--llm off``, the default) never call the model while there are
+    reports to retrieve from, so it is not loaded then (loading takes 20-30 s on a CPU);
+    ``needs_model`` (--llm auto/always, --model) loads it.
+    """
     from core import generate
+    from core.retrieval import RetrievalError
+
+    pipeline = None
+    if not needs_model:
+        with contextlib.suppress(RetrievalError):  # nothing to retrieve from: the model writes
+            pipeline = generate.pipeline_for(store, None, config)
+    if pipeline is None:
+        pipeline = generate.pipeline_for(store, _generator(model, backend), config)
+    if pipeline.index is None:
+        print("warning: no reports with impressions to retrieve from (import some first); "
+              "the model writes alone and every row is flagged for review", file=sys.stderr)
+    return pipeline
+
+
+def _read_cases(path: str) -> list[dict]:
+    """The ``generate --in`` CSV, checked (file, encoding, columns, blank cells) before any
+    model loads."""
+    from core.errors import ValidationError
+    from core.generate import GenerationError, read_reports_csv
+
+    try:
+        return read_reports_csv(path)
+    except GenerationError as exc:
+        raise ValidationError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        data = Path(path).read_bytes()
+        try:
+            data.decode("utf-8-sig")
+        except UnicodeDecodeError as whole:  # the reader decodes in chunks: locate it in the file
+            exc = whole
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValidationError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); save the "
+            f"file as UTF-8 (in Excel: CSV UTF-8)") from None
+
+
+def cmd_generate(args) -> int:
+    """Fill the queue (stored impressions), or write impressions for a CSV (--in/--out)."""
+    from tqdm.auto import tqdm
+
+    from core import generate
+    from core.errors import ValidationError
 
     config = generate.C2FConfig(llm=args.llm)
+    cases = None
     if args.inp or args.out:
         if not (args.inp and args.out):
-            print("error: --in and --out go together", file=sys.stderr)
-            return 2
+            raise ValidationError("--in and --out go together")
+        cases = _read_cases(args.inp)
+    store = _existing_store(args)
+    if args.reader:  # the reader's own adapter drafts: the model is needed
+        if cases is None:
+            raise ValidationError("--reader goes with --in/--out (the queue is filled for "
+                                  "everyone; the nightly job pre-drafts each reader's cases)")
         return generate.generate_csv(args.inp, args.out,
                                      generator=_generator(args.model, args.backend),
                                      style=args.style, reader=args.reader,
-                                     batch_size=args.batch_size, config=config)
-    store = _store(args)
-    generator = _generator(args.model, args.backend)
-    n = generate.fill_missing(store, generator, limit=args.limit, batch_size=args.batch_size,
-                              pipeline=generate.pipeline_for(store, generator, config))
-    print(f"generated {n} impressions")
+                                     batch_size=args.batch_size, store=store, config=config)
+    if cases is None and not store.reports_without_generation(style=args.style, limit=1):
+        print(f"generated 0 impressions ({args.style}): every report has one")
+        return 0
+    pipeline = _pipeline(store, config, args.model, args.backend,
+                         needs_model=args.llm != "off" or bool(args.model))
+    if cases is None:
+        n = generate.fill_missing(store, pipeline.generator, limit=args.limit,
+                                  batch_size=args.batch_size, style=args.style,
+                                  pipeline=pipeline)
+        print(f"generated {n} impressions ({args.style})")
+        return 0
+    outputs: list = []
+    with tqdm(total=len(cases), desc="generate", unit="report", file=sys.stderr) as bar:
+        for start in range(0, len(cases), 64):
+            part = cases[start:start + 64]
+            outputs += pipeline.generate(part, style=args.style, batch_size=args.batch_size)
+            bar.update(len(part))
+    generate.write_predictions_csv(args.out, cases, outputs, args.style)
+    flagged = sum(bool(o.flags.get("needs_review")) for o in outputs)
+    print(f"wrote {len(outputs)} impressions ({args.style}) to {args.out}; {flagged} flagged "
+          f"for review")
     return 0
 
 
 def cmd_users(args) -> int:
-    from core import auth
+    from core import admin, auth
 
     store = _store(args)
     if args.users_cmd == "add":
@@ -100,22 +217,41 @@ def cmd_users(args) -> int:
         reader = auth.create_user(store, args.name, args.role, password, actor="cli")
         print(f"added {reader.username} ({reader.role})")
     elif args.users_cmd == "list":
-        for r in store.list_readers():
-            print(f"{r.username:24} {r.role:12} {'active' if r.active else 'disabled'}")
-    elif args.users_cmd == "disable":
-        store.set_reader_active(args.name, False)
-        store.audit("cli", "user_disabled", {"username": args.name})
-        print(f"disabled {args.name}")
+        print(_table([(r.username, r.role, "active" if r.active else "disabled")
+                      for r in store.list_readers()], ("user", "role", "account")))
+    elif args.users_cmd in ("disable", "enable"):
+        # the Admin page's path: an unknown name is an error, and the change is audited
+        admin.set_user_active(store, _cli_user(), args.name, args.users_cmd == "enable")
+        print(f"{args.users_cmd}d {args.name}")
     return 0
 
 
-def cmd_demo(args) -> int:
-    """Create the demo accounts and demo reports (idempotent: existing data is kept)."""
+def _not_a_demo_database(store) -> str | None:
+    """Why demo data must stay out of this database (None: it is new or a demo database).
+
+    A department's database holds reports from other sources than the demo, or accounts other
+    than the demo ones: demo reports would mix with its data and demo accounts, with published
+    passwords, would open it to anyone.
+    """
+    from core.sft import SHARED_READER
+
+    real = store.count_reports() - len(store.reports(source="demo"))
+    people = [r.username for r in store.list_readers()
+              if r.username not in {n for n, _, _ in DEMO_USERS} | {SHARED_READER}]
+    if real:
+        return f"{store.path} holds {real:,} reports that are not demo reports"
+    if people:
+        return f"{store.path} has accounts of its own ({', '.join(people[:3])}...)"
+    return None
+
+
+def _write_demo(store, n_reports: int) -> int:
+    """The demo accounts and ``n_reports`` synthetic reports (idempotent); returns how many
+    reports are new."""
     from core import auth
     from core.demo import synthetic_reports
     from core.errors import StoreError
 
-    store = _store(args)
     existing = {r.username for r in store.list_readers()}
     for name, role, password in DEMO_USERS:
         if name not in existing:
@@ -123,15 +259,37 @@ def cmd_demo(args) -> int:
                 auth.create_user(store, name, role, password, actor="demo", check_rules=False)
             except StoreError:
                 pass
-    imported, _ = store.import_reports(synthetic_reports(args.reports, seed=0), file="demo",
+    imported, _ = store.import_reports(synthetic_reports(n_reports, seed=0), file="demo",
                                        fmt="demo", actor="demo")
     print(f"demo data: {imported} new synthetic reports, accounts: "
           + ", ".join(f"{n}/{p}" for n, _, p in DEMO_USERS))
-    if args.generate:
-        from core import generate
+    return imported
 
-        n = generate.fill_missing(store, _generator(args.model), batch_size=8)
-        print(f"generated {n} AI impressions for the demo queue")
+
+def _draft_demo(store, limit: int, model: str | None = None) -> None:
+    """AI impressions (retrieval and vote; the model drafts with --model) for at most ``limit``
+    demo reports that have none yet."""
+    from core import generate
+
+    pipeline = _pipeline(store, generate.C2FConfig(), model, needs_model=bool(model))
+    n = generate.fill_missing(store, pipeline.generator, limit=limit, batch_size=8,
+                              pipeline=pipeline)
+    print(f"generated {n} AI impressions for the demo queue")
+
+
+def cmd_demo(args) -> int:
+    """Create the demo accounts and demo reports (idempotent: existing data is kept), only in a
+    new or demo database."""
+    from core.errors import ValidationError
+
+    store = _store(args)
+    why = _not_a_demo_database(store)
+    if why:
+        raise ValidationError(f"{why}: demo data goes only into a new or demo database "
+                              f"(python -m core --db demo.duckdb demo)")
+    _write_demo(store, args.reports)
+    if args.generate:
+        _draft_demo(store, args.reports, args.model)
     return 0
 
 
@@ -144,13 +302,18 @@ def cmd_prepare_model(args) -> int:
 
 
 def cmd_setup(args) -> int:
-    """Migrate the database, prepare the embedded model and write the demo data."""
+    """Migrate the database, prepare the embedded model, and (in a new or demo database) write
+    the demo data and draft at most --limit of its impressions; quick when run again."""
     cmd_prepare_model(argparse.Namespace(dest=None, force=False))
     store = _store(args)
     print(f"database {store.path} at schema version {store.schema_version()}")
-    store.close()
-    return cmd_demo(argparse.Namespace(db=args.db, reports=args.reports, generate=True,
-                                       model=None))
+    why = _not_a_demo_database(store)
+    if why:
+        print(f"no demo data: {why} (drafts: python -m core generate --limit N)")
+        return 0
+    _write_demo(store, args.reports)
+    _draft_demo(store, args.limit)
+    return 0
 
 
 def cmd_backup(args) -> int:
@@ -179,19 +342,36 @@ def cmd_study(args) -> int:
     from core.errors import NotFound, ValidationError
 
     store = _store(args)
-    try:
-        if args.as_user:
-            try:
-                reader = store.get_reader(args.as_user)
-            except NotFound:
-                raise ValidationError(f"--as {args.as_user!r}: no such user") from None
-            user = require(User(reader.id, reader.username, reader.role,
-                                datetime.now(timezone.utc)), "coordinator", "admin")
-        else:  # whoever can run the CLI can open the database file: an admin named "cli"
-            user = User(0, "cli", "admin", datetime.now(timezone.utc))
-        return _study_verb(args, store, user, study)
-    finally:
-        store.close()
+    if args.as_user:
+        try:
+            reader = store.get_reader(args.as_user)
+        except NotFound:
+            raise ValidationError(f"--as {args.as_user!r}: no such user") from None
+        user = require(User(reader.id, reader.username, reader.role,
+                            datetime.now(timezone.utc)), "coordinator", "admin")
+    else:
+        user = _cli_user()
+    return _study_verb(args, store, user, study)
+
+
+def _texts_with_progress(args, make, chunk: int = 32):
+    """``make_texts`` that makes texts ``chunk`` reports at a time under one tqdm bar (stderr)
+    over every arm, instead of the model's own bar per call."""
+    from tqdm.auto import tqdm
+
+    bar = args.cleanup.enter_context(tqdm(desc="study texts", unit="text", file=sys.stderr))
+
+    def made(reports: list[dict], arm: str) -> list:
+        out: list = []
+        bar.set_postfix(arm=arm, refresh=False)
+        for start in range(0, len(reports), chunk):
+            part = reports[start:start + chunk]
+            out += list(make(part, arm))
+            bar.update(len(part))
+        return out
+
+    made.model_name = make.model_name  # type: ignore[attr-defined]
+    return made
 
 
 def _study_verb(args, store, user, study) -> int:
@@ -211,8 +391,9 @@ def _study_verb(args, store, user, study) -> int:
             guideline=guideline, strata=split(args.strata), sources=split(args.sources) or None,
             external_source=args.external_source, typo_rate=args.typo_rate,
             model=args.from_model)
-        model = (study.model_text_maker(_generator(args.model), batch_size=args.batch_size,
-                                        progress=True, store=store) if args.generate else None)
+        model = (_texts_with_progress(args, study.model_text_maker(
+            _generator(args.model), batch_size=args.batch_size, store=store))
+                 if args.generate else None)
         # Style arms are rendered from stored base texts by rules; the model only runs with
         # --generate, for texts nobody has generated yet.
         study_id = study.create_study(store, user, design,
@@ -237,6 +418,9 @@ def _study_verb(args, store, user, study) -> int:
         print(p.per_rater.to_string(index=False))
         print(p.per_arm.to_string(index=False))
     elif cmd in ("pause", "resume", "close"):
+        if cmd == "close" and study.progress(store, user, args.id).done == 0:
+            print(f"warning: study {args.id} has no ratings yet; once closed it takes no more "
+                  f"ratings, and its results will be empty", file=sys.stderr)
         status = getattr(study, cmd)(store, user, args.id)
         print(f"study {args.id} is {status}")
     elif cmd == "extend":
@@ -320,6 +504,7 @@ def cmd_nightly(args) -> int:
     if args.json:
         from dataclasses import asdict
 
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(_json.dumps(asdict(report), indent=2, default=str))
     return 0 if all(o.status != "failed" for o in report.outcomes) else 1
 
@@ -333,12 +518,15 @@ def cmd_adapters(args) -> int:
         rows = adapters.list_versions(store, reader=args.reader)
         if not rows:
             print("no adapters yet (run `python -m core nightly`)")
+            return 0
+        table = []
         for r in rows:
             m = r.get("metrics") or {}
             rouge = f"{m['rougeL']:.1f}" if isinstance(m.get("rougeL"), (int, float)) else "-"
-            print(f"{r['reader']:20} v{r['version']:<4} {r['status']:10} "
-                  f"{'ACTIVE' if r['active'] else '':6} {r['method'] or '':7} ROUGE-L {rouge:>5} "
-                  f"{r['path']}")
+            table.append((r["reader"], f"v{r['version']}",
+                          "ACTIVE" if r["state"] == "active" else r["state"],
+                          r["method"] or "-", rouge, r["path"]))
+        print(_table(table, ("reader", "version", "state", "method", "ROUGE-L", "path")))
     elif args.adapters_cmd == "promote":
         prev = adapters.promote(store, args.reader, args.version, actor="cli",
                                 reason="promoted by hand")
@@ -410,12 +598,79 @@ def cmd_train_sft(args) -> int:
 # -- more command functions: helpers insert above this line, one function each --
 
 
+# -- option types: a bad value is an argparse error (exit 2) before anything loads ------------
+def _number(kind, test, what):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return value
+    return parse
+
+
+_positive_int = _number(int, lambda v: v > 0, "a whole number > 0")
+_nonnegative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+_steps = _number(int, lambda v: v > 0 or v == -1, "a whole number > 0, or -1 (no cap)")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_nonnegative_float = _number(float, lambda v: v >= 0, ">= 0")
+_fraction = _number(float, lambda v: 0 <= v <= 1, "between 0 and 1")
+
+
+def _styles_help() -> str:
+    from core.styles import ALIASES, STYLES
+
+    lines = ["audience styles (--style):"]
+    lines += [textwrap.fill(text, 92, initial_indent=f"  {name:15}", subsequent_indent=" " * 17)
+              for name, text in STYLES.items()]
+    lines.append(textwrap.fill(", ".join(f"{a}={s}" for a, s in sorted(ALIASES.items()) if a),
+                               92, initial_indent="  aliases:       ",
+                               subsequent_indent=" " * 17))
+    return "\n".join(lines)
+
+
+def _feedback_help() -> str:
+    from core.annotate import RATING_SCALE
+    from core.feedback_import import COLUMNS
+
+    scale = ", ".join(f"{v} {label.lower()}" for v, label in RATING_SCALE.items())
+    need = {"reader": "required: the username of a radiologist (or admin)",
+            "uid": "required: a report in the database",
+            "edited": "required: the impression the radiologist signed",
+            "ai_text": "optional: the draft it replaced",
+            "rating": f"optional: the draft rated relative to the original, "
+                      f"{min(RATING_SCALE)}..{max(RATING_SCALE)}: {scale}",
+            "source": "optional: the report source, when a uid is in several"}
+    lines = [textwrap.fill(
+        "Import existing feedback: each row is a radiologist's signed impression for a report, "
+        "optionally with the draft it replaced and a rating. The whole file is checked first; "
+        "nothing is written unless every row is valid. Columns (header names in any case; the "
+        "first spelling present wins):", 92), ""]
+    for key, names in COLUMNS.items():
+        lines.append(f"  {' | '.join(names)}")
+        lines.append(textwrap.fill(need[key], 92, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def _style(text: str) -> str:
+    from core.styles import StyleError, resolve_style
+
+    try:
+        return resolve_style(text)
+    except StyleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", help="database file (default: $IMPRESSIONIST_DB or "
-                                     "data/impressionist.duckdb)")
+                                     "data/impressionist.duckdb); its adapters, locks, caches "
+                                     "and logs live beside it")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import", help="import reports from a file or folder")
@@ -428,17 +683,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept reports without an impression")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("generate", help="generate AI impressions")
-    p.add_argument("--limit", type=int, help="at most this many reports")
-    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser(
+        "generate", help="generate AI impressions",
+        description=textwrap.fill(
+            "Fill the annotation queue (stored AI impressions for reports that have none), or "
+            "with --in/--out write impressions for the rows of a CSV. The model is loaded only "
+            "when it drafts (--llm auto/always, --reader, --model).", 92),
+        epilog=_styles_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--limit", type=_positive_int, help="at most this many reports")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--model", help="local Hugging Face checkpoint (default: embedded model)")
-    p.add_argument("--in", dest="inp", help="CSV with uid, findings[, indication, comparison]")
-    p.add_argument("--out", help="CSV to write uid, prediction, style, flags")
-    p.add_argument("--style", default="default")
-    p.add_argument("--reader", help="use this radiologist's active adapter")
+    p.add_argument("--in", dest="inp", metavar="CSV",
+                   help="UTF-8 CSV with columns uid, findings[, indication, comparison, author]")
+    p.add_argument("--out", metavar="CSV",
+                   help="CSV to write: uid, prediction, style, needs_review, flags")
+    p.add_argument("--style", type=_style, default="default",
+                   help="audience style (below): default, brief, bullets, comprehensive")
+    p.add_argument("--reader", help="with --in: draft as this radiologist (their active adapter)")
     p.add_argument("--llm", choices=["off", "auto", "always"], default="off",
-                   help="when the model drafts: off (retrieval and vote only, the default), auto "
-                        "(where the retrieved neighbours disagree) or always")
+                   help="when the model drafts: off (retrieval and vote only, the default; the "
+                        "model is not loaded), auto (where the retrieved neighbours disagree) "
+                        "or always")
     p.add_argument("--backend", choices=["transformers", "vllm"],
                    help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "
                         "vllm serves many radiologists' adapters in one batch on a GPU)")
@@ -449,15 +714,19 @@ def build_parser() -> argparse.ArgumentParser:
     a = us.add_parser("add", help="add a user; the password is read from stdin")
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=["radiologist", "coordinator", "admin"])
-    us.add_parser("list")
-    d = us.add_parser("disable")
+    us.add_parser("list", help="every account with role and whether it is active")
+    d = us.add_parser("disable", help="an account that can no longer sign in (kept, audited)")
+    d.add_argument("name")
+    d = us.add_parser("enable", help="let a disabled account sign in again")
     d.add_argument("name")
     p.set_defaults(func=cmd_users)
 
-    p = sub.add_parser("demo", help="demo accounts and synthetic reports")
-    p.add_argument("--reports", type=int, default=60)
-    p.add_argument("--generate", action="store_true", help="also generate AI impressions")
-    p.add_argument("--model")
+    p = sub.add_parser("demo", help="demo accounts and synthetic reports (new or demo "
+                                    "database only)")
+    p.add_argument("--reports", type=_positive_int, default=60)
+    p.add_argument("--generate", action="store_true",
+                   help="also draft their AI impressions (retrieval and vote)")
+    p.add_argument("--model", help="with --generate: let this checkpoint draft too")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("prepare-model", help="convert the embedded GGUF model to safetensors")
@@ -482,12 +751,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arms", required=True,
                    help="comma list: original, base, adapter:NAME, style:brief|bullets|"
                         "comprehensive, typos[:RATE], external")
-    c.add_argument("--n", type=int, required=True, help="number of reports (items)")
+    c.add_argument("--n", type=_positive_int, required=True, help="number of reports (items)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--raters", help="comma list of radiologists (omit to assign later)")
-    c.add_argument("--k", type=int, default=2, help="raters per unit")
+    c.add_argument("--k", type=_positive_int, default=2, help="raters per unit")
     c.add_argument("--scale", default="absolute", choices=["absolute", "relative",
-                                                           "acceptability"])
+                                                           "acceptability"],
+                   help="what raters answer: absolute (how good is it, -2..2), relative "
+                        "(compared with the original, -2..2) or acceptability (could it be "
+                        "signed, -1..1)")
     c.add_argument("--question", action="append", metavar="KEY:TEXT",
                    help="extra yes/no question (repeatable)")
     c.add_argument("--no-default-questions", action="store_true",
@@ -496,44 +768,44 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strata", default="normal,source")
     c.add_argument("--sources", help="comma list of report sources to sample from")
     c.add_argument("--external-source", help="source of the 'external' arm, e.g. chexpert-plus")
-    c.add_argument("--typo-rate", type=float, default=0.03)
+    c.add_argument("--typo-rate", type=_fraction, default=0.03)
     c.add_argument("--from-model", help="use only stored generations of this model")
     c.add_argument("--generate", action="store_true",
                    help="generate missing arm texts with the local model")
     c.add_argument("--model", help="checkpoint for --generate (default: embedded model)")
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--batch-size", type=_positive_int, default=8)
     a = st.add_parser("assign", help="assign a draft study's units to raters")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=_positive_int)
     a.add_argument("--raters", required=True)
-    a.add_argument("--k", type=int, required=True)
+    a.add_argument("--k", type=_positive_int, required=True)
     st.add_parser("list", help="every study with status and progress")
     for verb, text in (("status", "progress per rater and arm"), ("pause", "pause ratings"),
                        ("resume", "resume a paused study"),
                        ("close", "close for good; unlocks results and exports")):
         v = st.add_parser(verb, help=text)
-        v.add_argument("id", type=int)
+        v.add_argument("id", type=_positive_int)
     e = st.add_parser("extend", help="add raters to a running or paused study")
-    e.add_argument("id", type=int)
+    e.add_argument("id", type=_positive_int)
     e.add_argument("--raters", required=True)
-    e.add_argument("--extra-k", type=int, default=0,
+    e.add_argument("--extra-k", type=_nonnegative_int, default=0,
                    help="0: move pending work to the new raters; N: N more ratings per unit")
     r = st.add_parser("report", help="results of a closed study")
-    r.add_argument("id", type=int)
-    r.add_argument("--n-boot", type=int, default=1000)
+    r.add_argument("id", type=_positive_int)
+    r.add_argument("--n-boot", type=_nonnegative_int, default=1000)
     r.add_argument("--metrics", default="rouge_l,label_f1,bertscore",
                    help="comma list of rouge_l, label_f1, bertscore ('' for none; BERTScore "
                         "takes ~0.05 s per text on a CPU)")
     r.add_argument("--html", help="also write the one-page HTML summary here")
     x = st.add_parser("export", help="ratings (csv/parquet), TRL pairs (jsonl), summary (html)")
-    x.add_argument("id", type=int)
+    x.add_argument("id", type=_positive_int)
     x.add_argument("--out", required=True)
     x.add_argument("--format", choices=["csv", "parquet", "jsonl", "html"],
                    help="default: from the --out suffix")
-    x.add_argument("--min-margin", type=float, default=0.0,
+    x.add_argument("--min-margin", type=_nonnegative_float, default=0.0,
                    help="jsonl: keep pairs whose mean ratings differ by more than this")
     x.add_argument("--plain", action="store_true",
                    help="jsonl: plain-string prompts instead of chat messages")
-    x.add_argument("--n-boot", type=int, default=1000)
+    x.add_argument("--n-boot", type=_nonnegative_int, default=1000)
     x.add_argument("--metrics", default="rouge_l,label_f1,bertscore",
                    help="html: automatic metrics to include")
     p.set_defaults(func=cmd_study)
@@ -542,27 +814,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", required=True)
     p.add_argument("--out", required=True, help="JSONL file for the training pairs")
     p.add_argument("--heldout-out", help="also write the held-out pairs here")
-    p.add_argument("--heldout-fraction", type=float, default=0.2)
+    p.add_argument("--heldout-fraction", type=_fraction, default=0.2)
     p.add_argument("--no-record", action="store_true",
                    help="do not record newly held-out reports in the database")
     p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("nightly", help="train/evaluate/promote per-radiologist adapters")
     p.add_argument("--method", choices=["dpo", "grpo", "memory"], default="dpo")
-    p.add_argument("--min-new-feedback", type=int, default=20,
+    p.add_argument("--min-new-feedback", type=_nonnegative_int, default=20,
                    help="train a reader only after this many new ratings")
-    p.add_argument("--min-pairs", type=int, default=8)
-    p.add_argument("--min-heldout", type=int, default=10,
+    p.add_argument("--min-pairs", type=_nonnegative_int, default=8)
+    p.add_argument("--min-heldout", type=_nonnegative_int, default=10,
                    help="never promote on fewer held-out reports of the reader")
-    p.add_argument("--max-pairs", type=int, default=256)
+    p.add_argument("--max-pairs", type=_positive_int, default=256)
     p.add_argument("--readers", help="comma list of usernames (default: everyone)")
     p.add_argument("--force", action="store_true", help="ignore --min-new-feedback")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--lora-layers", type=int, help="train LoRA in the top N layers only")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--refresh", type=int, default=20,
+    p.add_argument("--epochs", type=_positive_float, default=2.0)
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--lr", type=_positive_float, default=2e-4)
+    p.add_argument("--lora-layers", type=_positive_int, help="train LoRA in the top N layers only")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--refresh", type=_nonnegative_int, default=20,
                    help="pre-draft this many next cases per promoted reader")
     p.add_argument("--model", help="base checkpoint (default: the embedded model)")
     p.add_argument("--json", help="write the run report as JSON here")
@@ -575,16 +847,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reader")
     a = ad.add_parser("promote", help="make a version active")
     a.add_argument("reader")
-    a.add_argument("version", type=int)
+    a.add_argument("version", type=_positive_int)
     a = ad.add_parser("rollback", help="back to the version active before the current one")
     a.add_argument("reader")
-    a.add_argument("--to", type=int, help="a specific version instead")
+    a.add_argument("--to", type=_positive_int, help="a specific version instead")
     p.set_defaults(func=cmd_adapters)
 
     p = sub.add_parser("feedback", help="import existing feedback (draft -> signed impression)")
     fb = p.add_subparsers(dest="feedback_cmd", required=True)
-    a = fb.add_parser("import", help="CSV: reader, uid, edited impression[, ai_text, rating]")
-    a.add_argument("file")
+    a = fb.add_parser("import", help="CSV: reader, uid, edited impression[, ai_text, rating]",
+                      description=_feedback_help(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("file", help="UTF-8 CSV with a header row (columns below)")
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("simulate", help="personalization benchmarks on IU X-ray (end to end)")
@@ -605,22 +879,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train-sft", help="SFT of the shared base adapter on the train split")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1, help="cap on optimizer steps (-1: epochs)")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-examples", type=int, help="a seeded subset of the train reports")
-    p.add_argument("--shots", type=int, default=3, help="retrieved examples per prompt")
-    p.add_argument("--eval-examples", type=int, default=64,
+    p.add_argument("--epochs", type=_positive_float, default=1.0)
+    p.add_argument("--max-steps", type=_steps, default=-1, help="cap on optimizer steps (-1: epochs)")
+    p.add_argument("--lr", type=_positive_float, default=2e-4)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-examples", type=_positive_int, help="a seeded subset of the train reports")
+    p.add_argument("--shots", type=_nonnegative_int, default=3, help="retrieved examples per prompt")
+    p.add_argument("--eval-examples", type=_nonnegative_int, default=64,
                    help="dev reports for the before/after completion loss (0: none)")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=int, help="default: 2 x rank")
-    p.add_argument("--lora-layers", type=int, help="LoRA in the top N layers only")
+    p.add_argument("--max-length", type=_positive_int, default=1024)
+    p.add_argument("--lora-r", type=_positive_int, default=8)
+    p.add_argument("--lora-alpha", type=_positive_int, help="default: 2 x rank")
+    p.add_argument("--lora-layers", type=_positive_int, help="LoRA in the top N layers only")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--max-minutes", type=float, help="stop training after this wall time")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=_positive_float, help="stop training after this wall time")
     p.add_argument("--source", help="only reports of this source (e.g. iu-xray)")
     p.add_argument("--model", help="base checkpoint (default: the embedded model)")
     p.add_argument("--out", help="also copy the adapter here (e.g. core/assets/base-adapter)")
@@ -631,35 +905,75 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- more commands: helpers insert their sub-parsers above this line, one block each --
 
-    p = sub.add_parser("setup", help="migrate, prepare the model, write demo data")
-    p.add_argument("--reports", type=int, default=60)
+    p = sub.add_parser("setup", help="migrate, prepare the model, write demo data (new or "
+                                     "demo database only)")
+    p.add_argument("--reports", type=_positive_int, default=60, help="demo reports")
+    p.add_argument("--limit", type=_nonnegative_int, default=60,
+                   help="draft AI impressions for at most this many demo reports")
     p.set_defaults(func=cmd_setup)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from core.errors import AuthError, ImpressionistError, ValidationError
-
+@contextlib.contextmanager
+def _database(db: str | None):
+    """Make ``--db`` the configured database while the command runs, for every module that
+    reads :func:`core.config.settings` and every process the command starts (so adapters, the
+    nightly lock, caches and logs follow it); restored afterwards, for in-process callers."""
+    if not db:
+        yield
+        return
+    before = os.environ.get("IMPRESSIONIST_DB")
+    os.environ["IMPRESSIONIST_DB"] = str(Path(db).expanduser().absolute())
     try:
-        from core.importers import ImportValidationError
-    except ImportError:  # pragma: no cover - importers are part of the package
-        ImportValidationError = ValidationError  # type: ignore
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("IMPRESSIONIST_DB", None)
+        else:
+            os.environ["IMPRESSIONIST_DB"] = before
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ImportValidationError, ValidationError, AuthError) as exc:
+
+def _exit_status(exc: Exception) -> int:
+    """Print one line for ``exc`` on stderr and return the exit status: 2 for bad input (a
+    ValueError such as our validation errors, a bad configuration value or a file that is not
+    UTF-8; a weak password or failed sign-in; an unknown user, study or report; a file that
+    does not exist), 1 for anything else (a traceback first when it is not one of ours)."""
+    import traceback
+
+    import duckdb
+
+    from core.errors import AuthError, ImpressionistError, NotFound
+
+    if isinstance(exc, UnicodeDecodeError):
+        print(f"error: a file is not UTF-8 text ({exc}); save it as UTF-8", file=sys.stderr)
+        return 2
+    if isinstance(exc, (ValueError, AuthError, NotFound, FileNotFoundError, IsADirectoryError,
+                        NotADirectoryError)):
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ImpressionistError, FileNotFoundError) as exc:
+    if isinstance(exc, ImpressionistError):
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        import duckdb
-
-        if not isinstance(exc, duckdb.Error):
-            raise
+    if isinstance(exc, duckdb.Error):
         # e.g. the disk is full: the transaction was rolled back, nothing was written.
         print(f"error: the database refused the change ({type(exc).__name__}: {exc}); "
               f"nothing was written", file=sys.stderr)
         return 1
+    traceback.print_exception(exc)
+    print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 bad input, 1 anything else).
+
+    The one place that turns errors into exit statuses, and that closes what the command
+    opened (databases, progress bars), on success and on every error.
+    """
+    args = build_parser().parse_args(argv)  # a bad option exits 2 here, before anything loads
+    with _database(args.db), contextlib.ExitStack() as cleanup:
+        args.cleanup = cleanup
+        try:
+            return args.func(args)
+        except Exception as exc:  # noqa: BLE001 - mapped to an exit status, see _exit_status
+            return _exit_status(exc)

@@ -152,7 +152,7 @@ def test_cli_adapters_list_promote_rollback(store, users, capsys):
     assert "v2" in out and "ACTIVE" in out
     assert main(["--db", db, "adapters", "rollback", "rad1"]) == 0
     assert "to the shared model" in capsys.readouterr().out
-    assert main(["--db", db, "adapters", "promote", "rad1", "9"]) == 1
+    assert main(["--db", db, "adapters", "promote", "rad1", "9"]) == 2  # no such version: bad input
 
 
 def test_version_numbers_skip_orphan_folders(store, users):

@@ -158,7 +158,7 @@ def test_pairs_from_the_store_and_jsonl_export(store, users, cases, tmp_path):
 def test_pairs_cli_unknown_reader(store, capsys):
     from core.cli import main
 
-    assert main(["--db", store.path, "pairs", "--reader", "nobody", "--out", "x.jsonl"]) == 1
+    assert main(["--db", store.path, "pairs", "--reader", "nobody", "--out", "x.jsonl"]) == 2
     assert "nobody" in capsys.readouterr().err
 
 
