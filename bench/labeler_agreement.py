@@ -145,14 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--errors", default=None, help="print disagreements for this label")
     ap.add_argument("--n", type=int, default=10, help="how many disagreements to print")
+    ap.add_argument("--split", choices=("all", "train", "dev", "test"), default="all",
+                    help="only the reports of this core.splits split (test: out of sample; rules "
+                         "are tuned on train only, so --errors is refused on test)")
     args = ap.parse_args(argv)
     if not args.csv.exists():
         print(f"reports file {args.csv} absent", file=sys.stderr)
         return 2
     import pandas as pd
 
+    if args.split == "test" and args.errors:
+        print("--errors on the test split would tune the rules on it: use --split train", file=sys.stderr)
+        return 2
+    from core.splits import in_split
+
     df = pd.read_csv(args.csv).fillna("")
     df = df[~df["MeSH"].str.contains("No Indexing", regex=False)]
+    if args.split != "all":
+        df = df[[in_split(str(u), args.split) for u in df["uid"]]]
     counts = {o: Counter() for o in EVALUATED}
     strict = Counter()  # POSITIVE-only predictions, pooled over labels with support >= MIN_SUPPORT
     errors: list[tuple[str, str, str, str]] = []
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(("FP" if p else "FN", str(row.uid), row.MeSH, text))
     elapsed = time.perf_counter() - t0
 
-    print(f"IU X-ray reports: {len(df)} (excluding 'No Indexing'); labeled in {elapsed:.1f} s "
+    print(f"IU X-ray reports, split {args.split}: {len(df)} (excluding 'No Indexing'); labeled in {elapsed:.1f} s "
           f"({len(df) / elapsed:.0f} reports/s)\n")
     print("| label | support | predicted | precision | recall | F1 |")
     print("|---|---:|---:|---:|---:|---:|")

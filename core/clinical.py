@@ -31,6 +31,7 @@ read as "x-ray".
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -57,6 +58,13 @@ __all__ = [
     "check_impression",
     "repair_impression",
     "consistency",
+    "TYPO_TERMS",
+    "correct_word",
+    "correct_typos",
+    "MAJOR_FINDINGS",
+    "Verification",
+    "major_findings",
+    "verify",
 ]
 
 
@@ -448,6 +456,15 @@ _NORMAL_STATEMENTS = re.compile(
     r"|^\W*(?:normal|negative|unremarkable)\W*$"
     r"|\bno (?:active|acute) (?:disease|process)\b"
     r"|\bheart and lungs (?:are |appear )?(?:normal|within normal limits|unremarkable)\b"
+    # added 2026-12-02 from the train split only (the normal impressions the rules above missed):
+    # "no acute radiographic cardiopulmonary process" (59 train impressions), "no acute or active
+    # cardiac, pulmonary or pleural disease" (15), "no acute preoperative findings" (5), ...
+    r"|\bno (?:evidence (?:of|for) )?(?:acute|active)(?: or (?:acute|active))? "
+    r"(?:(?:radiographic|visualized|preoperative|traumatic|parenchymal) )?"
+    r"(?:(?:cardiopulmonary|cardiac, pulmonary or pleural|pulmonary|thoracic|intrathoracic) )?"
+    r"(?:abnormalit\w+|disease|process\w*|findings?|injur\w+)\b"
+    r"|\bno evidence (?:of|for) (?:cardiopulmonary|thoracic) injur\w+"
+    r"|\bnegative acute cardiopulmonary abnormalit\w+"
 )
 
 # --------------------------------------------------------------------------------------------
@@ -537,12 +554,98 @@ class Mention:
     qualified: bool = False
 
 
+# --------------------------------------------------------------------------------------------
+# Typos in the critical vocabulary
+# --------------------------------------------------------------------------------------------
+
+# Words whose misspelling would hide a finding that matters ("pneumothroax", "pnuemothorax",
+# "efusion"). A word of a report that is not one of them, not a known word, and within one edit
+# (two for words of 10+ letters; a transposition is one edit) of exactly one of them is read as it.
+TYPO_TERMS: tuple[str, ...] = (
+    "pneumothorax", "pneumothoraces", "pneumoperitoneum", "effusion", "effusions", "consolidation",
+    "consolidations", "consolidative", "edema", "cardiomegaly", "pneumonia", "atelectasis",
+    "atelectatic", "fracture", "fractures", "nodule", "nodules", "opacity", "opacities",
+    "infiltrate", "infiltrates", "mediastinum", "mediastinal", "hemithorax", "hydrothorax",
+    "hemothorax", "congestion", "emphysema", "widened", "widening", "enlarged", "enlargement",
+    "pleural", "malpositioned", "cardiomediastinal",
+)
+# Real words within reach of a term. Found on the train split (every word of 5+ letters within
+# the edit limit of a term, bench/clinical_safety.py --vocab) plus common English neighbours.
+_KNOWN_WORDS = frozenset({
+    "engorgement", "congestive", "consolidating", "consolidated", "pleura", "features", "empyema",
+    "pneumonic", "pneumonias", "infiltrative", "infiltrated", "passes", "enema", "module",
+    "modules", "nodular", "diffusion", "infusion", "effusive", "fractured", "fracturing",
+    "enlarges", "enlarging", "widener", "emphysematous", "edematous", "mention", "mentioned",
+    "opacified", "capacity", "mediastinum", "hemithoraces", "pleurae", "nodularity", "widens",
+})
+_TERM_SET = frozenset(TYPO_TERMS)
+
+
+def _osa(a: str, b: str, limit: int) -> int:
+    """Optimal string alignment distance (edits incl. adjacent transposition), capped at limit+1."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def correct_word(word: str) -> str:
+    """The critical term a (lower-case) word misspells, or the word itself.
+
+    >>> correct_word("pneumothroax"), correct_word("pnuemothorax"), correct_word("effusoin")
+    ('pneumothorax', 'pneumothorax', 'effusion')
+    >>> correct_word("enema"), correct_word("heart")
+    ('enema', 'heart')
+    """
+    if len(word) < 4 or word in _TERM_SET or word in _KNOWN_WORDS:
+        return word
+    found: list[tuple[int, str]] = []
+    for term in TYPO_TERMS:
+        limit = 2 if len(term) >= 10 else 1
+        # one edit (at most two) leaves the first letter or the last two intact
+        if abs(len(term) - len(word)) > limit or not (term[0] == word[0] or term[-2:] == word[-2:]):
+            continue
+        d = _osa(word, term, limit)
+        if d <= limit:
+            found.append((d, term))
+    if not found:
+        return word
+    best = min(d for d, _ in found)
+    terms = sorted({t for d, t in found if d == best}, key=len)
+    # a tie between a term and its plural reads as the singular; any other tie is left alone
+    return terms[0] if all(t.rstrip("s") == terms[0].rstrip("s") for t in terms) else word
+
+
+_WORD = re.compile(r"[a-z]{4,}")
+
+
+def correct_typos(text: str) -> str:
+    """Lower-case text with misspelt critical terms spelt right (see :data:`TYPO_TERMS`).
+
+    >>> correct_typos("small right pnuemothorax and a left efusion")
+    'small right pneumothorax and a left effusion'
+    """
+    return _WORD.sub(lambda m: correct_word(m.group(0)), text)
+
+
 def _normalise(text: str) -> str:
-    """Lower-case, read 'x-XXXX' as 'x-ray', squeeze whitespace."""
+    """Lower-case, read 'x-XXXX' as 'x-ray', squeeze whitespace, spell critical terms right."""
     t = text.lower()
     t = re.sub(r"\bx-\s?xxxx\b", "x-ray", t)
     t = re.sub(r"\s+", " ", t)
-    return t
+    return correct_typos(t)
 
 
 def _sentences(text: str) -> list[str]:
@@ -1102,3 +1205,191 @@ def repair_impression(findings: str, impression: str, style: str = "auto") -> tu
     else:
         text = " ".join(items)
     return text, added
+
+
+# --------------------------------------------------------------------------------------------
+# The verifier: every text a radiologist or patient sees goes through it
+# --------------------------------------------------------------------------------------------
+
+# Major findings: a normal statement ("No acute disease.") beside any of them in the findings is
+# wrong. Qualified as the radiologist would: a calcified nodule is a granuloma, an old or healed
+# fracture is not news, and of the devices only lines and tubes count (not wires or clips).
+MAJOR_FINDINGS: dict[str, str | None] = {
+    "Pleural Effusion": None,
+    "Pneumothorax": None,
+    "Consolidation": None,
+    "Pneumonia": None,
+    "Edema": None,
+    "Cardiomegaly": None,
+    "Mass": None,
+    "Nodule": r"^(?!.*\bcalcifi\w*).*$",
+    "Fracture": None,
+    "Free Air": None,
+    "Support Devices": r"\b(?:catheters?|picc|line|tubes?|tracheostomy|drains?)\b",
+}
+_MAJOR_EXCLUDE = {"Fracture": next(cf.exclude for cf in CRITICAL_FINDINGS if cf.observation == "Fracture")}
+
+
+@dataclass
+class Verification:
+    """What the verifier did to a text and what is left for a person to look at.
+
+    Attributes:
+        text: the text to show (repaired when ``repair`` was asked and possible).
+        original: the text as given.
+        needs_review: a problem is left that the verifier could not repair: show the text flagged.
+        reasons: one line per problem left (for the reviewer).
+        added: sentences added from the findings (missing critical or major findings).
+        removed: sentences removed (findings this report does not state, or contradicts).
+        unsupported / contradictions / missing_critical / normal_despite: problems left.
+        check: the final :class:`CheckResult`.
+    """
+
+    text: str
+    original: str
+    needs_review: bool = False
+    reasons: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    contradictions: list[str] = field(default_factory=list)
+    missing_critical: list[str] = field(default_factory=list)
+    normal_despite: list[str] = field(default_factory=list)
+    check: CheckResult | None = None
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def major_findings(findings: str) -> dict[str, Mention]:
+    """The major findings the findings state firmly (POSITIVE), each with its first mention.
+
+    >>> sorted(major_findings("Small bilateral pleural effusions. Calcified nodule in the left apex."))
+    ['Pleural Effusion']
+    """
+    out: dict[str, Mention] = {}
+    for m in extract(_check_text(findings, "findings")):
+        if m.label is not Label.POSITIVE or m.observation not in MAJOR_FINDINGS or m.observation in out:
+            continue
+        window = _window(_normalise(m.clause), m.start, m.end)
+        need = MAJOR_FINDINGS[m.observation]
+        if need and not re.search(need, window):
+            continue
+        excl = _MAJOR_EXCLUDE.get(m.observation)
+        if excl and re.search(excl, window):
+            continue
+        out[m.observation] = m
+    return out
+
+
+def _stated(obs: str, labels: dict[str, Label]) -> bool:
+    cf_extra = next((cf.satisfied_by for cf in CRITICAL_FINDINGS if cf.observation == obs), ())
+    return labels.get(obs) in PRESENT or any(labels.get(o) in PRESENT for o in (*cf_extra, *RELATED.get(obs, ())))
+
+
+def _context_labels(indication: str | None, comparison: str | None) -> dict[str, Label]:
+    return label(" ".join(x for x in (indication, comparison) if x))
+
+
+def _problems(findings: str, text: str, context: dict[str, Label]) -> tuple[CheckResult, list[str], list[str]]:
+    """(check, unsupported not stated in the context either, major findings a normal text denies)."""
+    check = check_impression(findings, text)
+    unsupported = [o for o in check.unsupported
+                   if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
+    t_lab = check.impression_labels
+    says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
+    denied = []
+    for obs in major_findings(findings):
+        if _stated(obs, t_lab):
+            continue
+        if says_normal or t_lab.get(obs) is Label.NEGATIVE:
+            denied.append(obs)
+    return check, unsupported, denied
+
+
+def verify(findings: str, text: str, indication: str | None = None, comparison: str | None = None,
+           repair: bool = True) -> Verification:
+    """Check a text against its report and, with ``repair``, fix what can be fixed.
+
+    Rules, on every text shown (any style, a reader's draft, a memory text, a study arm):
+
+    1. A finding the text asserts that this report's findings, indication and comparison never
+       state (another patient's chest tube) is removed with its sentence; a text that would be
+       left empty is flagged instead.
+    2. A sentence that asserts what the findings negate is removed the same way.
+    3. A normal statement ("No acute disease.") or a negation while the findings state a major
+       finding (:data:`MAJOR_FINDINGS`) is replaced: the normal statement goes, the finding's own
+       sentence from the findings is added.
+    4. A critical finding of the findings that the text omits is added (:func:`repair_impression`).
+    5. Whatever is left sets ``needs_review`` with a reason. Misspelt critical terms are read
+       through :func:`correct_typos` in both texts.
+
+    Args:
+        findings: the report's findings.
+        text: the text to check.
+        indication, comparison: the report's other sections (a finding they state is supported).
+        repair: apply rules 1-4 (False: only report the problems).
+
+    Returns:
+        A :class:`Verification`.
+
+    >>> v = verify("Small bilateral pleural effusions.", "No acute disease.")
+    >>> v.text, v.needs_review
+    ('Small bilateral pleural effusions.', False)
+    >>> v = verify("Lungs are clear.", "Right chest tube in place. No pneumothorax.")
+    >>> v.text, v.removed
+    ('No pneumothorax.', ['Right chest tube in place.'])
+    """
+    findings = _check_text(findings, "findings")
+    original = _check_text(text, "text")
+    context = _context_labels(indication, comparison)
+    out = Verification(text=original, original=original)
+    check, unsupported, denied = _problems(findings, original, context)
+    current = original
+    if repair:
+        bad = set(unsupported) | {o for o in check.contradictions if check.impression_labels.get(o) in PRESENT}
+        denied_set = set(denied)
+        numbered = bool(_ENUM_START.match(current))
+        kept: list[str] = []
+        for sent in (_ENUM_SPLIT.split(current) if numbered else _sentences(current)):
+            sent = sent.strip()
+            if not sent:
+                continue
+            s_lab = label(sent)
+            asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
+            denies = denied_set and (is_normal_statement(sent) or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
+            if asserts_bad or denies:
+                out.removed.append(_end(sent))
+            else:
+                kept.append(_end(sent))
+        majors = major_findings(findings)
+        added = []
+        for obs in denied:
+            s = _sentence_for(majors[obs])
+            if s not in added and s not in kept:
+                added.append(s)
+        if not kept and not added:  # nothing true left to show: keep the text, flag it
+            out.removed = []
+        else:
+            items = kept + added
+            current = " ".join(f"{i}. {x}" for i, x in enumerate(items, 1)) if numbered else " ".join(items)
+            out.added = added
+        current, more = repair_impression(findings, current)
+        out.added += more
+        out.text = current
+        check, unsupported, denied = _problems(findings, current, context)
+    out.check = check
+    out.unsupported = unsupported
+    out.normal_despite = denied
+    out.missing_critical = list(check.missing_critical)
+    out.contradictions = list(check.contradictions)
+    for obs in unsupported:
+        out.reasons.append(f"unsupported: the text states {obs}, which this report never mentions")
+    for msg in check.messages:
+        if msg.startswith(("missing critical", "contradiction")):
+            out.reasons.append(msg)
+    for obs in denied:
+        out.reasons.append(f"normal statement although the findings report {obs}")
+    out.needs_review = bool(out.reasons)
+    return out

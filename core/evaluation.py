@@ -36,6 +36,7 @@ class EvalPairs:
     refs: list[str]
     findings: list[str] | None = None  # from the references file, when it has the column
     needs_review: list[bool] | None = None  # from the predictions file, when it has the column
+    mesh: list[str] | None = None  # human MeSH labels from the references file (IU X-ray), when present
     notes: list[str] = field(default_factory=list)
 
 
@@ -99,7 +100,9 @@ def read_pairs(pred: str | Path, ref: str | Path, pred_col: str = "prediction", 
         refs[uid] = (line, row)
     use_findings = bool(findings_col) and findings_col.lower() in r_cols
     has_review = "needs_review" in p_cols
-    out = EvalPairs([], [], [], [] if use_findings else None, [] if has_review else None)
+    use_mesh = "mesh" in r_cols
+    out = EvalPairs([], [], [], [] if use_findings else None, [] if has_review else None,
+                    [] if use_mesh else None)
     seen: dict[str, int] = {}
     blank_pred = 0
     for line, row in p_rows:
@@ -127,6 +130,8 @@ def read_pairs(pred: str | Path, ref: str | Path, pred_col: str = "prediction", 
             out.findings.append(cell(r_row, r_cols, findings_col))
         if has_review:
             out.needs_review.append(cell(row, p_cols, "needs_review").lower() in ("1", "true", "yes"))
+        if use_mesh:
+            out.mesh.append(cell(r_row, r_cols, "mesh"))
     if blank_pred:
         out.notes.append(f"{blank_pred} blank prediction(s) scored as empty text")
     if findings_col and not use_findings:
@@ -143,7 +148,9 @@ def evaluate_pairs(pairs: EvalPairs, with_bertscore: bool = True) -> dict:
 
     Returns:
         The ``evaluate`` dict with ``label.per_label`` as plain dicts, plus ``needs_review_share``
-        when the predictions say which rows were flagged, and the join notes in ``notes``.
+        when the predictions say which rows were flagged, ``mesh`` (:func:`core.mesh.mesh_score`
+        of the predictions and of the references) when the references carry human MeSH labels,
+        and the join notes in ``notes``.
     """
     from dataclasses import asdict
 
@@ -154,6 +161,11 @@ def evaluate_pairs(pairs: EvalPairs, with_bertscore: bool = True) -> dict:
     result["label"] = {**result["label"], "per_label": [asdict(x) for x in result["label"]["per_label"]]}
     if pairs.needs_review is not None:
         result["needs_review_share"] = sum(pairs.needs_review) / len(pairs.needs_review)
+    if pairs.mesh is not None:
+        from core.mesh import mesh_score
+
+        result["mesh"] = {"predictions": mesh_score(pairs.preds, pairs.mesh),
+                          "references": mesh_score(pairs.refs, pairs.mesh)}
     return result
 
 
@@ -167,7 +179,33 @@ def format_result(result: dict) -> str:
     if "needs_review_share" in result:
         head, sep, rest = text.partition("\n\n")
         text = head + f"\n| Flagged for review | {result['needs_review_share']:.3f} |" + sep + rest
+    if "mesh" in result:
+        text += "\n\n" + format_mesh(result["mesh"])
     return text
+
+
+def format_mesh(mesh: dict) -> str:
+    """Markdown table of the MeSH-based score of the predictions beside the references'."""
+    p, r = mesh["predictions"], mesh["references"]
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    lines = [f"Independent clinical score against the human MeSH labels ({p['n']} indexed reports, "
+             f"{p['n_with_findings']} with a significant finding; core.mesh):", "",
+             "| | predictions | references (human ceiling) |", "|---|---:|---:|",
+             f"| recall of MeSH significant findings (%) | {pct(p['recall'])} | {pct(r['recall'])} |",
+             f"| false statements per 100 reports | {p['false_statements']:.1f} | {r['false_statements']:.1f} |",
+             f"| reports with a false statement (%) | {pct(p['reports_with_false_statement'])} | "
+             f"{pct(r['reports_with_false_statement'])} |"]
+    lines += ["", "| finding | MeSH support | recall, predictions (%) | recall, references (%) "
+                  "| false, predictions | false, references |", "|---|---:|---:|---:|---:|---:|"]
+    for name, x in p["per_finding"].items():
+        y = r["per_finding"][name]
+        if x["support"] or x["false"] or y["false"]:
+            lines.append(f"| {name} | {x['support']} | {pct(x['recall'])} | {pct(y['recall'])} | "
+                         f"{x['false']} | {y['false']} |")
+    return "\n".join(lines)
 
 
 def write_json(result: dict, path: str | Path) -> None:
@@ -177,4 +215,5 @@ def write_json(result: dict, path: str | Path) -> None:
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-__all__ = ["EvaluationError", "EvalPairs", "read_pairs", "evaluate_pairs", "format_result", "write_json"]
+__all__ = ["EvaluationError", "EvalPairs", "read_pairs", "evaluate_pairs", "format_result", "format_mesh",
+           "write_json"]

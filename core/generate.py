@@ -436,11 +436,7 @@ class CoarseToFine:
 
     def _fine(self, report: dict, vote: dict, neighbours: list, draft, adapter: str | None,
               style: str) -> GenerationOutput:
-        from core.clinical import check_impression, repair_impression
-        from core.styles import apply_style
-
         cfg = self.config
-        findings = report["findings"]
         text = vote["text"] or "No impression generated."
         flags: dict[str, Any] = {
             "pipeline": PIPELINE, "style": style,
@@ -451,27 +447,52 @@ class CoarseToFine:
         }
         if draft is not None and draft.truncated:
             flags["truncated"] = True
-        check = check_impression(findings, text)
-        repaired: list[str] = []
-        if check.missing_critical and cfg.repair:
-            text, repaired = repair_impression(findings, text)
-        flags["repaired"] = repaired
-        styled = apply_style(text, style, findings, report.get("indication"), report.get("comparison"))
-        final = check_impression(findings, styled if style != "comprehensive" else text)
-        messages = list(final.messages)
-        if not has_prior(report.get("comparison")) and _PRIOR_WORDS.search(text) and \
-                re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I):
-            messages.append("context: the impression refers to a prior study but the report has no comparison")
-            flags["prior_without_comparison"] = True
-        low = bool(neighbours) and vote["agreement"] < cfg.llm_threshold and draft is None
-        flags.update({
-            "check_ok": final.ok, "missing_critical": final.missing_critical,
-            "contradictions": final.contradictions, "unsupported": final.unsupported,
-            "messages": messages, "low_confidence": low or not neighbours,
-        })
-        flags["needs_review"] = bool(not final.ok or flags["low_confidence"] or flags.get("prior_without_comparison")
-                                     or flags.get("truncated"))
+        # A model draft never clears a review flag: low agreement among the neighbours is flagged
+        # whoever wrote the text.
+        flags["low_confidence"] = (bool(neighbours) and vote["agreement"] < cfg.llm_threshold) or not neighbours
+        styled, checked = checked_text(report, text, style, repair=cfg.repair)
+        flags.update(checked)
+        flags["needs_review"] = bool(flags["needs_review"] or flags["low_confidence"] or flags.get("truncated"))
         return GenerationOutput(styled, 0.0, flags)
+
+
+def checked_text(report: dict, text: str, style: str = "default", repair: bool = True) -> tuple[str, dict]:
+    """The clinical verifier and the style, as every shown text gets them (pipeline, a reader's
+    memory text, a study arm): verify and repair the text against this report
+    (:func:`core.clinical.verify`), render the style, verify the styled text again.
+
+    Args:
+        report: dict with ``findings`` (``indication``, ``comparison`` optional).
+        text: the impression to show.
+        style: a style name of :mod:`core.styles`.
+        repair: remove unsupported or contradicted statements and add missing findings.
+
+    Returns:
+        (text to show, flags): ``repaired`` (sentences added), ``removed``, ``check_ok``,
+        ``missing_critical``, ``contradictions``, ``unsupported``, ``normal_despite``,
+        ``messages``, ``prior_without_comparison`` and ``needs_review``.
+    """
+    from core.clinical import verify
+    from core.styles import apply_style
+
+    findings = report["findings"]
+    ind, comp = report.get("indication"), report.get("comparison")
+    first = verify(findings, text, ind, comp, repair=repair)
+    text = first.text
+    styled = apply_style(text, style, findings, ind, comp)
+    final = verify(findings, styled, ind, comp, repair=False)  # what is shown is what is checked
+    messages = list(final.reasons)
+    prior = bool(not has_prior(comp) and _PRIOR_WORDS.search(text) and
+                 re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I))
+    if prior:
+        messages.append("context: the impression refers to a prior study but the report has no comparison")
+    flags = {"repaired": first.added, "removed": first.removed, "check_ok": not final.needs_review,
+             "missing_critical": final.missing_critical, "contradictions": final.contradictions,
+             "unsupported": final.unsupported, "normal_despite": final.normal_despite,
+             "messages": messages, "needs_review": bool(final.needs_review or prior)}
+    if prior:
+        flags["prior_without_comparison"] = True
+    return styled, flags
 
 
 def _per_row(value, n: int, what: str) -> list:

@@ -58,7 +58,7 @@ LAY: dict[str, str] = {
     "Edema": "fluid in the lungs (pulmonary edema)",
     "Consolidation": "a filled-in area of the lung (consolidation)",
     "Pneumonia": "signs of a lung infection (pneumonia)",
-    "Atelectasis": "a small area of the lung that is not fully open (atelectasis)",
+    "Atelectasis": "a small area of partly collapsed lung (atelectasis)",
     "Pneumothorax": "air between the lung and the chest wall (pneumothorax)",
     "Pleural Effusion": "fluid around the lung (pleural effusion)",
     "Pleural Other": "thickening of the lining around the lung (pleural thickening)",
@@ -251,7 +251,7 @@ def answer_question(indication: str | None, findings: str) -> str | None:
         elif Label.NEGATIVE in states or f_lab.get("No Finding") is Label.POSITIVE:
             answers.append(f"no {name}")
         else:
-            answers.append(f"{name} is not addressed by the findings")
+            answers.append(f"the findings do not address {name}")
     if not answers:
         return None
     return f"Clinical question ({ind.rstrip('.')}): {'; '.join(answers)}."

@@ -1,0 +1,199 @@
+"""The clinical verifier (core.clinical.verify) on hand-made cases, one per rule, and the pipeline
+paths that must go through it (issue 13)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from core.clinical import Label, correct_typos, correct_word, label, major_findings, verify
+from core.generate import C2FConfig, CoarseToFine, checked_text
+from core.mesh import mesh_findings, mesh_score, named_findings
+from core.retrieval import RetrievalIndex
+from core.styles import apply_style
+
+
+# -- rule 3: a normal statement beside a stated major finding ---------------------------------
+def test_no_acute_disease_for_a_stated_effusion_is_repaired():
+    v = verify("Heart size normal. Small bilateral pleural effusions.", "No acute disease.")
+    assert "No acute disease" not in v.text
+    assert label(v.text).get("Pleural Effusion") is Label.POSITIVE
+    assert v.added == ["Small bilateral pleural effusions."]
+    assert not v.needs_review
+
+
+def test_no_acute_disease_is_flagged_when_repair_is_off():
+    v = verify("Small bilateral pleural effusions.", "No acute disease.", repair=False)
+    assert v.needs_review and v.normal_despite == ["Pleural Effusion"]
+    assert v.text == "No acute disease."
+
+
+@pytest.mark.parametrize("findings, obs", [
+    ("There is a small left pneumothorax.", "Pneumothorax"),
+    ("Right lower lobe consolidation.", "Consolidation"),
+    ("Mild pulmonary edema.", "Edema"),
+    ("The heart is enlarged.", "Cardiomegaly"),
+    ("A 2 cm nodule in the right upper lobe.", "Nodule"),
+    ("Acute fracture of the left 6th rib.", "Fracture"),
+    ("Free air under the right hemidiaphragm.", "Free Air"),
+    ("Right IJ central line tip in the SVC.", "Support Devices"),
+])
+def test_every_major_finding_beats_a_normal_statement(findings, obs):
+    assert obs in major_findings(findings)
+    v = verify(findings, "No acute cardiopulmonary abnormality.")
+    assert obs in {k for k, x in label(v.text).items() if x is not Label.NEGATIVE} or v.needs_review
+
+
+@pytest.mark.parametrize("findings", [
+    "Calcified nodule in the left upper lobe. Lungs otherwise clear.",  # a granuloma
+    "Old healed left rib fracture. Lungs clear.",
+    "Median sternotomy wires. Lungs clear.",  # wires are not lines or tubes
+])
+def test_benign_findings_do_not_count_as_major(findings):
+    assert not major_findings(findings)
+    assert not verify(findings, "No acute cardiopulmonary abnormality.").needs_review
+
+
+def test_negation_of_a_stated_finding_is_replaced():
+    v = verify("Small right pleural effusion.", "No pleural effusion. Heart size normal.")
+    assert "No pleural effusion" not in v.text and "Small right pleural effusion." in v.text
+    assert not v.needs_review
+
+
+# -- rules 1-2: findings this report never states ---------------------------------------------
+def test_another_patients_chest_tube_is_removed():
+    findings = "The lungs are clear. No pneumothorax. Heart size is normal."
+    v = verify(findings, "Right chest tube in place. Elevated right hemidiaphragm. No pneumothorax.")
+    assert v.text == "No pneumothorax."
+    assert set(v.removed) == {"Right chest tube in place.", "Elevated right hemidiaphragm."}
+    assert not v.needs_review
+
+
+def test_a_finding_stated_in_the_indication_is_supported():
+    v = verify("Lungs are clear.", "Chest tube in place.", indication="Chest tube placement.")
+    assert v.text == "Chest tube in place." and not v.removed
+
+
+def test_a_text_made_only_of_unsupported_findings_is_flagged_not_emptied():
+    v = verify("The lungs are clear.", "Right chest tube in place.")
+    assert v.text == "Right chest tube in place."
+    assert v.needs_review and v.unsupported == ["Support Devices"]
+    assert any("Support Devices" in r for r in v.reasons)
+
+
+# -- typos in the critical vocabulary ----------------------------------------------------------
+MISSPELT = [  # hand-made: (findings with a misspelt critical term, the observation)
+    ("Small right apical pneumothroax.", "Pneumothorax"),
+    ("Large left pnuemothorax with mediastinal shift.", "Pneumothorax"),
+    ("There is a small left pleural efusion.", "Pleural Effusion"),
+    ("Moderate right pleural effusoin.", "Pleural Effusion"),
+    ("Right lower lobe consolidaton.", "Consolidation"),
+    ("Mild interstitial pulmonary edmea.", "Edema"),
+    ("Findings consistent with pnuemonia in the left base.", "Pneumonia"),
+    ("Marked cardiomegally.", "Cardiomegaly"),
+    ("Displaced fratcure of the right 7th rib.", "Fracture"),
+    ("Free intraperitoneal air: pneumoperitonuem.", "Free Air"),
+]
+
+
+@pytest.mark.parametrize("findings, obs", MISSPELT)
+def test_misspelt_critical_findings_are_found(findings, obs):
+    assert label(findings).get(obs) is Label.POSITIVE
+    v = verify(findings, "No acute cardiopulmonary abnormality.")
+    assert v.needs_review or label(v.text).get(obs) in (Label.POSITIVE, Label.UNCERTAIN)
+
+
+def test_typo_correction_leaves_real_words_alone():
+    assert [correct_word(w) for w in ("enema", "mention", "heart", "module", "pleura", "features")] == \
+        ["enema", "mention", "heart", "module", "pleura", "features"]
+    assert correct_typos("no pnuemothorax or efusion") == "no pneumothorax or effusion"
+    assert correct_word("consolidatino") == "consolidation"  # nearest of three near terms
+
+
+# -- styles ------------------------------------------------------------------------------------
+def test_brief_atelectasis_phrase_is_not_read_as_negated():
+    findings = "Mild left basilar atelectasis."
+    text = apply_style("Left basilar atelectasis.", "brief", findings)
+    assert label(text).get("Atelectasis") is Label.POSITIVE
+    assert not verify(findings, text, repair=False).needs_review
+
+
+def test_comprehensive_clinical_question_states_no_finding_it_does_not_have():
+    findings = "Lungs are clear. Heart size normal. No pneumothorax."
+    text = apply_style("No acute disease.", "comprehensive", findings, indication="Rib pain after fall.")
+    v = verify(findings, text, indication="Rib pain after fall.", repair=False)
+    assert not v.unsupported
+
+
+# -- the pipeline: every shown text is checked; a model draft never clears a flag -------------
+def _index():
+    rows = [{"uid": str(i), "findings": f, "impression": imp} for i, (f, imp) in enumerate([
+        ("Right chest tube. Lungs clear.", "Right chest tube in place. No pneumothorax."),
+        ("Right chest tube. Lungs are clear.", "Right chest tube in place. No pneumothorax."),
+        ("Lungs clear. Heart normal.", "No acute disease."),
+        ("Lungs are clear. Heart is normal.", "No acute disease."),
+    ])]
+    return RetrievalIndex.build(rows)
+
+
+def test_pipeline_removes_the_neighbours_chest_tube():
+    out = CoarseToFine(_index(), None, C2FConfig(k=2)).generate(
+        [{"uid": "q", "findings": "Right chest tube removed. Lungs are clear."}])[0]
+    assert "chest tube" not in out.text.lower()
+    assert out.flags["removed"] == ["Right chest tube in place."]
+
+
+def test_pipeline_repairs_normal_text_for_an_effusion_in_every_style():
+    report = {"uid": "q", "findings": "Lungs clear. Heart normal. Small bilateral pleural effusions."}
+    for style in ("default", "brief", "bullets", "comprehensive"):
+        out = CoarseToFine(_index(), None, C2FConfig(k=2)).generate([report], style=style)[0]
+        v = verify(report["findings"], out.text, repair=False)
+        assert not v.normal_despite or out.flags["needs_review"], (style, out.text)
+        assert label(out.text).get("Pleural Effusion") in (Label.POSITIVE, Label.UNCERTAIN), (style, out.text)
+
+
+class _Drafts:
+    """A stand-in model that answers every prompt with one fixed text."""
+
+    def __init__(self, text):
+        self.text = text
+        self.tokenizer = lambda s, add_special_tokens=False: {"input_ids": s.split()}
+
+    def format_chat(self, messages):
+        return " ".join(m["content"] for m in messages)
+
+    def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False):
+        return [SimpleNamespace(text=self.text, new_tokens=3, truncated=False) for _ in prompts]
+
+
+def test_a_model_draft_never_clears_a_review_flag():
+    rows = [{"uid": str(i), "findings": f"Finding number {i} in the lungs.", "impression": imp}
+            for i, imp in enumerate(["Alpha.", "Beta gamma.", "Delta epsilon zeta.", "Eta."])]
+    index = RetrievalIndex.build(rows)
+    report = [{"uid": "q", "findings": "Finding number 9 in the lungs."}]
+    plain = CoarseToFine(index, None, C2FConfig(k=4)).generate(report)[0]
+    assert plain.flags["low_confidence"] and plain.flags["needs_review"]
+    drafted = CoarseToFine(index, _Drafts("No acute disease."), C2FConfig(k=4, llm="always")).generate(report)[0]
+    assert drafted.flags["llm"]
+    assert drafted.flags["needs_review"], "the model's draft must not clear the low-agreement flag"
+
+
+def test_checked_text_flags_mean_the_same_in_every_path():
+    report = {"findings": "The lungs are clear.", "indication": None, "comparison": None}
+    text, flags = checked_text(report, "Right chest tube in place.", "default")
+    assert flags["needs_review"] and flags["unsupported"] == ["Support Devices"]
+    text, flags = checked_text(report, "Lungs clear. Right chest tube in place.", "brief")
+    assert not flags["needs_review"] and flags["removed"]
+
+
+# -- the independent MeSH score ----------------------------------------------------------------
+def test_mesh_score_reads_human_labels_not_our_rules():
+    assert mesh_findings("Pleural Effusion/left/small;Cardiomegaly/borderline;Nodule/lung") == \
+        {"effusion", "nodule or mass"}
+    assert named_findings("No pneumothorax. Small left effusion. Possible pneumonia.") == \
+        {"effusion", "airspace disease"}
+    s = mesh_score(["Small left effusion.", "Cardiomegaly.", "No acute disease."],
+                   ["Pleural Effusion/left", "normal", "No Indexing"])
+    assert s["n"] == 2 and s["recall"] == 1.0
+    assert s["false_statements"] == 50.0  # cardiomegaly named for a normal report: 1 per 2 reports
