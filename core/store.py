@@ -150,6 +150,15 @@ def _sql_path(path: str | os.PathLike) -> str:
     return str(path).replace("'", "''")
 
 
+def _fingerprint_sql(alias: str) -> str:
+    """SQL for the content fingerprint of the report row ``alias``: md5 of its findings and
+    impression, lower-cased with runs of whitespace collapsed (see ``content_duplicates``)."""
+    def norm(column: str) -> str:
+        return rf"regexp_replace(lower(trim({alias}.{column})), '\s+', ' ', 'g')"
+
+    return f"md5({norm('findings')} || chr(10) || coalesce({norm('impression')}, ''))"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -581,6 +590,43 @@ class Store(TrainingQueries, StudyQueries):
                             {"file": os.path.basename(file), "format": fmt,
                              "imported": imported, "skipped": skipped})])
         return imported, skipped
+
+    def content_duplicates(self, records: Sequence[Any]) -> dict[int, str]:
+        """Records that repeat a stored report of *another* source, by content fingerprint.
+
+        The fingerprint (``_fingerprint_sql``) hashes the lower-cased, whitespace-collapsed
+        findings and impression, so the same reports imported through a second format (a
+        MIMIC-CXR folder, then a CSV export of it) are recognised. Reports of the same source
+        are not compared: two studies of one file may well share a templated normal text, and
+        the same (source, external_id) again is skipped by ``import_reports`` anyway.
+
+        Args:
+            records: objects with the fields of ``core.importers.ReportRecord``.
+        Returns:
+            {index in ``records``: the source of a stored report with the same fingerprint}.
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame({
+            "idx": range(len(records)),
+            "source": [r.source for r in records],
+            "external_id": [r.external_id for r in records],
+            "findings": [r.findings for r in records],
+            "impression": [r.impression for r in records],
+        }, dtype=object)
+        with self.tx() as con:
+            con.register("incoming_fp", frame)
+            try:
+                rows = con.execute(
+                    "SELECT i.idx, min(r.source) FROM incoming_fp i JOIN reports r "
+                    f"ON {_fingerprint_sql('r')} = {_fingerprint_sql('i')} "
+                    "AND r.source <> i.source WHERE NOT EXISTS (SELECT 1 FROM reports s "
+                    "WHERE s.source = i.source AND s.external_id = i.external_id) "
+                    "GROUP BY i.idx").fetchall()
+            finally:
+                with contextlib.suppress(Exception):
+                    con.unregister("incoming_fp")
+        return {int(idx): source for idx, source in rows}
 
     def count_reports(self) -> int:
         return self._scalar("SELECT count(*) FROM reports")
