@@ -19,7 +19,17 @@ from core.errors import ImpressionistError
 __all__ = [
     "ReportRecord", "ImportValidationError", "ImportedReports", "normalize_text",
     "content_id", "read_text", "read_csv_table", "CsvTable", "ReaderContext",
+    "SKIP_EMPTY_FINDINGS_HINT", "ALLOW_MISSING_IMPRESSION_HINT",
 ]
+
+# What a user can do about a refused report, named as the CLI flags and the Admin page's
+# checkboxes (never as Python parameters: people read these messages, not programmers).
+SKIP_EMPTY_FINDINGS_HINT = (
+    "re-run with --skip-empty-findings (Admin page: tick 'Skip reports without findings') to "
+    "leave such reports out and count them")
+ALLOW_MISSING_IMPRESSION_HINT = (
+    "re-run with --allow-missing-impression (Admin page: tick 'Accept reports without an "
+    "impression') to import them without one")
 
 
 # -- public types --------------------------------------------------------------------------------
@@ -64,13 +74,16 @@ class ImportedReports(list):
         format: the format that was read (after auto-detection).
         skipped: rows (int) or report files (str) left out because their findings were empty
             and ``skip_empty_findings=True``; empty otherwise.
+        rows: data rows (CSV, JSONL) or report files (MIMIC-CXR) read, skipped ones included;
+            CheXpert Plus has one row per image, so it can exceed the number of records.
     """
 
     def __init__(self, records: Iterable[ReportRecord] = (), format: str = "",
-                 skipped: Sequence[int | str] = ()):
+                 skipped: Sequence[int | str] = (), rows: int | None = None):
         super().__init__(records)
         self.format = format
         self.skipped = list(skipped)
+        self.rows = len(self) + len(self.skipped) if rows is None else rows
 
 
 # -- text helpers --------------------------------------------------------------------------------
@@ -155,25 +168,23 @@ def read_text(path: Path, display: str, csv_header: bool = False) -> str:
 
 
 def _locate_bad_cell(data: bytes, fallback_row: int) -> tuple[int, str | None]:
-    """Row (start line of the record) and column name of the first cell with a non-UTF-8 byte."""
+    """Spreadsheet row and column name of the first cell with a non-UTF-8 byte."""
     text = data.decode("utf-8", errors="surrogateescape")
     if text.startswith("\ufeff"):
         text = text[1:]
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
-    start = 1
     try:
-        for cells in reader:
+        for row, cells in enumerate(reader, start=1):
             in_header = header is None
             if in_header and cells and any(c.strip() for c in cells):
                 header = [c.strip() for c in cells]
             for i, cell in enumerate(cells):
                 if any("\udc80" <= ch <= "\udcff" for ch in cell):
                     if in_header or header is None:
-                        return start, None  # a bad byte in the header itself
+                        return row, None  # a bad byte in the header itself
                     name = header[i] if i < len(header) else f"column {i + 1}"
-                    return start, name
-            start = reader.line_num + 1
+                    return row, name
     except csv.Error:
         pass
     return fallback_row, None
@@ -182,11 +193,15 @@ def _locate_bad_cell(data: bytes, fallback_row: int) -> tuple[int, str | None]:
 # -- CSV -----------------------------------------------------------------------------------------
 @dataclass
 class CsvTable:
-    """A parsed CSV: stripped header names, and (start line, cells) for every non-blank row."""
+    """A parsed CSV: stripped header names, and (spreadsheet row, cells) for every non-blank
+    row. Rows are numbered as a spreadsheet shows them: every record is one row, however many
+    lines its quoted cells span, blank ones included (the header is row 1 unless blank lines
+    come before it)."""
 
     display: str
     header: list[str]
     rows: list[tuple[int, list[str]]]
+    header_row: int = 1
 
     def column(self, names: Sequence[str], *, required: bool, what: str) -> int | None:
         """Index of the first of ``names`` present in the header (case-insensitive).
@@ -206,7 +221,7 @@ class CsvTable:
             hits = [i for i, h in enumerate(lowered) if h == name.lower()]
             if len(hits) > 1:
                 raise ImportValidationError(
-                    self.display, 1, self.header[hits[0]],
+                    self.display, self.header_row, self.header[hits[0]],
                     f"column appears {len(hits)} times in the header (columns "
                     f"{', '.join(str(i + 1) for i in hits)}); rename all but one")
             if hits:
@@ -232,36 +247,38 @@ def read_csv_table(path: Path, display: str) -> CsvTable:
         path: CSV file.
         display: how the file is named in error messages.
     Returns:
-        The table; row numbers are the 1-based line on which each record starts (header = 1).
+        The table; rows are numbered as a spreadsheet shows them (header = row 1, first data
+        row = row 2, a quoted cell spanning several lines does not shift the count).
     Raises:
         ImportValidationError: naming the row and, where it can be told, the field.
     """
     text = read_text(path, display, csv_header=True)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
+    header_row = 1
     rows: list[tuple[int, list[str]]] = []
-    start = 1
+    row = 0            # spreadsheet row of the last complete record
+    start_line = 1     # physical line on which the next record starts (to locate a bad quote)
     try:
         for cells in reader:
+            row += 1
             if header is None:
-                if not cells or not any(c.strip() for c in cells):
-                    start = reader.line_num + 1
-                    continue  # leading blank lines before the header
-                header = [c.strip() for c in cells]
-                header_line = start
+                if cells and any(c.strip() for c in cells):
+                    header = [c.strip() for c in cells]
+                    header_row = row
             elif cells and any(c.strip() for c in cells):
                 if len(cells) != len(header):
-                    _raise_field_count(display, header, cells, start)
-                rows.append((start, cells))
-            start = reader.line_num + 1
+                    _raise_field_count(display, header, cells, row)
+                rows.append((row, cells))
+            start_line = reader.line_num + 1
     except csv.Error as exc:
-        _raise_csv_error(display, text, header, start, exc)
+        _raise_csv_error(display, text, header, start_line, row + 1, exc)
     if header is None:
         raise ImportValidationError(display, None, None, "the file is empty (no header row)")
     if not rows:
         raise ImportValidationError(display, None, None,
-                                    f"no data rows (only the header on line {header_line})")
-    return CsvTable(display, header, rows)
+                                    f"no data rows (only the header, row {header_row})")
+    return CsvTable(display, header, rows, header_row)
 
 
 def _raise_field_count(display: str, header: list[str], cells: list[str], row: int) -> None:
@@ -279,13 +296,16 @@ def _raise_field_count(display: str, header: list[str], cells: list[str], row: i
         "comma (quote cells that contain commas)")
 
 
-def _raise_csv_error(display: str, text: str, header: list[str] | None, start: int,
-                     exc: csv.Error) -> None:
-    """Turn a strict-mode csv.Error into an ImportValidationError naming row and field."""
+def _raise_csv_error(display: str, text: str, header: list[str] | None, start_line: int,
+                     row: int, exc: csv.Error) -> None:
+    """Turn a strict-mode csv.Error into an ImportValidationError naming row and field.
+
+    ``start_line`` is the physical line where the broken record starts (to find the field),
+    ``row`` its spreadsheet row (for the message)."""
     message = str(exc)
     column = None
     lines = io.StringIO(text, newline="").readlines()
-    offset = sum(len(line) for line in lines[:start - 1])
+    offset = sum(len(line) for line in lines[:start_line - 1])
     index = _broken_field_index(text, offset)
     if header is not None and index is not None:
         column = header[index] if index < len(header) else f"column {index + 1}"
@@ -300,7 +320,7 @@ def _raise_csv_error(display: str, text: str, header: list[str] | None, start: i
                    "inside a quoted cell")
     else:
         problem = f"malformed CSV ({message})"
-    raise ImportValidationError(display, start, column, problem) from None
+    raise ImportValidationError(display, row, column, problem) from None
 
 
 def _broken_field_index(text: str, pos: int) -> int | None:
@@ -348,6 +368,7 @@ class ReaderContext:
         self.require_impression = require_impression
         self.skip_empty_findings = skip_empty_findings
         self.skipped: list[int | str] = []
+        self.rows = 0  # rows (or files) seen by make(), skipped ones included
 
     def make(self, *, row: int | None, external_id: str | None, findings: str | None,
              impression: str | None, indication: str | None = None,
@@ -370,6 +391,7 @@ class ReaderContext:
         Raises:
             ImportValidationError: empty findings, empty impression when required, empty id.
         """
+        self.rows += 1
         where = display or self.display
         for name, value in ((findings_field, findings), (impression_field, impression),
                             ("indication", indication), ("comparison", comparison),
@@ -382,14 +404,12 @@ class ReaderContext:
                 return None
             raise ImportValidationError(
                 where, row, findings_field,
-                "empty findings (every report needs findings; use skip_empty_findings=True / "
-                "--skip-empty-findings to leave such rows out)")
+                f"empty findings (every report needs findings); {SKIP_EMPTY_FINDINGS_HINT}")
         imp = normalize_text(impression) or None
         if imp is None and self.require_impression:
             raise ImportValidationError(
                 where, row, impression_field,
-                "empty impression (require_impression=True; pass require_impression=False to "
-                "import reports without one)")
+                f"empty impression; {ALLOW_MISSING_IMPRESSION_HINT}")
         if external_id is None:
             ext = content_id(f, imp)
         else:
