@@ -19,9 +19,15 @@ IMPORT_FORMATS = ("auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl
 
 
 def import_reports(store: Store, user: User, path: str | Path, fmt: str = "auto",
-                   display_name: str | None = None) -> ImportResult:
+                   display_name: str | None = None, skip_empty_findings: bool = False,
+                   require_impression: bool = True,
+                   allow_duplicates: bool = False) -> ImportResult:
+    """``core.ingest.import_file`` for an admin (the Admin page's import, its checkboxes)."""
     require(user, "admin")
-    return import_file(store, path, fmt=fmt, actor=user.username, display_name=display_name)
+    return import_file(store, path, fmt=fmt, actor=user.username, display_name=display_name,
+                       skip_empty_findings=skip_empty_findings,
+                       require_impression=require_impression,
+                       allow_duplicates=allow_duplicates)
 
 
 def recent_imports(store: Store, user: User):

@@ -97,7 +97,9 @@ def cmd_import(args) -> int:
 
     store = _store(args)
     result = import_file(store, args.file, fmt=args.format, mapping=_mapping(args.map),
-                         require_impression=not args.allow_missing_impression, actor="cli")
+                         require_impression=not args.allow_missing_impression, actor="cli",
+                         skip_empty_findings=args.skip_empty_findings,
+                         allow_duplicates=args.allow_duplicates)
     print(result.summary())
     return 0
 
@@ -681,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column mapping for generic CSV/JSONL (repeatable)")
     p.add_argument("--allow-missing-impression", action="store_true",
                    help="accept reports without an impression")
+    p.add_argument("--skip-empty-findings", action="store_true",
+                   help="leave out (and count) reports without findings instead of refusing "
+                        "the file (about a third of MIMIC-CXR reports have none)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="import reports whose findings and impression were already imported "
+                        "through another format (skipped and counted by default)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(

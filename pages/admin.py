@@ -23,6 +23,19 @@ with tab_import:
     upload = st.file_uploader("Report file", type=["csv", "jsonl", "ndjson", "txt"],
                               key="admin_upload")
     fmt = st.selectbox("Format", admin.IMPORT_FORMATS, key="admin_format")
+    skip_empty = st.checkbox(
+        "Skip reports without findings", key="admin_skip_empty_findings",
+        help="Leave out and count reports with no findings (about a third of MIMIC-CXR "
+             "reports, many CheXpert Plus rows) instead of refusing the file. "
+             "CLI: --skip-empty-findings")
+    no_impression = st.checkbox(
+        "Accept reports without an impression", key="admin_allow_missing_impression",
+        help="CLI: --allow-missing-impression")
+    duplicates = st.checkbox(
+        "Import reports already imported through another format",
+        key="admin_allow_duplicates",
+        help="By default a report whose findings and impression are already in the database "
+             "from another format is skipped and counted. CLI: --allow-duplicates")
     if st.button("Import", key="admin_import", type="primary", disabled=upload is None):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(upload.name).name
@@ -30,7 +43,10 @@ with tab_import:
             with st.spinner(f"Importing {upload.name}…"):
                 try:
                     result = admin.import_reports(store, user, path, fmt=fmt,
-                                                  display_name=upload.name)
+                                                  display_name=upload.name,
+                                                  skip_empty_findings=skip_empty,
+                                                  require_impression=not no_impression,
+                                                  allow_duplicates=duplicates)
                 except ImpressionistError as exc:
                     st.error(f"Nothing was imported. {exc}")
                 else:
