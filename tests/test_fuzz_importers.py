@@ -336,3 +336,167 @@ def test_feedback_rating_overflow_and_jsonl_surrogate_are_clean_errors(store, us
     err = _import(store, path, "jsonl")
     assert isinstance(err, ImportValidationError) and (err.row, err.field) == (2, "findings")
     assert store.reports_by_external_id(["a", "b"]) == []
+
+
+# -- no section text is dropped silently (issue 15) ---------------------------------------------
+# A MIMIC-CXR report is built from the real headers (tests/fixtures/mimic_cxr), sub-headings the
+# importer does not know, mixed-case and ALL-CAPS sentences and blank lines. Property: every line
+# that is not a header (nor the "FINAL REPORT" title or a ruler) ends up, whitespace-normalised,
+# in a stored field of the report, the field its header names where it names one; or the report
+# is reported as skipped for having no findings. Nothing else.
+MIMIC_HEADERS = {  # header as dictated -> the field its text must land in (None: any field)
+    "FINDINGS": "findings", "Findings": "findings", "FINDNGS": "findings",
+    "FINDINGS AND IMPRESSION": "findings", "FINDINGS/IMPRESSION": "findings",
+    "IMPRESSION": "impression", "Impression": "impression", "CONCLUSION": "impression",
+    "IMPRESSON": "impression", "FINAL IMPRESSION": "impression",
+    "INDICATION": "indication", "HISTORY": "indication", "CLINICAL INFORMATION": "indication",
+    "REASON FOR EXAM": "indication", "PERTINENT HISTORY": "indication",
+    "COMPARISON": "comparison", "COMPARISON EXAM": "comparison",
+    "REFERENCE EXAM": "comparison", "COMPARISONS": "comparison",
+    "EXAMINATION": None, "TYPE OF EXAMINATION": None, "TECHNIQUE": None, "NOTIFICATION": None,
+    "RECOMMENDATION(S)": None, "WET READ": None, "ADDENDUM": None,
+}
+EXAM_TITLES = ["CHEST, TWO VIEWS", "PORTABLE AP CHEST", "CHEST (PA AND LAT)",
+               "PA AND LATERAL VIEWS OF THE CHEST"]
+SUB_WORDS = ["HEART", "MEDIASTINUM", "LUNGS", "PLEURA", "ETT", "NG", "TUBE", "OSSEOUS", "BONES",
+             "SOFT", "TISSUES", "LINES", "AND", "UPPER", "ABDOMEN", "HILA", "CARDIAC", "AIRWAYS"]
+subheading = st.lists(st.sampled_from(SUB_WORDS), min_size=1, max_size=3).map(" ".join)
+line_text = st.text(st.characters(codec="utf-8", min_codepoint=0x20, max_codepoint=0x2FF,
+                                  exclude_categories=("Cs", "Zl", "Zp", "Cc")), max_size=30)
+sentence = st.tuples(st.sampled_from(["The", "There", "No", "Mild", "1.", "Heart", "___"]),
+                     line_text).map(" ".join)
+caps_sentence = st.lists(st.sampled_from(SUB_WORDS + ["NO", "ACUTE", "CHANGE", "2.", "___"]),
+                         min_size=1, max_size=6).map(lambda w: " ".join(w) + ".")
+content_line = st.one_of(sentence, caps_sentence,
+                         st.tuples(subheading, sentence).map(": ".join))
+block = st.tuples(st.sampled_from(sorted(MIMIC_HEADERS)), st.booleans(),
+                  st.lists(st.one_of(content_line, st.just("")), max_size=4))
+
+
+def _stored_report(store, external_id: str) -> dict:
+    [row] = store.reports_by_external_id([external_id])
+    report = store.get_report(row["id"])
+    extra = report["extra"]
+    report["extra"] = json.loads(extra) if isinstance(extra, str) else extra
+    return report
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(title=st.one_of(st.none(), st.sampled_from(EXAM_TITLES)),
+       title_lines=st.lists(content_line, max_size=2),
+       preamble=st.lists(content_line, max_size=2), blocks=st.lists(block, max_size=6))
+def test_mimic_no_section_text_is_dropped(store, tmp_path, title, title_lines, preamble,
+                                          blocks):
+    stem = f"s{next(_ids)}"
+    lines = [" ______________________________________________________________________________",
+             "                                 FINAL REPORT"]
+    expect: list[tuple[str, str | None]] = [(normalize_text(t), None) for t in preamble]
+    lines += [f" {t}" for t in preamble]
+    if title is not None:  # an exam title before anything else titles the findings
+        lines.append(f" {title}:")
+        lines += [f" {t}" for t in title_lines]
+        expect += [(normalize_text(t), "findings") for t in title_lines]
+    for header, inline, texts in blocks:
+        field = MIMIC_HEADERS[header]
+        if inline and texts:  # text on the header line itself: " FINDINGS:  The lungs ..."
+            lines.append(f" {header}:  {texts[0]}")
+            texts = texts[1:]
+            expect.append((normalize_text(lines[-1].split(":", 1)[1]), field))
+        else:
+            lines.append(f" {header}: ")
+        lines += [f" {t}" for t in texts]
+        expect += [(normalize_text(t), field) for t in texts]
+    path = tmp_path / f"{stem}.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    result = _import_flags(store, path, skip_empty_findings=True, require_impression=False)
+    assert not isinstance(result, Exception), result
+    if result.empty_findings:
+        # reported, by file, and only when the findings really are empty
+        assert result.skipped_where == (path.name,) and result.imported == 0
+        assert not any(text for text, field in expect if field == "findings")
+        return
+    report = _stored_report(store, stem)
+    stored = _strings({k: report[k] for k in ("findings", "impression", "indication",
+                                              "comparison", "extra")})
+    for text, field in expect:
+        if not text:
+            continue
+        if field is None:
+            assert any(text in s for s in stored), (text, lines)
+        else:
+            assert text in (report[field] or ""), (text, field, lines)
+
+
+def _import_flags(store, path, **flags):
+    """import_file with flags, asserting the all-or-nothing contract like ``_import``."""
+    from core.ingest import import_file
+
+    before = _snapshot(store)
+    try:
+        return import_file(store, path, actor="fuzz", **flags)
+    except ImpressionistError as err:
+        assert _snapshot(store) == before, "a failed import changed the database"
+        return err
+
+
+CHEXPERT_COLUMNS = [
+    "path_to_image", "path_to_dcm", "frontal_lateral", "ap_pa", "deid_patient_id",
+    "patient_report_date_order", "report", "section_narrative", "section_clinical_history",
+    "section_history", "section_comparison", "section_technique", "section_procedure_comments",
+    "section_findings", "section_impression", "section_end_of_impression", "section_summary",
+    "section_accession_number", "age", "sex", "race", "ethnicity", "interpreter_needed",
+    "insurance_type", "recent_bmi", "deceased", "split"]
+SECTION_COLUMNS = [c for c in CHEXPERT_COLUMNS if c.startswith("section_")]
+caps_cell = st.one_of(
+    st.just(""), st.just(" \n "),
+    st.lists(st.one_of(caps_sentence, st.tuples(subheading, caps_sentence).map(": ".join),
+                       st.just("")), min_size=1, max_size=4).map("\n".join))
+study = st.tuples(st.integers(min_value=1, max_value=3),
+                  st.fixed_dictionaries({c: caps_cell for c in SECTION_COLUMNS}))
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(studies=st.lists(study, min_size=1, max_size=4))
+def test_chexpert_plus_no_section_text_is_dropped(store, tmp_path, studies):
+    """27 columns, one row per image, multi-line ALL-CAPS cells, some studies without
+    findings: every section cell is stored (a field or extra) or its row is reported skipped,
+    by the row number a spreadsheet shows."""
+    n = next(_ids)
+    rows, expected_skips, kept = [], [], {}
+    for k, (images, cells) in enumerate(studies):
+        sid = f"train/patient{n:05d}/study{k}"
+        for v in range(images):
+            row = {c: "" for c in CHEXPERT_COLUMNS}
+            row.update(cells, path_to_image=f"{sid}/view{v + 1}.jpg", age="50.0", split="train",
+                       report="\n\n".join(cells.values()))
+            rows.append([row[c] for c in CHEXPERT_COLUMNS])
+            if normalize_text(cells["section_findings"]):
+                kept[sid] = cells
+            else:
+                expected_skips.append(len(rows) + 1)  # header = row 1
+    path = tmp_path / f"df_chexpert_plus_{n}.csv"
+    path.write_bytes(_csv_bytes(CHEXPERT_COLUMNS, rows))
+    result = _import_flags(store, path, skip_empty_findings=True, require_impression=False)
+    assert not isinstance(result, Exception), result
+    assert result.rows == len(rows) and list(result.skipped_where) == expected_skips
+    assert result.imported == len(kept)
+    for sid, cells in kept.items():
+        report = _stored_report(store, sid)
+        assert report["findings"] == normalize_text(cells["section_findings"])
+        assert report["impression"] == (normalize_text(cells["section_impression"]) or None)
+        stored = _strings({k: report[k] for k in ("findings", "impression", "indication",
+                                                  "comparison", "extra")})
+        for column, text in cells.items():
+            if normalize_text(text):
+                assert normalize_text(text) in stored, (column, text)

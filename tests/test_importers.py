@@ -18,9 +18,12 @@ from core.importers import (
     FORMATS, ImportedReports, ImportValidationError, ReportRecord, detect_format,
     normalize_text, read_reports,
 )
-from core.importers.mimic_cxr import parse_sections
+from core.importers.mimic_cxr import header_kind, parse_sections
 
 IU_FILE = Path(__file__).resolve().parents[2] / "shared/data/iu_xray/reports.csv"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MIMIC_FOLDER = FIXTURES / "mimic_cxr" / "files"
+CHEXPERT_SAMPLE = FIXTURES / "chexpert_plus" / "df_chexpert_plus_sample.csv"
 IU_HEADER = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
              "impression"]
 
@@ -81,7 +84,9 @@ def test_iu_xray_synthetic(tmp_path):
     assert second.indication is None and second.comparison is None
     assert second.extra == {"mesh": ["Cardiomegaly/borderline", "Pulmonary Artery/enlarged"],
                             "problems": ["Cardiomegaly", "Pulmonary Artery"]}
-    assert second.row == 4  # the first record spans lines 2-3 (a line break in its findings)
+    # The first record spans lines 2-3 (a line break in its findings); a spreadsheet shows the
+    # second record as row 3 all the same.
+    assert second.row == 3
     # An explicit source overrides the format name.
     assert read_reports(path, source="iu-test")[0].source == "iu-test"
 
@@ -136,8 +141,13 @@ def test_mimic_single_report(tmp_path):
     assert rec.impression == "No acute cardiopulmonary process."  # NOTIFICATION ends it
     assert rec.indication == "___F with new onset ascites // eval for infection"
     assert rec.comparison == "Chest radiograph from ___."
+    # Sections that are no field of ours are kept, not dropped; the "FINAL REPORT" title and
+    # the ruler line are layout, not text.
     assert rec.extra == {"path": "s50414267.txt", "examination": "CHEST (PA AND LAT)",
-                         "technique": "Chest PA and lateral"}
+                         "technique": "Chest PA and lateral",
+                         "sections": {"WET READ": "___ ___ ___ 10:24 AM No acute process.",
+                                      "NOTIFICATION": "The findings were discussed with Dr. ___ "
+                                                      "at 10:30 AM."}}
 
 
 def test_mimic_section_variants():
@@ -228,6 +238,135 @@ def test_mimic_errors(tmp_path):
         read_reports(bad, mapping={"findings": "x"})
 
 
+# -- MIMIC-CXR: the real section layouts (tests/fixtures/mimic_cxr) --------------------------------
+# file stem -> (layout it stands for, expected fields); "extra" lists only the keys checked.
+MIMIC_FIXTURES = {
+    "s50000001": ("modern layout, sub-headings inside FINDINGS, WET READ and NOTIFICATION", dict(
+        findings="HEART AND MEDIASTINUM: The cardiac silhouette is within normal limits. The "
+                 "mediastinal contour is unchanged. LUNGS AND PLEURA: Mild patchy opacity at "
+                 "the left base, likely atelectasis. No large effusion. No pneumothorax. ETT: "
+                 "Tip projects about 4 cm above the carina. NG TUBE: Courses below the "
+                 "diaphragm, tip out of view. OSSEOUS: No acute osseous abnormality.",
+        impression="Endotracheal tube in standard position. Mild left basilar atelectasis.",
+        indication="___ year old man intubated for airway protection // ETT position?",
+        comparison="Radiograph from earlier the same day.",
+        extra={"examination": "CHEST (PORTABLE AP)",
+               "technique": "Single portable frontal view of the chest",
+               "sections": {"WET READ": "___ ___ ___ 9:12 PM Tube tip about 4 cm above the "
+                                        "carina. No pneumothorax.",
+                            "NOTIFICATION": "The tube position was communicated to the ICU "
+                                            "team by phone at 9:15 PM."}})),
+    "s50000002": ("FINDINGS AND IMPRESSION:", dict(
+        findings="The lungs are well expanded and clear. Heart size is normal. No pleural "
+                 "effusion or pneumothorax. No acute cardiopulmonary process.",
+        impression="The lungs are well expanded and clear. Heart size is normal. No pleural "
+                   "effusion or pneumothorax. No acute cardiopulmonary process.",
+        indication="___ with cough for two weeks.", comparison="None.",
+        extra={"combined": "FINDINGS AND IMPRESSION"})),
+    "s50000003": ("FINDINGS/IMPRESSION:", dict(
+        findings="Mild pulmonary vascular congestion without frank edema. Small bilateral "
+                 "pleural effusions. Stable mild cardiomegaly.",
+        impression="Mild pulmonary vascular congestion without frank edema. Small bilateral "
+                   "pleural effusions. Stable mild cardiomegaly.",
+        indication="Shortness of breath.", comparison="___.",
+        extra={"combined": "FINDINGS/IMPRESSION"})),
+    "s50000004": ("CHEST, TWO VIEWS: titling the findings, HISTORY:", dict(
+        findings="Comparison is made to the prior study from ___. There is a new right lower "
+                 "lobe opacity. The left lung is clear. The heart is normal in size. No "
+                 "pneumothorax.",
+        impression="Right lower lobe pneumonia.", indication="Fever, evaluate for pneumonia.",
+        comparison=None, extra={"examination": "CHEST, TWO VIEWS"})),
+    "s50000005": ("CHEST, PA AND LATERAL: as an empty title before INDICATION", dict(
+        findings="The lungs are clear. The cardiomediastinal silhouette and hila are normal. "
+                 "No effusion.",
+        impression="No acute intrathoracic process.", indication="Chest pain.",
+        comparison="Chest radiograph of ___.", extra={"examination": "CHEST, PA AND LATERAL"})),
+    "s50000006": ("TYPE OF EXAMINATION:, CLINICAL INFORMATION:, COMPARISON EXAM:", dict(
+        findings="A 9 mm nodule in the right upper lobe is unchanged. No new nodules. No "
+                 "consolidation.",
+        impression="Stable right upper lobe nodule.",
+        indication="___ with known lung nodule, follow up.", comparison="CT chest from ___.",
+        extra={"examination": "Chest PA and lateral."})),
+    "s50000008": ("REASON FOR EXAMINATION: + CLINICAL HISTORY:, COMPARISONS:, CONCLUSION:, "
+                  "RECOMMENDATION(S):", dict(
+        findings="Moderate cardiomegaly is unchanged. Interstitial edema has improved. Small "
+                 "left pleural effusion persists.",
+        impression="Improving interstitial edema.",
+        indication="Evaluate for interval change. Congestive heart failure.",
+        comparison="___ and ___.",
+        extra={"sections": {"RECOMMENDATION(S)": "Follow-up radiograph after diuresis."}})),
+    "s50000009": ("PORTABLE AP CHEST RADIOGRAPH: titling the findings, REASON FOR EXAM:", dict(
+        findings="Low lung volumes. Diffuse bilateral hazy opacities, new since the prior "
+                 "study. No pneumothorax.",
+        impression="New diffuse bilateral opacities, possibly edema or infection.",
+        indication="Hypoxia.", comparison=None,
+        extra={"examination": "PORTABLE AP CHEST RADIOGRAPH"})),
+    "s50000010": ("mixed-case headers, 'Heart size:' inside findings, ADDENDUM:", dict(
+        findings="The right pleural effusion has decreased. Heart size: normal. Mediastinum: "
+                 "unremarkable.",
+        impression="Decreasing right pleural effusion.", indication="Follow-up of effusion.",
+        comparison="Radiograph from ___.",
+        extra={"sections": {"ADDENDUM": "The comparison date was corrected."}})),
+    "s50000011": ("EXAM:, PATIENT HISTORY:, REFERENCE EXAM:, misspelt IMPRESSON:", dict(
+        findings="LINES AND TUBES: Right chest tube in place. Sternotomy wires intact. LUNGS: "
+                 "Small residual right apical pneumothorax.",
+        impression="Small right apical pneumothorax with chest tube in place.",
+        indication="Post-operative check.", comparison="Radiograph from ___.",
+        extra={"examination": "Chest, single frontal view."})),
+    "s50000012": ("PERTINENT HISTORY:, COMPARISON FILM:, FINAL IMPRESSION:", dict(
+        findings="No displaced rib fracture is seen. The lungs are clear.",
+        impression="No acute displaced rib fracture.", indication="Trauma, rib pain.",
+        comparison="None.", extra={})),
+}
+MIMIC_NO_FINDINGS = "p10/p10000002/s50000007.txt"  # INDICATION, COMPARISON, IMPRESSION only
+
+
+def test_mimic_fixture_layouts():
+    recs = read_reports(MIMIC_FOLDER, skip_empty_findings=True)
+    assert recs.skipped == [MIMIC_NO_FINDINGS] and recs.rows == 12
+    got = {r.external_id: r for r in recs}
+    assert sorted(got) == sorted(MIMIC_FIXTURES)
+    for stem, (layout, want) in MIMIC_FIXTURES.items():
+        rec = got[stem]
+        for name in ("findings", "impression", "indication", "comparison"):
+            assert getattr(rec, name) == want[name], (stem, layout, name)
+        for key, value in want["extra"].items():
+            assert rec.extra[key] == value, (stem, layout, key)
+        assert rec.extra["patient"] == Path(rec.extra["path"]).parent.name
+
+
+def test_mimic_folder_without_findings_is_refused_naming_the_flag():
+    err = raises_at(MIMIC_FOLDER / MIMIC_NO_FINDINGS, None, "findings", "no FINDINGS section",
+                    "sections found: INDICATION, COMPARISON, IMPRESSION",
+                    "--skip-empty-findings")
+    assert "skip_empty_findings" not in str(err) and "=True" not in str(err)
+    with pytest.raises(ImportValidationError) as info:
+        read_reports(MIMIC_FOLDER)
+    assert info.value.file == str(MIMIC_FOLDER / MIMIC_NO_FINDINGS)
+
+
+def test_mimic_missing_impression_names_the_flag(tmp_path):
+    path = tmp_path / "s1.txt"
+    path.write_text(" FINDINGS: Lungs clear.\n NOTIFICATION: Called.\n", encoding="utf-8")
+    err = raises_at(path, None, "impression", "--allow-missing-impression")
+    assert "require_impression" not in str(err)
+
+
+@pytest.mark.parametrize("label,in_body,kind", [
+    ("FINDINGS AND IMPRESSION", False, "both"), ("FINDINGS / IMPRESSION", True, "both"),
+    ("CHEST, TWO VIEWS", False, "findings"), ("CHEST, TWO VIEWS", True, None),
+    ("CLINICAL INFORMATION", False, "indication"), ("COMPARISON EXAM", False, "comparison"),
+    ("TYPE OF EXAMINATION", False, "examination"), ("Reason for exam", True, "indication"),
+    ("FINAL IMPRESSION", True, "impression"), ("RECOMMENDATION(S)", True, "other"),
+    ("HEART AND MEDIASTINUM", True, None), ("LUNGS AND PLEURA", True, None),
+    ("ETT", True, None), ("NG TUBE", True, None), ("OSSEOUS", True, None),
+    ("LINES/TUBES", True, None), ("Heart size", True, None), ("CHEST WALL", True, None),
+])
+def test_mimic_header_kinds(label, in_body, kind):
+    found = header_kind(label, in_body)
+    assert (found and found[0]) == kind
+
+
 # -- CheXpert Plus ---------------------------------------------------------------------------------
 CHEX_HEADER = ["path_to_image", "deid_patient_id", "section_clinical_history", "section_history",
                "section_comparison", "section_findings", "section_impression", "split"]
@@ -249,7 +388,8 @@ def chex_rows() -> list[list[str]]:
 def test_chexpert_plus(tmp_path):
     path = write_csv(tmp_path / "df_chexpert_plus.csv", CHEX_HEADER, chex_rows())
     assert detect_format(path) == "chexpert-plus"
-    raises_at(path, 4, "section_findings", "empty findings", "skip_empty_findings")
+    err = raises_at(path, 4, "section_findings", "empty findings", "--skip-empty-findings")
+    assert "skip_empty_findings" not in str(err)
     recs = read_reports(path, skip_empty_findings=True)
     assert recs.skipped == [4]
     assert [r.external_id for r in recs] == ["train/patient00001/study1",
@@ -283,6 +423,57 @@ def test_chexpert_study_id_column(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["section_findings", "section_impression"],
                      [["Clear.", "Normal."]])
     raises_at(path, None, "path_to_image", "missing required column")
+
+
+def test_chexpert_plus_fixture_27_columns(tmp_path):
+    """One row per image, multi-line ALL-CAPS cells, studies without section_findings."""
+    assert len(next(csv.reader(CHEXPERT_SAMPLE.open(encoding="utf-8")))) == 27
+    assert detect_format(CHEXPERT_SAMPLE) == "chexpert-plus"
+    err = raises_at(CHEXPERT_SAMPLE, 4, "section_findings", "empty findings",
+                    "--skip-empty-findings")
+    assert "skip_empty_findings" not in str(err)
+    recs = read_reports(CHEXPERT_SAMPLE, skip_empty_findings=True)
+    assert recs.skipped == [4, 6, 7] and recs.rows == 7  # spreadsheet rows, one per image
+    got = {r.external_id: r for r in recs}
+    assert list(got) == ["train/patient00001/study1", "train/patient00002/study2",
+                         "valid/patient00004/study1"]
+    first = got["train/patient00001/study1"]
+    assert first.row == 2
+    assert first.findings == (
+        "1.LINES AND TUBES: RIGHT PICC TIP PROJECTS OVER THE LOWER SVC. 2.HEART AND "
+        "MEDIASTINUM: NORMAL SIZE AND CONTOUR. 3.LUNGS AND PLEURA: NO FOCAL CONSOLIDATION. NO "
+        "PNEUMOTHORAX.")
+    assert first.impression == ("1.RIGHT PICC IN SATISFACTORY POSITION. 2.NO ACUTE "
+                                "CARDIOPULMONARY DISEASE.")
+    assert first.indication == "55 years Male, PICC placement"
+    assert first.comparison == "3/1/2010."
+    assert first.extra["images"] == ["train/patient00001/study1/view1_frontal.jpg",
+                                     "train/patient00001/study1/view2_lateral.jpg"]
+    assert first.extra["section_narrative"] == "Chest 2 Views, 3-2-2010"
+    assert first.extra["section_end_of_impression"].startswith("1-NORMAL I have personally")
+    assert first.extra["section_accession_number"] == "1000001"
+    assert "report" not in first.extra and "age" not in first.extra
+    second = got["train/patient00002/study2"]
+    assert second.row == 5
+    assert second.indication == "71 years Female, cough"
+    assert second.extra["section_history"] == "PRIOR LEFT LOWER LOBE PNEUMONIA."  # kept
+    fourth = got["valid/patient00004/study1"]
+    assert fourth.findings == ("ETT: TIP 3 CM ABOVE THE CARINA. NG TUBE: TIP IN THE STOMACH. "
+                               "OSSEOUS: NO ACUTE FRACTURE.")
+    assert fourth.extra["section_technique"] == "PORTABLE AP UPRIGHT."
+    assert fourth.extra["section_procedure_comments"] == "Portable exam performed at the bedside."
+
+
+def test_chexpert_plus_error_rows_match_the_spreadsheet(tmp_path):
+    """The multi-line cells above put row 8 on a much later line; the message says row 8."""
+    rows = list(csv.reader(CHEXPERT_SAMPLE.open(encoding="utf-8", newline="")))
+    rows[7][rows[0].index("section_impression")] = "  "
+    path = write_csv(tmp_path / "df_chexpert_plus.csv", rows[0], rows[1:])
+    text = path.read_text(encoding="utf-8")
+    line = text[:text.index("valid/patient00004")].count("\n") + 1
+    assert line > 30  # the physical line: what the importer used to report
+    raises_at(path, 8, "section_impression", "empty impression", "--allow-missing-impression",
+              skip_empty_findings=True)
 
 
 # -- generic CSV -----------------------------------------------------------------------------------
@@ -326,13 +517,14 @@ def test_generic_csv_duplicate_content_without_ids(tmp_path):
     raises_at(path, 4, "findings", "rows 2 and 4", "identical")
 
 
-def test_csv_multiline_cells_row_is_start_line(tmp_path):
+def test_csv_multiline_cells_row_is_spreadsheet_row(tmp_path):
     path = write_csv(tmp_path / "m.csv", ["id", "findings", "impression"],
                      [["a", "line one\nline two\nline three", "Normal."],
                       ["b", "Clear.", ""]])
-    raises_at(path, 5, "impression", "empty impression")
+    err = raises_at(path, 3, "impression", "empty impression", "--allow-missing-impression")
+    assert "require_impression" not in str(err)
     recs = read_reports(path, require_impression=False)
-    assert [r.row for r in recs] == [2, 5]
+    assert [r.row for r in recs] == [2, 3]
     assert recs[0].findings == "line one line two line three"
 
 
@@ -509,6 +701,98 @@ def test_jsonl_errors(tmp_path):
     bad.write_bytes(b'{"id": 1, "findings": "ok", "impression": "ok"}\n'
                     b'{"id": 2, "findings": "caf\xe9", "impression": "ok"}\n')
     raises_at(bad, 2, None, "not valid UTF-8", "re-save")
+
+
+# -- into the database: re-imports through another format, all-or-nothing, the CLI flags ---------
+def test_reimport_through_another_format_is_skipped_and_counted(store):
+    from core.ingest import import_file
+
+    first = import_file(store, MIMIC_FOLDER, skip_empty_findings=True)
+    assert (first.imported, first.skipped, first.duplicates, first.empty_findings) == (
+        11, 0, 0, 1)
+    assert first.rows == 12 and first.skipped_where == (MIMIC_NO_FINDINGS,)
+    assert "1 files without findings skipped (p10/p10000002/s50000007.txt)" in first.summary()
+    export = FIXTURES / "export_of_mimic.csv"
+    # Two of its three reports are MIMIC fixtures again, in other case and line breaks.
+    again = import_file(store, export, mapping={"id": "accession"})
+    assert (again.imported, again.skipped, again.duplicates) == (1, 0, 2)
+    assert again.duplicate_sources == ("mimic-cxr",)
+    assert "2 skipped as" in again.summary() and "--allow-duplicates" in again.summary()
+    assert store.count_reports() == 12
+    # The same file once more: nothing new, the duplicates are still recognised as such.
+    third = import_file(store, export, mapping={"id": "accession"})
+    assert (third.imported, third.skipped, third.duplicates) == (0, 1, 2)
+    forced = import_file(store, export, mapping={"id": "accession"}, allow_duplicates=True)
+    assert (forced.imported, forced.skipped, forced.duplicates) == (2, 1, 0)
+    assert store.count_reports() == 14
+
+
+def test_identical_texts_within_one_source_are_not_duplicates(store, tmp_path):
+    """Two studies may share a templated normal report: only another source's copy counts."""
+    from core.ingest import import_file
+
+    path = write_csv(tmp_path / "a.csv", HEADER, [["1", "Lungs clear.", "Normal."],
+                                                  ["2", "Lungs clear.", "Normal."]])
+    assert import_file(store, path).imported == 2
+    more = write_csv(tmp_path / "b.csv", HEADER, [["3", "LUNGS  clear.", "normal."]])
+    result = import_file(store, more)
+    assert (result.imported, result.duplicates) == (1, 0)
+
+
+def test_refused_folder_writes_nothing(store):
+    from core.ingest import import_file
+
+    before = (store.count_reports(), len(store.imports()))
+    with pytest.raises(ImportValidationError, match="--skip-empty-findings"):
+        import_file(store, MIMIC_FOLDER)
+    assert (store.count_reports(), len(store.imports())) == before
+
+
+def test_admin_import_checkboxes(store, users):
+    from streamlit.testing.v1 import AppTest
+
+    from core import admin
+
+    result = admin.import_reports(store, users["admin"], CHEXPERT_SAMPLE,
+                                  skip_empty_findings=True)
+    assert (result.imported, result.empty_findings) == (3, 3)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/admin.py"),
+                           default_timeout=60)
+    at.session_state["user"] = users["admin"]
+    at.run()
+    assert not at.exception, at.exception
+    labels = {at.checkbox(key=k).label for k in ("admin_skip_empty_findings",
+                                                  "admin_allow_missing_impression",
+                                                  "admin_allow_duplicates")}
+    # The error messages point at these boxes by name.
+    assert {"Skip reports without findings", "Accept reports without an impression"} <= labels
+
+
+def test_cli_import_flags(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    store.close()  # the CLI is another process; let it have the file
+    root = Path(__file__).resolve().parents[1]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "core", "import", *args], cwd=root,
+                              capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+    refused = run(str(MIMIC_FOLDER))
+    assert refused.returncode == 2, refused.stderr
+    assert "s50000007.txt" in refused.stderr and "--skip-empty-findings" in refused.stderr
+    assert "skip_empty_findings" not in refused.stderr
+    done = run(str(MIMIC_FOLDER), "--skip-empty-findings")
+    assert done.returncode == 0, done.stderr
+    assert "11 reports imported" in done.stdout and "1 files without findings" in done.stdout
+    export = str(FIXTURES / "export_of_mimic.csv")
+    dup = run(export, "--map", "id=accession")
+    assert dup.returncode == 0, dup.stderr
+    assert "1 reports imported" in dup.stdout and "2 skipped as" in dup.stdout
+    forced = run(export, "--map", "id=accession", "--allow-duplicates")
+    assert forced.returncode == 0 and "2 reports imported" in forced.stdout, forced.stdout
 
 
 # -- the real IU X-ray file ------------------------------------------------------------------------
