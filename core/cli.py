@@ -11,6 +11,13 @@ Examples:
     python -m core users list
     python -m core --db trial.duckdb users list   # another database (its files: trial-data/)
 
+Import formats (import --format; auto picks one from the file name and header):
+    iu-xray        IU X-ray / Open-i CSV: uid, MeSH, Problems, image, indication, comparison,
+                   findings, impression
+    mimic-cxr      a MIMIC-CXR report .txt (FINDINGS:, IMPRESSION: ... sections) or a folder
+    chexpert-plus  CheXpert Plus CSV, one row per image (section_findings, section_impression)
+    csv, jsonl     any CSV / JSON Lines; name your columns with --map findings=COLUMN ...
+
 Every command works on the database given by --db (default: $IMPRESSIONIST_DB, else
 data/impressionist.duckdb). What belongs to a database (its adapters, the nightly lock, the
 retrieval cache, logs) lives beside it: in its folder for impressionist.duckdb, else in

@@ -177,3 +177,21 @@ def test_setup_twice_is_quick_and_bounded(tmp_path):
     refused = run("--db", dept, "setup")
     assert refused.returncode == 0 and "no demo data" in refused.stdout
     assert "leaked" not in first.stderr + again.stderr + refused.stderr
+
+
+@pytest.mark.parametrize("argv,needs", [
+    ([], ["Import formats", "mimic-cxr", "chexpert-plus", "--map", "Exit status"]),
+    (["generate"], ["audience styles", "brief", "bullets", "comprehensive", "--llm"]),
+    (["feedback", "import"], ["edited_impression", "ai_text", "-2..2", "-2 much worse",
+                              "2 much better"]),
+    (["study", "create"], ["absolute", "relative", "acceptability", "-2..2"]),
+    (["users"], ["enable", "disable"]),
+])
+def test_help_is_plain_text_and_says_what_a_user_needs(argv, needs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and "::\n" not in text
+    for word in needs:
+        assert word in text, word
