@@ -203,71 +203,6 @@ def tune(csv_path: Path, bert: bool) -> dict:
     return {"dev_n": len(dev), "nn_rougeL": rouge(nn, refs)["rougeL"], "results": results}
 
 
-def tune_llm(csv_path: Path, threads: int, batch_size: int) -> dict:
-    """draft_bonus on dev (index = train): the model drafts where the vote agreement is below
-    ``llm_threshold`` (what ``llm="auto"`` does), once; the vote is then re-run per bonus."""
-    import torch
-
-    from core import generate as g
-    from core.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator
-
-    train, dev = load_iu_csv(csv_path, "train"), load_iu_csv(csv_path, "dev")
-    refs = [r["impression"] for r in dev]
-    cfg = C2FConfig()
-    index = RetrievalIndex.build(train, cfg.retrieval)
-    c2f = CoarseToFine(index, None, cfg)
-    nbs = index.search(dev, k=cfg.k)
-    votes = [c2f._vote(q, nb, []) for q, nb in zip(dev, nbs)]
-    want = [i for i, v in enumerate(votes) if v["agreement"] < cfg.llm_threshold]
-    torch.set_num_threads(threads)
-    gen = load_generator(ModelSpec(path=DEFAULT_MODEL_DIR, device="cpu"))
-    base_adapter = None
-    try:
-        from core.sft import use_base_adapter
-
-        base_adapter = use_base_adapter(gen)
-    except Exception as exc:  # noqa: BLE001
-        print(f"(base adapter unavailable: {exc})")
-    make = getattr(g, "draft_messages", None)
-    if make is None:
-        from core.prompts import impression_messages
-
-        def make(r, nb, shots):
-            ex = [(x.findings, tidy(x.impression)) for x in nb[:shots][::-1]]
-            return impression_messages(r["findings"], r.get("indication"), r.get("comparison"), examples=ex)
-    t0 = time.perf_counter()
-    res = gen.generate([make(dev[i], nbs[i], cfg.shots) for i in want], adapters=[base_adapter] * len(want),
-                       max_new_tokens=cfg.max_new_tokens, batch_size=batch_size)
-    llm_s = time.perf_counter() - t0
-    drafts = {i: g.clean_output(r.text) for i, r in zip(want, res)}
-    sub_refs = [refs[i] for i in want]
-    print(f"\n### --tune-llm: dev ({len(dev)} reports, index = train), the model drafted {len(want)} low-agreement "
-          f"reports in {llm_s:.0f} s (adapter: {base_adapter or 'none'})\n")
-    print(f"drafts alone on those {len(want)}: ROUGE-L {rouge([drafts[i] for i in want], sub_refs)['rougeL']:.2f}, "
-          f"label micro-F1 {label_f1([drafts[i] for i in want], sub_refs)['micro_f1']:.3f}\n")
-    for i in want[:4]:
-        print(f"- dev uid {dev[i]['uid']}: draft {drafts[i]!r}; vote winner {votes[i]['text']!r}; reference "
-              f"{tidy(refs[i])!r}")
-    print()
-    print("| draft_bonus | drafts chosen | R-L dev (all) | label micro-F1 dev | R-L drafted subset |\n"
-          "|---:|---:|---:|---:|---:|")
-    rows = []
-    for bonus in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0):
-        c = CoarseToFine(index, None, replace(cfg, draft_bonus=bonus))
-        texts, chosen = [], 0
-        for i, (r, nb) in enumerate(zip(dev, nbs)):
-            v = c._vote(r, nb, [drafts[i]] if i in drafts else [])
-            chosen += v["origin"] == "model"
-            texts.append(c._fine(r, v, nb, None, None, "default").text)
-        row = {"draft_bonus": bonus, "chosen": chosen, "rougeL": rouge(texts, refs)["rougeL"],
-               "label_micro_f1": label_f1(texts, refs)["micro_f1"],
-               "rougeL_subset": rouge([texts[i] for i in want], sub_refs)["rougeL"] if want else None}
-        rows.append(row)
-        print(f"| {bonus} | {chosen} | {row['rougeL']:.2f} | {row['label_micro_f1']:.3f} | "
-              f"{row['rougeL_subset']:.2f} |")
-    return {"drafted": len(want), "llm_s": llm_s, "base_adapter": base_adapter, "rows": rows}
-
-
 # ------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--speed-only", action="store_true", help="only the speed section (written to quality-speed.json)")
     ap.add_argument("--tune", action="store_true", help="only the dev-split grid (never test)")
-    ap.add_argument("--tune-llm", action="store_true", help="with --tune: also sweep draft_bonus with the model")
     args = ap.parse_args(argv)
     csv_path = Path(args.csv)
     if not csv_path.is_file():
@@ -300,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out)
     if args.tune:
         res = {"meta": meta, "tune": tune(csv_path, bert)}
-        if args.tune_llm:
-            res["tune_llm"] = tune_llm(csv_path, args.threads, args.batch_size)
         out_path = out_path.with_name(out_path.stem + "-tune.json")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(res, indent=2, default=str))

@@ -1,34 +1,36 @@
-"""Coarse-to-fine impression generation: retrieve and vote, draft with the model where it is
-needed, refine with context and style, check clinically. Same code path for the CLI, the app and
-the benchmarks.
+"""Coarse-to-fine impression generation: retrieve and vote a coarse draft, let the language model
+write the impression for this report from it, check it clinically. Same code path for the CLI, the
+app, the nightly job, the studies and the benchmarks.
 
-Coarse (findings + indication -> draft):
+Coarse (:meth:`CoarseToFine.coarse`, findings + indication -> draft and examples):
     1. retrieve the k most similar past reports (:mod:`core.retrieval`: TF-IDF over character and
        word n-grams of the findings, plus the indication; reports of the same author/template, or
        of the requesting radiologist, get a small bonus);
-    2. minimum-Bayes-risk vote: every neighbour's impression is a candidate; the winner is the one
-       that agrees most (similarity-weighted ROUGE-L) with all neighbours' impressions, plus a
-       bonus for each positive finding of *this* report's findings it states and a penalty for
-       each finding it contradicts;
-    3. the language model drafts too (few-shot prompt with the retrieved examples, the base or the
-       radiologist's LoRA adapter) when asked (``llm="always"``), when an adapter/reader adapter is
-       given, or (``llm="auto"``) when the neighbours disagree (vote agreement below
-       ``llm_threshold``); its draft joins the vote as one more candidate.
+    2. minimum-Bayes-risk vote: every neighbour's impression is a candidate; the winner (the
+       coarse draft) agrees most (similarity-weighted ROUGE-L) with all neighbours' impressions,
+       plus a bonus for each positive finding of *this* report's findings it states and a penalty
+       for each finding it contradicts.
 
-Fine (draft -> the text a radiologist sees):
-    4. context: the indication and comparison feed the vote (a draft that talks about a prior study
-       when the report has none is penalised) and the comprehensive style;
-    5. clinical check (:func:`core.clinical.check_impression`): missing critical findings are
-       added from the findings (:func:`core.clinical.repair_impression`); contradictions and
-       unsupported statements that remain are listed in ``flags`` with ``needs_review: true``
-       (never silently shown as fine);
+Fine (the text a radiologist sees):
+    3. the language model, under the shared base adapter or the radiologist's own adapter, writes
+       the impression from the one prompt of :func:`draft_messages` (findings, indication,
+       comparison, the coarse draft, ``shots`` retrieved examples); SFT, DPO, GRPO and the gate
+       train and judge on exactly this prompt;
+    4. the clinical verifier (:func:`core.clinical.verify` via :func:`checked_text`) removes
+       statements this report does not support, replaces a normal statement beside a major
+       finding, adds missing critical findings, and flags what is left (``needs_review``);
+    5. the coarse draft is shown instead only when the model's text fails that check and the
+       draft does not: always flagged, with the reason (``source: retrieval-fallback``);
     6. style (:mod:`core.styles`): default, brief, bullets or comprehensive, rendered by rules
-       from the checked impression, then checked again.
+       from the checked impression (a 135M model asked for a patient version invents findings),
+       then checked again as shown.
 
-``flags`` of every output is a JSON-ready dict: ``source`` (retrieval / model / model-only),
-``agreement``, ``neighbours`` (uids), ``llm``, ``adapter``, ``repaired``, ``check_ok``,
-``missing_critical``, ``contradictions``, ``unsupported``, ``messages``, ``needs_review``,
-``low_confidence``, ``style``.
+Without a model (``generator=None``, or ``llm="off"``) the coarse draft goes through 4 and 6.
+
+``flags`` of every output is a JSON-ready dict: ``source`` (model / model-only / retrieval /
+retrieval-fallback), ``agreement``, ``neighbours`` (uids), ``llm``, ``adapter``, ``repaired``,
+``removed``, ``check_ok``, ``missing_critical``, ``contradictions``, ``unsupported``,
+``normal_despite``, ``messages``, ``needs_review``, ``low_confidence``, ``style``.
 """
 
 from __future__ import annotations
@@ -75,10 +77,11 @@ class C2FConfig:
         prior_penalty: vote penalty for a candidate that refers to a prior study (stable, unchanged,
             interval, compared) when the report has no comparison.
         own_bonus: vote bonus for candidates written by the requesting radiologist (``reader``).
-        llm: ``off`` (retrieval only), ``auto`` (model drafts when the vote agreement is below
-            ``llm_threshold`` or an adapter is requested) or ``always``.
-        llm_threshold: agreement below which ``auto`` asks the model for a draft.
-        draft_bonus: vote bonus for the model's draft.
+        llm: ``always`` (the default: the model writes every impression when the pipeline has
+            one), ``auto`` (the model writes where the vote agreement is below ``llm_threshold``
+            or an adapter is requested) or ``off`` (retrieval only; an ablation).
+        llm_threshold: vote agreement below which a text is flagged low-confidence (and below
+            which ``auto`` asks the model).
         shots: retrieved examples in the model's prompt.
         max_new_tokens: generation budget per draft.
         repair: add missing critical findings from the findings (else only flag them).
@@ -91,10 +94,11 @@ class C2FConfig:
     contradiction_penalty: float = 0.2
     prior_penalty: float = 0.0
     own_bonus: float = 0.05
-    llm: str = "off"
+    llm: str = "always"
     llm_threshold: float = 0.45
-    draft_bonus: float = 0.0
-    shots: int = 3
+    # The shipped base adapter is trained on the draft-only prompt (shots=0): an example costs
+    # +38% prompt tokens in every training step and every drafted impression on a CPU.
+    shots: int = 0
     max_new_tokens: int = 48
     repair: bool = True
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(indication_weight=0.3,
@@ -179,6 +183,30 @@ def draft_messages(report: dict, neighbours: Sequence, shots: int, draft: str | 
     examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
     return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
                                examples=examples, style=style, draft=draft)
+
+
+def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, config: C2FConfig | None = None,
+                    readers: Sequence | None = None, exclude_self: bool = True) -> list[list[dict]]:
+    """The prompts the model is served for these reports: the coarse stage, then
+    :func:`draft_messages`. SFT, DPO/GRPO pairs and the promotion gate build their prompts here,
+    so a model is trained and judged on the bytes it is served.
+
+    Args:
+        reports: dicts with ``findings`` (``indication``, ``comparison``, ``author``, ``id``/``uid``).
+        index: the retrieval index the pipeline drafts from (None: no draft, no examples).
+        config: the pipeline settings (``shots``, the vote).
+        readers: per report, the radiologist the text is for (their reports get the author bonus).
+        exclude_self: leave the report itself out of its neighbours (it is in the index).
+
+    Returns:
+        One chat prompt per report.
+    """
+    config = config or C2FConfig()
+    reports = list(reports)
+    if index is None:
+        return [draft_messages(r, [], 0) for r in reports]
+    _, neighbours, votes = CoarseToFine(index, None, config).coarse(reports, readers, exclude_self)
+    return [draft_messages(r, nb, config.shots, draft=v["text"]) for r, nb, v in zip(reports, neighbours, votes)]
 
 
 class _LabelCache:
@@ -331,8 +359,6 @@ class CoarseToFine:
                 stats.llm_new_tokens += res.new_tokens
                 stats.llm_prompt_tokens += len(tok(self.generator.format_chat(p), add_special_tokens=False)["input_ids"])
             stats.n_llm = len(want)
-            for i in want:
-                votes[i] = self._vote(queries[i], neighbours[i], [clean_output(drafts[i].text)])
         stats.llm_s = time.perf_counter() - t0
 
         # 4-6. context, clinical check and repair, style
@@ -372,7 +398,7 @@ class CoarseToFine:
         else:
             neighbours = [[] for _ in reports]
         t1 = time.perf_counter()
-        votes = [self._vote(q, nb, []) for q, nb in zip(queries, neighbours)]
+        votes = [self._vote(q, nb) for q, nb in zip(queries, neighbours)]
         if stats is not None:
             stats.retrieve_s += t1 - t0
             stats.vote_s += time.perf_counter() - t1
@@ -387,8 +413,8 @@ class CoarseToFine:
             return True
         return self.config.llm == "auto" and vote["agreement"] < self.config.llm_threshold
 
-    def _vote(self, query: dict, neighbours: list, drafts: list[str]) -> dict:
-        """MBR vote among the neighbours' impressions and the model drafts."""
+    def _vote(self, query: dict, neighbours: list) -> dict:
+        """MBR vote among the neighbours' impressions: the coarse draft."""
         from core.clinical import Label
 
         cfg = self.config
@@ -403,11 +429,6 @@ class CoarseToFine:
                 own.append(bool(query.get("author")) and nb.author == query.get("author"))
             elif bool(query.get("author")) and nb.author == query.get("author"):
                 own[cands.index(text)] = True
-        for d in drafts:
-            if d and d not in cands:
-                cands.append(d)
-                origin.append("model")
-                own.append(False)
         if not cands:
             return {"text": None, "agreement": 0.0, "margin": 0.0, "origin": None}
         f_lab = self._labels(query["findings"])
@@ -423,8 +444,6 @@ class CoarseToFine:
                 bonus -= cfg.prior_penalty
             if mine:
                 bonus += cfg.own_bonus
-            if o == "model":
-                bonus += cfg.draft_bonus
             prior.append(bonus)
         support = [tidy(nb.impression) for nb in neighbours]
         weights = [max(nb.score, 0.0) ** cfg.power for nb in neighbours]
@@ -436,24 +455,50 @@ class CoarseToFine:
 
     def _fine(self, report: dict, vote: dict, neighbours: list, draft, adapter: str | None,
               style: str) -> GenerationOutput:
+        """Verify and style the text: the model's when it wrote one, else the coarse draft.
+
+        The model's text is the impression. The coarse draft is shown instead only when the
+        model's text fails the clinical check even after repair (or is empty) and the draft
+        does not fail it too; that fallback is always flagged for review with the reason.
+        """
         cfg = self.config
-        text = vote["text"] or "No impression generated."
+        coarse_text = vote["text"] or "No impression generated."
         flags: dict[str, Any] = {
             "pipeline": PIPELINE, "style": style,
-            "source": ("model-only" if not neighbours else "model" if vote["origin"] == "model" else "retrieval"),
+            "source": ("model-only" if not neighbours else "retrieval"),
             "from": vote["origin"], "agreement": round(float(vote["agreement"]), 4),
             "neighbours": [nb.uid for nb in neighbours[:3]], "llm": draft is not None,
             "adapter": (adapter or self.base_adapter) if draft is not None else None,
         }
-        if draft is not None and draft.truncated:
-            flags["truncated"] = True
         # A model draft never clears a review flag: low agreement among the neighbours is flagged
         # whoever wrote the text.
         flags["low_confidence"] = (bool(neighbours) and vote["agreement"] < cfg.llm_threshold) or not neighbours
-        styled, checked = checked_text(report, text, style, repair=cfg.repair)
+        styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
+        if draft is not None:
+            model_text = clean_output(draft.text)
+            m_styled, m_checked = checked_text(report, model_text, style, repair=cfg.repair)
+            m_fails = _fails(m_checked) or model_text == "No impression generated." or draft.truncated
+            if not m_fails or not neighbours or _fails(checked):
+                styled, checked = m_styled, m_checked
+                flags.update(source="model" if neighbours else "model-only", **{"from": "model"})
+                if draft.truncated:
+                    flags["truncated"] = True
+            else:
+                flags["source"] = "retrieval-fallback"
+                checked["messages"] = ["the model's text failed the clinical check ("
+                                       + "; ".join(m_checked["messages"] or ["empty or cut off"])
+                                       + "): showing the retrieval draft instead"] + checked["messages"]
+                checked["needs_review"] = True
+                flags["model_text"] = model_text
         flags.update(checked)
         flags["needs_review"] = bool(flags["needs_review"] or flags["low_confidence"] or flags.get("truncated"))
         return GenerationOutput(styled, 0.0, flags)
+
+
+def _fails(checked: dict) -> bool:
+    """A text the clinical check could not make right (the context-only prior flag aside)."""
+    return bool(checked["unsupported"] or checked["contradictions"] or checked["missing_critical"]
+                or checked["normal_despite"])
 
 
 def checked_text(report: dict, text: str, style: str = "default", repair: bool = True) -> tuple[str, dict]:

@@ -56,7 +56,7 @@ from typing import Any, Iterable
 from core.errors import ImpressionistError
 
 __all__ = ["FeedbackItem", "Pair", "PairSet", "PairsError", "build_pairs", "is_heldout",
-           "same_words", "pairs_for_reader", "to_trl", "write_jsonl"]
+           "same_words", "pairs_for_reader", "report_of", "to_trl", "write_jsonl"]
 
 DROP_REASONS = ("retracted", "trivial_edit", "identical", "chosen_misses_critical",
                 "contradictory", "duplicate")
@@ -331,18 +331,33 @@ def pairs_for_reader(store, reader_id: int, heldout_fraction: float = 0.2,
 
 
 def prompt_messages(pair_or_report: Pair | dict) -> list[dict]:
-    """The chat prompt of a report, exactly as the drafting code asks the model (zero-shot)."""
-    from core.prompts import impression_messages
+    """The serving prompt of a report when no retrieval index is at hand (no coarse draft, no
+    examples): :func:`core.generate.draft_messages` with no neighbours. The nightly job passes
+    the full serving prompt (:func:`core.generate.serving_prompts`) to :func:`to_trl` instead."""
+    from core.generate import draft_messages
 
     get = (lambda k: getattr(pair_or_report, k)) if isinstance(pair_or_report, Pair) else \
         pair_or_report.get
-    return impression_messages(get("findings"), get("indication"), get("comparison"))
+    return draft_messages({"findings": get("findings"), "indication": get("indication"),
+                           "comparison": get("comparison")}, [], 0)
 
 
-def to_trl(pair: Pair) -> dict[str, Any]:
-    """A pair in TRL's conversational preference format (prompt/chosen/rejected) plus metadata."""
+def report_of(pair: Pair) -> dict:
+    """The pair's report as the pipeline reads one (for :func:`core.generate.serving_prompts`)."""
+    return {"findings": pair.findings, "indication": pair.indication, "comparison": pair.comparison,
+            "id": pair.report_id, "uid": pair.external_id}
+
+
+def to_trl(pair: Pair, prompt: list[dict] | None = None) -> dict[str, Any]:
+    """A pair in TRL's conversational preference format (prompt/chosen/rejected) plus metadata.
+
+    Args:
+        pair: the pair.
+        prompt: its serving prompt (:func:`core.generate.serving_prompts`); default
+            :func:`prompt_messages` (no index: no draft).
+    """
     return {
-        "prompt": prompt_messages(pair),
+        "prompt": prompt if prompt is not None else prompt_messages(pair),
         "chosen": [{"role": "assistant", "content": pair.chosen}],
         "rejected": [{"role": "assistant", "content": pair.rejected}],
         "weight": pair.weight,
