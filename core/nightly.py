@@ -471,11 +471,18 @@ def run_task(task: dict):
     from core.rewards import StyleProfile, grpo_reward_funcs
 
     style = StyleProfile.from_texts(task["style_texts"])
-    prompts = [{"prompt": e["prompt"], "findings": e["findings"],
-                "references": [e["chosen"][0]["content"]],
-                "reference_completion": e["rejected"][0]["content"]} for e in task["examples"]]
-    return train_grpo(task["model_path"], prompts, task["out"], task["train"],
-                      init_adapter=task["init"], reward_funcs=grpo_reward_funcs(style))
+    return train_grpo(task["model_path"], grpo_prompts(task["examples"]), task["out"],
+                      task["train"], init_adapter=task["init"],
+                      reward_funcs=grpo_reward_funcs(style))
+
+
+def grpo_prompts(examples: Sequence[dict]) -> list[dict]:
+    """GRPO prompt rows from training pairs: the pair's prompt and Findings, the reader's chosen
+    text as their reference impression. No ``reference_completion``: ``core.train.train_grpo``
+    fills in the reference policy's own greedy impression before training (the critical
+    anchor pulls toward what the reference writes, never toward the rejected text)."""
+    return [{"prompt": e["prompt"], "findings": e["findings"],
+             "references": [e["chosen"][0]["content"]]} for e in examples]
 
 
 def follow() -> int:

@@ -18,10 +18,13 @@ Four parts, each a tested function returning a score in [0, 1] (1 = perfect):
 :func:`hierarchical_reward` combines them as a weighted sum, and on *critical cases* (Findings
 that report a critical finding) it regularises harder toward the reference: it subtracts
 ``critical_anchor * (1 - ROUGE-L(impression, reference_completion))``, where the reference
-completion is what the reference policy (the shared model) wrote. GRPO's KL term toward the
-reference (``beta``) applies to every case; the anchor makes it stronger where mistakes are
-dangerous. (TRL's GRPO has one global KL coefficient, so the extra regularisation is expressed in
-the reward rather than as a per-sample KL weight.)
+completion is the reference policy's own greedy impression of the same prompt (the model the
+reader starts from, before the night's training: :func:`core.train.reference_completions`), not
+a text from the reader's feedback: the reader's rejected text is what they did *not* want, and
+pulling toward it would teach the mistake. GRPO's KL term toward the reference (``beta``)
+applies to every case; the anchor makes it stronger where mistakes are dangerous. (TRL's GRPO
+has one global KL coefficient, so the extra regularisation is expressed in the reward rather
+than as a per-sample KL weight.)
 
 :func:`grpo_reward_funcs` adapts these to TRL's reward-function signature.
 """
@@ -292,8 +295,8 @@ def hierarchical_reward(findings: str, impression: str, references: Sequence[str
         impression: the impression to score.
         references: the radiologist's reference impressions for this report.
         style: the radiologist's :class:`StyleProfile`.
-        reference_completion: the reference policy's impression of this report; on critical
-            cases the reward is pulled toward it.
+        reference_completion: the reference policy's own (greedy) impression of this report;
+            on critical cases the reward is pulled toward it.
         weights: part weights and the critical anchor.
 
     Returns:
@@ -320,9 +323,10 @@ def grpo_reward_funcs(style: StyleProfile | None = None,
                       weights: RewardWeights = RewardWeights()) -> list:
     """Reward functions with TRL's signature ``f(prompts, completions, **columns) -> [float]``.
 
-    The dataset must have the columns ``findings``, ``references`` (list of str) and
-    ``reference_completion``. One function per part plus the anchor, so TRL logs each part; use
-    them with ``reward_weights`` from :func:`grpo_reward_weights`.
+    The dataset must have the columns ``findings``, ``references`` (list of str: the reader's
+    impressions) and ``reference_completion`` (the reference policy's greedy impression of the
+    prompt; :func:`core.train.train_grpo` fills it in). One function per part plus the anchor,
+    so TRL logs each part; use them with ``reward_weights`` from :func:`grpo_reward_weights`.
     """
 
     def _rows(completions, kwargs):

@@ -9,11 +9,15 @@ Both use TRL 1.16 with PEFT LoRA on the base checkpoint:
   started from, never the adapter being trained.
 * **DPO** (:func:`train_dpo`): TRL's ``DPOTrainer``; pair weights (rating gap, critical
   involvement) act through a weighted sampler: a pair of weight 2 is drawn twice as often as one
-  of weight 1. An optional SFT term on the chosen side (``sft_weight``, TRL's ``"sft"`` loss) helps
-  small models pick up a style from few pairs.
+  of weight 1. Pairs on critical cases also get a stronger beta (``beta * critical_beta_factor``,
+  per row in the sigmoid loss): DPO's optimum is ``pi_ref * exp(r / beta)``, so a larger beta
+  keeps the adapter closer to the reference where a mistake is dangerous. An optional SFT term
+  on the chosen side (``sft_weight``, TRL's ``"sft"`` loss) helps small models pick up a style
+  from few pairs.
 * **GRPO** (:func:`train_grpo`): TRL's ``GRPOTrainer`` with the hierarchical clinical reward of
   :mod:`core.rewards` (one reward function per part, weighted), ``beta`` the KL toward the
-  reference.
+  reference; on critical cases the reward's anchor pulls toward the reference policy's own
+  greedy impression of the prompt (:func:`reference_completions`, computed before training).
 * **SFT** (:func:`train_sft`): TRL's ``SFTTrainer`` on conversational prompt-completion rows
   (the drafting prompt of :func:`core.generate.draft_messages` -> the report's impression), the
   loss on the completion only; trains the shared *base adapter* (``core.sft`` runs it on the
@@ -42,7 +46,8 @@ from core.errors import ImpressionistError
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["TrainError", "TrainConfig", "TrainResult", "train_dpo", "train_grpo",
-           "load_policy", "sequence_logps", "preference_accuracy", "lora_snapshot",
+           "build_dpo_trainer", "pair_beta", "reference_completions", "load_policy",
+           "sequence_logps", "preference_accuracy", "lora_snapshot",
            "SFTTrainConfig", "SFTResult", "train_sft", "length_grouped_order", "padding_share"]
 
 
@@ -61,6 +66,10 @@ class TrainConfig:
         batch_size: pairs (DPO) or completions (GRPO, a multiple of num_generations) per step.
         learning_rate: AdamW learning rate of the LoRA weights.
         beta: DPO beta / GRPO KL coefficient toward the reference.
+        critical_beta_factor: DPO pairs on critical cases (``critical`` in the row) use
+            ``beta * critical_beta_factor`` (>= 1; 1 treats them like any pair). Default 2.0:
+            together with the sampler's doubled weight of critical pairs, the adapter learns
+            from them as often but stays nearer the reference on them.
         sft_weight: weight of TRL's "sft" loss on the chosen side (0 disables).
         max_length: token cap of prompt + completion.
         lora_r / lora_alpha / lora_dropout: fresh-LoRA shape (ignored when starting from an
@@ -79,6 +88,7 @@ class TrainConfig:
     batch_size: int = 4
     learning_rate: float = 2e-4
     beta: float = 0.1
+    critical_beta_factor: float = 2.0
     sft_weight: float = 1.0
     max_length: int = 320
     lora_r: int = 16
@@ -98,6 +108,10 @@ class TrainConfig:
         if self.batch_size < 1 or self.learning_rate <= 0 or self.epochs <= 0:
             raise TrainError(f"TrainConfig: batch_size, learning_rate and epochs must be > 0 "
                              f"(got {self.batch_size}, {self.learning_rate}, {self.epochs})")
+        if not self.critical_beta_factor >= 1.0:
+            raise TrainError(f"TrainConfig.critical_beta_factor {self.critical_beta_factor!r}: "
+                             f"expected >= 1 (critical pairs stay at least as close to the "
+                             f"reference as the others)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -342,13 +356,63 @@ def _weighted_dpo_trainer():
         def __len__(self) -> int:
             return len(self.epochs[0])
 
+    class _WithBeta:
+        """TRL's preference collator, plus each row's ``beta`` column as a (B,) tensor (TRL's
+        collator keeps only the token columns and the precomputed reference log-probs)."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __call__(self, examples: list[dict]) -> dict:
+            batch = self.inner(examples)
+            if examples and "beta" in examples[0]:
+                batch["beta"] = torch.tensor([float(e["beta"]) for e in examples],
+                                             dtype=torch.float32)
+            return batch
+
     class WeightedDPOTrainer(DPOTrainer):
         """DPOTrainer whose sampler draws pairs in proportion to their ``weight`` column and
-        groups pairs of similar length into a batch (:func:`length_grouped_order`).
+        groups pairs of similar length into a batch (:func:`length_grouped_order`), and whose
+        loss uses each pair's own ``beta`` column (critical pairs: a stronger beta).
 
         Under ``accelerate launch`` every rank draws the same order (same seed) and accelerate
         hands each rank its own batches of it.
         """
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.data_collator = _WithBeta(self.data_collator)
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            n = len(dataset)
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if n and not len(dataset):  # TRL drops rows whose prompt alone fills max_length
+                raise TrainError(f"all {n} preference pairs have a prompt of max_length="
+                                 f"{args.max_length} tokens or more; raise max_length or "
+                                 f"shorten the prompt")
+            return dataset
+
+        def compute_ref_log_probs(self, model, inputs):
+            # the reference forward passes every other key to the model
+            return super().compute_ref_log_probs(
+                model, {k: v for k, v in inputs.items() if k != "beta"})
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            # TRL 1.16 has one global beta: ``_compute_loss`` reads ``self.beta`` in the loss
+            # (``-logsigmoid(self.beta * delta_score)``) and in the logged implicit rewards,
+            # nowhere else. Setting it to the batch's (B,) beta for this call broadcasts it
+            # against the per-pair margins, and keeps the rest of TRL's loss (SFT term,
+            # precomputed reference log-probs, metrics) as it is.
+            if "beta" not in inputs:
+                return super()._compute_loss(model, inputs, return_outputs)
+            inputs = dict(inputs)
+            beta = inputs.pop("beta")
+            scalar = self.beta
+            self.beta = beta.to(self.accelerator.device)
+            try:
+                return super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                self.beta = scalar
 
         def _get_train_sampler(self, train_dataset=None):
             ds = self.train_dataset
@@ -376,25 +440,25 @@ def _weighted_dpo_trainer():
     return WeightedDPOTrainer
 
 
-def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | Path,
-              config: TrainConfig | None = None, init_adapter: str | Path | None = None,
-              callbacks: Sequence[Any] = ()) -> TrainResult:
-    """DPO-train a LoRA adapter on preference examples and save it to ``out_dir``.
+def pair_beta(example: dict, config: TrainConfig) -> float:
+    """The DPO beta of one preference row: ``config.beta``, times ``critical_beta_factor``
+    when the row is on a critical case (its ``critical`` field, :func:`core.pairs.to_trl`).
 
-    Args:
-        model_path: the base checkpoint (Hugging Face directory).
-        examples: TRL conversational preference rows (``core.pairs.to_trl``): prompt, chosen,
-            rejected, and optionally weight.
-        out_dir: directory to write the adapter into (created; PEFT files at its top level).
-        config: hyper-parameters.
-        init_adapter: start from this adapter's weights (the shared base adapter), or None.
-        callbacks: extra ``transformers.TrainerCallback`` objects (progress, cancellation).
+    >>> pair_beta({"critical": True}, TrainConfig(beta=0.1, critical_beta_factor=4.0))
+    0.4
+    """
+    return config.beta * (config.critical_beta_factor if example.get("critical") else 1.0)
+
+
+def build_dpo_trainer(model_path: str | Path, examples: Sequence[dict], out_dir: str | Path,
+                      config: TrainConfig | None = None, init_adapter: str | Path | None = None,
+                      callbacks: Sequence[Any] = ()):
+    """The DPO trainer :func:`train_dpo` runs, built but not trained (tests inspect its loss).
+
+    Args and Raises: as :func:`train_dpo`.
 
     Returns:
-        A :class:`TrainResult`.
-
-    Raises:
-        TrainError: no examples or no model.
+        A ``DPOTrainer`` (subclass) whose dataset carries ``weight`` and ``beta`` per row.
     """
     config = config or TrainConfig()
     if not examples:
@@ -408,7 +472,8 @@ def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rows = [{"prompt": e["prompt"], "chosen": e["chosen"], "rejected": e["rejected"],
-             "weight": float(e.get("weight", 1.0))} for e in examples]
+             "weight": float(e.get("weight", 1.0)), "beta": pair_beta(e, config)}
+            for e in examples]
     dataset = Dataset.from_list(rows)
     model, tok = load_policy(model_path, init_adapter, trainable=True)
     peft_config = None if init_adapter is not None else _lora_config(model, config)
@@ -422,13 +487,40 @@ def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
                                       processing_class=tok, peft_config=peft_config,
                                       callbacks=list(callbacks) or None)
     _quiet(trainer, config)
+    return trainer
+
+
+def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | Path,
+              config: TrainConfig | None = None, init_adapter: str | Path | None = None,
+              callbacks: Sequence[Any] = ()) -> TrainResult:
+    """DPO-train a LoRA adapter on preference examples and save it to ``out_dir``.
+
+    Args:
+        model_path: the base checkpoint (Hugging Face directory).
+        examples: TRL conversational preference rows (``core.pairs.to_trl``): prompt, chosen,
+            rejected, and optionally weight (sampling) and critical (a stronger beta,
+            :func:`pair_beta`).
+        out_dir: directory to write the adapter into (created; PEFT files at its top level).
+        config: hyper-parameters.
+        init_adapter: start from this adapter's weights (the shared base adapter), or None.
+        callbacks: extra ``transformers.TrainerCallback`` objects (progress, cancellation).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainError: no examples or no model.
+    """
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    trainer = build_dpo_trainer(model_path, examples, out, config, init_adapter, callbacks)
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
     _save_on_main(trainer, out)
     steps = int(trainer.state.global_step)
     n_seen = steps * config.batch_size
-    return TrainResult("dpo", str(out), len(rows), steps, train_s,
+    return TrainResult("dpo", str(out), len(examples), steps, train_s,
                        n_seen / train_s if train_s > 0 else 0.0, _losses(trainer.state.log_history),
                        str(init_adapter) if init_adapter else "fresh")
 
@@ -436,6 +528,48 @@ def train_dpo(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
 # ---------------------------------------------------------------------------------------------
 # GRPO (online RL with the hierarchical clinical reward)
 # ---------------------------------------------------------------------------------------------
+
+
+def reference_completions(model, tok, prompts: Sequence[list[dict]], max_new_tokens: int,
+                          batch_size: int = 8, device: str = "cpu") -> list[str]:
+    """The reference policy's greedy impression of each chat prompt (the GRPO critical anchor).
+
+    Decoded as serving decodes (:meth:`core.models.Generator.generate`: greedy, stops at the
+    end of the turn, special tokens stripped). Identical prompts are generated once.
+
+    Args:
+        model: the reference policy: the model the reader starts from, before any training
+            (the base model, or the base with the starting adapter active).
+        tok: its tokenizer (chat template set).
+        prompts: chat messages per row.
+        max_new_tokens: token cap of each impression (GRPO's ``max_completion_length``, so the
+            anchor compares texts of the same reach).
+        batch_size: prompts per generation batch.
+        device: where to run ``model`` (it is moved there).
+
+    Returns:
+        One impression per prompt, in order.
+
+    >>> reference_completions(model, tok, [[{"role": "user", "content": "Findings: ..."}]],
+    ...                       40)  # doctest: +SKIP
+    ['No acute cardiopulmonary abnormality.']
+    """
+    from core.models import Generator, ModelSpec
+
+    keys = [json.dumps(p, sort_keys=True) for p in prompts]
+    unique = list(dict.fromkeys(keys))
+    by_key = dict(zip(keys, prompts))
+    was_training = model.training
+    model.to(device).eval()
+    path = getattr(model.config, "_name_or_path", "") or "policy"
+    gen = Generator(model, tok, ModelSpec(path=path, device="cpu" if device == "cpu" else "cuda"),
+                    device, next(model.parameters()).dtype)
+    texts = [r.text for r in gen.generate([by_key[k] for k in unique],
+                                          max_new_tokens=max_new_tokens, batch_size=batch_size)]
+    if was_training:
+        model.train()
+    out = dict(zip(unique, texts))
+    return [out[k] for k in keys]
 
 
 def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | Path,
@@ -448,8 +582,10 @@ def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | P
     Args:
         model_path: the base checkpoint.
         prompts: rows with ``prompt`` (chat messages), ``findings``, ``references`` (list of the
-            reader's reference impressions) and ``reference_completion`` (the reference policy's
-            impression, for the critical-case anchor).
+            reader's reference impressions) and optionally ``reference_completion`` (the
+            reference policy's impression, for the critical-case anchor). Rows without one get
+            the starting model's greedy impression (:func:`reference_completions`), generated
+            once before training: the model the reader starts from is the reference.
         out_dir: directory to write the adapter into.
         config: hyper-parameters (``num_generations`` completions per prompt).
         init_adapter: start from this adapter, or None for a fresh LoRA.
@@ -475,8 +611,7 @@ def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | P
     torch.manual_seed(config.seed)
     rows = [{"prompt": p["prompt"], "findings": p.get("findings") or "",
              "references": list(p.get("references") or []),
-             "reference_completion": p.get("reference_completion") or ""} for p in prompts]
-    dataset = Dataset.from_list(rows)
+             "reference_completion": p.get("reference_completion")} for p in prompts]
     funcs = list(reward_funcs) if reward_funcs is not None else grpo_reward_funcs()
     weights = list(reward_weights) if reward_weights is not None else grpo_reward_weights()
     model, tok = load_policy(model_path, init_adapter, trainable=True)
@@ -490,6 +625,17 @@ def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | P
                       max_completion_length=config.max_completion_length,
                       temperature=config.temperature, reward_weights=weights,
                       remove_unused_columns=False, log_completions=False)
+    # Before the trainer wraps it, ``model`` is the reference (the base, or the base with the
+    # starting adapter, which TRL copies as its frozen "ref"): what it writes is the anchor.
+    todo = [k for k, r in enumerate(rows) if r["reference_completion"] is None]
+    if todo:
+        texts = reference_completions(model, tok, [rows[k]["prompt"] for k in todo],
+                                      config.max_completion_length,
+                                      batch_size=max(1, config.batch_size),
+                                      device=str(args.device))
+        for k, text in zip(todo, texts):
+            rows[k]["reference_completion"] = text
+    dataset = Dataset.from_list(rows)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tok, peft_config=peft_config,
                           callbacks=list(callbacks) or None)

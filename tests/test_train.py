@@ -1,13 +1,16 @@
-"""DPO and GRPO on a tiny random-init model: the LoRA weights move, the base weights do not."""
+"""DPO and GRPO on a tiny random-init model: the LoRA weights move, the base weights do not;
+critical pairs get a stronger DPO beta, and GRPO's critical anchor is the reference's own output."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
 from core.pairs import FeedbackItem, build_pairs, to_trl
-from core.train import (TrainConfig, TrainError, load_policy, lora_snapshot,
+from core.train import (TrainConfig, TrainError, build_dpo_trainer, load_policy, lora_snapshot,
                         preference_accuracy, train_dpo, train_grpo)
 
 FINDINGS = "The heart is normal in size. The lungs are clear."
@@ -53,7 +56,9 @@ def examples():
 def test_dpo_trains_lora_only(tiny, examples, tmp_path):
     watch = WeightWatch()
     cfg = TrainConfig(epochs=2, batch_size=4, progress=False, learning_rate=5e-3)
-    result = train_dpo(tiny, examples, tmp_path / "dpo", cfg, callbacks=[watch])
+    # half of them critical: per-pair betas through the whole run (precomputed reference too)
+    mixed = [dict(e, critical=k % 2 == 0) for k, e in enumerate(examples)]
+    result = train_dpo(tiny, mixed, tmp_path / "dpo", cfg, callbacks=[watch])
     assert_only_lora_moved(watch)
     assert result.steps > 0 and result.losses and result.init == "fresh"
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
@@ -100,6 +105,13 @@ def test_refuses_empty_data_and_bad_config(tiny, tmp_path):
         train_dpo(tiny, [], tmp_path / "x")
     with pytest.raises(TrainError):
         TrainConfig(method="ppo")
+    with pytest.raises(TrainError, match="critical_beta_factor 0.5"):
+        TrainConfig(critical_beta_factor=0.5)
+    pair = {"prompt": [{"role": "user", "content": FINDINGS}],
+            "chosen": [{"role": "assistant", "content": "No acute disease."}],
+            "rejected": [{"role": "assistant", "content": "Cardiomegaly."}]}
+    with pytest.raises(TrainError, match="max_length=8 tokens"):  # TRL would drop every pair
+        train_dpo(tiny, [pair], tmp_path / "z", TrainConfig(max_length=8, progress=False))
     with pytest.raises(TrainError):
         train_dpo(tmp_path / "no-model", [{"prompt": [], "chosen": [], "rejected": []}],
                   tmp_path / "y")
@@ -159,3 +171,140 @@ def test_sequence_logps_matches_a_one_row_full_vocabulary_reference(tiny):
             logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits.float(), -1)
         want = torch.stack([logp[0, j - 1, full[j]] for j in range(len(p), len(full))]).mean()
         assert abs(got - float(want)) < 1e-4, (got, float(want))
+
+
+def _hand_margins(model, batch) -> torch.Tensor:
+    """Per pair, by hand: (log pi - log ref)(chosen) - (log pi - log ref)(rejected), log-probs
+    summed over the completion tokens; the reference is the model with its LoRA switched off."""
+    ids, mask, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    tgt, keep = ids[:, 1:].unsqueeze(-1), comp[:, 1:].float()
+
+    def logps():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        return (torch.log_softmax(logits[:, :-1], -1).gather(-1, tgt).squeeze(-1) * keep).sum(1)
+
+    with torch.no_grad():
+        policy = logps()
+        with model.disable_adapter():
+            ref = logps()
+    chosen, rejected = (policy - ref).chunk(2)
+    return chosen - rejected
+
+
+def test_dpo_critical_pairs_use_a_stronger_beta_in_the_loss(tiny, examples, tmp_path):
+    import torch.nn.functional as F
+
+    pair = examples[0]
+    swapped = dict(pair, chosen=pair["rejected"], rejected=pair["chosen"])
+    rows = [dict(pair, critical=False), dict(pair, critical=True),
+            dict(swapped, critical=False), dict(swapped, critical=True)]
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, beta=0.1, critical_beta_factor=4.0,
+                      sft_weight=0.0)
+    trainer = build_dpo_trainer(tiny, rows, tmp_path / "dpo", cfg)
+    # a fresh LoRA is zero, so policy == reference and every margin 0: move it off the reference
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    # the beta travels with the rows: dataset column -> collator -> the training dataloader
+    assert trainer.train_dataset["beta"] == pytest.approx([0.1, 0.4, 0.1, 0.4])
+    loaded = next(iter(trainer.get_train_dataloader()))  # a weighted draw, with repeats
+    assert loaded["beta"].shape == (4,)
+    assert all(b == pytest.approx(0.1) or b == pytest.approx(0.4) for b in loaded["beta"].tolist())
+
+    def batch(idx):
+        return trainer.data_collator([trainer.train_dataset[i] for i in idx])
+
+    def loss(idx):
+        with torch.no_grad():
+            return float(trainer.compute_loss(trainer.model, batch(idx)))
+
+    margin = float(_hand_margins(trainer.model, batch([0]))[0])
+    assert abs(margin) > 1e-2  # a real margin, so beta can matter
+    # the same pair, critical or not: beta * margin grows with beta, so with a positive margin
+    # the critical loss is lower, and for the swapped pair (margin negated) higher
+    plain, critical, plain_sw, critical_sw = loss([0]), loss([1]), loss([2]), loss([3])
+    assert critical != pytest.approx(plain, abs=1e-4)
+    if margin > 0:
+        assert critical < plain and critical_sw > plain_sw
+    else:
+        assert critical > plain and critical_sw < plain_sw
+    # the whole batch: TRL's loss equals mean_i -logsigmoid(beta_i * margin_i), computed by hand
+    full = batch([0, 1, 2, 3])
+    margins = _hand_margins(trainer.model, full)
+    assert margins.tolist() == pytest.approx([margin, margin, -margin, -margin], abs=1e-4)
+    beta = torch.tensor([0.1, 0.4, 0.1, 0.4])
+    want = float((-F.logsigmoid(beta * margins)).mean())
+    assert loss([0, 1, 2, 3]) == pytest.approx(want, abs=1e-5)
+    assert trainer.beta == 0.1  # the global beta is back after each loss
+    # ...and is not what one global beta would give
+    assert want != pytest.approx(float((-F.logsigmoid(0.1 * margins)).mean()), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def start_adapter(tiny, tmp_path_factory):
+    """A LoRA adapter with random (non-zero) weights: a starting point that writes differently
+    from the bare base model, as the shared base adapter does."""
+    from peft import get_peft_model
+
+    from core.models import default_lora_config
+
+    model, _ = load_policy(tiny)
+    peft = get_peft_model(model, default_lora_config(model, r=4, alpha=8, dropout=0.0))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    out = tmp_path_factory.mktemp("start-adapter")
+    peft.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("start", ["fresh", "adapter"])
+def test_grpo_anchor_is_the_reference_policys_own_impression(tiny, start_adapter, start,
+                                                             tmp_path):
+    """The critical anchor pulls toward what the starting model (the reference: the base, or
+    the base with the starting adapter) writes for the prompt, not toward the rejected text."""
+    from core.models import ModelSpec, load_generator
+    from core.nightly import grpo_prompts
+    from core.rewards import grpo_reward_funcs, grpo_reward_weights
+
+    critical = "Small right pneumothorax. The heart is normal in size."
+    items = [FeedbackItem(id=i, reader_id=1, report_id=i, rating=-2, findings=f,
+                          edited_text="Small right pneumothorax.", original="Right pneumothorax.",
+                          ai_text="No acute cardiopulmonary abnormality.")
+             for i, f in ((1, critical), (2, critical + " Mild cardiomegaly."))]
+    pairs = build_pairs(items, heldout_fraction=0).train
+    prompts = grpo_prompts([{**to_trl(p), "findings": p.findings} for p in pairs])
+    rejected = {p.rejected for p in pairs}
+    assert all("reference_completion" not in p for p in prompts)
+
+    seen: list[tuple] = []
+
+    def spy(prompts, completions, reference_completion, **kwargs):
+        seen.extend(zip([json.dumps(p) for p in prompts], reference_completion))
+        return [0.0] * len(completions)
+
+    cfg = TrainConfig(method="grpo", epochs=1, batch_size=4, num_generations=4,
+                      max_completion_length=8, progress=False)
+    init = start_adapter if start == "adapter" else None
+    train_grpo(tiny, prompts, tmp_path / "grpo", cfg, init_adapter=init,
+               reward_funcs=grpo_reward_funcs() + [spy],
+               reward_weights=grpo_reward_weights() + [0.0])
+    # the reference's greedy output, from the serving generator loaded on its own
+    gen = load_generator(ModelSpec(path=tiny, device="cpu", dtype="float32"))
+    texts = [p["prompt"] for p in prompts]
+    base = [r.text for r in gen.generate(texts, max_new_tokens=8)]
+    if init is not None:
+        gen.load_adapter("start", init)
+        started = [r.text for r in gen.generate(texts, ["start"] * len(texts), max_new_tokens=8)]
+        gen.unload_adapter("start")  # the generator is cached for the module's tiny model
+        assert started != base  # the test tells the two references apart
+        base = started
+    want = {json.dumps(p["prompt"]): text for p, text in zip(prompts, base)}
+    assert seen and {k for k, _ in seen} == set(want)
+    for key, anchor in seen:
+        assert anchor and anchor == want[key]
+        assert anchor not in rejected
