@@ -83,6 +83,7 @@ class C2FConfig:
         llm_threshold: vote agreement below which a text is flagged low-confidence (and below
             which ``auto`` asks the model).
         shots: retrieved examples in the model's prompt.
+        draft_in_prompt: give the model the coarse draft (False: an ablation, the model alone).
         max_new_tokens: generation budget per draft.
         repair: add missing critical findings from the findings (else only flag them).
         retrieval: feature settings of the retrieval index.
@@ -99,6 +100,7 @@ class C2FConfig:
     # The shipped base adapter is trained on the draft-only prompt (shots=0): an example costs
     # +38% prompt tokens in every training step and every drafted impression on a CPU.
     shots: int = 0
+    draft_in_prompt: bool = True
     max_new_tokens: int = 48
     repair: bool = True
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(indication_weight=0.3,
@@ -349,7 +351,8 @@ class CoarseToFine:
         if want:
             prompts, names = [], []
             for i in want:
-                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots, draft=votes[i]["text"]))
+                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots,
+                                              draft=votes[i]["text"] if cfg.draft_in_prompt else None))
                 names.append(adapters[i] or self.base_adapter)
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=batch_size, progress=progress)

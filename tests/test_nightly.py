@@ -48,7 +48,7 @@ def _rate(store, user, reports, style=lambda imp: f"1. {imp}"):
 
 def _config(tiny, **kw) -> NightlyConfig:
     train = TrainConfig(epochs=1, batch_size=4, progress=False, learning_rate=5e-3,
-                        max_length=256)
+                        max_length=512)
     base = dict(force=True, min_pairs=2, min_heldout_reports=1, refresh_per_reader=0,
                 model_path=tiny, train=train, readers=["rad1"])
     base.update(kw)
@@ -189,6 +189,16 @@ def test_nightly_trains_records_and_skips_without_new_feedback(store, users, tin
     # without new feedback the next night skips the reader
     again = run_nightly(store, _config(tiny, force=False, min_new_feedback=5), progress=False)
     assert again.outcomes[0].status == "skipped" and "0 new ratings" in again.outcomes[0].reason
+
+
+def test_a_reader_the_gate_could_never_promote_is_not_trained(store, users, tiny):
+    reports = _seed(store, 40)
+    _rate(store, users["rad1"], reports[:25])  # ~5 held-out reports: the gate needs 10
+    res = run_nightly(store, _config(tiny, method="dpo", min_heldout_reports=10), progress=False)
+    (o,) = res.outcomes
+    assert o.status == "skipped"
+    assert "held-out reports (the gate needs 10)" in o.reason and "more rated reports" in o.reason
+    assert store.training_runs(store.get_reader("rad1").id) == []  # no training run was spent
 
 
 def test_nightly_prefills_the_queue_with_the_readers_adapter(store, users, tiny):
