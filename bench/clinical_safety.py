@@ -117,11 +117,49 @@ def audit(test: list[dict], outs, style: str) -> dict:
     return {"style": style, **c, "examples": examples}
 
 
+class Replay:
+    """Wraps a loaded model: the first call generates, later calls with the same prompts replay
+    its (greedy, deterministic) answers, so the four styles cost one model pass."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.tokenizer = generator.tokenizer
+        self.format_chat = generator.format_chat
+        self.cache: dict[str, object] = {}
+
+    def generate(self, prompts, adapters=None, **kw):
+        keys = [json.dumps([p, a]) for p, a in zip(prompts, adapters or [None] * len(prompts))]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        if todo:
+            res = self.generator.generate([prompts[i] for i in todo],
+                                          adapters=[(adapters or [None] * len(prompts))[i] for i in todo], **kw)
+            for i, r in zip(todo, res):
+                self.cache[keys[i]] = r
+        return [self.cache[k] for k in keys]
+
+
+def load_model(threads: int):
+    """The embedded model and the shared base adapter, as the shipped default drafts."""
+    import torch
+
+    from core.config import settings
+    from core.models import ModelSpec, load_generator
+    from core.sft import use_base_adapter
+
+    torch.set_num_threads(threads)
+    gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))
+    return Replay(gen), use_base_adapter(gen)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=IU_CSV)
     ap.add_argument("--seeds", type=int, default=5, help="typo seeds")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "clinical_safety.json")
+    ap.add_argument("--llm", choices=("always", "off"), default="always",
+                    help="always: the shipped default (the model writes, under the shared base "
+                         "adapter); off: retrieval and vote only")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if not args.csv.exists():
         print(f"reports file {args.csv} absent", file=sys.stderr)
@@ -130,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     index_rows = load_iu_csv(args.csv, ("train", "dev"))
     test = load_iu_csv(args.csv, "test")
     mesh = mesh_of(args.csv)
-    config = C2FConfig()
-    c2f = CoarseToFine(RetrievalIndex.build(index_rows, config.retrieval), None, config)
+    config = C2FConfig(llm=args.llm)
+    model, base = load_model(args.threads) if args.llm != "off" else (None, None)
+    c2f = CoarseToFine(RetrievalIndex.build(index_rows, config.retrieval), model, config, base_adapter=base)
     print(f"# Clinical safety, IU X-ray test split ({len(test)} reports; index {len(index_rows)} "
           f"train+dev), {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}\n")
-    print(f"Pipeline: C2FConfig defaults (llm={config.llm!r}).\n")
+    print(f"Pipeline: C2FConfig defaults (llm={config.llm!r}; base adapter: "
+          f"{os.environ.get('IMPRESSIONIST_BASE_ADAPTER', 'the shared one') if base else 'none'}).\n")
 
     result: dict = {"n_test": len(test), "llm": config.llm, "styles": {}}
     outs_default = None

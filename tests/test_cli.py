@@ -53,6 +53,15 @@ def test_bad_file_exits_2_naming_row_and_field_and_writes_nothing(tmp_path, stor
     s.close()
 
 
+def test_a_malformed_map_is_bad_input_exit_2(tmp_path, store):
+    store.close()
+    f = tmp_path / "r.csv"
+    f.write_text("uid,text,imp\n1,Lungs clear.,Normal.\n")
+    result = run("import", str(f), "--format", "csv", "--map", "findings")
+    assert result.returncode == 2 and "expected FIELD=COLUMN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
     store.close()
     result = run("import", str(iu_csv))
