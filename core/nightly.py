@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +81,10 @@ class NightlyConfig:
         model_path: the base checkpoint (default: the embedded model).
         train: training hyper-parameters.
         draft: drafting settings (evaluation and pre-drafting).
+        nice: the job's CPU priority as a Unix nice value (0-19; default 10, or
+            ``$IMPRESSIONIST_NIGHTLY_NICE``): on the app's server the app's threads run first.
+        threads: the job's thread budget for torch (default ``$IMPRESSIONIST_NIGHTLY_THREADS``,
+            else ``train.threads``, else every core but one): the app keeps a core.
     """
 
     method: str = "dpo"
@@ -100,11 +105,25 @@ class NightlyConfig:
     model_path: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     draft: DraftConfig = field(default_factory=DraftConfig)
+    nice: int = field(default_factory=lambda: int(os.environ.get(
+        "IMPRESSIONIST_NIGHTLY_NICE", "10")), metadata={"help": "CPU priority (nice 0-19)"})
+    threads: int | None = field(default_factory=lambda: int(os.environ[
+        "IMPRESSIONIST_NIGHTLY_THREADS"]) if os.environ.get("IMPRESSIONIST_NIGHTLY_THREADS")
+        else None, metadata={"help": "torch threads (default: every core but one)"})
 
     def __post_init__(self) -> None:
         if self.method not in ("dpo", "grpo", "memory"):
             raise ImpressionistError(f"NightlyConfig.method {self.method!r}: expected dpo, grpo "
                                      f"or memory")
+        if not 0 <= self.nice <= 19:
+            raise ImpressionistError(f"NightlyConfig.nice {self.nice!r}: expected 0..19")
+        if self.threads is not None and self.threads < 1:
+            raise ImpressionistError(f"NightlyConfig.threads {self.threads!r}: expected >= 1")
+
+    def thread_budget(self) -> int:
+        """Torch threads for this job: ``threads``, else ``train.threads``, else all cores of
+        this process's CPU set but one (at least one)."""
+        return self.threads or self.train.threads or max(1, len(os.sched_getaffinity(0)) - 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -485,6 +504,42 @@ def grpo_prompts(examples: Sequence[dict]) -> list[dict]:
              "references": [e["chosen"][0]["content"]]} for e in examples]
 
 
+def lower_priority(nice: int, threads: int):
+    """Make this process yield the CPU to the app: raise its nice value to ``nice`` (never
+    lower it: that needs root) and cap torch at ``threads`` threads (through
+    ``OMP_NUM_THREADS`` before torch is imported, and on torch itself when it already is).
+
+    Returns:
+        A function that puts the thread settings back (for callers in a longer-lived process:
+        tests, ``core.simulate``); the priority stays lowered.
+    """
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
+    saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved_torch = None
+    for key in saved_env:
+        os.environ[key] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        saved_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+
+    def restore() -> None:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if saved_torch is not None:
+            import torch
+
+            torch.set_num_threads(saved_torch)
+
+    return restore
+
+
 def follow() -> int:
     """A rank other than 0 under ``accelerate launch``: train every task rank 0 sends, until
     it sends None. Never opens the database. Returns how many tasks were trained."""
@@ -532,11 +587,13 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
     config.train.progress = progress and config.train.progress
     if not distributed.is_main():
         raise ImpressionistError("run_nightly runs on rank 0 only; other ranks call follow()")
+    restore = lower_priority(config.nice, config.thread_budget())
     t0 = time.perf_counter()
     try:
         return _run_nightly(store, config, generator, progress, t0)
     finally:
         distributed.broadcast(None)  # under a launcher: the other ranks stop waiting
+        restore()  # the thread budget only (a process cannot raise its priority again)
 
 
 def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: float
