@@ -175,6 +175,20 @@ def feedback_of(store: Store, user: User, reader_id: int | None = None,
         store, store.feedback_history(reader_id=reader_id, include_retracted=include_retracted))
 
 
+def feedback_status(history):
+    """What each row of :func:`feedback_of` is now, for the reader to see (a Series):
+    ``retracted``, ``revised by a later rating`` (the same case rated again, e.g. in a second
+    tab: the later rating counts), ``revises an earlier rating``, or ``current``."""
+    import pandas as pd
+
+    status = pd.Series("current", index=history.index, dtype=object)
+    status[history["kind"] == "retraction"] = ""
+    status[history["revises"].notna()] = "revises an earlier rating"
+    status[history["revised"].astype(bool)] = "revised by a later rating"
+    status[history["retracted"].astype(bool)] = "retracted"
+    return status
+
+
 def record_export(store: Store, user: User, what: str, rows: int) -> None:
     """Audit an export (who exported what, how many rows; never the content)."""
     require(user)

@@ -325,19 +325,36 @@ def cmd_setup(args) -> int:
     return 0
 
 
+def _os_actor(args) -> str:
+    """Who runs a backup or restore, for the audit log: ``--actor``, else the OS user."""
+    import getpass
+
+    if args.actor:
+        return args.actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container): the uid still names someone
+        return f"uid:{os.getuid()}"
+
+
 def cmd_backup(args) -> int:
     store = _store(args)
     counts = store.backup(args.dest)
-    store.audit("cli", "backup", {"to": Path(args.dest).name, **counts})
+    store.audit(_os_actor(args), "backup", {"to": Path(args.dest).name, **counts})
     print(f"backup written to {args.dest}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
     return 0
 
 
 def cmd_restore(args) -> int:
-    store = _store(args)
-    counts = store.restore(args.src)
-    print(f"restored {args.src}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items())
-          + f" (previous database kept as {store.path}.before-restore)")
+    """Restore a backup (checked completely first). The live database is never opened, so a
+    good backup also restores over a damaged one: no ``_store`` (which migrates)."""
+    from core.store import Store
+
+    store = Store(settings().db_path)
+    args.cleanup.callback(store.close)
+    result = store.restore(args.src, actor=_os_actor(args))
+    print(f"restored {args.src}: " + ", ".join(f"{v:,} {k}" for k, v in result.counts.items())
+          + (f" (previous database kept as {result.kept_as})" if result.kept_as else ""))
     return 0
 
 
@@ -751,10 +768,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backup", help="consistent copy of the database (safe while the app runs)")
     p.add_argument("dest", help="new backup file, e.g. backups/2026-11-23.duckdb")
+    p.add_argument("--actor", help="who backs up, for the audit log (default: the OS user)")
     p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser("restore", help="replace the database with a backup")
+    p = sub.add_parser("restore", help="replace the database with a backup (checked first; "
+                                       "the replaced one is kept as <db>.before-restore-<time>)")
     p.add_argument("src")
+    p.add_argument("--actor", help="who restores, for the audit log (default: the OS user)")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("study", help="human evaluation studies (blinded, multi-rater)")

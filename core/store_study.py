@@ -458,8 +458,10 @@ class StudyQueries:
         return self._scalar("SELECT task_id FROM study_answers WHERE feedback_id = ?",
                             [feedback_id])
 
-    def feedback_id_for_token(self, client_token: str) -> int | None:
-        return self._scalar("SELECT id FROM feedback WHERE client_token = ?", [client_token])
+    def feedback_id_for_token(self, client_token: str, reader_id: int) -> int | None:
+        """The reader's feedback row saved with ``client_token`` (tokens are unique per reader)."""
+        return self._scalar("SELECT id FROM feedback WHERE reader_id = ? AND client_token = ?",
+                            [reader_id, client_token])
 
     def open_study_ids(self) -> list[int]:
         """Ids of studies that are not closed (their ratings' arms are still blinded)."""

@@ -132,7 +132,9 @@ class TrainingQueries:
     # -- feedback for pair building ------------------------------------------------------------
     def feedback_for_training(self, reader_id: int, since_id: int | None = None) -> list[dict]:
         """Every feedback row of a reader (ratings, skips, retractions), outside studies, with the
-        report's texts and the rated generation's text, adapter and style; oldest first."""
+        report's texts and the rated generation's text, adapter and style; oldest first. A
+        rating revised by a later rating of the same case is left out (only the current one
+        makes pairs)."""
         sql = (
             "SELECT f.id, f.reader_id, f.report_id, f.generation_id, f.kind, f.rating, "
             "f.factual_error, f.omission, f.style_issue, f.critical_missed, f.edited_text, "
@@ -141,7 +143,10 @@ class TrainingQueries:
             "g.adapter_version, g.style, g.model "
             "FROM feedback f JOIN reports r ON r.id = f.report_id "
             "LEFT JOIN generations g ON g.id = f.generation_id "
-            "WHERE f.reader_id = ? AND f.study_id IS NULL")
+            "WHERE f.reader_id = ? AND f.study_id IS NULL "
+            # a rating revised by a later one of the same case (two tabs) no longer counts
+            "AND NOT EXISTS (SELECT 1 FROM feedback v WHERE v.revises = f.id AND NOT EXISTS ("
+            "SELECT 1 FROM feedback x WHERE x.kind = 'retraction' AND x.retracts = v.id))")
         params: list[Any] = [reader_id]
         if since_id is not None:
             sql += " AND f.id > ?"

@@ -894,7 +894,8 @@ def submit(store: Store, user: User, task_id: int, rating: int, answers: dict | 
         questions = [Question.from_dict(q) for q in study["questions"]]
         flags, custom = _check_answers(questions, answers)
         if row["done"]:
-            prior = store.feedback_id_for_token(client_token) if client_token else None
+            prior = (store.feedback_id_for_token(client_token, user.id) if client_token
+                     else None)
             if prior is not None:
                 return prior
             raise StudyError(f"task {task_id} is already rated; undo it first to change it")

@@ -9,6 +9,7 @@ the open transaction), so the kill always lands where it is meant to.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -202,7 +203,7 @@ def test_kill9_feedback_import_half_way_writes_nothing(store, users, cases, tmp_
         for r in cases:
             w.writerow(["rad2", r["external_id"], f"Signed impression {r['id']}.", "Draft."])
     before = (store.count_feedback(), len(store.generations_for_report(cases[0]["id"])))
-    proc = _spawn(FEEDBACK_IMPORT, store.path, str(f), "INSERT INTO feedback")
+    proc = _spawn(FEEDBACK_IMPORT, store.path, str(f), "INSERT INTO feedback (")
     try:
         _wait_line(proc, "HOOK")  # drafts and the first feedback row written, not committed
         _kill(proc)
@@ -508,3 +509,400 @@ def test_cli_backup_and_restore_while_an_app_process_saves(store, users, cases, 
     assert all(now.get(t) == i for t, i in snap.items())
     assert len(now) > len(snap)  # the app went on saving into the restored database
     assert store.schema_version() >= 1
+
+
+# -- issue 16: the file lock under real faults ---------------------------------------------------
+def _spawn_io(code: str, *args: str) -> subprocess.Popen:
+    """A child whose stdin the test writes to (one line releases what it holds)."""
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+
+def _wait_until(condition, what: str, timeout: float = 90.0) -> None:
+    """Poll a readiness condition (never a fixed sleep standing in for one)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+def _tickets(db: str) -> list[Path]:
+    queue = Path(db + ".queue")
+    return sorted(queue.glob("*.ticket")) if queue.is_dir() else []
+
+
+# A program outside Impressionist's protocol (an admin's duckdb shell, a BI tool): it opens the
+# file with DuckDB directly (retrying while the app still lingers on it) and keeps it open.
+OUTSIDER = textwrap.dedent("""
+    import sys, time
+    import duckdb
+    while True:
+        try:
+            con = duckdb.connect(sys.argv[1])
+            break
+        except duckdb.IOException:
+            time.sleep(0.01)
+    print("HOLD", flush=True)
+    sys.stdin.readline()
+    con.close()
+    print("FREE", flush=True)
+""")
+
+# A process of the protocol that holds the file inside an open transaction until told to go.
+HOLDER = textwrap.dedent("""
+    import sys
+    from core.store import Store
+    store = Store(sys.argv[1])
+    with store.tx():
+        print("HOLD", flush=True)
+        sys.stdin.readline()
+    try:
+        store.close()
+    finally:  # on a full disk closing may fail; the lock is given back all the same
+        print("FREE", flush=True)
+""")
+
+
+def test_an_outsider_holding_the_file_past_every_retry_never_freezes_the_store(
+        store, users, cases, monkeypatch):
+    """Issue 16.1: all connect retries used up before the timeout must neither return without
+    a connection nor keep the lock: the save waits for the outsider and then goes through."""
+    import threading
+
+    import duckdb
+
+    rad = users["rad1"]
+    case = store.case(cases[0]["id"])
+    attempts: list[float] = []
+    real_connect = duckdb.connect
+
+    def counting_connect(*args, **kwargs):
+        attempts.append(time.monotonic())
+        return real_connect(*args, **kwargs)
+
+    outsider = _spawn_io(OUTSIDER, store.path)
+    try:
+        _wait_line(outsider, "HOLD")
+        monkeypatch.setattr(duckdb, "connect", counting_connect)
+        result: dict = {}
+
+        def save() -> None:
+            try:
+                result["id"] = annotate.submit_rating(store, rad, case, annotate.Rating(
+                    rating=1), client_token="through-the-outsider")
+            except BaseException as exc:  # noqa: BLE001 - the test reports it below
+                result["error"] = exc
+
+        saver = threading.Thread(target=save)
+        saver.start()
+        # The old loop gave up silently after 50 attempts (~26 s, inside the 60 s timeout).
+        _wait_until(lambda: len(attempts) > 50 or not saver.is_alive(),
+                    "more than 50 connect attempts")
+        _release(outsider)
+        _wait_line(outsider, "FREE")
+        saver.join(timeout=90)
+    finally:
+        if outsider.poll() is None:
+            outsider.kill()
+    assert "error" not in result, repr(result.get("error"))
+    assert store.get_feedback(result["id"])["client_token"] == "through-the-outsider"
+    # and every later transaction works: nothing of the long wait was leaked
+    assert annotate.skip(store, rad, store.case(cases[1]["id"])) > result["id"]
+
+
+def test_an_outsider_past_the_timeout_is_database_busy_and_nothing_is_held(store, users, cases):
+    import fcntl
+
+    from core.errors import StoreBusy
+    from core.store import Store
+
+    impatient = Store(store.path, lock_timeout=1.5)
+    outsider = _spawn_io(OUTSIDER, store.path)
+    try:
+        _wait_line(outsider, "HOLD")
+        with pytest.raises(StoreBusy, match="database busy.*nothing was saved"):
+            impatient.audit("test", "tick", {})
+        # the failed open let go of the lock file: anyone may take it now
+        with open(store.path + ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        _release(outsider)
+        _wait_line(outsider, "FREE")
+    finally:
+        if outsider.poll() is None:
+            outsider.kill()
+    impatient.audit("test", "tick", {})
+    impatient.close()
+    assert store.audit_log(action="tick")
+
+
+WAITER = textwrap.dedent("""
+    import sys
+    from core.store import Store
+    store = Store(sys.argv[1])
+    print("WAITING", flush=True)
+    store.audit(sys.argv[2], "turn", {})
+    store.close()
+    print("DONE", flush=True)
+""")
+
+
+def test_waiting_processes_are_served_in_order_while_the_app_keeps_writing(store, users):
+    """Issue 16.4: a process that waits is served before the app's next thread, and waiters
+    in the order they came (a queue of tickets), however busy the app is."""
+    import threading
+
+    holding, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.tx():
+            holding.set()
+            go.wait(120)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(30)
+    procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    app_threads: list[threading.Thread] = []
+    try:
+        for i in range(3):
+            procs.append(_spawn(WAITER, store.path, f"waiter{i}"))
+            _wait_line(procs[-1], "WAITING")
+            _wait_until(lambda: len(_tickets(store.path)) == i + 1, f"waiter{i} in the queue")
+
+        def app(k: int) -> None:  # sessions saving as fast as they can
+            while not stop.is_set():
+                store.audit(f"app{k}", "tick", {})
+
+        app_threads = [threading.Thread(target=app, args=(k,)) for k in range(4)]
+        for t in app_threads:
+            t.start()
+        go.set()
+        holder.join()
+        for p in procs:
+            _wait_line(p, "DONE")
+    finally:
+        go.set()
+        stop.set()
+        for t in app_threads:
+            t.join()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    turns = [r["actor"] for r in reversed(store.audit_log(action="turn"))]
+    assert turns == ["waiter0", "waiter1", "waiter2"]
+    assert _tickets(store.path) == []
+
+
+def test_a_stale_or_future_dated_waiter_marker_does_not_make_the_store_hand_over(
+        store, users, monkeypatch):
+    """Issue 16.4: a ``.want`` marker with an mtime in the future, and a ticket left by a dead
+    waiter, must not make the holder close and reopen the file after every transaction."""
+    import duckdb
+
+    from core.store import Store
+
+    store.close()  # nobody else has the file: the new store never has to wait for it
+    future = time.time() + 3600
+    want = Path(store.path + ".want")
+    want.write_text("4242")
+    os.utime(want, (future, future))
+    queue = Path(store.path + ".queue")
+    queue.mkdir(exist_ok=True)
+    dead = queue / f"{1:020d}-4242-deadbeef.ticket"  # nobody holds a lock on it
+    dead.write_text("")
+    os.utime(dead, (future, future))
+    opens: list[int] = []
+    real_connect = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect",
+                        lambda *a, **kw: opens.append(1) or real_connect(*a, **kw))
+    busy = Store(store.path, linger=60)
+    try:
+        for i in range(20):
+            busy.audit("test", "tick", {"i": i})
+    finally:
+        busy.close()
+    assert len(opens) == 1
+    assert not dead.exists()  # recognised as dead and cleared away
+
+
+def test_a_folder_where_the_lock_file_should_be_is_a_nothing_saved_error(store, users, cases):
+    from core.store import Store
+
+    rad = users["rad1"]
+    case = store.case(cases[0]["id"])
+    before = store.count_feedback()
+    store.close()
+    lock = Path(store.path + ".lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # tampered: a folder named like the lock file
+    broken = Store(store.path)
+    with pytest.raises(StoreError, match="lock file.*nothing was saved"):
+        annotate.submit_rating(broken, rad, case, annotate.Rating(rating=0))
+    lock.rmdir()
+    assert annotate.submit_rating(broken, rad, case, annotate.Rating(rating=0)) > 0
+    assert broken.count_feedback() == before + 1
+    broken.close()
+
+
+def test_the_lock_file_deleted_while_held_costs_a_wait_not_a_second_writer(store, users):
+    from core.errors import StoreBusy
+    from core.store import Store
+
+    holder = _spawn_io(HOLDER, store.path)
+    try:
+        _wait_line(holder, "HOLD")
+        os.unlink(store.path + ".lock")  # an administrator "cleaning up"
+        second = Store(store.path, lock_timeout=1.5)
+        # a new lock file is created and taken, but DuckDB still refuses: busy, nothing held
+        with pytest.raises(StoreBusy, match="nothing was saved"):
+            second.audit("second", "tick", {})
+        _release(holder)
+        _wait_line(holder, "FREE")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    second.audit("second", "tick", {})
+    second.close()
+    store.audit("first", "tick", {})
+    assert {r["actor"] for r in store.audit_log(action="tick")} == {"first", "second"}
+
+
+def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_disk):
+    """Issue 16.6: waiting for another process on a full disk never raises a raw OSError."""
+    import threading
+
+    from core import auth
+    from core.demo import synthetic_reports
+    from core.store import Store
+
+    db = small_disk / "db.duckdb"
+    s = Store(db)
+    try:
+        s.migrate()
+        auth.create_user(s, "rad1", "radiologist", "rad1-Passw0rd")
+        user = auth.sign_in(s, "rad1", "rad1-Passw0rd")
+        s.import_reports(synthetic_reports(3, seed=1), "x", "demo")
+        s.add_generations([{"report_id": r["id"], "model": "m", "text": "t"}
+                           for r in s.reports()])
+        case = s.case(s.reports()[0]["id"])
+        holder = _spawn_io(HOLDER, str(db))
+        try:
+            _wait_line(holder, "HOLD")
+            filler = small_disk / "filler"
+            with filler.open("wb") as fh:  # fill the disk to the last byte
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(os.urandom(64 * 1024))
+                        fh.flush()
+            result: dict = {}
+
+            def save() -> None:
+                try:
+                    result["id"] = annotate.submit_rating(s, user, case, annotate.Rating(
+                        rating=0, edited_text="x" * 5000), client_token="full")
+                except BaseException as exc:  # noqa: BLE001 - judged below
+                    result["error"] = exc
+
+            saver = threading.Thread(target=save)
+            saver.start()
+            _wait_until(lambda: not saver.is_alive() or _tickets(str(db)),
+                        "the save failed or waits in the queue")
+            _release(holder)
+            _wait_line(holder, "FREE")
+            saver.join(timeout=90)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+        error = result.get("error")
+        assert error is None or isinstance(error, StoreError), repr(error)
+        if error is not None:
+            assert "nothing was saved" in str(error)
+        filler.unlink()
+        # the disk has room again: the save goes through and nothing was half-written
+        fid = annotate.submit_rating(s, user, case, annotate.Rating(rating=0),
+                                     client_token="full")
+        assert fid == result.get("id", fid)
+        assert s.count_feedback() == 1
+    finally:
+        s.close()
+
+
+# -- issue 16.4: a long feedback import commits in chunks and resumes ---------------------------
+CHUNKED_FEEDBACK_IMPORT = textwrap.dedent("""
+    import contextlib, sys, time
+    from core.store import Store
+
+    _seen = 0
+    _orig_tx = Store.tx
+
+    class _Con:
+        def __init__(self, con):
+            self._con = con
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+        def execute(self, sql, *args):
+            global _seen
+            result = self._con.execute(sql, *args)
+            if sql.lstrip().startswith("INSERT INTO feedback ("):
+                _seen += 1
+                if _seen == 2:  # the second chunk is written, its transaction still open
+                    print("HOOK", flush=True)
+                    time.sleep(300)
+            return result
+
+    @contextlib.contextmanager
+    def _tx(self):
+        with _orig_tx(self) as con:
+            yield _Con(con)
+
+    Store.tx = _tx
+    from core.feedback_import import import_feedback
+    store = Store(sys.argv[1])
+    print(import_feedback(store, sys.argv[2], actor="fault-test", chunk_rows=5).summary(),
+          flush=True)
+""")
+
+
+def test_kill9_between_feedback_import_chunks_keeps_whole_chunks_and_resumes(store, users,
+                                                                             cases, tmp_path):
+    import csv
+
+    from core.feedback_import import import_feedback
+
+    f = tmp_path / "fb.csv"
+    with f.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["reader", "uid", "edited_impression", "ai_text"])
+        for r in cases:  # 12 rows: chunks of 5, 5 and 2
+            w.writerow(["rad2", r["external_id"], f"Signed impression {r['id']}.", "Draft."])
+    before = store.count_feedback()
+    proc = _spawn(CHUNKED_FEEDBACK_IMPORT, store.path, str(f))
+    try:
+        _wait_line(proc, "HOOK")
+        _kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the first chunk is committed whole, the second not at all
+    assert store.count_feedback() == before + 5
+    assert store.df("SELECT count(*) AS n FROM generations WHERE model = 'imported-draft'"
+                    )["n"][0] == 5
+    unfinished = store.df("SELECT * FROM feedback_imports")
+    assert len(unfinished) == 1 and unfinished["finished_at"].isna().all()
+    # running the same file again resumes that import and writes each row once
+    result = import_feedback(store, f, actor="fault-test", chunk_rows=5)
+    assert result.resumed and result.import_id == int(unfinished["id"][0])
+    assert (result.imported, result.skipped) == (7, 5)
+    rows = store.df("SELECT client_token FROM feedback WHERE source = 'import'")
+    assert len(rows) == 12 and rows["client_token"].is_unique
+    assert store.df("SELECT finished_at FROM feedback_imports")["finished_at"].notna().all()

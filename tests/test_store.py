@@ -146,7 +146,7 @@ def test_backup_while_writing_then_restore(store, users, cases, tmp_path):
     # more writes after the backup, then restore: the database is the backup again
     store.add_feedback(reader_id=rad.id, report_id=cases[0]["id"], kind="skip")
     restored = store.restore(tmp_path / "b1.duckdb")
-    assert store.count_feedback() == restored["feedback"] == counts["feedback"]
+    assert store.count_feedback() == restored.counts["feedback"] == counts["feedback"]
     assert store.count_reports() == 12
 
 
@@ -156,3 +156,184 @@ def test_restore_refuses_a_non_database(store, tmp_path):
     with pytest.raises(StoreError, match="not a usable"):
         store.restore(junk)
     assert store.schema_version() >= 1
+
+
+# -- issue 16: idempotency keys, two tabs, restore ------------------------------------------------
+def test_a_forced_token_collision_never_acknowledges_a_save_that_was_not_stored(store, users,
+                                                                               cases):
+    import uuid
+
+    from core import annotate
+
+    r1, r2 = users["rad1"], users["rad2"]
+    c1, c2 = store.case(cases[0]["id"]), store.case(cases[1]["id"])
+    key = uuid.uuid4().hex
+    a = annotate.submit_rating(store, r1, c1, annotate.Rating(rating=1), client_token=key)
+    # another reader whose form drew the same key: their save is stored, under their name
+    b = annotate.submit_rating(store, r2, c1, annotate.Rating(rating=-1), client_token=key)
+    assert a != b
+    row = store.get_feedback(b)
+    assert (row["reader_id"], row["rating"], row["client_token"]) == (r2.id, -1, key)
+    # the same reader and key for another save: refused, and nothing stored
+    n = store.count_feedback()
+    with pytest.raises(StoreError, match="nothing was saved"):
+        annotate.submit_rating(store, r1, c2, annotate.Rating(rating=2), client_token=key)
+    with pytest.raises(StoreError, match="nothing was saved"):
+        annotate.submit_rating(store, r1, c1, annotate.Rating(rating=-2), client_token=key)
+    assert store.count_feedback() == n
+    # a real double submit (the same save twice) is still written once
+    assert annotate.submit_rating(store, r1, c1, annotate.Rating(rating=1, time_spent_ms=9),
+                                  client_token=key) == a
+    assert store.count_feedback() == n
+
+
+def test_a_case_rated_in_two_tabs_the_later_rating_revises_the_earlier(store, users, cases):
+    from core import annotate
+    from core.pairs import pairs_for_reader
+
+    rad = users["rad1"]
+    tab1, tab2 = annotate.next_case(store, rad), annotate.next_case(store, rad)
+    assert tab1 == tab2  # both tabs show the same case
+    first = annotate.submit_rating(store, rad, tab1, annotate.Rating(
+        rating=-2, edited_text="First tab: small effusion."), client_token="tab-1")
+    second = annotate.submit_rating(store, rad, tab2, annotate.Rating(
+        rating=1, edited_text="Second tab: no acute disease."), client_token="tab-2")
+    assert store.get_feedback(second)["revises"] == first
+
+    def current() -> list[int]:
+        return list(store.df("SELECT id FROM current_feedback WHERE reader_id = ? AND "
+                             "report_id = ?", [rad.id, tab1.report_id])["id"])
+
+    assert current() == [second]
+    assert store.queue_progress(rad.id)[0] == 1  # one case done, not two
+    history = annotate.feedback_of(store, rad)
+    status = dict(zip(history["id"], annotate.feedback_status(history)))
+    assert status == {first: "revised by a later rating", second: "revises an earlier rating"}
+    # preference pairs use only the current rating
+    pairs = pairs_for_reader(store, rad.id, heldout_fraction=0.0, record_heldout=False)
+    texts = {p.chosen for p in pairs.train} | {p.rejected for p in pairs.train}
+    assert "Second tab: no acute disease." in texts and "First tab: small effusion." not in texts
+    assert [m["impression"] for m in pairs.memory] == ["Second tab: no acute disease."]
+    # undo takes back the later rating; the earlier one counts again
+    assert annotate.undo_last(store, rad)["id"] == second
+    assert current() == [first]
+
+
+def _backup_with_data(store, users, cases, dest):
+    from core import annotate
+
+    for c in cases[:3]:
+        annotate.submit_rating(store, users["rad1"], store.case(c["id"]),
+                               annotate.Rating(rating=0))
+    return store.backup(dest)
+
+
+def _damaged_copies(good, tmp_path):
+    """Backups cut short and backups with one damaged block (as a bad disk or copy leaves)."""
+    import random
+
+    data = good.read_bytes()
+    rng = random.Random(16)
+    out = []
+    for frac in (0.2, 0.5, 0.9, 0.995):
+        f = tmp_path / f"cut-{frac}.duckdb"
+        f.write_bytes(data[:int(len(data) * frac)])
+        out.append(f)
+    blocks = len(data) // 4096
+    for k in range(6):
+        f = tmp_path / f"block-{k}.duckdb"
+        i = rng.randrange(1, blocks)  # not the header: that one every check reads
+        f.write_bytes(data[:i * 4096] + rng.randbytes(4096) + data[(i + 1) * 4096:])
+        out.append(f)
+    return out
+
+
+def _contents(path) -> dict:
+    """A digest of every row of every table (read-only)."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+        ).fetchall()]
+        return {t: con.execute(f'SELECT count(*), sum(hash(x)) FROM "{t}" x').fetchall()[0]
+                for t in tables}
+    finally:
+        con.close()
+
+
+def test_restore_reads_a_backup_completely_and_refuses_a_damaged_one(store, users, cases,
+                                                                     tmp_path):
+    import hashlib
+
+    from core import annotate
+    from core.store import Store
+
+    good = tmp_path / "good.duckdb"
+    counts = _backup_with_data(store, users, cases, good)
+    expected = _contents(good)
+    store.add_feedback(reader_id=users["rad1"].id, report_id=cases[5]["id"], kind="skip")
+    store.close()
+    outcomes = {}
+    for bad in _damaged_copies(good, tmp_path):
+        live = hashlib.sha256(Path(store.path).read_bytes()).hexdigest()
+        s = Store(store.path)
+        try:
+            s.restore(bad)
+        except StoreError as exc:
+            assert "not a usable Impressionist backup" in str(exc)
+            assert "live database is unchanged" in str(exc)
+            outcomes[bad.name] = "refused"
+            s.close()
+            # the live file was not touched, not even opened for writing
+            assert hashlib.sha256(Path(store.path).read_bytes()).hexdigest() == live, bad.name
+            continue
+        # Accepted only when every row came through: the damage hit space no row needs (an
+        # index block is rebuilt from the rows, an older header copy is not read).
+        s.close()
+        assert _contents(store.path)["feedback"] == expected["feedback"], bad.name
+        assert {t: v for t, v in _contents(store.path).items() if t != "audit_log"} == {
+            t: v for t, v in expected.items() if t != "audit_log"}, bad.name
+        s = Store(store.path)
+        assert annotate.skip(s, users["rad1"], s.case(cases[9]["id"])) > 0  # it takes writes
+        s.restore(good)
+        s.close()
+        outcomes[bad.name] = "restored intact"
+    assert all(outcomes[f"cut-{f}.duckdb"] == "refused" for f in (0.2, 0.5, 0.9, 0.995))
+    assert list(outcomes.values()).count("refused") >= 5, outcomes
+    assert not list(Path(store.path).parent.glob("*.restoring-*"))
+
+
+def test_a_good_backup_restores_over_a_damaged_database_and_keeps_every_earlier_copy(
+        store, users, cases, tmp_path):
+    from core.cli import main
+    from core.store import Store
+
+    good = tmp_path / "good.duckdb"
+    counts = _backup_with_data(store, users, cases, good)
+    store.close()
+    live = Path(store.path)
+    original = live.read_bytes()
+    live.write_bytes(original[:len(original) // 3])  # the live database is damaged
+    def restored_by() -> str:  # each restore's audit row is in the database it restored
+        s = Store(store.path)
+        try:
+            assert s.count_feedback() == counts["feedback"]
+            return s.audit_log(action="restore")[0]["actor"]
+        finally:
+            s.close()
+
+    first = Store(store.path).restore(good, actor="dr_admin")
+    assert first.counts == counts and first.kept_as.read_bytes() == original[:len(original) // 3]
+    assert restored_by() == "dr_admin"
+    # a second and third restore keep the earlier copies: nothing is ever overwritten
+    assert main(["--db", store.path, "restore", str(good), "--actor", "night-operator"]) == 0
+    assert restored_by() == "night-operator"
+    assert main(["--db", store.path, "restore", str(good)]) == 0
+    import getpass
+
+    assert restored_by() == getpass.getuser()  # the CLI names the OS user by default
+    kept = sorted(live.parent.glob(live.name + ".before-restore-*"))
+    assert len(kept) == 3 and first.kept_as in kept
+    assert len({k.read_bytes() for k in kept}) == 3  # three different databases were kept
