@@ -1,12 +1,25 @@
 """Impressionist: the router. Sign-in decides which pages a user gets (st.navigation)."""
 
+from datetime import datetime, timezone
+
 import streamlit as st
 
-from ui import current_user
+from core import auth
+from ui import current_user, get_store
 
 st.set_page_config(page_title="Impressionist", page_icon=":material/radiology:", layout="wide")
 
 user = current_user()
+if user is not None:
+    # Idle timeout: every page run counts as activity; a session left alone too long ends.
+    now = datetime.now(timezone.utc)
+    if not auth.check_idle(get_store(), user, st.session_state.get("last_active",
+                                                                   user.signed_in_at), now):
+        st.session_state.pop("user", None)
+        st.session_state["flash"] = "You were signed out after a while without activity."
+        user = None
+    else:
+        st.session_state["last_active"] = now
 if user is None:
     home = st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)
     pages = [home]

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.auth import User, require
+from core.auth import User, authorize
 from core.config import settings
-from core.errors import ImpressionistError, NotFound, ValidationError
+from core.errors import ImpressionistError, NotFound, PermissionDenied, ValidationError
 
 __all__ = ["AdapterRegistryError", "UnknownVersion", "AdapterVersion", "reader_dir",
            "active_adapter", "get_version", "list_versions", "allocate_version", "commit_version",
@@ -225,7 +225,7 @@ def list_versions(store, user: User | None = None, reader: str | None = None) ->
     it out of service (its ``status`` stays ``promoted``); else ``candidate`` or ``rejected``.
     """
     if user is not None:
-        require(user, *MANAGERS)
+        authorize(store, user, *MANAGERS)
     rid = _reader(store, reader).id if reader else None
     left: dict[tuple[str, int], str] = {}  # (reader, version) -> how it last left service
     for e in sorted(store.adapter_events(rid, limit=2**31 - 1), key=lambda e: e["id"]):
@@ -294,11 +294,15 @@ def read_pointer(username: str) -> int | None:
         return None
 
 
-def _actor(user: User | None, actor: str | None) -> str:
+def _actor(store, user: User | None, actor: str | None) -> str:
+    """Who promotes or rolls back: a signed-in coordinator/admin, checked against the store, or
+    a system job that names itself (``actor``: the nightly job, the CLI); never nobody."""
     if user is not None:
-        require(user, *MANAGERS)
+        authorize(store, user, *MANAGERS)
         return user.username
-    return actor or "system"
+    if not actor:
+        raise PermissionDenied("sign in first (or name the system job that acts: actor=...)")
+    return actor
 
 
 def promote(store, reader: str | int, version: int, *, user: User | None = None,
@@ -316,7 +320,7 @@ def promote(store, reader: str | int, version: int, *, user: User | None = None,
     Raises:
         AdapterRegistryError: the version does not exist or its files are missing.
     """
-    who = _actor(user, actor)
+    who = _actor(store, user, actor)
     av = get_version(store, reader, version)
     if not av.path.is_dir():
         raise AdapterRegistryError(f"adapter folder {av.path} is missing; cannot promote "
@@ -336,7 +340,7 @@ def rollback(store, reader: str | int, to_version: int | None = None, *,
     Raises:
         AdapterRegistryError: nothing to roll back (no active adapter).
     """
-    who = _actor(user, actor)
+    who = _actor(store, user, actor)
     r = _reader(store, reader)
     current = store.active_adapter_row(r.id)
     if current is None:
@@ -723,7 +727,7 @@ def runs_table(store, user: User, reader: str | None = None, limit: int = 500):
     """Training runs, newest first, as a DataFrame with the held-out metrics flattened."""
     import pandas as pd
 
-    require(user, *MANAGERS)
+    authorize(store, user, *MANAGERS)
     rid = _reader(store, reader).id if reader else None
     rows = []
     for r in store.training_runs(rid, limit=limit):
@@ -744,7 +748,7 @@ def active_table(store, user: User):
     """One row per radiologist: active version (or the shared model), its metrics, when/by whom."""
     import pandas as pd
 
-    require(user, *MANAGERS)
+    authorize(store, user, *MANAGERS)
     active = {row["reader"]: row for row in store.active_adapters()}
     rows = []
     for r in store.list_readers():

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from core import auth
-from core.auth import User, require
+from core.auth import User, authorize
 from core.config import ROOT, settings
 from core.errors import ValidationError
 from core.ingest import ImportResult, import_file
@@ -23,7 +23,7 @@ def import_reports(store: Store, user: User, path: str | Path, fmt: str = "auto"
                    require_impression: bool = True,
                    allow_duplicates: bool = False) -> ImportResult:
     """``core.ingest.import_file`` for an admin (the Admin page's import, its checkboxes)."""
-    require(user, "admin")
+    authorize(store, user, "admin")
     return import_file(store, path, fmt=fmt, actor=user.username, display_name=display_name,
                        skip_empty_findings=skip_empty_findings,
                        require_impression=require_impression,
@@ -33,19 +33,19 @@ def import_reports(store: Store, user: User, path: str | Path, fmt: str = "auto"
 def recent_imports(store: Store, user: User):
     import pandas as pd
 
-    require(user, "admin", "coordinator")
+    authorize(store, user, "admin", "coordinator")
     return pd.DataFrame(store.imports())
 
 
 def users(store: Store, user: User):
     import pandas as pd
 
-    require(user, "admin")
+    authorize(store, user, "admin")
     return pd.DataFrame([r.__dict__ for r in store.list_readers()])
 
 
 def add_user(store: Store, user: User, username: str, role: str, password: str):
-    require(user, "admin")
+    authorize(store, user, "admin")
     return auth.create_user(store, username, role, password, actor=user.username)
 
 
@@ -53,7 +53,7 @@ def set_user_active(store: Store, user: User, username: str, active: bool) -> No
     """Disable (or re-enable) an account. A disabled account cannot sign in, its open sessions
     end on their next page run, and it can save nothing (``Store.add_feedback`` checks);
     everything it wrote stays. Audited as ``user_disabled`` / ``user_enabled``."""
-    require(user, "admin")
+    authorize(store, user, "admin")
     target = auth.lookup_user(store, username)
     if not active and target.id == user.id:
         raise ValidationError("you cannot disable your own account")
@@ -65,7 +65,7 @@ def set_user_active(store: Store, user: User, username: str, active: bool) -> No
 def generation_status(store: Store, user: User) -> dict:
     import pandas as pd
 
-    require(user, "admin", "coordinator")
+    authorize(store, user, "admin", "coordinator")
     by_model = pd.DataFrame(store.generation_status())
     ready = store.reports_ready_count()
     return {"reports": store.count_reports(), "ready": ready, "by_model": by_model}
@@ -73,7 +73,7 @@ def generation_status(store: Store, user: User) -> dict:
 
 def start_generation(store: Store, user: User, limit: int = 200) -> Path:
     """Start ``python -m core generate`` as a separate process; returns its log file."""
-    require(user, "admin")
+    authorize(store, user, "admin")
     logs = settings().db_home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"generate-{time.strftime('%Y%m%d-%H%M%S')}.log"

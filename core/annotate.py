@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
-from core.auth import User, require, require_self_or
+from core.auth import User, authorize, require_self_or
 from core.errors import PermissionDenied, StoreError, ValidationError
 from core.store import Case, Store
 
@@ -71,12 +71,12 @@ def _saving(what: str) -> Iterator[None]:
 
 def next_case(store: Store, user: User, adapter: str | None = None) -> Case | None:
     """The signed-in radiologist's next case, or None when the queue is done."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     return store.next_case(user.id, adapter=adapter)
 
 
 def progress(store: Store, user: User) -> tuple[int, int]:
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     return store.queue_progress(user.id)
 
 
@@ -106,9 +106,14 @@ def submit_rating(store: Store, user: User, case: Case, rating: Rating,
     """Append a rating (and edit) of ``case`` by ``user``. Returns the feedback id.
 
     An edit that changes only whitespace or punctuation is stored as no edit. A repeated
-    ``client_token`` (double submit) returns the first row's id.
+    ``client_token`` (double submit) returns the first row's id. Rating a case already rated
+    (a second tab) revises the earlier rating (``Store.add_feedback``). With ``study_id`` the
+    case must be one of the user's tasks in that study.
     """
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
+    if study_id is not None and not store.is_study_case_of(study_id, user.id, case.report_id):
+        raise PermissionDenied(f"{user.username} has no task for report {case.report_id} in "
+                               f"study {study_id}; nothing was saved")
     edited = clean_text(rating.edited_text, "edited impression")
     if edited is not None and _same_words(edited, case.ai_text):
         edited = None
@@ -125,7 +130,7 @@ def submit_rating(store: Store, user: User, case: Case, rating: Rating,
 
 def skip(store: Store, user: User, case: Case, client_token: str | None = None,
          time_spent_ms: int | None = None) -> int:
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     with _saving("skip"):
         return store.add_feedback(reader_id=user.id, report_id=case.report_id,
                                   generation_id=case.generation_id, kind="skip",
@@ -134,7 +139,7 @@ def skip(store: Store, user: User, case: Case, client_token: str | None = None,
 
 def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:
     """Retract the user's most recent standing rating or skip; returns it (or None)."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     with _saving("undo"), store.tx():
         last = store.last_current_rating(user.id, study_id)
         if last is None:
@@ -149,7 +154,7 @@ def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | N
 
 def retract(store: Store, user: User, feedback_id: int) -> int:
     """Retract one specific rating of the user's own."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     with _saving("retraction"), store.tx():
         row = store.get_feedback(feedback_id)
         if row["reader_id"] != user.id:
@@ -164,7 +169,7 @@ def retract(store: Store, user: User, feedback_id: int) -> int:
 def feedback_of(store: Store, user: User, reader_id: int | None = None,
                 include_retracted: bool = True):
     """A reader's feedback history (DataFrame). Radiologists may only read their own."""
-    require(user)
+    authorize(store, user)
     reader_id = user.id if reader_id is None else reader_id
     require_self_or(user, reader_id, "coordinator", "admin")
     from core.study import without_open_study_rows
@@ -191,7 +196,7 @@ def feedback_status(history):
 
 def record_export(store: Store, user: User, what: str, rows: int) -> None:
     """Audit an export (who exported what, how many rows; never the content)."""
-    require(user)
+    authorize(store, user)
     store.audit(user.username, "export", {"what": what, "rows": int(rows)})
 
 

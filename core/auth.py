@@ -18,11 +18,18 @@ from core.store import Reader, Store
 
 ROLES = ("radiologist", "coordinator", "admin")
 MIN_PASSWORD_LENGTH = 8
+# "aaaaaaaaA" and "11112222" are long enough and still guessed in seconds.
+MIN_DISTINCT_CHARACTERS = 5
 MAX_FAILED_SIGNINS = 5
 # Failures from one client (browser address) over every name it tries: password spraying.
 MAX_FAILED_PER_CLIENT = 20
 THROTTLE_WINDOW = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)
+# A session with no page run for this long ends (IMPRESSIONIST_IDLE_MINUTES overrides it).
+IDLE_TIMEOUT = timedelta(minutes=30)
+# The id of no account: the command line's ``User`` (whoever can run the CLI can open the
+# database file); :func:`authorize` has no account to re-read for it.
+SYSTEM_ID = 0
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Refused whatever the other rules say (lower-cased comparison).
 COMMON_PASSWORDS = frozenset({
@@ -70,8 +77,10 @@ def check_password_rules(password: str, username: str | None = None) -> None:
     """Raise :class:`AuthError` for a password that is too weak.
 
     Rules: at least ``MIN_PASSWORD_LENGTH`` characters and at most 72 bytes (bcrypt's limit); no
-    leading/trailing spaces; not only lower-case letters; not a well-known password; not mostly
-    the username (what is left after removing it must still be long enough).
+    leading/trailing spaces; not only lower-case letters; not only digits (a date such as
+    ``20241231``); at least ``MIN_DISTINCT_CHARACTERS`` different characters (not
+    ``aaaaaaaaA``); not a well-known password; not mostly the username (what is left after
+    removing it must still be long enough).
 
     Args:
         password: the proposed password (never logged or put in a message).
@@ -90,6 +99,12 @@ def check_password_rules(password: str, username: str | None = None) -> None:
     if password.strip() != password or password.lower() == password and password.isalpha():
         raise AuthError("password must not start/end with spaces and must not be only "
                         "lower-case letters")
+    if password.isdigit():
+        raise AuthError("password must not be only digits (a date or a number is guessed "
+                        "first)")
+    if len(set(password)) < MIN_DISTINCT_CHARACTERS:
+        raise AuthError(f"password must have at least {MIN_DISTINCT_CHARACTERS} different "
+                        f"characters")
     if password.lower() in COMMON_PASSWORDS:
         raise AuthError("password is a well-known password; choose another")
     if username and username.lower() in password.lower() and \
@@ -156,17 +171,20 @@ def client_key(address: str | None) -> str | None:
 def sign_in(store: Store, username: str, password: str, client: str | None = None) -> User:
     """Check credentials (with throttling) and return the :class:`User`.
 
-    At most ``MAX_FAILED_SIGNINS`` failures per name, and ``MAX_FAILED_PER_CLIENT`` per client
-    address over all names, within ``THROTTLE_WINDOW``; then every attempt (even with the right
-    password) is refused until the window has passed. Every attempt is audited (``signin``,
-    ``signin_failed``, ``signin_throttled``) without the password, an unknown name only as a hash
-    (see :func:`audit_name`) and the client only as a hash (see :func:`client_key`).
+    At most ``MAX_FAILED_SIGNINS`` attempts per name since its last successful sign-in, and
+    ``MAX_FAILED_PER_CLIENT`` unsuccessful ones per client address over all names, within
+    ``THROTTLE_WINDOW``; then every attempt (even with the right password) is refused until the
+    window has passed. The attempt is counted and recorded in one transaction before the
+    password is checked (``Store.begin_signin``), so 30 parallel guesses cannot all pass the
+    limit. Every attempt is audited (``signin_attempt``, then ``signin`` or ``signin_failed``;
+    or ``signin_throttled``) without the password, an unknown name only as a hash (see
+    :func:`audit_name`) and the client only as a hash (see :func:`client_key`).
 
     Args:
         client: the browser's address (``st.context.ip_address``), or None (CLI, localhost).
 
     Raises:
-        AuthError: unknown user, wrong password or too many recent failures. The message does
+        AuthError: unknown user, wrong password or too many recent attempts. The message does
             not tell which of the first two it was.
     """
     now = datetime.now(timezone.utc)
@@ -174,18 +192,16 @@ def sign_in(store: Store, username: str, password: str, client: str | None = Non
     ckey = client_key(client)
     detail = {"client": ckey} if ckey else {}
     since = (now - THROTTLE_WINDOW).replace(tzinfo=None)
-    failures = store.failed_signins_since(actor, since)
-    by_client = store.failed_signins_from_client(ckey, since) if ckey else 0
-    if failures >= MAX_FAILED_SIGNINS or by_client >= MAX_FAILED_PER_CLIENT:
-        store.audit(actor, "signin_throttled", detail)
+    attempt = store.begin_signin(actor, ckey, since, MAX_FAILED_SIGNINS, MAX_FAILED_PER_CLIENT)
+    if attempt is None:
         raise AuthError("too many failed sign-ins; try again in 15 minutes")
     hashed = store.password_hash(username) if actor == username else None
     ok = verify_password(password, hashed if hashed is not None else _dummy_hash())
     if hashed is None or not ok:
-        store.audit(actor, "signin_failed", detail)
+        store.audit(actor, "signin_failed", {"attempt": attempt, **detail})
         raise AuthError("unknown user or wrong password")
     reader = store.get_reader(username)
-    store.audit(username, "signin", {"role": reader.role, **detail})
+    store.audit(username, "signin", {"role": reader.role, "attempt": attempt, **detail})
     return User(reader.id, reader.username, reader.role, now)
 
 
@@ -221,6 +237,79 @@ def require(user: User | None, *roles: str) -> User:
         raise PermissionDenied(f"{user.username} ({user.role}) may not do this; needs "
                                f"{' or '.join(roles)}")
     return user
+
+
+def authorize(store: Store, user: User | None, *roles: str) -> User:
+    """:func:`require`, then the account as it is *now* in the store: it must still exist
+    under the same name, be active and have the role the session was opened with.
+
+    Core functions that act for a person call this instead of trusting the ``User`` object a
+    page holds: a disabled account's old object, or one from before a role change, is refused
+    here even if no page run has revalidated the session since. The command line's user
+    (``SYSTEM_ID``) has no account to re-read.
+
+    Raises:
+        PermissionDenied: not signed in, expired, wrong role, or the account changed.
+    """
+    require(user, *roles)
+    if user.id == SYSTEM_ID:
+        return user
+    try:
+        reader = store.get_reader_by_id(user.id)
+    except NotFound:
+        reader = None
+    if reader is None or reader.username != user.username:
+        raise PermissionDenied(f"the account {user.username!r} no longer exists; sign in again")
+    if not reader.active:
+        raise PermissionDenied(f"the account {user.username!r} is disabled; nothing was done")
+    if reader.role != user.role:
+        raise PermissionDenied(f"the role of {user.username!r} changed to {reader.role}; sign "
+                               f"in again")
+    return user
+
+
+def idle_timeout() -> timedelta:
+    """How long a session may go without a page run (``IMPRESSIONIST_IDLE_MINUTES``, default
+    ``IDLE_TIMEOUT``: 30 minutes).
+
+    Raises:
+        ValueError: the variable is not a positive number of minutes.
+    """
+    raw = os.environ.get("IMPRESSIONIST_IDLE_MINUTES")
+    if not raw:
+        return IDLE_TIMEOUT
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0:
+        raise ValueError(f"IMPRESSIONIST_IDLE_MINUTES={raw!r}: must be a positive number of "
+                         f"minutes")
+    return timedelta(minutes=minutes)
+
+
+def idle_expired(last_active: datetime | None, now: datetime | None = None) -> bool:
+    """True when a session last active at ``last_active`` has been idle too long.
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> idle_expired(datetime.now(timezone.utc) - timedelta(hours=1))
+    True
+    """
+    if last_active is None:
+        return False
+    now = now or datetime.now(timezone.utc)
+    return now - last_active > idle_timeout()
+
+
+def check_idle(store: Store, user: User, last_active: datetime | None,
+               now: datetime | None = None) -> bool:
+    """True when ``user``'s session is still active; False (audited as ``session_idle``) when
+    it has been idle longer than :func:`idle_timeout` and must end."""
+    if not idle_expired(last_active, now):
+        return True
+    store.audit(user.username, "session_idle", {"idle_minutes": round(
+        ((now or datetime.now(timezone.utc)) - last_active).total_seconds() / 60, 1)})
+    return False
 
 
 def require_self_or(user: User, reader_id: int, *roles: str) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.annotate import MAX_TEXT
+from core.auth import User, authorize
 from core.importers.common import ImportValidationError, normalize_text, read_csv_table
 
 __all__ = ["FeedbackImportResult", "import_feedback", "COLUMNS"]
@@ -85,14 +86,16 @@ def _token(reader: str, report_id: int, edited: str, ai_text: str | None) -> str
 
 
 def import_feedback(store, path: str | Path, actor: str | None = None,
-                    display_name: str | None = None, chunk_rows: int = CHUNK_ROWS) -> FeedbackImportResult:
+                    display_name: str | None = None, user: User | None = None,
+                    chunk_rows: int = CHUNK_ROWS) -> FeedbackImportResult:
     """Validate a feedback CSV completely, then write it in chunks (see the module docstring).
 
     Args:
         store: the store.
         path: the CSV file.
-        actor: who imports (audit log).
+        actor: who imports (audit log) when no ``user`` is given: a system job (the CLI).
         display_name: how the file is named in messages (default: the path).
+        user: the signed-in admin who imports (checked against the store; then the actor).
         chunk_rows: rows per transaction.
 
     Returns:
@@ -100,14 +103,16 @@ def import_feedback(store, path: str | Path, actor: str | None = None,
 
     Raises:
         ImportValidationError: naming file, row and field; nothing is written.
-        PermissionDenied: a reader was disabled while the import ran (the chunks before stay
-            written).
+        PermissionDenied: ``user`` is not an active admin (the account is re-read), or a
+            reader was disabled while the import ran (the chunks before stay written).
 
     >>> import_feedback(store, "signed.csv", actor="cli").summary()  # doctest: +SKIP
     'signed.csv: 120 feedback rows imported, 0 skipped as already imported or repeated ...'
     """
     from core.pairs import same_words
 
+    if user is not None:
+        actor = authorize(store, user, "admin").username
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows!r}: must be at least 1")
     display = display_name or str(path)

@@ -762,18 +762,41 @@ class Store(TrainingQueries, StudyQueries):
             params.append(role)
         return [Reader(**r) for r in self._rows(sql + " ORDER BY username", params)]
 
-    def failed_signins_since(self, username: str, since: datetime) -> int:
-        return self._scalar(
-            "SELECT count(*) FROM audit_log WHERE action = 'signin_failed' AND actor = ? "
-            "AND created_at >= ? AND created_at > coalesce((SELECT max(created_at) FROM audit_log WHERE "
-            "action = 'signin' AND actor = ?), TIMESTAMP '1970-01-01')",
-            [username, since, username])
+    def begin_signin(self, actor: str, client: str | None, since: datetime,
+                     max_per_name: int, max_per_client: int) -> int | None:
+        """Count recent sign-in attempts and record this one, in ONE transaction.
 
-    def failed_signins_from_client(self, client: str, since: datetime) -> int:
-        """Failed sign-ins from one client key (any name) since ``since``."""
-        return self._scalar(
-            "SELECT count(*) FROM audit_log WHERE action = 'signin_failed' AND created_at >= ? "
-            "AND json_extract_string(detail, '$.client') = ?", [since, client])
+        An attempt counts against the limits from the moment it starts (before its password is
+        checked), so parallel attempts cannot all pass a check made before any of them failed.
+        Per name: attempts since ``since`` and since the name's last successful sign-in. Per
+        client: attempts since ``since`` that did not succeed (a ward's shared address is not
+        throttled for its successful sign-ins).
+
+        Returns:
+            The attempt's audit id (name it in :meth:`end_signin`), or None when a limit is
+            reached (then a ``signin_throttled`` row is written instead).
+        """
+        detail = json.dumps({"client": client} if client else {})
+        with self.tx() as con:
+            by_name = con.execute(
+                "SELECT count(*) FROM audit_log WHERE action = 'signin_attempt' AND actor = ? "
+                "AND created_at >= ? AND id > coalesce((SELECT max(id) FROM audit_log WHERE "
+                "action = 'signin' AND actor = ?), 0)", [actor, since, actor]).fetchall()[0][0]
+            by_client = 0
+            if client:
+                by_client = con.execute(
+                    "SELECT count(*) FROM audit_log a WHERE a.action = 'signin_attempt' AND "
+                    "a.created_at >= ? AND json_extract_string(a.detail, '$.client') = ? AND NOT "
+                    "EXISTS (SELECT 1 FROM audit_log s WHERE s.action = 'signin' AND s.actor = "
+                    "a.actor AND json_extract_string(s.detail, '$.attempt') = "
+                    "CAST(a.id AS VARCHAR))", [since, client]).fetchall()[0][0]
+            action = ("signin_throttled" if by_name >= max_per_name or
+                      by_client >= max_per_client else "signin_attempt")
+            con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
+                        "(?, ?, ?, ?)", [_now(), actor, action, detail])
+            if action == "signin_throttled":
+                return None
+            return con.execute("SELECT currval('audit_id_seq')").fetchall()[0][0]
 
     # -- reports ---------------------------------------------------------------------------------
     def import_reports(self, records: Iterable[Any], file: str, fmt: str,

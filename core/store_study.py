@@ -458,6 +458,13 @@ class StudyQueries:
         return self._scalar("SELECT task_id FROM study_answers WHERE feedback_id = ?",
                             [feedback_id])
 
+    def is_study_case_of(self, study_id: int, reader_id: int, report_id: int) -> bool:
+        """Does the reader have a (not withdrawn) task on this report in this study?"""
+        return bool(self._scalar(
+            "SELECT count(*) FROM study_tasks t JOIN study_units u ON u.id = t.unit_id "
+            "WHERE t.study_id = ? AND t.reader_id = ? AND u.report_id = ? AND t.id NOT IN "
+            "(SELECT task_id FROM study_task_withdrawals)", [study_id, reader_id, report_id]))
+
     def feedback_id_for_token(self, client_token: str, reader_id: int) -> int | None:
         """The reader's feedback row saved with ``client_token`` (tokens are unique per reader)."""
         return self._scalar("SELECT id FROM feedback WHERE reader_id = ? AND client_token = ?",

@@ -42,7 +42,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.auth import User, require
+from core.auth import User, authorize
 from core.errors import NotFound, PermissionDenied, ValidationError
 from core.store import Case, Store
 
@@ -448,7 +448,7 @@ def create_study(store: Store, user: User, design: StudyDesign,
     from core.annotate import clean_text
     from core.study_design import blind_label
 
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     name = clean_text(design.name, "name", 200)
     if not name:
         raise StudyError("name: a study needs a name")
@@ -560,7 +560,7 @@ def assign_raters(store: Store, user: User, study_id: int, raters: Sequence[str]
 
     from core.study_design import assign
 
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     study = _study(store, study_id)
     if study["status"] != "draft":
         raise StudyError(f"study {study_id} is {study['status']}, not a draft: raters were "
@@ -581,7 +581,7 @@ def assign_raters(store: Store, user: User, study_id: int, raters: Sequence[str]
 
 def _change_status(store: Store, user: User, study_id: int, event: str,
                    allowed: tuple[str, ...]) -> str:
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     with store.tx():
         study = _study(store, study_id)
         if study["status"] not in allowed:
@@ -622,7 +622,7 @@ def extend(store: Store, user: User, study_id: int, raters: Sequence[str],
 
     from core.study_design import assign
 
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     if isinstance(extra_k, bool) or not isinstance(extra_k, int) or extra_k < 0:
         raise StudyError(f"extra_k={extra_k!r}: must be a non-negative integer")
     with store.tx():
@@ -769,7 +769,7 @@ class StudyTask:
 
 def my_studies(store: Store, user: User) -> list[RaterStudy]:
     """The studies in which the signed-in rater has tasks (draft studies have none)."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     return [RaterStudy(r["id"], r["name"], r["status"], "", _scale(r["scale"]),
                        tuple(Question.from_dict(q) for q in r["questions"]),
                        int(r["done"]), int(r["total"]))
@@ -778,7 +778,7 @@ def my_studies(store: Store, user: User) -> list[RaterStudy]:
 
 def rater_study(store: Store, user: User, study_id: int) -> RaterStudy:
     """One of the rater's studies with its guideline, scale and questions."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     done, total = store.study_rater_progress(int(study_id), user.id)
     study = store.get_study(int(study_id))
     if study is None or total == 0:
@@ -797,7 +797,7 @@ def _task(row: dict, scale: Scale) -> StudyTask:
 
 def next_task(store: Store, user: User, study_id: int) -> StudyTask | None:
     """The rater's next unrated task in queue order, or None when their queue is done."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     study = store.get_study(int(study_id))
     row = store.next_study_task(int(study_id), user.id) if study else None
     if row is None:
@@ -881,7 +881,7 @@ def submit(store: Store, user: User, task_id: int, rating: int, answers: dict | 
     """
     from core import annotate
 
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     with store.tx():
         row = _own_task(store, user, task_id)
         study = _check_open(store, row["study_id"])
@@ -919,7 +919,7 @@ def undo_last(store: Store, user: User, study_id: int) -> StudyTask | None:
     """Retract the rater's latest standing rating in this study; returns that task again."""
     from core import annotate
 
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     with store.tx():
         study = _check_open(store, study_id)
         last = annotate.undo_last(store, user, study_id=int(study_id))
@@ -978,7 +978,7 @@ def progress(store: Store, user: User, study_id: int) -> StudyProgress:
     """Progress dashboard data for coordinators and admins."""
     import numpy as np
 
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     study = _study(store, study_id)
     tasks = store.study_tasks(study["id"])
     active = tasks[tasks["active"]] if not tasks.empty else tasks
@@ -1029,19 +1029,19 @@ def without_open_study_rows(store: Store, frame):
 
 def list_studies(store: Store, user: User) -> list[dict]:
     """Every study with status and counts (coordinators and admins)."""
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     return store.list_studies()
 
 
 def study_raters(store: Store, user: User, study_id: int) -> list[str]:
     """Usernames of a study's raters (coordinators and admins)."""
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     return [r["username"] for r in store.study_raters(int(study_id))]
 
 
 def rater_progress(store: Store, user: User, study_id: int) -> tuple[int, int]:
     """(done, total) of the signed-in rater's own tasks in a study."""
-    require(user, *RATERS)
+    authorize(store, user, *RATERS)
     return store.study_rater_progress(int(study_id), user.id)
 
 
@@ -1059,7 +1059,7 @@ def design_options(store: Store, user: User) -> DesignOptions:
     """Arms worth offering (adapters that have generations, external when >1 source), the
     report sources with their sizes, active radiologists, and how many reports already have
     each kind of stored text."""
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     kinds = store.generation_arms()
     sources = {s["source"]: int(s["n"]) for s in store.study_report_sources()}
     arms = ["original", "base", *(f"style:{s}" for s in STYLES), "typos"]
@@ -1152,7 +1152,7 @@ def default_metric_fns(names: Sequence[str]) -> dict[str, MetricFn]:
 
 
 def _require_closed(store: Store, user: User, study_id: int, what: str) -> dict:
-    require(user, *COORDINATORS)
+    authorize(store, user, *COORDINATORS)
     study = _study(store, study_id)
     if study["status"] != "closed":
         raise StudyBlinded(f"study {study_id} is {study['status']}: {what} reveal which arm "

@@ -19,7 +19,7 @@ def _load(case=None) -> None:
     """Make ``case`` (or the next in the queue) current, with fresh per-case widget state."""
     st.session_state["case"] = case if case is not None else annotate.next_case(store, user)
     st.session_state["case_started"] = time.monotonic()
-    st.session_state["case_nonce"] = uuid.uuid4().hex[:8]
+    st.session_state["case_nonce"] = uuid.uuid4().hex  # the save key: a full UUID, never reused
     st.session_state["revealed"] = None
 
 

@@ -22,4 +22,5 @@ if submitted:
         st.error(str(exc))
     else:
         st.session_state["just_signed_in"] = True
+        st.session_state["last_active"] = st.session_state["user"].signed_in_at  # idle clock
         st.rerun()

@@ -22,7 +22,7 @@ def _load(task=None) -> None:
     st.session_state["sa_task"] = task if task is not None else study.next_task(store, user, sid)
     st.session_state["sa_task_study"] = sid
     st.session_state["sa_started"] = time.monotonic()
-    st.session_state["sa_nonce"] = uuid.uuid4().hex[:8]
+    st.session_state["sa_nonce"] = uuid.uuid4().hex  # the save key: a full UUID, never reused
 
 
 def _rerun() -> None:

@@ -442,3 +442,175 @@ def test_pages_read_per_reader_data_only_through_checked_core_functions():
         assert used <= allowed_store, f"{page.name} calls store.{sorted(used - allowed_store)}"
         for name in system_only:
             assert name not in text, f"{page.name} calls {name} (no user check)"
+
+
+# -- issue 16.7 -----------------------------------------------------------------------------------
+def test_parallel_wrong_passwords_cannot_race_past_the_limit(store, monkeypatch):
+    """30 sign-ins at once with a wrong password: at most MAX_FAILED_SIGNINS are even checked
+    (the attempt is counted and recorded in one transaction before the bcrypt check)."""
+    import threading
+
+    auth.create_user(store, "dr_race", "radiologist", "Passw0rd-race")
+    checked = []
+    real = auth.verify_password
+    monkeypatch.setattr(auth, "verify_password", lambda p, h: checked.append(1) or real(p, h))
+    start = threading.Barrier(30)
+    outcomes: list[str] = []
+
+    def guess() -> None:
+        start.wait()
+        try:
+            auth.sign_in(store, "dr_race", "Wrong-guess-1", client="10.9.9.9")
+        except AuthError as exc:
+            outcomes.append("throttled" if "too many" in str(exc) else "wrong")
+
+    threads = [threading.Thread(target=guess) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checked) == auth.MAX_FAILED_SIGNINS
+    assert outcomes.count("wrong") == auth.MAX_FAILED_SIGNINS
+    assert outcomes.count("throttled") == 30 - auth.MAX_FAILED_SIGNINS
+    assert len(store.audit_log(action="signin_failed", actor="dr_race")) == \
+        auth.MAX_FAILED_SIGNINS
+    # ...and the right password is refused too until the window has passed
+    with pytest.raises(AuthError, match="too many"):
+        auth.sign_in(store, "dr_race", "Passw0rd-race")
+
+
+def test_successful_sign_ins_from_one_address_are_not_throttled(store, monkeypatch):
+    """A ward's shared address: many good sign-ins never count against the client limit."""
+    monkeypatch.setattr(auth, "MAX_FAILED_PER_CLIENT", 3)
+    auth.create_user(store, "dr_ward", "radiologist", "Passw0rd-ward")
+    for _ in range(6):
+        auth.sign_in(store, "dr_ward", "Passw0rd-ward", client="10.1.1.1")
+
+
+@pytest.mark.parametrize("bad", ["20241231", "1234567890123", "aaaaaaaaA", "Aa1Aa1Aa1Aa1",
+                                 "abababab!!"])
+def test_all_digit_and_low_variety_passwords_are_refused(store, bad):
+    with pytest.raises(AuthError):
+        auth.create_user(store, "dr_weak", "radiologist", bad)
+    assert store.list_readers() == []
+
+
+def test_idle_timeout_is_30_minutes_by_default_and_configurable(monkeypatch):
+    now = datetime.now(timezone.utc)
+    monkeypatch.delenv("IMPRESSIONIST_IDLE_MINUTES", raising=False)
+    assert auth.idle_timeout() == timedelta(minutes=30)
+    assert not auth.idle_expired(now - timedelta(minutes=29), now)
+    assert auth.idle_expired(now - timedelta(minutes=31), now)
+    monkeypatch.setenv("IMPRESSIONIST_IDLE_MINUTES", "5")
+    assert auth.idle_expired(now - timedelta(minutes=6), now)
+    assert not auth.idle_expired(now - timedelta(minutes=4), now)
+    monkeypatch.setenv("IMPRESSIONIST_IDLE_MINUTES", "soon")
+    with pytest.raises(ValueError, match="IMPRESSIONIST_IDLE_MINUTES"):
+        auth.idle_timeout()
+
+
+def test_an_idle_session_is_signed_out_by_the_app(store, users):
+    from streamlit.testing.v1 import AppTest
+
+    def app(idle: timedelta) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
+        at.session_state["user"] = users["rad1"]
+        at.session_state["last_active"] = datetime.now(timezone.utc) - idle
+        return at.run()
+
+    fresh = app(timedelta(minutes=29))
+    assert not fresh.exception and fresh.session_state["user"] == users["rad1"]
+    stale = app(timedelta(minutes=31))
+    assert not stale.exception, stale.exception
+    assert "user" not in stale.session_state
+    assert "without activity" in stale.info[0].value
+    assert store.audit_log(action="session_idle")[0]["actor"] == "rad1"
+
+
+@pytest.mark.parametrize("change", ["disabled", "role changed"])
+@pytest.mark.parametrize("fn", PAGE_FUNCTIONS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_page_functions_re_read_the_account_and_refuse_a_stale_user(fn, change, store, users,
+                                                                    cases, tmp_path):
+    """A page may hold the User object of an account disabled (or re-roled) since: every core
+    entry point re-reads the account and refuses it, with nothing written."""
+    case = store.case(cases[0]["id"])
+    stale = users["admin"]  # admin may call every one of these functions while it stands
+    if change == "disabled":
+        store.set_reader_active("admin", False)
+    else:
+        with store.tx() as con:
+            con.execute("UPDATE readers SET role = 'coordinator' WHERE username = 'admin'")
+    before = (store.count_feedback(), len(store.list_readers()), store.count_reports())
+    with pytest.raises(PermissionDenied):
+        fn(**_args(fn, store, stale, tmp_path, case))
+    assert (store.count_feedback(), len(store.list_readers()), store.count_reports()) == before
+
+
+def test_system_entry_points_refuse_a_stale_user_and_an_anonymous_call(store, users, cases,
+                                                                       tmp_path):
+    from core.feedback_import import import_feedback
+
+    fb = tmp_path / "fb.csv"
+    fb.write_text(f"reader,uid,edited_impression\nrad1,{cases[0]['external_id']},Signed.\n")
+    for who in ("rad1", "coord"):
+        with pytest.raises(PermissionDenied):
+            import_feedback(store, fb, user=users[who])
+    store.set_reader_active("admin", False)
+    with pytest.raises(PermissionDenied, match="disabled"):
+        import_feedback(store, fb, user=users["admin"])
+    with pytest.raises(PermissionDenied, match="disabled"):
+        admin.import_reports(store, users["admin"], fb)
+    assert store.count_feedback() == 0
+    version, tmp = adapters.allocate_version(store, "rad1")
+    adapters.write_memory(tmp, [])
+    adapters.commit_version(store, "rad1", version, tmp, None, "memory", {})
+    for call in (lambda: adapters.promote(store, "rad1", version),
+                 lambda: adapters.rollback(store, "rad1"),
+                 lambda: adapters.promote(store, "rad1", version, user=users["admin"])):
+        with pytest.raises(PermissionDenied):
+            call()
+    assert adapters.active_adapter(store, "rad1") is None
+    adapters.promote(store, "rad1", version, user=users["coord"])  # a current coordinator may
+    assert adapters.active_adapter(store, "rad1").version == version
+
+
+def test_a_study_rating_needs_a_task_of_that_study(store, users):
+    from core.demo import synthetic_reports
+    from core.study import StudyDesign
+
+    store.import_reports(synthetic_reports(30, seed=3), file="s", fmt="demo")
+    sid = study.create_study(store, users["coord"], StudyDesign(
+        name="membership", arms=["original", "base"], n_items=6, seed=1, raters=["rad1"], k=1),
+        make_texts=lambda reports, arm: [f"Generated {r['id']}." for r in reports])
+    task = study.next_task(store, users["rad1"], sid)
+    row = store.get_study_task(task.task_id)
+    case = annotate.Case(
+        report_id=row["report_id"], generation_id=row["generation_id"], source="",
+        external_id="", findings=row["findings"], impression=None, indication=None,
+        comparison=None, ai_text=row["text"], model="", adapter=None, style="", flags={})
+    before = store.count_feedback()
+    # rad2 is no rater of this study: a rating "for" it is refused in core
+    with pytest.raises(PermissionDenied, match="no task"):
+        annotate.submit_rating(store, users["rad2"], case, annotate.Rating(rating=1),
+                               study_id=sid)
+    # nor can rad1 put a rating into a study that has no such task of theirs
+    with pytest.raises(PermissionDenied, match="no task"):
+        annotate.submit_rating(store, users["rad1"], case, annotate.Rating(rating=1),
+                               study_id=sid + 1000)
+    assert store.count_feedback() == before
+    # the rater's own task goes through the study's submit as before
+    scale = study.rater_study(store, users["rad1"], sid).scale
+    assert study.submit(store, users["rad1"], task.task_id, scale.values[0]) > 0
+
+
+def test_the_annotate_page_uses_full_uuid_save_keys(store, users, cases):
+    import uuid
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "pages/annotate.py"), default_timeout=30)
+    at.session_state["user"] = users["rad1"]
+    at.run()
+    assert not at.exception, at.exception
+    nonce = at.session_state["case_nonce"]
+    assert uuid.UUID(hex=nonce).hex == nonce  # 128 bits, not 32
