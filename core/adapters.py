@@ -607,19 +607,21 @@ class Drafter:
             if i in broken:
                 flags["adapter_error"] = broken[i]
             if i in guarded:
-                text, flags["guard"] = guarded[i]
+                text, flags["guard"], checked = guarded[i]
+                flags.update(checked)  # the replacement's own clinical check, as shown
             out.append(DraftOutput(text, per_ms, flags))
         return out
 
     def _guard(self, personal: list[int], rows: list[dict], outputs: list, style: str
-               ) -> dict[int, tuple[str, str]]:
+               ) -> dict[int, tuple[str, str, dict]]:
         """Rows whose personalised text states other findings than the shared model's text:
-        row -> (replacement, how) with how = "memory" (the reader's own impression of a similar
-        report that states the shared findings) or "shared"."""
+        row -> (replacement, how, check flags) with how = "memory" (the reader's own impression
+        of a similar report that states the shared findings, verified and styled as any shown
+        text) or "shared"."""
         from dataclasses import replace
 
         from core.clinical import PRESENT, label
-        from core.generate import CoarseToFine
+        from core.generate import CoarseToFine, checked_text
         from core.retrieval import tidy
 
         def positives(text: str) -> frozenset:
@@ -643,12 +645,18 @@ class Drafter:
             if faithful(outputs[i].text):
                 continue
             key = rows[i]["_memory"]
-            choice = (s.text, "shared")
+            check_keys = ("repaired", "removed", "check_ok", "missing_critical", "contradictions",
+                          "unsupported", "normal_despite", "messages", "needs_review")
+            choice = (s.text, "shared", {k: s.flags[k] for k in check_keys if k in s.flags})
             if key is not None:
                 own = self._indexes[key].search([rows[i]], k=self.c2f.k, exclude_self=True)[0]
                 for nb in own:
                     if faithful(nb.impression):
-                        choice = (tidy(nb.impression), "memory")
+                        text, checked = checked_text(rows[i], tidy(nb.impression), style,
+                                                     repair=self.c2f.repair)
+                        checked["needs_review"] = bool(checked["needs_review"]
+                                                       or outputs[i].flags.get("low_confidence"))
+                        choice = (text, "memory", checked)
                         break
             result[i] = choice
         return result

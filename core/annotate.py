@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
+from core.adapters import active_adapter
 from core.auth import User, authorize, require_self_or
 from core.errors import PermissionDenied, StoreError, ValidationError
 from core.store import Case, Store
@@ -70,9 +71,29 @@ def _saving(what: str) -> Iterator[None]:
 
 
 def next_case(store: Store, user: User, adapter: str | None = None) -> Case | None:
-    """The signed-in radiologist's next case, or None when the queue is done."""
+    """The signed-in radiologist's next case, or None when the queue is done.
+
+    A radiologist with an active adapter of their own is shown their own draft (written ahead by
+    the nightly job with that version) where there is one, the shared draft otherwise; the
+    case's ``generation_id`` (and ``adapter_version``) say which text was on screen, so every
+    rating is tied to it. ``adapter`` asks for another adapter's drafts instead.
+    """
     authorize(store, user, *RATERS)
+    if adapter is None:
+        av = active_adapter(store, user.id)
+        if av is not None:
+            return store.next_case(user.id, adapter=av.name, adapter_version=av.version)
     return store.next_case(user.id, adapter=adapter)
+
+
+def case_of(store: Store, user: User, report_id: int) -> Case:
+    """One report as this radiologist is served it (their own draft where there is one, as
+    :func:`next_case`): for undo and deep links."""
+    authorize(store, user, *RATERS)
+    av = active_adapter(store, user.id)
+    if av is not None:
+        return store.case(report_id, adapter=av.name, adapter_version=av.version)
+    return store.case(report_id)
 
 
 def progress(store: Store, user: User) -> tuple[int, int]:

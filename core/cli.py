@@ -37,6 +37,7 @@ import textwrap
 from pathlib import Path
 
 from core.config import settings
+from core.errors import ValidationError
 
 DEMO_USERS = (
     ("radiologist", "radiologist", "demo-radiologist"),
@@ -92,7 +93,7 @@ def _mapping(pairs: list[str] | None) -> dict[str, str] | None:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--map {pair!r}: expected FIELD=COLUMN, e.g. findings=FINDINGS")
+            raise ValidationError(f"--map {pair!r}: expected FIELD=COLUMN, e.g. findings=FINDINGS")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -600,6 +601,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train_sft(args) -> int:
     """SFT of the shared base adapter on the store's train-split reports (core.sft)."""
+    from core.generate import C2FConfig
     from core.sft import run_sft
     from core.train import SFTTrainConfig
 
@@ -613,7 +615,8 @@ def cmd_train_sft(args) -> int:
                                 threads=args.threads, progress=not args.quiet,
                                 max_minutes=args.max_minutes)
         run = run_sft(store, config, model_path=args.model, max_examples=args.max_examples,
-                      shots=args.shots, eval_examples=args.eval_examples, source=args.source,
+                      shots=C2FConfig().shots if args.shots is None else args.shots,
+                      eval_examples=args.eval_examples, source=args.source,
                       promote=not args.no_promote, out=args.out)
     finally:
         store.close()
@@ -700,9 +703,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import", help="import reports from a file or folder")
-    p.add_argument("file")
+    p.add_argument("file", help="a CSV/JSONL file, or a folder of MIMIC-CXR report .txt files")
     p.add_argument("--format", default="auto",
-                   choices=["auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl"])
+                   choices=["auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl"],
+                   help="auto (the default: told from the columns or the folder), iu-xray (the "
+                        "IU X-ray/Open-i reports.csv: uid, findings, impression, indication, "
+                        "comparison, MeSH ...), mimic-cxr (a folder of free-text reports with "
+                        "FINDINGS:/IMPRESSION: sections), chexpert-plus (the CheXpert Plus CSV, one "
+                        "row per image, section_* columns), csv or jsonl (any columns: name them "
+                        "with --map)")
     p.add_argument("--map", action="append", metavar="FIELD=COLUMN",
                    help="column mapping for generic CSV/JSONL (repeatable)")
     p.add_argument("--allow-missing-impression", action="store_true",
@@ -732,10 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", type=_style, default="default",
                    help="audience style (below): default, brief, bullets, comprehensive")
     p.add_argument("--reader", help="with --in: draft as this radiologist (their active adapter)")
-    p.add_argument("--llm", choices=["off", "auto", "always"], default="off",
-                   help="when the model drafts: off (retrieval and vote only, the default; the "
-                        "model is not loaded), auto (where the retrieved neighbours disagree) "
-                        "or always")
+    p.add_argument("--llm", choices=["off", "auto", "always"], default="always",
+                   help="when the model writes: always (the default: the model, under the shared "
+                        "base adapter or the reader's own, writes every impression from the "
+                        "findings and the retrieved draft), auto (only where the retrieved "
+                        "neighbours disagree) or off (retrieval and vote only, an ablation; the "
+                        "model is not loaded)")
     p.add_argument("--backend", choices=["transformers", "vllm"],
                    help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "
                         "vllm serves many radiologists' adapters in one batch on a GPU)")
@@ -919,7 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=2e-4)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--max-examples", type=_positive_int, help="a seeded subset of the train reports")
-    p.add_argument("--shots", type=_nonnegative_int, default=3, help="retrieved examples per prompt")
+    p.add_argument("--shots", type=_nonnegative_int,
+                   help="retrieved examples per prompt (default: the pipeline's, C2FConfig.shots)")
     p.add_argument("--eval-examples", type=_nonnegative_int, default=64,
                    help="dev reports for the before/after completion loss (0: none)")
     p.add_argument("--max-length", type=_positive_int, default=1024)

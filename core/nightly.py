@@ -376,15 +376,24 @@ def load_drafter(store, config: NightlyConfig, generator=None, with_model: bool 
     return Drafter(generator, index, config.draft, shared_adapter=shared_name)
 
 
-def _eval_examples(pairs, limit: int) -> list[dict]:
-    from core.pairs import to_trl
+def _trl_rows(drafter: Drafter, pairs, reader: str) -> list[dict]:
+    """Pairs as TRL rows whose prompt is the serving prompt of their report for this reader
+    (the coarse draft and examples from the shared index, the report itself left out)."""
+    from core.generate import serving_prompts
+    from core.pairs import report_of, to_trl
 
-    return [to_trl(p) for p in pairs[:limit]]
+    pairs = list(pairs)
+    prompts = serving_prompts([report_of(p) for p in pairs], drafter.shared_index, drafter.c2f,
+                              readers=[reader] * len(pairs))
+    return [{**to_trl(p, prompt), "findings": p.findings} for p, prompt in zip(pairs, prompts)]
+
+
+def _eval_examples(drafter: Drafter, pairs, limit: int, reader: str) -> list[dict]:
+    return _trl_rows(drafter, pairs[:limit], reader)
 
 
 def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig, run_id: int,
                   progress: bool) -> ReaderOutcome:
-    from core.pairs import to_trl
     from core.train import write_manifest
 
     t0 = time.perf_counter()
@@ -415,7 +424,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         if config.method in ("dpo", "grpo"):
             task = {"method": config.method, "model_path": str(config.model_path or
                                                               settings().model_path),
-                    "examples": [{**to_trl(p), "findings": p.findings} for p in train_pairs],
+                    "examples": _trl_rows(drafter, train_pairs, reader.username),
                     "out": str(tmp),
                     "train": config.train, "init": str(init) if init else None,
                     "style_texts": [m["impression"] for m in pairs.memory]}
@@ -435,7 +444,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
             drafter.generator = _load_generator(config)
             drafter.shared_adapter = use_base_adapter(drafter.generator)
         refs = sorted(pairs.heldout_refs, key=lambda r: r["report_id"])[:config.eval_max_reports]
-        examples = _eval_examples(pairs.heldout, 4 * config.eval_max_reports)
+        examples = _eval_examples(drafter, pairs.heldout, 4 * config.eval_max_reports, reader.username)
         cand_m, cur_m = evaluate_versions(drafter, refs, [candidate, current], examples)
         with contextlib.suppress(Exception):
             drafter.generator.unload_adapter(candidate.gen_name)
@@ -629,6 +638,15 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
             if not pairs.memory and config.method == "memory":
                 outcomes.append(ReaderOutcome(reader.username, "skipped", "no accepted edits"))
                 continue
+            n_heldout = len(pairs.heldout_refs)
+            if n_heldout < config.min_heldout_reports:
+                # the gate would refuse any candidate: do not spend a training run on it
+                more = math.ceil((config.min_heldout_reports - n_heldout) / config.heldout_fraction)
+                outcomes.append(ReaderOutcome(
+                    reader.username, "skipped",
+                    f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}): "
+                    f"about {more} more rated reports before a version can be promoted"))
+                continue
             run_id = store.start_run(reader.id, config.method, pid=os.getpid(),
                                      host=socket.gethostname(), config=config.to_dict())
             store.update_run(run_id, feedback_high_water=pairs.high_water,
@@ -649,7 +667,16 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
             if outcome.promoted:
                 promoted.append(reader.username)
         refreshed = 0
-        if promoted and config.refresh_per_reader > 0 and drafter is not None:
-            refreshed = refresh_drafts(store, drafter, promoted, config.refresh_per_reader,
+        # Every reader with an active adapter of their own (promoted tonight or before) finds
+        # their next cases drafted by it in the morning: the app never generates while they wait.
+        from core.sft import SHARED_READER  # core.sft imports this module's neighbours
+
+        personal = sorted({a["reader"] for a in store.active_adapters()} - {SHARED_READER})
+        if config.readers:
+            personal = [u for u in personal if u in config.readers]
+        if personal and config.refresh_per_reader > 0:
+            if drafter is None:
+                drafter = load_drafter(store, config, generator, with_model=True)
+            refreshed = refresh_drafts(store, drafter, personal, config.refresh_per_reader,
                                        progress=progress)
     return NightlyReport(outcomes, abandoned, time.perf_counter() - t0, refreshed)

@@ -63,7 +63,7 @@ def case_panel() -> None:
         if st.button("Undo last rating", key="undo_empty", shortcut="Alt+Z"):
             last = annotate.undo_last(store, user)
             if last is not None:
-                _load(store.case(last["report_id"]))
+                _load(annotate.case_of(store, user, last["report_id"]))
                 _rerun()
         return
 
@@ -86,8 +86,14 @@ def case_panel() -> None:
                 st.markdown(f"**{label}**")
                 with st.container(border=True):
                     st.text(texts[key])
-        if case.flags.get("messages"):
+        # In blind mode nothing may say which text is the AI's, the clinical check included.
+        if not blind and case.flags.get("messages"):
             st.warning("Clinical check: " + "; ".join(case.flags["messages"]))
+        if not blind and (case.flags.get("removed") or case.flags.get("repaired")):
+            changes = [f"removed “{x}” (this report's findings do not state it)"
+                       for x in case.flags.get("removed") or []]
+            changes += [f"added “{x}” from the findings" for x in case.flags.get("repaired") or []]
+            st.info("The clinical check changed the AI draft: " + "; ".join(changes) + ".")
 
     st.divider()
     question = ("How does **B** compare with **A**?" if blind else
@@ -146,7 +152,7 @@ def case_panel() -> None:
                 st.session_state["annotate_flash"] = "Nothing to undo"
             else:
                 st.session_state["annotate_flash"] = "Last rating retracted"
-                _load(store.case(last["report_id"]))
+                _load(annotate.case_of(store, user, last["report_id"]))
             _rerun()
     except ImpressionistError as exc:
         st.error(str(exc))

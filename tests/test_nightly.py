@@ -397,3 +397,16 @@ def test_adapters_page_is_closed_to_radiologists(store, users):
     at = _page(users["rad1"])
     assert any("do not have access" in e.value for e in at.error)
     assert not at.button
+
+
+def test_nightly_predrafts_for_a_reader_promoted_on_an_earlier_night(store, users, tiny):
+    reports = _seed(store, 40)
+    _rate(store, users["rad1"], reports[:25])
+    o = run_nightly(store, _config(tiny, method="memory"), progress=False).outcomes[0]
+    adapters.promote(store, "rad1", o.version, actor="test")
+    # tonight rad1 is not trained (no new feedback), yet their next cases are drafted by their adapter
+    night = run_nightly(store, _config(tiny, method="memory", force=False, refresh_per_reader=3),
+                        progress=False)
+    assert [x.status for x in night.outcomes] == ["skipped"] and night.drafts_refreshed == 3
+    case = annotate.next_case(store, users["rad1"])
+    assert case.adapter == "rad1" and case.adapter_version == o.version

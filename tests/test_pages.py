@@ -222,3 +222,41 @@ def test_admin_page_disables_an_account(store, users):
     assert not at.exception, at.exception
     assert not store.get_reader("rad2").active and store.get_reader("rad1").active
     assert any("rad2 disabled" in s.value for s in at.success)
+
+
+def test_a_promoted_reader_is_shown_their_own_draft_and_the_rating_names_it(store, users, cases):
+    """The nightly job pre-drafts a promoted reader's next cases with their adapter: the page
+    shows that draft to them (and the shared one to everybody else), and the stored rating
+    points at the generation, hence the adapter version, that was on screen."""
+    from core import adapters
+
+    version, tmp = adapters.allocate_version(store, "rad1")
+    adapters.write_memory(tmp, [{"report_id": 1, "findings": "f", "impression": "x"}])
+    adapters.commit_version(store, "rad1", version, tmp, None, "memory", {"rougeL": 1.0})
+    adapters.promote(store, "rad1", version, actor="test")
+    first = min(r["id"] for r in cases)
+    (gen_id,) = store.add_generations([{"report_id": first, "model": "test-model", "adapter": "rad1",
+                                        "adapter_version": version, "text": "Personal draft for rad1.",
+                                        "latency_ms": 1.0}])
+    # an older version's draft of the same report is never served
+    store.add_generations([{"report_id": first + 1, "model": "test-model", "adapter": "rad1",
+                            "adapter_version": version + 7, "text": "Stale draft.", "latency_ms": 1.0}])
+
+    mine = _signed_in(users["rad1"])
+    assert not mine.exception, mine.exception
+    case = mine.session_state["case"]
+    assert case.report_id == first and case.ai_text == "Personal draft for rad1."
+    assert case.adapter == "rad1" and case.adapter_version == version
+    assert "Personal draft for rad1." in [t.value for t in mine.text]
+    other = _signed_in(users["rad2"])
+    assert other.session_state["case"].report_id == first
+    assert other.session_state["case"].ai_text == f"AI impression for report {first}."
+
+    _button(mine, "rate_1_").click().run()
+    _button(mine, "submit_").click().run()
+    assert not mine.exception, mine.exception
+    row = store.feedback_history(reader_id=users["rad1"].id).iloc[0]
+    assert row["generation_id"] == gen_id
+    assert store.get_generation(int(row["generation_id"]))["adapter_version"] == version
+    nxt = mine.session_state["case"]
+    assert nxt.report_id == first + 1 and nxt.ai_text != "Stale draft."
