@@ -741,12 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", type=_style, default="default",
                    help="audience style (below): default, brief, bullets, comprehensive")
     p.add_argument("--reader", help="with --in: draft as this radiologist (their active adapter)")
-    p.add_argument("--llm", choices=["off", "auto", "always"], default="always",
-                   help="when the model writes: always (the default: the model, under the shared "
-                        "base adapter or the reader's own, writes every impression from the "
-                        "findings and the retrieved draft), auto (only where the retrieved "
-                        "neighbours disagree) or off (retrieval and vote only, an ablation; the "
-                        "model is not loaded)")
+    p.add_argument("--llm", choices=["off", "auto", "always"], default="auto",
+                   help="when the model writes: auto (the default: where the retrieved "
+                        "neighbours disagree, and always for --reader with an adapter of their "
+                        "own), always (every impression, from the findings and the retrieved "
+                        "draft) or off (retrieval and vote only, an ablation; the model is not "
+                        "loaded)")
     p.add_argument("--backend", choices=["transformers", "vllm"],
                    help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "
                         "vllm serves many radiologists' adapters in one batch on a GPU)")

@@ -40,7 +40,7 @@ class _Recorder:
 
 @pytest.mark.parametrize("shots", [0, 2])
 def test_training_and_serving_prompts_are_identical(shots):
-    config = C2FConfig(k=3, shots=shots)
+    config = C2FConfig(k=3, shots=shots, llm="always")
     index = RetrievalIndex.build(REPORTS, config.retrieval)
     report = REPORTS[0]
     model = _Recorder()

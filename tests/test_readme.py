@@ -28,6 +28,15 @@ README = ROOT / "README.md"
 # README example -> (the mark the README shows next to it, the command run instead or None to
 # skip, why).
 VARIANTS: dict[str, tuple[str, str | None, str]] = {
+    "python -m core generate --limit 500": (
+        "the model writes (make setup)",
+        "IMPRESSIONIST_MODEL={tiny} python -m core generate --limit 500",
+        "a tiny random checkpoint stands for the embedded model, which make setup prepares"),
+    "python -m core generate --in cases.csv --out predictions.csv --style brief": (
+        "the model writes",
+        "IMPRESSIONIST_MODEL={tiny} python -m core generate --in cases.csv --out predictions.csv "
+        "--style brief",
+        "a tiny random checkpoint stands for the embedded model, which make setup prepares"),
     "python -m core train-sft --max-steps 500": (
         "needs the model: hours on a CPU",
         "python -m core train-sft --max-steps 1 --max-examples 8 --eval-examples 0 --quiet "

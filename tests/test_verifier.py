@@ -201,14 +201,14 @@ def test_mesh_score_reads_human_labels_not_our_rules():
 
 def test_the_models_text_is_the_impression_when_it_passes_the_check():
     report = [{"uid": "q", "findings": "Lungs clear. Heart normal. Small right pleural effusion."}]
-    out = CoarseToFine(_index(), _Drafts("Small right pleural effusion."), C2FConfig(k=2)).generate(report)[0]
+    out = CoarseToFine(_index(), _Drafts("Small right pleural effusion."), C2FConfig(k=2, llm="always")).generate(report)[0]
     assert out.text == "Small right pleural effusion."
     assert out.flags["source"] == "model" and out.flags["from"] == "model"
 
 
 def test_a_failing_model_text_falls_back_to_the_flagged_coarse_draft():
     report = [{"uid": "q", "findings": "Lungs are clear. Heart is normal."}]
-    out = CoarseToFine(_index(), _Drafts("Left chest tube in place."), C2FConfig(k=2)).generate(report)[0]
+    out = CoarseToFine(_index(), _Drafts("Left chest tube in place."), C2FConfig(k=2, llm="always")).generate(report)[0]
     assert out.flags["source"] == "retrieval-fallback" and out.flags["needs_review"]
     assert "chest tube" not in out.text.lower()
     assert out.flags["model_text"] == "Left chest tube in place."
