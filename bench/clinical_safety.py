@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, default=IU_CSV)
     ap.add_argument("--seeds", type=int, default=5, help="typo seeds")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "clinical_safety.json")
-    ap.add_argument("--llm", choices=("always", "off"), default="always",
-                    help="always: the shipped default (the model writes, under the shared base "
-                         "adapter); off: retrieval and vote only")
+    ap.add_argument("--llm", choices=("auto", "always", "off"), default=C2FConfig().llm,
+                    help="auto (the shipped default: the model writes under the shared base "
+                         "adapter where the neighbours disagree), always (the model writes "
+                         "every text), off (retrieval and vote only)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if not args.csv.exists():
