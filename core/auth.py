@@ -155,7 +155,7 @@ def audit_name(store: Store, username: str) -> str:
     """How a sign-in attempt names its actor in the audit log: the username when such a user
     exists, else ``unknown:<hash>``. A password typed into the username box (a common slip)
     must never land in the log; the hash still lets throttling count the attempts."""
-    if _USERNAME.fullmatch(username or "") and store.password_hash(username) is not None:
+    if _USERNAME.fullmatch(username or "") and store.password_hash(username, active_only=False) is not None:
         return username
     return f"unknown:{_digest(username or '')}"
 
@@ -195,12 +195,17 @@ def sign_in(store: Store, username: str, password: str, client: str | None = Non
     attempt = store.begin_signin(actor, ckey, since, MAX_FAILED_SIGNINS, MAX_FAILED_PER_CLIENT)
     if attempt is None:
         raise AuthError("too many failed sign-ins; try again in 15 minutes")
-    hashed = store.password_hash(username) if actor == username else None
+    hashed = store.password_hash(username, active_only=False) if actor == username else None
     ok = verify_password(password, hashed if hashed is not None else _dummy_hash())
     if hashed is None or not ok:
         store.audit(actor, "signin_failed", {"attempt": attempt, **detail})
         raise AuthError("unknown user or wrong password")
     reader = store.get_reader(username)
+    if not reader.active:
+        # Only someone who knows the password learns this; everyone else sees the line above.
+        store.audit(username, "signin_failed", {"attempt": attempt, "why": "account disabled",
+                                                **detail})
+        raise AuthError("this account is disabled: ask an administrator to enable it")
     store.audit(username, "signin", {"role": reader.role, "attempt": attempt, **detail})
     return User(reader.id, reader.username, reader.role, now)
 

@@ -675,8 +675,9 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
         if config.readers:
             personal = [u for u in personal if u in config.readers]
         if personal and config.refresh_per_reader > 0:
-            if drafter is None:
-                drafter = load_drafter(store, config, generator, with_model=True)
+            if drafter is None:  # the model only when some adapter has LoRA weights to apply
+                lora = any(getattr(active_adapter(store, u), "has_lora", False) for u in personal)
+                drafter = load_drafter(store, config, generator, with_model=lora)
             refreshed = refresh_drafts(store, drafter, personal, config.refresh_per_reader,
                                        progress=progress)
     return NightlyReport(outcomes, abandoned, time.perf_counter() - t0, refreshed)

@@ -741,9 +741,9 @@ class Store(TrainingQueries, StudyQueries):
             raise NotFound(f"no user with id {reader_id}")
         return Reader(**row)
 
-    def password_hash(self, username: str) -> str | None:
-        return self._scalar("SELECT password_hash FROM readers WHERE username = ? AND active",
-                            [username])
+    def password_hash(self, username: str, active_only: bool = True) -> str | None:
+        return self._scalar("SELECT password_hash FROM readers WHERE username = ?"
+                            + (" AND active" if active_only else ""), [username])
 
     def set_password_hash(self, username: str, password_hash: str) -> None:
         with self.tx() as con:

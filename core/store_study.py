@@ -29,6 +29,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from core.errors import ValidationError
+
 # Migrations 30-39 belong to studies; core.store registers them.
 STUDY_MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -216,6 +218,12 @@ class StudyQueries:
         """
         now = _now()
         with self.tx() as con:
+            # checked inside the insert's transaction: a second click on "Create study" (or a
+            # second coordinator) cannot make a twin
+            if con.execute("SELECT 1 FROM studies WHERE lower(name) = lower(?)",
+                           [study["name"]]).fetchall():
+                raise ValidationError(f"a study named {study['name']!r} exists already; "
+                                      f"choose another name")
             con.execute(
                 "INSERT INTO studies (name, seed, k, n_items, arms, scale, questions, guideline, "
                 "config, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 from core.auth import User, authorize
 from core.errors import NotFound, PermissionDenied, ValidationError
 from core.store import Case, Store
+from core.util import safe_csv
 
 COORDINATORS = ("coordinator", "admin")
 RATERS = ("radiologist", "admin")  # who may open a study queue; tasks exist only for raters
@@ -1489,7 +1490,7 @@ def export_ratings(store: Store, user: User, study_id: int, path: str | Path,
     table = ratings_table(store, user, study_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        table.to_csv(path, index=False)
+        safe_csv(table, path)
     else:
         table.to_parquet(path, index=False)
     _audit_export(store, user, study_id, fmt, path, len(table))

@@ -90,7 +90,7 @@ class TrainConfig:
     beta: float = 0.1
     critical_beta_factor: float = 2.0
     sft_weight: float = 1.0
-    max_length: int = 320
+    max_length: int = 512  # the serving prompt (findings + coarse draft) is up to ~420 IU tokens
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0

@@ -110,8 +110,13 @@ def case_panel() -> None:
     omission = c2.checkbox("Omission", key=f"omission_{nonce}")
     style = c3.checkbox("Style", key=f"style_{nonce}")
     critical = c4.checkbox("Missed critical finding", key=f"critical_{nonce}")
-    edited = st.text_area("Edit the AI impression (optional)", value=case.ai_text,
-                          key=f"edit_{nonce}", height=110)
+    if blind:
+        # An edit box holding the AI's text would say which of A and B it is.
+        st.caption("Blinded: rate and comment only; switch blinding off to edit the AI text.")
+        edited = case.ai_text
+    else:
+        edited = st.text_area("Edit the AI impression (optional)", value=case.ai_text,
+                              key=f"edit_{nonce}", height=110)
     if edited.strip() != case.ai_text.strip():
         st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
                     unsafe_allow_html=True)

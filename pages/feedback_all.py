@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core import annotate
+from core.util import safe_csv
 from ui import get_store, require_user
 
 user = require_user("coordinator", "admin")
@@ -17,7 +18,7 @@ name = st.selectbox("Reader", sorted(readers), key="fa_reader")
 history = annotate.feedback_of(store, user, reader_id=readers[name])
 st.caption(f"{len(history):,} rows")
 st.dataframe(history.drop(columns=["findings"]), hide_index=True, use_container_width=True)
-st.download_button("Export CSV", history.to_csv(index=False).encode("utf-8"),
+st.download_button("Export CSV", safe_csv(history).encode("utf-8"),
                    file_name=f"feedback-{name}.csv", mime="text/csv",
                    on_click=annotate.record_export,
                    args=(store, user, f"feedback of {name}", len(history)), key="fa_export")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core import annotate
+from core.util import safe_csv
 from ui import get_store, require_user
 
 user = require_user("radiologist", "admin")
@@ -41,7 +42,7 @@ cols = ["created_at", "kind", "rating_label", "status", "factual_error", "omissi
         "external_id", "retracted"]
 st.caption(f"{len(view):,} of {len(history):,} rows")
 st.dataframe(view[cols], hide_index=True, use_container_width=True, key="mf_table")
-st.download_button("Export CSV", view.to_csv(index=False).encode("utf-8"),
+st.download_button("Export CSV", safe_csv(view).encode("utf-8"),
                    file_name=f"feedback-{user.username}.csv", mime="text/csv",
                    on_click=annotate.record_export,
                    args=(store, user, "own feedback", len(view)), key="mf_export")

@@ -59,7 +59,7 @@ def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys)
         "uid": f"b{i}", "findings": f"Small left pleural effusion number {i}. No pneumothorax.",
         "impression": "Bee-only impression."}) + "\n" for i in range(6)))
     assert main(["--db", b, "import", str(theirs)]) == 0
-    assert main(["--db", b, "generate", "--limit", "10"]) == 0
+    assert main(["--db", b, "generate", "--limit", "10", "--llm", "off"]) == 0
     assert os.environ["IMPRESSIONIST_DB"] == default_db  # --db lasts one command
 
     cases = tmp_path / "cases.csv"
@@ -67,7 +67,7 @@ def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys)
     predictions = {}
     for name, db in (("a", a), ("b", b)):
         out = tmp_path / f"pred-{name}.csv"
-        assert main(["--db", db, "generate", "--in", str(cases), "--out", str(out)]) == 0
+        assert main(["--db", db, "generate", "--in", str(cases), "--out", str(out), "--llm", "off"]) == 0
         predictions[name] = out.read_text()
     assert "Bee-only" in predictions["b"] and "Bee-only" not in predictions["a"]
 

@@ -241,7 +241,8 @@ def test_kill_mid_run_leaves_adapters_and_db_intact_and_next_run_starts_clean(
     # a long training run in another process
     proc = subprocess.Popen(
         [sys.executable, "-m", "core", "--db", store.path, "nightly", "--model", tiny,
-         "--force", "--readers", "rad1", "--min-pairs", "1", "--epochs", "200", "--quiet",
+         "--force", "--readers", "rad1", "--min-pairs", "1", "--min-heldout", "1", "--epochs", "200",
+         "--quiet",
          "--refresh", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         started = _wait(lambda: any(r["status"] == "running" for r in store.training_runs())

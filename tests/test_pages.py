@@ -86,6 +86,9 @@ def test_blinded_rating_is_stored_as_ai_vs_original(store, users, cases):
     case = at.session_state["case"]
     labels = [m.value for m in at.markdown]
     assert "**Impression A**" in labels and "**AI impression**" not in labels
+    # nothing on screen says which text is the AI's: no edit box holding it, no check warning
+    assert not [t for t in at.text_area if t.value == case.ai_text]
+    assert not at.warning and not at.info
     _button(at, "rate_2_").click().run()                      # "B much better than A"
     _button(at, "submit_").click().run()
     expected = 2 if blind_order(rad.id, case.report_id)[1] == "ai" else -2

@@ -83,10 +83,14 @@ def test_good_passwords_accepted_and_only_hashes_stored(store):
         assert auth.verify_password(pw, stored)
 
 
-def test_disabled_user_cannot_sign_in(store, users):
+def test_disabled_user_cannot_sign_in_and_is_told_why(store, users):
     store.set_reader_active("rad2", False)
-    with pytest.raises(AuthError, match="unknown user or wrong password"):
+    # the right password learns that the account is disabled (issue 14.13)...
+    with pytest.raises(AuthError, match="account is disabled"):
         auth.sign_in(store, "rad2", "rad2-Passw0rd")
+    # ...a wrong one learns nothing about the account
+    with pytest.raises(AuthError, match="unknown user or wrong password"):
+        auth.sign_in(store, "rad2", "not-the-Passw0rd")
 
 
 def test_disabling_an_account_revokes_its_open_session_at_once(store, users, cases):

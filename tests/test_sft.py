@@ -224,8 +224,9 @@ def test_cli_train_sft(iu_like, tiny, capsys):
                "--shots", "1", "--eval-examples", "0", "--model", str(tiny), "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0 and "shared-base v1 (active)" in out and "2 steps" in out
-    rc = main(["train-sft", "--batch-size", "0", "--model", str(tiny), "--quiet"])
-    assert rc == 1 and "batch_size must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:  # bad input: argparse refuses it, exit 2
+        main(["train-sft", "--batch-size", "0", "--model", str(tiny), "--quiet"])
+    assert bad.value.code == 2 and "must be a whole number > 0" in capsys.readouterr().err
 
 
 def test_shared_adapter_name_matches_nightly():

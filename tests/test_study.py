@@ -78,12 +78,16 @@ def people(store):
     return out
 
 
+_NAMES = itertools.count(1)
+
+
 def _create(store, people, n=20, arms=("original", "base"), raters=("r0", "r1", "r2"), k=2,
             make=fake_texts, **kw) -> int:
     if store.count_reports() == 0:
         store.import_reports(make_reports(max(n, 40)), file="t", fmt="test")
+    name = kw.pop("name", None) or f"Reader study {next(_NAMES)}"  # names are unique
     return study.create_study(store, people["coord"], StudyDesign(
-        name="Reader study", arms=list(arms), n_items=n, seed=kw.pop("seed", 11),
+        name=name, arms=list(arms), n_items=n, seed=kw.pop("seed", 11),
         raters=list(raters), k=k, **kw), make_texts=make)
 
 
@@ -850,3 +854,13 @@ def test_design_options(store, people):
     assert opts.stored == ["base: 1", "adapter:dr_lee: 1"]
     with pytest.raises(PermissionDenied):
         study.design_options(store, people["r0"])
+
+
+def test_a_second_create_with_the_same_name_is_refused(store, people):
+    """A double click on "Create study" (issue 14.6) makes one study, not two."""
+    from core.errors import ValidationError
+
+    sid = _create(store, people, name="Pilot")
+    with pytest.raises(ValidationError, match="exists already"):
+        _create(store, people, name="pilot")
+    assert [s["id"] for s in study.list_studies(store, people["coord"])] == [sid]
