@@ -1284,7 +1284,7 @@ def major_findings(findings: str) -> dict[str, Mention]:
 
 
 def _stated(obs: str, labels: dict[str, Label]) -> bool:
-    cf_extra = next((cf.satisfied_by for cf in CRITICAL_FINDINGS if cf.observation == obs), ())
+    cf_extra = _CRITICAL_BY_OBS[obs][0].satisfied_by if obs in _CRITICAL_BY_OBS else ()
     return labels.get(obs) in PRESENT or any(labels.get(o) in PRESENT for o in (*cf_extra, *RELATED.get(obs, ())))
 
 

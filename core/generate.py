@@ -480,11 +480,14 @@ class CoarseToFine:
         # A model draft never clears a review flag: low agreement among the neighbours is flagged
         # whoever wrote the text.
         flags["low_confidence"] = (bool(neighbours) and vote["agreement"] < cfg.llm_threshold) or not neighbours
-        styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
-        if draft is not None:
+        if draft is None:
+            styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
+        else:
             model_text = clean_output(draft.text)
             m_styled, m_checked = checked_text(report, model_text, style, repair=cfg.repair)
             m_fails = _fails(m_checked) or model_text == "No impression generated." or draft.truncated
+            if m_fails and neighbours:  # only then is the coarse draft checked at all
+                styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
             if not m_fails or not neighbours or _fails(checked):
                 styled, checked = m_styled, m_checked
                 flags.update(source="model" if neighbours else "model-only", **{"from": "model"})
@@ -532,7 +535,8 @@ def checked_text(report: dict, text: str, style: str = "default", repair: bool =
     first = verify(findings, text, ind, comp, repair=repair)
     text = first.text
     styled = apply_style(text, style, findings, ind, comp)
-    final = verify(findings, styled, ind, comp, repair=False)  # what is shown is what is checked
+    # what is shown is what is checked; verify already checked first.text after its repairs
+    final = first if styled == text else verify(findings, styled, ind, comp, repair=False)
     messages = list(final.reasons)
     prior = bool(not has_prior(comp) and _PRIOR_WORDS.search(text) and
                  re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I))

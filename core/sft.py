@@ -31,7 +31,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -205,7 +205,7 @@ def sft_examples(reports: Sequence[dict], shots: int = 3, index=None,
     Returns:
         TRL conversational prompt-completion rows, one per report, in order.
     """
-    from core.generate import C2FConfig, CoarseToFine, draft_messages
+    from core.generate import C2FConfig, serving_prompts
     from core.retrieval import RetrievalIndex, tidy
 
     config = config or C2FConfig()
@@ -214,14 +214,9 @@ def sft_examples(reports: Sequence[dict], shots: int = 3, index=None,
         return []
     if index is None and shots > 0:
         index = RetrievalIndex.build(rows, retrieval or config.retrieval)
-    if index is None:
-        neighbours, drafts = [[] for _ in rows], [None] * len(rows)
-    else:
-        _, neighbours, votes = CoarseToFine(index, None, config).coarse(rows, exclude_self=True)
-        drafts = [v["text"] for v in votes]
-    return [{"prompt": draft_messages(r, nb, shots, draft=d),
-             "completion": [{"role": "assistant", "content": tidy(r["impression"])}]}
-            for r, nb, d in zip(rows, neighbours, drafts)]
+    prompts = serving_prompts(rows, index, replace(config, shots=shots))
+    return [{"prompt": prompt, "completion": [{"role": "assistant", "content": tidy(r["impression"])}]}
+            for r, prompt in zip(rows, prompts)]
 
 
 def _split_reports(store, source: str | None = None) -> dict[str, list[dict]]:
