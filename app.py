@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import streamlit as st
 
-from core import auth
+from core.accounts import auth
 from ui import current_user, get_store
 
 st.set_page_config(page_title="Impressionist", page_icon=":material/radiology:", layout="wide")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.auth import User
+from core.accounts.auth import User
 from core.config import settings
-from core.store import Store
+from core.store.database import Store
 
 
 @st.cache_resource(show_spinner=False)
@@ -27,7 +27,7 @@ def get_store() -> Store:
 def current_user() -> User | None:
     """The signed-in user, or None: also when the session has expired, or an admin has
     disabled the account or changed its role since sign-in (checked on every run)."""
-    from core.auth import revalidate
+    from core.accounts.auth import revalidate
 
     user = st.session_state.get("user")
     if user is None:

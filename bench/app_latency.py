@@ -2,8 +2,8 @@
 
 Fills a fresh database with 10,000 reports (each with an AI impression) and 100,000 ratings
 from 50 readers, then times, through the same core functions the page calls:
-  * next case: ``core.annotate.next_case`` + ``progress`` (what a page load does);
-  * save: ``core.annotate.submit_rating`` with an edit.
+  * next case: ``core.feedback.annotate.next_case`` + ``progress`` (what a page load does);
+  * save: ``core.feedback.annotate.submit_rating`` with an edit.
 Goals (issue 3): save p99 < 50 ms, next case p99 < 100 ms.
 
     .venv/bin/python bench/app_latency.py [--reports 10000] [--ratings 100000] [--n 300]
@@ -33,8 +33,8 @@ def fill(store, n_reports: int, n_ratings: int, n_readers: int = 50) -> list:
     import numpy as np
     import pandas as pd
 
-    from core import auth
-    from core.demo import synthetic_reports
+    from core.accounts import auth
+    from core.ingest.demo import synthetic_reports
 
     os.environ.setdefault("IMPRESSIONIST_BCRYPT_ROUNDS", "4")
     readers = [auth.create_user(store, f"reader{i:02d}", "radiologist", "bench-Passw0rd")
@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=300, help="timed operations of each kind")
     args = ap.parse_args(argv)
 
-    from core import annotate, auth
-    from core.store import Store
+    from core.feedback import annotate
+
+    from core.accounts import auth
+    from core.store.database import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.duckdb")

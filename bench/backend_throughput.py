@@ -58,7 +58,7 @@ def make_checkpoint(dest: Path, shape: str, tokenizer_from: Path) -> Path:
 def checkpoint(shape: str, workdir: str | None, prefix: str) -> tuple[Path, Path]:
     """A work folder (``workdir``, else a new temp dir) and, in it, a random-init checkpoint of
     ``shape`` (made once; kept when ``workdir`` is reused)."""
-    from core.models import DEFAULT_MODEL_DIR
+    from core.generation.models import DEFAULT_MODEL_DIR
 
     work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
     base = work / f"llama-{shape}"
@@ -73,7 +73,7 @@ def make_adapters(base: Path, dest: Path, n: int) -> list[Path]:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import default_lora_config
+    from core.generation.models import default_lora_config
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     peft = get_peft_model(model, default_lora_config(model))
@@ -90,7 +90,7 @@ def make_adapters(base: Path, dest: Path, n: int) -> list[Path]:
 
 
 def prompts(n: int) -> list[list[dict]]:
-    from core.prompts import impression_messages
+    from core.generation.prompts import impression_messages
 
     findings = ("The heart is normal in size. The mediastinum is unremarkable. There is a small "
                 "left pleural effusion with adjacent atelectasis. No pneumothorax. Degenerative "
@@ -101,7 +101,7 @@ def prompts(n: int) -> list[list[dict]]:
 
 def time_backend(backend: str, base: Path, adapters: list[Path], n_adapters: int, rows: int,
                  new_tokens: int, batch: int) -> dict:
-    from core.backends import load_backend
+    from core.generation.backends import load_backend
 
     gen = load_backend(backend, base) if backend == "transformers" else \
         load_backend(backend, base, max_loras=max(n_adapters, 1), max_lora_rank=16)

@@ -5,12 +5,12 @@ Index = train + dev; the test reports are only queried. Systems, all through the
 * ``TF-IDF 1-NN``: plain word TF-IDF over the findings, copy the nearest impression (the baseline);
 * ``coarse draft alone``: retrieval + vote, verified (``llm="off"``: the ablation without a model);
 * ``model alone``: the model under the base adapter, no draft in its prompt (``draft_in_prompt=False``);
-* ``shipped default``: :class:`core.generate.C2FConfig` defaults (``llm="auto"``): the model
+* ``shipped default``: :class:`core.generation.pipeline.C2FConfig` defaults (``llm="auto"``): the model
   under the base adapter writes from the findings and the coarse draft where the neighbours
   disagree, the verified coarse draft stands elsewhere; a model text that fails the check falls
   back to the flagged draft. ``--llm always`` measures the model writing every impression.
 
-Reported: ROUGE-L and label micro-F1 (core.metrics) overall and on the test reports whose findings
+Reported: ROUGE-L and label micro-F1 (core.evaluation.metrics) overall and on the test reports whose findings
 do not occur verbatim in the index; a paired bootstrap of the per-report ROUGE-L difference to
 1-NN; the share of final texts that differ from every retrieved impression (the model wrote
 something new); where the texts came from; end-to-end impressions/s of the default.
@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.generate import C2FConfig, CoarseToFine  # noqa: E402
-from core.metrics import label_f1, rouge  # noqa: E402
-from core.retrieval import RetrievalIndex, tidy  # noqa: E402
-from core.splits import load_iu_csv  # noqa: E402
+from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
+from core.evaluation.metrics import label_f1, rouge  # noqa: E402
+from core.generation.retrieval import RetrievalIndex, tidy  # noqa: E402
+from core.ingest.splits import load_iu_csv  # noqa: E402
 from quality import IU_CSV, TfidfNN, paired_bootstrap  # noqa: E402
 
 
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.config import settings
-    from core.models import ModelSpec, load_generator
-    from core.sft import use_base_adapter
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.sft import use_base_adapter
 
     torch.set_num_threads(args.threads)
     index_rows = load_iu_csv(args.csv, ("train", "dev"))

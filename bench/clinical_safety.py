@@ -1,18 +1,18 @@
 """Clinical safety of every shown text on the IU X-ray fixed test split (issue 13).
 
 Index = train + dev reports; the test reports are only queried. For the shipped default pipeline
-(:class:`core.generate.C2FConfig` defaults, as ``python -m core generate`` runs it) and each style:
+(:class:`core.generation.pipeline.C2FConfig` defaults, as ``python -m core generate`` runs it) and each style:
 
 * texts shown with an unsupported positive finding (a finding this report's findings, indication
   and comparison never state) that are not flagged ``needs_review``;
-* reports whose findings state a major finding (:data:`core.clinical.MAJOR_FINDINGS`) whose text
+* reports whose findings state a major finding (:data:`core.clinical.checks.MAJOR_FINDINGS`) whose text
   is still a normal statement (or negates it) and is not flagged;
 * how many texts the verifier repaired (sentences removed / added) and flagged.
 
-The judge is :func:`core.clinical.verify` with ``repair=False`` on the text as shown, i.e. the
+The judge is :func:`core.clinical.checks.verify` with ``repair=False`` on the text as shown, i.e. the
 same rules: these rows say that nothing the rules see slips through unflagged. The independent
-view is the MeSH table (human labels, :mod:`core.mesh`), printed for the original impressions
-(the human ceiling), the TF-IDF 1-NN baseline and ours; label F1 (:func:`core.metrics.label_f1`)
+view is the MeSH table (human labels, :mod:`core.evaluation.mesh`), printed for the original impressions
+(the human ceiling), the TF-IDF 1-NN baseline and ours; label F1 (:func:`core.evaluation.metrics.label_f1`)
 beside it. Then the human impressions' flag rate (an upper bound on nuisance flags), and typo
 robustness: one edit in each critical keyword of the findings (seeded), critical recall with
 and without.
@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.clinical import TYPO_TERMS, check_impression, major_findings, verify  # noqa: E402
-from core.generate import C2FConfig, CoarseToFine  # noqa: E402
-from core.mesh import mesh_score  # noqa: E402
-from core.metrics import label_f1, rouge  # noqa: E402
-from core.retrieval import RetrievalIndex  # noqa: E402
-from core.splits import load_iu_csv  # noqa: E402
+from core.clinical.checks import TYPO_TERMS, check_impression, major_findings, verify  # noqa: E402
+from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
+from core.evaluation.mesh import mesh_score  # noqa: E402
+from core.evaluation.metrics import label_f1, rouge  # noqa: E402
+from core.generation.retrieval import RetrievalIndex  # noqa: E402
+from core.ingest.splits import load_iu_csv  # noqa: E402
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"
 STYLES = ("default", "brief", "bullets", "comprehensive")
@@ -143,8 +143,8 @@ def load_model(threads: int):
     import torch
 
     from core.config import settings
-    from core.models import ModelSpec, load_generator
-    from core.sft import use_base_adapter
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.sft import use_base_adapter
 
     torch.set_num_threads(threads)
     gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))

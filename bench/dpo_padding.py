@@ -3,10 +3,10 @@
 Run: .venv/bin/python bench/dpo_padding.py [--csv PATH] [--pairs 512] [--batch 4,8,32]
 
 TRL 1.16 switched DPO's ``padding_free`` off (it warns and pads every batch to its longest
-pair), so ``core.train`` groups pairs of similar length into a batch instead
+pair), so ``core.learning.train`` groups pairs of similar length into a batch instead
 (``length_grouped_order``). This measures what that saves on pairs shaped like the nightly
 job's: for IU X-ray reports, the prompt is the drafting prompt of the report
-(``core.pairs.prompt_messages``), chosen is the report's own impression, rejected the impression
+(``core.learning.pairs.prompt_messages``), chosen is the report's own impression, rejected the impression
 of its nearest TF-IDF neighbour (a plausible AI draft). Token lengths come from the embedded
 model's tokenizer and chat template, as TRL computes them. For each batch size it prints the
 share of padded positions over 20 weighted draws (weights 1-3, as rating gaps give), for
@@ -42,10 +42,10 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from core.config import settings
-    from core.pairs import prompt_messages
-    from core.retrieval import RetrievalIndex
-    from core.splits import load_iu_csv
-    from core.train import length_grouped_order, padding_share
+    from core.learning.pairs import prompt_messages
+    from core.generation.retrieval import RetrievalIndex
+    from core.ingest.splits import load_iu_csv
+    from core.learning.train import length_grouped_order, padding_share
 
     rows = load_iu_csv(args.csv)
     rng = random.Random(0)

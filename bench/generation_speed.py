@@ -1,7 +1,7 @@
 """Generation throughput of the default model on CPU: impressions/s and new tokens/s.
 
 Runs the prepared SmolLM2-135M-Instruct over N IU X-ray findings (zero-shot prompt from
-core.prompts) at several batch sizes and dtypes, and prints a markdown table. Uses
+core.generation.prompts) at several batch sizes and dtypes, and prints a markdown table. Uses
 /work/shared/data/iu_xray/reports.csv when present, else seeded synthetic findings.
 
     python bench/generation_speed.py
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator, prepare_default_model  # noqa: E402
-from core.prompts import impression_messages  # noqa: E402
+from core.generation.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator, prepare_default_model  # noqa: E402
+from core.generation.prompts import impression_messages  # noqa: E402
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"
 

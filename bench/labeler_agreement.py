@@ -1,4 +1,4 @@
-"""Agreement of the rule-based labeler (core.clinical) with the IU X-ray human MeSH annotations.
+"""Agreement of the rule-based labeler (core.clinical.checks) with the IU X-ray human MeSH annotations.
 
 Run: .venv/bin/python bench/labeler_agreement.py [--csv PATH] [--errors LABEL] [--n 10]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.clinical import PRESENT, Label, check_impression, label  # noqa: E402
+from core.clinical.checks import PRESENT, Label, check_impression, label  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared/data/iu_xray/reports.csv"
 MIN_SUPPORT = 20
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--errors", default=None, help="print disagreements for this label")
     ap.add_argument("--n", type=int, default=10, help="how many disagreements to print")
     ap.add_argument("--split", choices=("all", "train", "dev", "test"), default="all",
-                    help="only the reports of this core.splits split (test: out of sample; rules "
+                    help="only the reports of this core.ingest.splits split (test: out of sample; rules "
                          "are tuned on train only, so --errors is refused on test)")
     args = ap.parse_args(argv)
     if not args.csv.exists():
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split == "test" and args.errors:
         print("--errors on the test split would tune the rules on it: use --split train", file=sys.stderr)
         return 2
-    from core.splits import in_split
+    from core.ingest.splits import in_split
 
     df = pd.read_csv(args.csv).fillna("")
     df = df[~df["MeSH"].str.contains("No Indexing", regex=False)]

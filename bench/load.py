@@ -1,7 +1,7 @@
 """Load test (issue 7): 50 simulated radiologists rating and editing at once, through the same code
 the app uses, while the nightly job trains and an import runs in other processes.
 
-* "the app": one process, one shared :class:`core.store.Store` (as ``ui.get_store`` gives every
+* "the app": one process, one shared :class:`core.store.database.Store` (as ``ui.get_store`` gives every
   Streamlit session), one thread per radiologist. Each loops: ``annotate.next_case`` ->
   ``annotate.submit_rating`` (mostly with an edit), sometimes ``skip`` or ``undo_last``, with a
   short random think time. Every call that returns is an *acknowledged* save (the page would
@@ -55,7 +55,7 @@ def pct(values: list[float], q: float) -> float:
 def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: dict,
                 lock: threading.Lock) -> None:
     """Rate/edit/skip/undo until ``deadline``; append every acknowledged action to ``log``."""
-    from core import annotate
+    from core.feedback import annotate
 
     rng = random.Random(seed)
     k = 0
@@ -114,8 +114,8 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
 def run_app(db: str, usernames: list[str], password: str, seconds: float, think_ms: float,
             seed: int) -> dict:
     """One "app process": one Store shared by one thread per signed-in radiologist."""
-    from core import auth
-    from core.store import Store
+    from core.accounts import auth
+    from core.store.database import Store
 
     store = Store(db)
     users = [auth.sign_in(store, name, password) for name in usernames]
@@ -150,7 +150,7 @@ print(json.dumps(runs))
 
 
 def write_import_csv(path: Path, start: int, n: int, seed: int) -> None:
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     reps = synthetic_reports(n, seed=seed)
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("IMPRESSIONIST_BCRYPT_ROUNDS", "4")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from core import annotate, auth
-    from core.demo import synthetic_reports
-    from core.store import Store
+    from core.feedback import annotate
+
+    from core.accounts import auth
+    from core.ingest.demo import synthetic_reports
+    from core.store.database import Store
 
     from core.config import settings
 
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     store.close()
 
     if args.model == "tiny":
-        from core.models import make_tiny_model
+        from core.generation.models import make_tiny_model
 
         model = str(make_tiny_model(tmp / "tiny"))
     elif args.model == "embedded":

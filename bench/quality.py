@@ -1,29 +1,29 @@
 """Impression quality on the fixed IU X-ray test split (issue 4): baselines vs the shipped pipeline.
 
-The retrieval index holds the ``train`` + ``dev`` reports only (:mod:`core.splits`); the ``test``
+The retrieval index holds the ``train`` + ``dev`` reports only (:mod:`core.ingest.splits`); the ``test``
 reports are only ever queried, never indexed, tuned on or trained on. Printed as markdown, written
 as JSON to ``bench/out/quality.json``.
 
-Systems (every metric from :func:`core.metrics.evaluate`; critical recall defined below):
+Systems (every metric from :func:`core.evaluation.metrics.evaluate`; critical recall defined below):
 
 (a) ``constant``: "No acute cardiopulmonary abnormality." for every report;
 (b) ``tfidf-1nn``: the documented baseline: plain ``sklearn`` ``TfidfVectorizer()`` (word unigrams,
     defaults) over the findings, copy the impression of the most similar indexed report;
-(c) ``c2f default``: :class:`core.generate.CoarseToFine` with :class:`core.generate.C2FConfig`
+(c) ``c2f default``: :class:`core.generation.pipeline.CoarseToFine` with :class:`core.generation.pipeline.C2FConfig`
     defaults, exactly what ``python -m core generate`` runs (its ``llm="off"`` never drafts while
     neighbours exist, so loading the model changes nothing), style ``default``;
 (d) ``c2f + LLM`` (``--llm-n`` reports, a subset because SmolLM2 on 2 cores is slow):
     ``llm="auto"`` and ``llm="always"`` with the embedded SmolLM2-135M-Instruct (and the shared
-    base adapter of :mod:`core.sft` when one fits); compared with (b) and (c) on the same subset.
+    base adapter of :mod:`core.learning.sft` when one fits); compared with (b) and (c) on the same subset.
 
 Also: typo robustness (3% of the findings words of the test queries get one character typo,
 seeded; the index is untouched), the four styles (label F1 vs the reference, ROUGE-L vs the
 default output, one example each), speed (end-to-end impressions/s in one batch, tokens/s per
-stage from :class:`core.generate.StageStats`), and ``--tune``: a grid over k/power/bonuses on
+stage from :class:`core.generation.pipeline.StageStats`), and ``--tune``: a grid over k/power/bonuses on
 the ``dev`` split with a ``train``-only index (never on test).
 
 Critical-finding recall: over the (report, observation) pairs where the *findings* report a
-critical finding (:func:`core.clinical.check_impression` of the findings against an empty
+critical finding (:func:`core.clinical.checks.check_impression` of the findings against an empty
 impression), the share that the impression states (not listed as missing).
 
     .venv/bin/python bench/quality.py                      # everything, ~17 min on dev-2c at load 10
@@ -50,11 +50,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.clinical import check_impression  # noqa: E402
-from core.generate import C2FConfig, CoarseToFine  # noqa: E402
-from core.metrics import evaluate, inject_typos, label_f1, rouge  # noqa: E402
-from core.retrieval import RetrievalIndex, tidy  # noqa: E402
-from core.splits import load_iu_csv  # noqa: E402
+from core.clinical.checks import check_impression  # noqa: E402
+from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
+from core.evaluation.metrics import evaluate, inject_typos, label_f1, rouge  # noqa: E402
+from core.generation.retrieval import RetrievalIndex, tidy  # noqa: E402
+from core.ingest.splits import load_iu_csv  # noqa: E402
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"
 CONSTANT = "No acute cardiopulmonary abnormality."
@@ -138,7 +138,7 @@ def paired_bootstrap(a: list[str], b: list[str], refs: list[str], n_boot: int = 
     """Mean per-report ROUGE-L of ``a`` minus ``b`` with a paired bootstrap 95% interval."""
     import random
 
-    from core.retrieval import rouge_l
+    from core.generation.retrieval import rouge_l
 
     diff = [100 * (rouge_l(x, r) - rouge_l(y, r)) for x, y, r in zip(a, b, refs)]
     rng = random.Random(seed)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                            "mean_drop": mean}
 
         # ---- styles
-        print("\n## Styles (full test split; same retrieval and vote, rendered by core.styles)\n")
+        print("\n## Styles (full test split; same retrieval and vote, rendered by core.generation.styles)\n")
         print("| style | label micro-F1 vs reference | critical recall | ROUGE-L vs reference | ROUGE-L vs default "
               "output | identical to default | mean words |\n|---|---:|---:|---:|---:|---:|---:|")
         styles: dict = {}
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {st} | {s['label_micro_f1']:.3f} | {s['critical_recall']:.3f} | {s['rougeL_ref']:.2f} | "
                   f"{s['rougeL_vs_default']:.2f} | {s['identical_to_default']:.2f} | {s['mean_words']:.1f} |")
         # an example: the first test report whose default impression is not the plain normal one
-        from core.clinical import PRESENT, label
+        from core.clinical.checks import PRESENT, label
 
         def abnormal(t: str) -> bool:
             return any(v in PRESENT for k, v in label(t).items() if k != "No Finding")
@@ -395,7 +395,7 @@ def llm_section(args, index, nn: TfidfNN, test: list[dict], bert: bool) -> dict:
     disagree), ``llm="always"`` over the first ``--llm-n`` test reports; baselines on the same rows."""
     import torch
 
-    from core.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator
+    from core.generation.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator
 
     out: dict = {}
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -406,7 +406,7 @@ def llm_section(args, index, nn: TfidfNN, test: list[dict], bert: bool) -> dict:
     gen = load_generator(ModelSpec(path=DEFAULT_MODEL_DIR, device="cpu"))
     base_adapter = None
     try:
-        from core.sft import use_base_adapter
+        from core.learning.sft import use_base_adapter
 
         base_adapter = use_base_adapter(gen)
     except Exception as exc:  # noqa: BLE001 - optional module of another issue; report and go on

@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     import torch
 
     from core.config import settings
-    from core.models import ModelSpec, load_generator
-    from core.sft import eval_reports, evaluate_drafts, record_scores
-    from core.store import Store
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.sft import eval_reports, evaluate_drafts, record_scores
+    from core.store.database import Store
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                                    dtype="float32"))
     name, where = None, "none"
     if args.adapter == "auto":
-        from core.sft import use_base_adapter
+        from core.learning.sft import use_base_adapter
 
         name = use_base_adapter(gen)
         where = "shared base adapter" if name else "none (no shared base adapter fits)"

@@ -1,7 +1,7 @@
 """A simulated human-evaluation study end to end, with the planted truth to compare against.
 
 Design (defaults): 200 synthetic demo reports (items), 3 arms (original, base, style:brief),
-7 raters, k = 3 raters per (item, arm): 1,800 ratings, every one made through core.study
+7 raters, k = 3 raters per (item, arm): 1,800 ratings, every one made through core.studies.study
 (next_task + submit, the path the Study queue page uses).
 
 Simulation: a rater's latent score for a unit is
@@ -14,7 +14,7 @@ ROUGE-L / label F1 against the original impression genuinely track quality. Erro
 ticked from the latent score (factual error), the dropped words (omission) and at random
 (style). The "truth" of every agreement statistic, share, mean difference and rater offset is
 measured on a separate fully crossed simulation (all raters x 20,000 units) of the same model,
-and ``--reps`` more simulated studies of the same design (the pure core.study.compute_results)
+and ``--reps`` more simulated studies of the same design (the pure core.studies.study.compute_results)
 give the coverage of the reported 95% intervals.
 
 Prints: creation time, rating latency, progress time, results time (n_boot 1000, ROUGE-L +
@@ -95,7 +95,9 @@ def population_truth(raters: list[str], bias: dict[str, float], n_units: int = 2
     import numpy as np
     import pandas as pd
 
-    from core import stats, study
+    from core.studies import stats
+
+    from core.studies import study
 
     rng = np.random.default_rng(seed)
     arms = list(ARM_EFFECT)
@@ -143,9 +145,13 @@ def estimates(res) -> dict[str, tuple[float, float, float]]:
 def main() -> None:
     import numpy as np
 
-    from core import auth, stats, study
-    from core.demo import synthetic_reports
-    from core.store import Store
+    from core.accounts import auth
+
+    from core.studies import stats
+
+    from core.studies import study
+    from core.ingest.demo import synthetic_reports
+    from core.store.database import Store
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=200)

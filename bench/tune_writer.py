@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.generate import C2FConfig, CoarseToFine  # noqa: E402
-from core.metrics import label_f1, rouge  # noqa: E402
-from core.retrieval import RetrievalIndex  # noqa: E402
-from core.splits import load_iu_csv  # noqa: E402
+from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
+from core.evaluation.metrics import label_f1, rouge  # noqa: E402
+from core.generation.retrieval import RetrievalIndex  # noqa: E402
+from core.ingest.splits import load_iu_csv  # noqa: E402
 from quality import IU_CSV  # noqa: E402
 
 GRID = (0.0, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8, 2.0)
@@ -36,8 +36,8 @@ def main() -> int:
     import torch
 
     from core.config import settings
-    from core.models import ModelSpec, load_generator
-    from core.sft import use_base_adapter
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.sft import use_base_adapter
 
     torch.set_num_threads(2)
     train, dev = load_iu_csv(IU_CSV, "train"), load_iu_csv(IU_CSV, "dev")

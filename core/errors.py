@@ -7,7 +7,7 @@
     ├── PermissionDenied         the signed-in user may not do this
     ├── AuthError                wrong credentials, throttled sign-in, weak password
     ├── ValidationError          a value given by a person or a file is not acceptable
-    └── ImportValidationError    (core.importers) a file cannot be imported; names file/row/field
+    └── ImportValidationError    (core.ingest.formats) a file cannot be imported; names file/row/field
 """
 
 from __future__ import annotations

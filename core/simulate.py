@@ -1,12 +1,12 @@
 """``python -m core simulate``: proof that per-radiologist adapters personalise, on real reports.
 
 Two benchmarks on IU X-ray (``../shared/data/iu_xray/reports.csv``), both end to end through the
-code the app runs: reports imported with the IU importer, readers created with ``core.auth``,
+code the app runs: reports imported with the IU importer, readers created with ``core.accounts.auth``,
 shared AI drafts written by the coarse-to-fine pipeline and stored as generations, every piece
-of feedback saved with ``core.annotate.submit_rating`` (the app's save path), pairs built by
-``core.pairs``, the nightly job (``core.nightly.run_nightly``: train, gate, promote), and test
+of feedback saved with ``core.feedback.annotate.submit_rating`` (the app's save path), pairs built by
+``core.learning.pairs``, the nightly job (``core.learning.nightly.run_nightly``: train, gate, promote), and test
 drafts written with each reader's *active* adapter in mixed-adapter batches
-(``core.adapters.Drafter``). Each reader's reports are split by uid into a feedback part and a
+(``core.adapters.registry.Drafter``). Each reader's reports are split by uid into a feedback part and a
 test part that nothing ever trains or retrieves on.
 
 1. ``real``: the 8 largest groups of the normalised ``image`` exam header (a proxy for the
@@ -77,7 +77,7 @@ def _terse(s: str) -> str:
 
 def is_normal(text: str) -> bool:
     """True when an impression states a normal study and nothing abnormal."""
-    from core.clinical import PRESENT, label
+    from core.clinical.checks import PRESENT, label
 
     lab = label(text)
     return lab.get("No Finding") in PRESENT and not any(
@@ -162,7 +162,7 @@ def _hash(*parts: Any) -> int:
 
 def rating_by_similarity(ai_text: str, target: str) -> int:
     """The simulated rating of an AI impression against the reader's own text (-2..0)."""
-    from core.retrieval import rouge_l
+    from core.generation.retrieval import rouge_l
 
     sim = rouge_l(ai_text, target)
     return 0 if sim >= 0.8 else -1 if sim >= 0.4 else -2
@@ -227,7 +227,7 @@ def _restore(saved: dict) -> None:
 
 def _readers(kind: str, rows: list[dict], cfg: SimConfig) -> list[SimReader]:
     """Readers and their feedback/test parts (by uid hash) for one benchmark."""
-    from core.retrieval import tidy
+    from core.generation.retrieval import tidy
 
     max_items = max(cfg.points)
     if kind == "real":
@@ -263,7 +263,7 @@ def _macro(values: list[float | None]) -> float | None:
 
 
 def _score(preds: list[str], refs: list[str]) -> dict:
-    from core.metrics import label_f1, rouge
+    from core.evaluation.metrics import label_f1, rouge
 
     if not preds:
         return {"rougeL": None, "label_f1": None}
@@ -278,7 +278,7 @@ def leak_check(store, readers: list[SimReader]) -> dict:
     Returns:
         ``{"feedback_on_test": n, "memory_on_test": n, "heldout_on_test": n}``.
     """
-    from core.adapters import read_memory
+    from core.adapters.registry import read_memory
 
     out = {"feedback_on_test": 0, "memory_on_test": 0, "heldout_on_test": 0}
     for sr in readers:
@@ -299,15 +299,16 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
     Returns:
         The results dict (also written to ``<out>/<kind>/results.json``).
     """
-    from core import annotate, auth
-    from core.adapters import AdapterVersion, DraftConfig, Drafter, active_adapter
-    from core.generate import C2FConfig
-    from core.ingest import import_file
-    from core.models import ModelSpec, load_generator
-    from core.nightly import NightlyConfig, run_nightly
-    from core.retrieval import RetrievalIndex
-    from core.store import Store
-    from core.train import TrainConfig
+    from core.feedback import annotate
+    from core.accounts import auth
+    from core.adapters.registry import AdapterVersion, DraftConfig, Drafter, active_adapter
+    from core.generation.pipeline import C2FConfig
+    from core.ingest.reports import import_file
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.nightly import NightlyConfig, run_nightly
+    from core.generation.retrieval import RetrievalIndex
+    from core.store.database import Store
+    from core.learning.train import TrainConfig
 
     t_start = time.perf_counter()
     workdir = Path(cfg.out) / kind
@@ -340,8 +341,8 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
             generator = load_generator(ModelSpec(path=cfg.model or _s().model_path, device="cpu"))
         draft_cfg = DraftConfig(c2f=c2f, memory_bonus=cfg.memory_bonus)
         # the shared base adapter (when one is shipped) drafts for the shared model, exactly as
-        # the nightly job's drafter (core.nightly.load_drafter) and the app use it
-        from core.sft import use_base_adapter
+        # the nightly job's drafter (core.learning.nightly.load_drafter) and the app use it
+        from core.learning.sft import use_base_adapter
 
         shared_name = use_base_adapter(generator)
         drafter = Drafter(generator, shared_index, draft_cfg, shared_adapter=shared_name)
@@ -728,7 +729,7 @@ def main(args) -> int:
     generator = None
     if cfg.lora:
         from core.config import settings
-        from core.models import ModelSpec, load_generator
+        from core.generation.models import ModelSpec, load_generator
 
         generator = load_generator(ModelSpec(path=cfg.model or settings().model_path, device="cpu"))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ radiologist, promote and roll back."""
 import plotly.express as px
 import streamlit as st
 
-from core import adapters
+from core.adapters import registry as adapters
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 

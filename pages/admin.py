@@ -5,7 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import admin, auth
+from core.accounts import admin
+
+from core.accounts import auth
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 

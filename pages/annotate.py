@@ -5,7 +5,9 @@ import uuid
 
 import streamlit as st
 
-from core import annotate, study
+from core.feedback import annotate
+
+from core.studies import study
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 

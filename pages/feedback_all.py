@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import annotate
+from core.feedback import annotate
 from core.util import safe_csv
 from ui import get_store, require_user
 

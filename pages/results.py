@@ -1,5 +1,5 @@
 """Results of closed evaluation studies (coordinators and admins): figures, statistics and
-exports. Everything is computed in core.study; this page only draws it."""
+exports. Everything is computed in core.studies.study; this page only draws it."""
 
 import math
 import tempfile
@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import study
+from core.studies import study
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from core import auth
+from core.accounts import auth
 from core.errors import AuthError
 from ui import get_store
 

@@ -5,7 +5,7 @@ import json
 
 import streamlit as st
 
-from core import study
+from core.studies import study
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 

@@ -32,7 +32,7 @@ def iu_csv() -> Path:
 
 @pytest.fixture
 def store(tmp_path):
-    from core.store import Store
+    from core.store.database import Store
 
     s = Store(os.environ["IMPRESSIONIST_DB"])
     s.migrate()
@@ -43,7 +43,7 @@ def store(tmp_path):
 @pytest.fixture
 def users(store):
     """One user per role, plus a second radiologist (passwords: '<name>-Passw0rd')."""
-    from core import auth
+    from core.accounts import auth
 
     out = {}
     for name, role in [("rad1", "radiologist"), ("rad2", "radiologist"),
@@ -56,7 +56,7 @@ def users(store):
 @pytest.fixture
 def cases(store):
     """Twelve synthetic reports, each with a stored AI impression (no model needed)."""
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(12, seed=3), file="synthetic", fmt="demo")
     reports = store.reports()

@@ -1,6 +1,6 @@
 import pytest
 
-from core import annotate
+from core.feedback import annotate
 from core.errors import ValidationError
 
 

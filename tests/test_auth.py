@@ -1,6 +1,8 @@
 import pytest
 
-from core import annotate, auth
+from core.feedback import annotate
+
+from core.accounts import auth
 from core.errors import AuthError, PermissionDenied, ValidationError
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from core.backends import BackendUnavailable, VLLMGenerator, load_backend
-from core.models import AdapterError
+from core.generation.backends import BackendUnavailable, VLLMGenerator, load_backend
+from core.generation.models import AdapterError
 
 
 @dataclass

@@ -46,7 +46,7 @@ def test_bad_file_exits_2_naming_row_and_field_and_writes_nothing(tmp_path, stor
     assert result.returncode == 2
     assert "broken.csv" in result.stderr and "row 3" in result.stderr \
         and "findings" in result.stderr
-    from core.store import Store
+    from core.store.database import Store
 
     s = Store(os.environ["IMPRESSIONIST_DB"])
     assert s.count_reports() == 0
@@ -80,7 +80,7 @@ def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
     broken.write_text(text[:cut], encoding="utf-8")
     bad = run("import", str(broken), "--format", "iu-xray")
     assert bad.returncode == 2 and "reports-broken.csv" in bad.stderr
-    from core.store import Store
+    from core.store.database import Store
 
     s = Store(os.environ["IMPRESSIONIST_DB"])
     assert s.count_reports() == 2809
@@ -92,8 +92,8 @@ def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
     import csv
     import json
 
-    from core.demo import synthetic_reports
-    from core.models import make_tiny_model
+    from core.ingest.demo import synthetic_reports
+    from core.generation.models import make_tiny_model
 
     store.import_reports(synthetic_reports(30, seed=4), file="s", fmt="demo")
     store.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from core.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +30,8 @@ def _add_user(db: str, name: str, monkeypatch) -> None:
 
 def _promote_versions(db: str, reader: str, n: int, monkeypatch) -> None:
     """``n`` adapter versions promoted one after the other, as n nightly runs would."""
-    from core import adapters
-    from core.store import Store
+    from core.adapters import registry as adapters
+    from core.store.database import Store
 
     monkeypatch.setenv("IMPRESSIONIST_DB", db)
     store = Store(db)
@@ -49,7 +49,7 @@ def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys)
     """Two databases in one folder: each one's reports feed its own drafts, and its adapters,
     retrieval cache and nightly lock live in its own home; the default database is untouched."""
     from core.config import settings
-    from core.nightly import nightly_lock
+    from core.learning.nightly import nightly_lock
 
     default_db = os.environ["IMPRESSIONIST_DB"]
     a, b = str(tmp_path / "dbs" / "a.duckdb"), str(tmp_path / "dbs" / "b.duckdb")
@@ -159,7 +159,7 @@ def test_setup_twice_is_quick_and_bounded(tmp_path):
     """`setup` drafts at most --limit impressions per run and writes the demo reports once;
     a department's database gets no demo data. Needs the prepared embedded model."""
     from core.config import settings
-    from core.models import is_prepared
+    from core.generation.models import is_prepared
 
     if not is_prepared(settings().model_path):
         pytest.skip(f"the embedded model is not prepared at {settings().model_path} "

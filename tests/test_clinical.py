@@ -1,4 +1,4 @@
-"""Rule-based labeler, critical-finding checks and impression repair (core.clinical)."""
+"""Rule-based labeler, critical-finding checks and impression repair (core.clinical.checks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.clinical import (
+from core.clinical.checks import (
     CRITICAL_FINDINGS,
     OBSERVATION_NAMES,
     WEIGHTS,

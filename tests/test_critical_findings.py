@@ -1,6 +1,6 @@
 """A hand-made test set for the critical-finding safety net (issue 4).
 
-tests/test_clinical.py has one case per entry of ``core.clinical.CRITICAL_FINDINGS``, each against
+tests/test_clinical.py has one case per entry of ``core.clinical.checks.CRITICAL_FINDINGS``, each against
 the normal impression. This file adds what it does not cover:
 
 - several phrasings per critical finding, missing from a normal *and* from a non-normal impression;
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.clinical import CRITICAL_FINDINGS, PRESENT, check_impression, label, repair_impression
+from core.clinical.checks import CRITICAL_FINDINGS, PRESENT, check_impression, label, repair_impression
 
 NORMAL = "No acute cardiopulmonary abnormality."
 OTHER = "Mild cardiomegaly."  # a non-normal impression that still omits the critical finding
@@ -170,8 +170,8 @@ def test_bare_white_out_is_caught():
 
 @pytest.fixture(scope="module")
 def normal_pipeline():
-    from core.generate import C2FConfig, CoarseToFine
-    from core.retrieval import RetrievalIndex
+    from core.generation.pipeline import C2FConfig, CoarseToFine
+    from core.generation.retrieval import RetrievalIndex
 
     normals = [
         ("Heart size normal. Lungs are clear. No pneumothorax.", NORMAL),

@@ -87,7 +87,7 @@ def test_no_findings_column_skips_consistency(tmp_path, capsys):
     ref = write_csv(tmp_path / "ref.csv", ["uid", "impression"], [("a", "Normal."), ("b", "Effusion.")])
     pred = write_csv(tmp_path / "pred.csv", ["uid", "prediction"], [("a", "Normal."), ("b", "Normal.")])
     out = tmp_path / "m.json"
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json", str(out), "--no-bertscore"]) == 0
     assert "| ROUGE-L |" in capsys.readouterr().out
@@ -127,7 +127,7 @@ def test_bad_input_exits_2_naming_file_row_field(tmp_path, capsys, case, expect)
     pred = write_csv(tmp_path / "pred.csv", pred_header, pred_rows)
     if case == "no_file":
         pred = tmp_path / "nowhere.csv"
-    from core.cli import main  # in-process: same entry point as `python -m core`, faster
+    from core.cli.main import main  # in-process: same entry point as `python -m core`, faster
 
     code = main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-bertscore"])
     err = capsys.readouterr().err
@@ -139,13 +139,13 @@ def test_bad_input_exits_2_naming_file_row_field(tmp_path, capsys, case, expect)
 def test_custom_columns(tmp_path, capsys):
     ref = write_csv(tmp_path / "ref.csv", ["id", "gold"], [("x", "Small left effusion.")])
     pred = write_csv(tmp_path / "pred.csv", ["id", "text"], [("x", "Small left effusion.")])
-    from core.evaluation import evaluate_pairs, read_pairs
+    from core.evaluation.compare import evaluate_pairs, read_pairs
 
     pairs = read_pairs(pred, ref, pred_col="text", ref_col="gold", uid_col="id")
     assert pairs.uids == ["x"] and pairs.findings is None
     res = evaluate_pairs(pairs, with_bertscore=False)
     assert res["rougeL"] == pytest.approx(100.0)
-    from core.cli import main
+    from core.cli.main import main
 
     code = main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--pred-col", "text", "--ref-col", "gold",
                  "--no-bertscore"])
@@ -157,7 +157,7 @@ def test_generate_output_scores_against_iu_reports(tmp_path):
     iu = ROOT.parent / "shared/data/iu_xray/reports.csv"
     if not iu.is_file():
         pytest.skip("IU X-ray reports.csv absent")
-    from core.splits import load_iu_csv
+    from core.ingest.splits import load_iu_csv
 
     rows = load_iu_csv(iu, "test")[:5]
     pred = write_csv(tmp_path / "pred.csv", ["uid", "prediction", "style", "needs_review", "flags"],

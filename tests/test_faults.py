@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, annotate
+from core.adapters import registry as adapters
+
+from core.feedback import annotate
 from core.errors import ImpressionistError, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # after the first statement starting with argv[-1], i.e. inside the still-open transaction.
 STOP_AFTER_SQL = textwrap.dedent("""
     import contextlib, sys, time
-    from core.store import Store
+    from core.store.database import Store
 
     _HOOK = sys.argv[-1]
     _orig_tx = Store.tx
@@ -88,9 +90,9 @@ def _kill(proc: subprocess.Popen) -> None:
 APP = textwrap.dedent("""
     import sys
     from datetime import datetime, timezone
-    from core import annotate
-    from core.auth import User
-    from core.store import Store
+    from core.feedback import annotate
+    from core.accounts.auth import User
+    from core.store.database import Store
 
     db, user_id, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     store = Store(db)
@@ -144,7 +146,7 @@ def test_kill9_app_mid_save_keeps_every_acknowledged_rating(store, users, cases)
 
 # -- kill -9 of an import half way ---------------------------------------------------------------
 IMPORT = STOP_AFTER_SQL + textwrap.dedent("""
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
     store = Store(sys.argv[1])
     print("START", flush=True)
     import_file(store, sys.argv[2], fmt="csv", actor="fault-test")
@@ -164,7 +166,7 @@ def _csv(path: Path, n: int) -> Path:
 
 
 def test_kill9_import_half_way_writes_nothing_then_reimport_works(store, users, tmp_path):
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     f = _csv(tmp_path / "big.csv", 3000)
     audits = len(store.audit_log(limit=10_000))
@@ -184,7 +186,7 @@ def test_kill9_import_half_way_writes_nothing_then_reimport_works(store, users, 
 
 
 FEEDBACK_IMPORT = STOP_AFTER_SQL + textwrap.dedent("""
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
     store = Store(sys.argv[1])
     import_feedback(store, sys.argv[2], actor="fault-test")
     print("DONE", flush=True)
@@ -194,7 +196,7 @@ FEEDBACK_IMPORT = STOP_AFTER_SQL + textwrap.dedent("""
 def test_kill9_feedback_import_half_way_writes_nothing(store, users, cases, tmp_path):
     import csv
 
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     f = tmp_path / "fb.csv"
     with f.open("w", newline="", encoding="utf-8") as fh:
@@ -216,8 +218,9 @@ def test_kill9_feedback_import_half_way_writes_nothing(store, users, cases, tmp_
 
 # -- kill -9 of the nightly job during promotion -----------------------------------------------
 NIGHTLY = STOP_AFTER_SQL + textwrap.dedent("""
-    from core import adapters, nightly
-    from core.nightly import GateResult, NightlyConfig, run_nightly
+    from core.adapters import registry as adapters
+    from core.learning import nightly
+    from core.learning.nightly import GateResult, NightlyConfig, run_nightly
 
     where = sys.argv[2]
     nightly.gate = lambda cand, cur, cfg: GateResult(True, "forced by the fault test")
@@ -239,7 +242,7 @@ NIGHTLY = STOP_AFTER_SQL + textwrap.dedent("""
 
 
 def _seed_rated(store, user, n: int = 24, unrated: int = 4) -> None:
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(n, seed=5), file="synthetic", fmt="demo")
     reports = store.reports()
@@ -260,7 +263,7 @@ def _good_v1(store) -> adapters.AdapterVersion:
 
 @pytest.mark.parametrize("where", ["before-promotion", "inside-promotion", "after-promotion"])
 def test_kill9_nightly_during_promotion_keeps_a_consistent_active_adapter(store, users, where):
-    from core.nightly import NightlyConfig, run_nightly
+    from core.learning.nightly import NightlyConfig, run_nightly
 
     _seed_rated(store, users["rad1"])
     v1 = _good_v1(store)
@@ -300,7 +303,7 @@ def test_kill9_nightly_during_promotion_keeps_a_consistent_active_adapter(store,
 
 def test_nightly_without_a_model_marks_its_run_failed_and_keeps_the_adapter(store, users,
                                                                              tmp_path):
-    from core.nightly import NightlyConfig, run_nightly
+    from core.learning.nightly import NightlyConfig, run_nightly
 
     _seed_rated(store, users["rad1"])
     v1 = _good_v1(store)
@@ -321,7 +324,7 @@ def tiny_with_lora(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import make_tiny_model
+    from core.generation.models import make_tiny_model
 
     root = tmp_path_factory.mktemp("tinylora")
     model = make_tiny_model(root / "model")
@@ -346,9 +349,9 @@ def test_corrupt_adapter_file_is_a_clear_error_and_drafting_falls_back(store, us
                                                                        tiny_with_lora):
     import torch
 
-    from core.adapters import Drafter, refresh_drafts
-    from core.models import AdapterError, ModelSpec, check_adapter_files, load_generator
-    from core.nightly import NightlyConfig, run_nightly
+    from core.adapters.registry import Drafter, refresh_drafts
+    from core.generation.models import AdapterError, ModelSpec, check_adapter_files, load_generator
+    from core.learning.nightly import NightlyConfig, run_nightly
 
     model, lora = tiny_with_lora
     _seed_rated(store, users["rad1"])
@@ -422,9 +425,9 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_is_a_clear_error_and_every_acknowledged_rating_survives(small_disk):
-    from core import auth
-    from core.demo import synthetic_reports
-    from core.store import Store
+    from core.accounts import auth
+    from core.ingest.demo import synthetic_reports
+    from core.store.database import Store
 
     db = small_disk / "db.duckdb"
     s = Store(db)
@@ -480,7 +483,7 @@ APP_TOLERANT = APP.replace("""        fid = annotate.submit_rating(""", """     
 
 
 def test_cli_backup_and_restore_while_an_app_process_saves(store, users, cases, tmp_path):
-    from core.cli import main
+    from core.cli.main import main
 
     proc = _spawn(APP_TOLERANT, store.path, str(users["rad1"].id), "live")
     try:
@@ -557,7 +560,7 @@ OUTSIDER = textwrap.dedent("""
 # A process of the protocol that holds the file inside an open transaction until told to go.
 HOLDER = textwrap.dedent("""
     import sys
-    from core.store import Store
+    from core.store.database import Store
     store = Store(sys.argv[1])
     with store.tx():
         print("HOLD", flush=True)
@@ -620,7 +623,7 @@ def test_an_outsider_past_the_timeout_is_database_busy_and_nothing_is_held(store
     import fcntl
 
     from core.errors import StoreBusy
-    from core.store import Store
+    from core.store.database import Store
 
     impatient = Store(store.path, lock_timeout=1.5)
     outsider = _spawn_io(OUTSIDER, store.path)
@@ -644,7 +647,7 @@ def test_an_outsider_past_the_timeout_is_database_busy_and_nothing_is_held(store
 
 WAITER = textwrap.dedent("""
     import sys
-    from core.store import Store
+    from core.store.database import Store
     store = Store(sys.argv[1])
     print("WAITING", flush=True)
     store.audit(sys.argv[2], "turn", {})
@@ -707,7 +710,7 @@ def test_a_stale_or_future_dated_waiter_marker_does_not_make_the_store_hand_over
     waiter, must not make the holder close and reopen the file after every transaction."""
     import duckdb
 
-    from core.store import Store
+    from core.store.database import Store
 
     store.close()  # nobody else has the file: the new store never has to wait for it
     future = time.time() + 3600
@@ -734,7 +737,7 @@ def test_a_stale_or_future_dated_waiter_marker_does_not_make_the_store_hand_over
 
 
 def test_a_folder_where_the_lock_file_should_be_is_a_nothing_saved_error(store, users, cases):
-    from core.store import Store
+    from core.store.database import Store
 
     rad = users["rad1"]
     case = store.case(cases[0]["id"])
@@ -754,7 +757,7 @@ def test_a_folder_where_the_lock_file_should_be_is_a_nothing_saved_error(store, 
 
 def test_the_lock_file_deleted_while_held_costs_a_wait_not_a_second_writer(store, users):
     from core.errors import StoreBusy
-    from core.store import Store
+    from core.store.database import Store
 
     holder = _spawn_io(HOLDER, store.path)
     try:
@@ -779,9 +782,9 @@ def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_dis
     """Issue 16.6: waiting for another process on a full disk never raises a raw OSError."""
     import threading
 
-    from core import auth
-    from core.demo import synthetic_reports
-    from core.store import Store
+    from core.accounts import auth
+    from core.ingest.demo import synthetic_reports
+    from core.store.database import Store
 
     db = small_disk / "db.duckdb"
     s = Store(db)
@@ -838,7 +841,7 @@ def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_dis
 # -- issue 16.4: a long feedback import commits in chunks and resumes ---------------------------
 CHUNKED_FEEDBACK_IMPORT = textwrap.dedent("""
     import contextlib, sys, time
-    from core.store import Store
+    from core.store.database import Store
 
     _seen = 0
     _orig_tx = Store.tx
@@ -866,7 +869,7 @@ CHUNKED_FEEDBACK_IMPORT = textwrap.dedent("""
             yield _Con(con)
 
     Store.tx = _tx
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
     store = Store(sys.argv[1])
     print(import_feedback(store, sys.argv[2], actor="fault-test", chunk_rows=5).summary(),
           flush=True)
@@ -877,7 +880,7 @@ def test_kill9_between_feedback_import_chunks_keeps_whole_chunks_and_resumes(sto
                                                                              cases, tmp_path):
     import csv
 
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     f = tmp_path / "fb.csv"
     with f.open("w", newline="", encoding="utf-8") as fh:

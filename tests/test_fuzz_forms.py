@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import annotate, auth
+from core.feedback import annotate
+
+from core.accounts import auth
 from core.errors import AuthError, ValidationError
 
 NASTY = st.one_of(

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import ImpressionistError
-from core.importers import ImportValidationError, normalize_text
+from core.ingest.formats import ImportValidationError, normalize_text
 
 FRAGMENTS = [",", '"', "'", "\n", "\r\n", "\t", "\x00", "\x0b", "\x1b[31m", "\x85", "\u2028",
              "\ufeff", "\u202e", "\u00a0", "XXXX", "___", "caf\u00e9", "\u80ba\u708e",
@@ -48,7 +48,7 @@ def _snapshot(store) -> tuple:
 
 def _import(store, path, fmt: str):
     """import_file, asserting the error contract; returns the result or the error."""
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     before = _snapshot(store)
     try:
@@ -287,7 +287,7 @@ rating_cells = st.one_of(st.sampled_from(["", "2", "-2", "0", "1.0", "3", "1.5",
                      min_size=1, max_size=5),
        encoding=st.sampled_from(["utf-8", "utf-8", "utf-8", "latin-1", "utf-16"]))
 def test_feedback_import_fuzz(store, users, cases, tmp_path, rows, encoding):
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     ids = [c["external_id"] for c in cases]
     data = [[reader, ids[k] if k < len(ids) else f"missing-{k}", edited, ai or "", rating]
@@ -321,7 +321,7 @@ def test_feedback_rating_overflow_and_jsonl_surrogate_are_clean_errors(store, us
                                                                       tmp_path):
     """Found by the fuzz tests: a rating of "inf" raised OverflowError, and a JSONL lone
     surrogate reached DuckDB (a raw TransactionException)."""
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     uid = cases[0]["external_id"]
     for bad in ("inf", "-inf", "1e309"):
@@ -439,7 +439,7 @@ def test_mimic_no_section_text_is_dropped(store, tmp_path, title, title_lines, p
 
 def _import_flags(store, path, **flags):
     """import_file with flags, asserting the all-or-nothing contract like ``_import``."""
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     before = _snapshot(store)
     try:

@@ -1,4 +1,4 @@
-"""Tests of core.importers: every format on small synthetic files, every validation error
+"""Tests of core.ingest.formats: every format on small synthetic files, every validation error
 (file, row and field named), the real IU X-ray file and broken copies of it, and a property
 test of generic CSV round-trips."""
 
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.importers import (
+from core.ingest.formats import (
     FORMATS, ImportedReports, ImportValidationError, ReportRecord, detect_format,
     normalize_text, read_reports,
 )
-from core.importers.mimic_cxr import header_kind, parse_sections
+from core.ingest.mimic_cxr import header_kind, parse_sections
 
 IU_FILE = Path(__file__).resolve().parents[2] / "shared/data/iu_xray/reports.csv"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -705,7 +705,7 @@ def test_jsonl_errors(tmp_path):
 
 # -- into the database: re-imports through another format, all-or-nothing, the CLI flags ---------
 def test_reimport_through_another_format_is_skipped_and_counted(store):
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     first = import_file(store, MIMIC_FOLDER, skip_empty_findings=True)
     assert (first.imported, first.skipped, first.duplicates, first.empty_findings) == (
@@ -729,7 +729,7 @@ def test_reimport_through_another_format_is_skipped_and_counted(store):
 
 def test_identical_texts_within_one_source_are_not_duplicates(store, tmp_path):
     """Two studies may share a templated normal report: only another source's copy counts."""
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     path = write_csv(tmp_path / "a.csv", HEADER, [["1", "Lungs clear.", "Normal."],
                                                   ["2", "Lungs clear.", "Normal."]])
@@ -740,7 +740,7 @@ def test_identical_texts_within_one_source_are_not_duplicates(store, tmp_path):
 
 
 def test_refused_folder_writes_nothing(store):
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     before = (store.count_reports(), len(store.imports()))
     with pytest.raises(ImportValidationError, match="--skip-empty-findings"):
@@ -751,7 +751,7 @@ def test_refused_folder_writes_nothing(store):
 def test_admin_import_checkboxes(store, users):
     from streamlit.testing.v1 import AppTest
 
-    from core import admin
+    from core.accounts import admin
 
     result = admin.import_reports(store, users["admin"], CHEXPERT_SAMPLE,
                                   skip_empty_findings=True)

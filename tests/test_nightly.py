@@ -13,23 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, annotate
-from core.nightly import GateResult, NightlyConfig, gate, run_nightly
-from core.train import TrainConfig
+from core.adapters import registry as adapters
+
+from core.feedback import annotate
+from core.learning.nightly import GateResult, NightlyConfig, gate, run_nightly
+from core.learning.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.models import make_tiny_model
+    from core.generation.models import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def _seed(store, n: int = 40) -> list[dict]:
     """n synthetic reports, each with a shared AI draft (as `python -m core generate` stores)."""
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(n, seed=5), file="synthetic", fmt="demo")
     reports = store.reports()
@@ -79,7 +81,7 @@ def test_gate_refuses_a_worse_adapter():
 def test_nightly_gate_refuses_worse_candidate_end_to_end(store, users, tiny):
     """New training feedback that no longer matches the reader's held-out impressions makes a
     worse candidate: the job records it as rejected and the active version stays."""
-    from core.pairs import is_heldout
+    from core.learning.pairs import is_heldout
 
     reports = _seed(store, 30)
     rad = users["rad1"]
@@ -141,7 +143,7 @@ def test_promote_and_rollback_are_atomic_and_mirrored_on_disk(store, users):
 
 
 def test_cli_adapters_list_promote_rollback(store, users, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     _fake_version(store, "rad1")
     _fake_version(store, "rad1")
@@ -207,8 +209,8 @@ def test_nightly_prefills_the_queue_with_the_readers_adapter(store, users, tiny)
     _rate(store, rad, reports[:25])
     o = run_nightly(store, _config(tiny, method="memory"), progress=False).outcomes[0]
     adapters.promote(store, "rad1", o.version, actor="test")
-    from core.adapters import refresh_drafts
-    from core.nightly import load_drafter
+    from core.adapters.registry import refresh_drafts
+    from core.learning.nightly import load_drafter
 
     drafter = load_drafter(store, _config(tiny), with_model=False)
     n = refresh_drafts(store, drafter, ["rad1"], per_reader=5)
@@ -274,9 +276,9 @@ APP = textwrap.dedent("""
     import json, sys, time
     from datetime import datetime, timezone
     from pathlib import Path
-    from core import annotate
-    from core.auth import User
-    from core.store import Store
+    from core.feedback import annotate
+    from core.accounts.auth import User
+    from core.store.database import Store
 
     db, user_id, stop = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     store = Store(db)
@@ -334,7 +336,7 @@ def test_nightly_under_a_two_rank_launcher_trains_ddp_and_only_rank0_writes(stor
     import json
     import math
 
-    from core.pairs import pairs_for_reader
+    from core.learning.pairs import pairs_for_reader
 
     reports = _seed(store, 30)
     _rate(store, users["rad1"], reports)

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 NIGHTLY = textwrap.dedent("""
     import json, os, sys
-    from core.nightly import NightlyConfig, run_nightly
-    from core.store import Store
+    from core.learning.nightly import NightlyConfig, run_nightly
+    from core.store.database import Store
 
     store = Store(sys.argv[1])
     seen = {}
-    import core.nightly as nightly
+    import core.learning.nightly as nightly
     real = nightly._run_nightly
 
     def spy(*args, **kwargs):  # what the job runs with, while it runs
@@ -66,7 +66,7 @@ def test_the_nightly_job_runs_at_low_priority_with_a_thread_budget(store):
 
 def test_bad_priority_settings_are_refused():
     from core.errors import ImpressionistError
-    from core.nightly import NightlyConfig
+    from core.learning.nightly import NightlyConfig
 
     with pytest.raises(ImpressionistError, match="nice"):
         NightlyConfig(nice=25)

@@ -78,7 +78,7 @@ def test_rate_edit_and_undo_through_the_page(store, users, cases):
 
 
 def test_blinded_rating_is_stored_as_ai_vs_original(store, users, cases):
-    from core.annotate import blind_order
+    from core.feedback.annotate import blind_order
 
     rad = users["rad1"]
     at = _signed_in(rad)
@@ -159,7 +159,7 @@ def test_admin_page_refuses_non_admin_directly(store, users):
 
 
 def test_my_feedback_shows_only_own_rows(store, users, cases):
-    from core import annotate
+    from core.feedback import annotate
 
     r1, r2 = users["rad1"], users["rad2"]
     annotate.submit_rating(store, r1, annotate.next_case(store, r1),
@@ -184,11 +184,11 @@ def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_pa
         w.writerow(["a2", "Small left effusion.", "Small left pleural effusion."])
     bad = tmp_path / "bad.csv"
     bad.write_text("uid,findings,impression\nb1,Lungs clear.,Normal.\nb2,,Normal.\n")
-    from core import admin
+    from core.accounts import admin
 
     result = admin.import_reports(store, users["admin"], good)
     assert (result.imported, result.skipped) == (2, 0)
-    from core.importers import ImportValidationError
+    from core.ingest.formats import ImportValidationError
 
     with pytest.raises(ImportValidationError, match=r"row 3.*findings"):
         admin.import_reports(store, users["admin"], bad)
@@ -202,7 +202,7 @@ def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_pa
 
 
 def test_export_is_audited(store, users, cases):
-    from core import annotate
+    from core.feedback import annotate
 
     rad = users["rad1"]
     annotate.submit_rating(store, rad, annotate.next_case(store, rad), annotate.Rating(rating=1))
@@ -231,7 +231,7 @@ def test_a_promoted_reader_is_shown_their_own_draft_and_the_rating_names_it(stor
     """The nightly job pre-drafts a promoted reader's next cases with their adapter: the page
     shows that draft to them (and the shared one to everybody else), and the stored rating
     points at the generation, hence the adapter version, that was on screen."""
-    from core import adapters
+    from core.adapters import registry as adapters
 
     version, tmp = adapters.allocate_version(store, "rad1")
     adapters.write_memory(tmp, [{"report_id": 1, "findings": "f", "impression": "x"}])

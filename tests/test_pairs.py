@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.pairs import FeedbackItem, build_pairs, is_heldout, pairs_for_reader, write_jsonl
+from core.learning.pairs import FeedbackItem, build_pairs, is_heldout, pairs_for_reader, write_jsonl
 
 FINDINGS = "The heart is normal in size. The lungs are clear. No pleural effusion."
 CRIT_FINDINGS = "Small right apical pneumothorax. Calcified granuloma in the left upper lobe."
@@ -126,8 +126,8 @@ def test_heldout_slice_is_by_report_and_stable():
 
 
 def test_pairs_from_the_store_and_jsonl_export(store, users, cases, tmp_path):
-    from core import annotate
-    from core.cli import main
+    from core.feedback import annotate
+    from core.cli.main import main
 
     rad = users["rad1"]
     for i in range(8):
@@ -156,7 +156,7 @@ def test_pairs_from_the_store_and_jsonl_export(store, users, cases, tmp_path):
 
 
 def test_pairs_cli_unknown_reader(store, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["--db", store.path, "pairs", "--reader", "nobody", "--out", "x.jsonl"]) == 2
     assert "nobody" in capsys.readouterr().err
@@ -180,8 +180,8 @@ def _csv(path, rows, header="reader,uid,edited_impression,ai_text,rating"):
 
 
 def test_feedback_import_turns_draft_to_signed_pairs_into_feedback(store, users, cases, tmp_path):
-    from core.cli import main
-    from core.feedback_import import import_feedback
+    from core.cli.main import main
+    from core.feedback.importing import import_feedback
 
     reports = store.reports()
     uid = [r["external_id"] for r in reports]
@@ -216,8 +216,8 @@ def test_feedback_import_turns_draft_to_signed_pairs_into_feedback(store, users,
 ])
 def test_feedback_import_rejects_bad_rows_naming_file_row_field(store, users, cases, tmp_path,
                                                                 row, field, message):
-    from core.feedback_import import import_feedback
-    from core.importers import ImportValidationError
+    from core.feedback.importing import import_feedback
+    from core.ingest.formats import ImportValidationError
 
     uid = store.reports()[0]["external_id"]
     good = ["rad1", uid, "No acute disease.", "", ""]
@@ -231,7 +231,7 @@ def test_feedback_import_rejects_bad_rows_naming_file_row_field(store, users, ca
 
 
 def test_feedback_import_needs_the_required_columns(store, users, cases, tmp_path, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     path = _csv(tmp_path / "cols.csv", [["rad1", "x"]], header="reader,uid")
     assert main(["--db", store.path, "feedback", "import", str(path)]) == 2

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.generate import C2FConfig, CoarseToFine, serving_prompts
-from core.pairs import Pair, report_of, to_trl
-from core.retrieval import RetrievalIndex
-from core.sft import sft_examples
+from core.generation.pipeline import C2FConfig, CoarseToFine, serving_prompts
+from core.learning.pairs import Pair, report_of, to_trl
+from core.generation.retrieval import RetrievalIndex
+from core.learning.sft import sft_examples
 
 REPORTS = [
     {"id": 1, "uid": "a", "findings": "Small right pleural effusion. Heart normal.", "impression": "Small right effusion.",

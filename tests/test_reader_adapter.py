@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from core import adapters
-from core.generate import reader_adapter
+from core.adapters import registry as adapters
+from core.generation.pipeline import reader_adapter
 
 
 def _version(store, reader: str, lora: bool = True) -> int:
@@ -57,8 +57,8 @@ def test_generate_csv_for_a_reader_drafts_from_their_memory(store, users, tmp_pa
     neighbours and candidates of the vote, so the draft follows their wording."""
     import csv
 
-    from core.demo import synthetic_reports
-    from core.generate import generate_csv
+    from core.ingest.demo import synthetic_reports
+    from core.generation.pipeline import generate_csv
 
     store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
     findings = "Heart size normal. Lungs are clear. No pneumothorax or effusion."
@@ -87,8 +87,8 @@ def test_the_guard_keeps_a_personal_draft_that_states_a_finding_the_shared_text_
     the Findings state. The guard must not swap their correct draft for the shared 'normal'."""
     import csv
 
-    from core.demo import synthetic_reports
-    from core.generate import generate_csv
+    from core.ingest.demo import synthetic_reports
+    from core.generation.pipeline import generate_csv
 
     store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
     findings = "Small left pleural effusion. Heart size normal. No pneumothorax."
@@ -113,8 +113,8 @@ def _styled_memory(reports, style):
 
 
 def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its_own(store):
-    from core.adapters import AdapterVersion, Drafter, tune_memory_bonus
-    from core.demo import synthetic_reports
+    from core.adapters.registry import AdapterVersion, Drafter, tune_memory_bonus
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(60, seed=11), file="s", fmt="demo")
     reports = [r for r in store.reports() if (r.get("impression") or "").strip()]
@@ -142,7 +142,7 @@ def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its
     assert tune_memory_bonus(drafter, AdapterVersion("t_tiny", 2, 1, tiny))["memory_bonus"] == \
         drafter.config.memory_bonus
     # the version's draft.json decides its bonus in retrieval (memory scores raised by it)
-    from core.adapters import RoutedIndex
+    from core.adapters.registry import RoutedIndex
 
     query = [dict(reports[50], id=None, uid="q-new")]
     raised = {}

@@ -77,7 +77,7 @@ def readme_examples() -> list[tuple[str, str]]:
 
 def write_inputs(work: Path) -> None:
     """The files the examples name, small and in each format's real layout."""
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     iu = work.parent / "shared" / "data" / "iu_xray" / "reports.csv"
     iu.parent.mkdir(parents=True)
@@ -131,8 +131,8 @@ def write_inputs(work: Path) -> None:
 
 def promote_two_versions(db: Path) -> None:
     """What two nightly runs would have left for dr_lee: v1 then v2 promoted."""
-    from core import adapters
-    from core.store import Store
+    from core.adapters import registry as adapters
+    from core.store.database import Store
 
     store = Store(db)
     try:
@@ -148,8 +148,9 @@ def promote_two_versions(db: Path) -> None:
 
 def rate_the_study(db: Path) -> None:
     """Each rater rates a few of their study tasks, as in the app."""
-    from core import auth, study
-    from core.store import Store
+    from core.accounts import auth
+    from core.studies import study
+    from core.store.database import Store
 
     store = Store(db)
     try:
@@ -163,7 +164,7 @@ def rate_the_study(db: Path) -> None:
 
 
 def test_every_readme_example_runs(tmp_path, monkeypatch):
-    from core.models import make_tiny_model
+    from core.generation.models import make_tiny_model
 
     work = tmp_path / "work"
     work.mkdir()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.rewards import (RewardError, RewardWeights, StyleProfile, critical_awareness,
+from core.learning.rewards import (RewardError, RewardWeights, StyleProfile, critical_awareness,
                           findings_level, global_consistency, grpo_reward_funcs,
                           grpo_reward_weights, hierarchical_reward, impression_level,
                           is_critical_case)

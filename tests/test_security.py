@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, admin, annotate, auth, study
+from core.adapters import registry as adapters
+
+from core.accounts import admin
+
+from core.feedback import annotate
+
+from core.accounts import auth
+
+from core.studies import study
 from core.errors import AuthError, ImpressionistError, PermissionDenied
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,9 +199,9 @@ def _args(fn, store, user, tmp_path, case):
 
 def test_every_page_function_is_found():
     names = {f"{f.__module__}.{f.__name__}" for f in PAGE_FUNCTIONS}
-    for must in ("core.annotate.submit_rating", "core.annotate.feedback_of",
-                 "core.admin.import_reports", "core.admin.add_user", "core.adapters.runs_table",
-                 "core.study.submit", "core.study.export_ratings", "core.study.results"):
+    for must in ("core.feedback.annotate.submit_rating", "core.feedback.annotate.feedback_of",
+                 "core.accounts.admin.import_reports", "core.accounts.admin.add_user", "core.adapters.registry.runs_table",
+                 "core.studies.study.submit", "core.studies.study.export_ratings", "core.studies.study.results"):
         assert must in names
     assert len(names) >= 35
 
@@ -272,8 +280,8 @@ def test_another_readers_data_is_refused_in_core(store, users, cases):
 
 def test_study_tasks_of_another_rater_are_refused(store, users):
     """A rater may not see, submit or undo another rater's study task."""
-    from core.demo import synthetic_reports
-    from core.study import StudyDesign
+    from core.ingest.demo import synthetic_reports
+    from core.studies.study import StudyDesign
 
     store.import_reports(synthetic_reports(30, seed=3), file="s", fmt="demo")
     sid = study.create_study(store, users["coord"], StudyDesign(
@@ -299,7 +307,7 @@ def test_audit_log_records_signins_imports_exports_promotions_rollbacks(store, u
                                                                         tmp_path):
     import csv
 
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     actions = lambda: [r["action"] for r in store.audit_log(limit=10_000)]  # noqa: E731
     assert {"signin", "user_added", "import"} <= set(actions())
@@ -328,7 +336,7 @@ def test_audit_log_records_signins_imports_exports_promotions_rollbacks(store, u
 
 
 def test_cli_exports_and_backups_are_audited(store, users, cases, tmp_path):
-    from core.cli import main
+    from core.cli.main import main
 
     for c in cases[:4]:
         annotate.submit_rating(store, users["rad1"], store.case(c["id"]), annotate.Rating(
@@ -348,7 +356,7 @@ def test_no_secret_hash_or_patient_text_in_logs(store, tmp_path, caplog, capsys)
     audit log contains a password, a password hash or any report text."""
     import csv
 
-    from core.cli import main
+    from core.cli.main import main
 
     caplog.set_level(logging.DEBUG)
     pw = "Very-Secret-Passw0rd"
@@ -552,7 +560,7 @@ def test_page_functions_re_read_the_account_and_refuse_a_stale_user(fn, change, 
 
 def test_system_entry_points_refuse_a_stale_user_and_an_anonymous_call(store, users, cases,
                                                                        tmp_path):
-    from core.feedback_import import import_feedback
+    from core.feedback.importing import import_feedback
 
     fb = tmp_path / "fb.csv"
     fb.write_text(f"reader,uid,edited_impression\nrad1,{cases[0]['external_id']},Signed.\n")
@@ -579,8 +587,8 @@ def test_system_entry_points_refuse_a_stale_user_and_an_anonymous_call(store, us
 
 
 def test_a_study_rating_needs_a_task_of_that_study(store, users):
-    from core.demo import synthetic_reports
-    from core.study import StudyDesign
+    from core.ingest.demo import synthetic_reports
+    from core.studies.study import StudyDesign
 
     store.import_reports(synthetic_reports(30, seed=3), file="s", fmt="demo")
     sid = study.create_study(store, users["coord"], StudyDesign(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from core.train import SFTTrainConfig, TrainError, lora_snapshot, train_sft
+from core.learning.train import SFTTrainConfig, TrainError, lora_snapshot, train_sft
 
 FAST = dict(max_steps=3, batch_size=4, learning_rate=5e-3, progress=False, warmup_steps=0)
 
@@ -24,7 +24,7 @@ class WeightWatch(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.models import make_tiny_model
+    from core.generation.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -33,7 +33,7 @@ def _reports(n: int = 40) -> list[dict]:
     """Synthetic report dicts (seeded, fixed)."""
     from dataclasses import asdict
 
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     return [asdict(r) for r in synthetic_reports(n, seed=5)]
 
@@ -41,14 +41,14 @@ def _reports(n: int = 40) -> list[dict]:
 @pytest.fixture
 def iu_like(store):
     """40 synthetic reports in the store; their external ids fall in every split."""
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(40, seed=5), file="synthetic", fmt="demo")
     return store
 
 
 def test_train_sft_moves_lora_only_and_loss_is_on_the_completion(tiny, tmp_path):
-    from core.sft import sft_examples
+    from core.learning.sft import sft_examples
 
     rows = [r | {"uid": str(i)} for i, r in enumerate(_reports(12))]
     examples = sft_examples(rows, shots=2)
@@ -78,8 +78,8 @@ def test_completion_mask_covers_the_impression_only(tiny, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from core.prompts import impression_messages
-    from core.train import _tokenizer
+    from core.generation.prompts import impression_messages
+    from core.learning.train import _tokenizer
 
     tok = _tokenizer(tiny)
     row = {"prompt": impression_messages("The lungs are clear."),
@@ -120,7 +120,7 @@ def test_bad_config_and_empty_data_are_refused_clearly(tiny, tmp_path, iu_like):
 
 
 def test_run_sft_refuses_an_empty_store(store, tiny):
-    from core.sft import SFTRunError, run_sft
+    from core.learning.sft import SFTRunError, run_sft
 
     with pytest.raises(SFTRunError, match="no train-split reports .* import reports first"):
         run_sft(store, SFTTrainConfig(**FAST), model_path=tiny)
@@ -131,12 +131,12 @@ def test_run_sft_refuses_an_empty_store(store, tiny):
 
 def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
         iu_like, tiny, tmp_path, monkeypatch):
-    from core.adapters import shared_adapter_dir
-    from core.generate import pipeline_for
-    from core.models import ModelSpec, load_generator
-    from core.sft import (SHARED_ADAPTER_NAME, SHARED_READER, adapter_fits, base_adapter_dir,
+    from core.adapters.registry import shared_adapter_dir
+    from core.generation.pipeline import pipeline_for
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.sft import (SHARED_ADAPTER_NAME, SHARED_READER, adapter_fits, base_adapter_dir,
                           run_sft)
-    from core.splits import split_of
+    from core.ingest.splits import split_of
 
     store = iu_like
     monkeypatch.setenv("IMPRESSIONIST_MODEL", str(tiny))
@@ -172,7 +172,7 @@ def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
     gen = load_generator(ModelSpec(tiny, dtype="float32", device="cpu", name="tiny"))
     gen.load_adapter("check", run.adapter_dir)
     gen.unload_adapter("check")
-    from core.generate import C2FConfig
+    from core.generation.pipeline import C2FConfig
 
     pipe = pipeline_for(store, gen, C2FConfig(llm="always", max_new_tokens=4))
     assert pipe.base_adapter == SHARED_ADAPTER_NAME and SHARED_ADAPTER_NAME in gen.adapters
@@ -184,8 +184,8 @@ def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
 
 
 def test_a_base_adapter_of_another_model_is_never_used(tiny, tmp_path, monkeypatch):
-    from core.models import make_tiny_model
-    from core.sft import adapter_fits, base_adapter_dir, sft_examples
+    from core.generation.models import make_tiny_model
+    from core.learning.sft import adapter_fits, base_adapter_dir, sft_examples
 
     res = train_sft(tiny, sft_examples(_reports(4), shots=0), tmp_path / "a",
                     SFTTrainConfig(**FAST | {"max_steps": 1}))
@@ -203,8 +203,8 @@ def test_a_base_adapter_of_another_model_is_never_used(tiny, tmp_path, monkeypat
 
 def test_shipped_adapter_fits_the_embedded_model():
     """The adapter in core/assets/base-adapter (when shipped) is for SmolLM2-135M-Instruct."""
-    from core.models import DEFAULT_MODEL_DIR
-    from core.sft import SHIPPED_ADAPTER_DIR, adapter_fits
+    from core.generation.models import DEFAULT_MODEL_DIR
+    from core.learning.sft import SHIPPED_ADAPTER_DIR, adapter_fits
 
     if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
         pytest.skip("no shipped base adapter")
@@ -218,7 +218,7 @@ def test_shipped_adapter_fits_the_embedded_model():
 
 
 def test_cli_train_sft(iu_like, tiny, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     rc = main(["train-sft", "--max-steps", "2", "--batch-size", "2", "--max-examples", "4",
                "--shots", "1", "--eval-examples", "0", "--model", str(tiny), "--quiet"])
@@ -230,6 +230,7 @@ def test_cli_train_sft(iu_like, tiny, capsys):
 
 
 def test_shared_adapter_name_matches_nightly():
-    from core import nightly, sft
+    from core.learning import nightly
+    from core.learning import sft
 
     assert sft.SHARED_ADAPTER_NAME == nightly.SHARED_ADAPTER_NAME

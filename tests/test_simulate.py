@@ -14,7 +14,7 @@ from core import simulate
 
 
 def _csv(path, n: int = 90, seed: int = 3):
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     headers = ["Xray Chest PA and Lateral", "PA and lateral chest x-XXXX", "Chest 2V frontal/lateral"]
     with path.open("w", newline="") as fh:

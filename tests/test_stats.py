@@ -1,4 +1,4 @@
-"""core.stats against published/textbook values and hand computations."""
+"""core.studies.stats against published/textbook values and hand computations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from core import stats
-from core.stats import StatsError
+from core.studies import stats
+from core.studies.stats import StatsError
 
 NAN = np.nan
 

@@ -17,7 +17,7 @@ def test_migrate_is_idempotent(store):
 
 
 def test_import_reports_dedups(store):
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     recs = synthetic_reports(10, seed=1)
     assert store.import_reports(recs, "a.csv", "demo") == (10, 0)
@@ -28,7 +28,7 @@ def test_import_reports_dedups(store):
 
 
 def test_import_is_one_transaction(store):
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     class Boom:
         def __iter__(self):
@@ -70,7 +70,7 @@ def test_unknown_feedback_field_refused(store):
 
 
 def test_queue_only_shows_ready_cases(store, users):
-    from core.demo import synthetic_reports
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(3, seed=9), "c", "demo")
     assert store.next_case(users["rad1"].id) is None
@@ -82,7 +82,7 @@ def test_queue_only_shows_ready_cases(store, users):
 
 _OTHER_PROCESS = """
 import sys, time
-from core.store import Store
+from core.store.database import Store
 path, seconds, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 s = Store(path)
 ok = 0
@@ -123,7 +123,7 @@ def test_two_processes_share_the_file(store):
 def test_backup_while_writing_then_restore(store, users, cases, tmp_path):
     import threading
 
-    from core import annotate
+    from core.feedback import annotate
 
     rad = users["rad1"]
     stop = threading.Event()
@@ -163,7 +163,7 @@ def test_a_forced_token_collision_never_acknowledges_a_save_that_was_not_stored(
                                                                                cases):
     import uuid
 
-    from core import annotate
+    from core.feedback import annotate
 
     r1, r2 = users["rad1"], users["rad2"]
     c1, c2 = store.case(cases[0]["id"]), store.case(cases[1]["id"])
@@ -188,8 +188,8 @@ def test_a_forced_token_collision_never_acknowledges_a_save_that_was_not_stored(
 
 
 def test_a_case_rated_in_two_tabs_the_later_rating_revises_the_earlier(store, users, cases):
-    from core import annotate
-    from core.pairs import pairs_for_reader
+    from core.feedback import annotate
+    from core.learning.pairs import pairs_for_reader
 
     rad = users["rad1"]
     tab1, tab2 = annotate.next_case(store, rad), annotate.next_case(store, rad)
@@ -220,7 +220,7 @@ def test_a_case_rated_in_two_tabs_the_later_rating_revises_the_earlier(store, us
 
 
 def _backup_with_data(store, users, cases, dest):
-    from core import annotate
+    from core.feedback import annotate
 
     for c in cases[:3]:
         annotate.submit_rating(store, users["rad1"], store.case(c["id"]),
@@ -267,8 +267,8 @@ def test_restore_reads_a_backup_completely_and_refuses_a_damaged_one(store, user
                                                                      tmp_path):
     import hashlib
 
-    from core import annotate
-    from core.store import Store
+    from core.feedback import annotate
+    from core.store.database import Store
 
     good = tmp_path / "good.duckdb"
     counts = _backup_with_data(store, users, cases, good)
@@ -307,8 +307,8 @@ def test_restore_reads_a_backup_completely_and_refuses_a_damaged_one(store, user
 
 def test_a_good_backup_restores_over_a_damaged_database_and_keeps_every_earlier_copy(
         store, users, cases, tmp_path):
-    from core.cli import main
-    from core.store import Store
+    from core.cli.main import main
+    from core.store.database import Store
 
     good = tmp_path / "good.duckdb"
     counts = _backup_with_data(store, users, cases, good)

@@ -1,4 +1,4 @@
-"""core.study: design through the store, blinded queues, life cycle, results, exports, CLI."""
+"""core.studies.study: design through the store, blinded queues, life cycle, results, exports, CLI."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import generate, study
+from core.generation import pipeline as generate
+
+from core.studies import study
 from core.errors import PermissionDenied
-from core.study import StudyBlinded, StudyClosed, StudyDesign, StudyError, StudyPaused
+from core.studies.study import StudyBlinded, StudyClosed, StudyDesign, StudyError, StudyPaused
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM_WORDS = ("original", "base", "style", "brief", "bullets", "comprehensive", "typos",
@@ -27,7 +29,7 @@ ARM_WORDS = ("original", "base", "style", "brief", "bullets", "comprehensive", "
 
 @dataclass(frozen=True)
 class Rec:
-    """A report record for Store.import_reports (same fields as core.importers.ReportRecord)."""
+    """A report record for Store.import_reports (same fields as core.ingest.formats.ReportRecord)."""
 
     source: str
     external_id: str
@@ -68,7 +70,7 @@ fake_texts.model_name = "fake-model"
 @pytest.fixture
 def people(store):
     """Seven radiologists r0..r6, a coordinator and an admin (signed in)."""
-    from core import auth
+    from core.accounts import auth
 
     out = {}
     for name, role in [*[(f"r{i}", "radiologist") for i in range(7)],
@@ -265,7 +267,7 @@ def test_external_arm_from_a_chexpert_plus_import(store, people, tmp_path):
     'chexpert-plus'): offered by the design form, sampled only from that source."""
     import csv
 
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     store.import_reports(make_reports(20), file="t", fmt="test")
     path = tmp_path / "df_chexpert_plus_240401.csv"
@@ -630,7 +632,7 @@ def test_results_with_default_metrics(store, people, hand_study):
     assert set(res.correlations["metric"]) == {"rouge_l", "label_f1"}
     assert res.unit_metrics["rouge_l"].between(0, 100).all()
     assert res.unit_metrics["label_f1"].between(0, 1).all()
-    from core.study_report import summary_text
+    from core.studies.report import summary_text
 
     text = summary_text(res)
     assert "Share neutral-or-better" in text and "original" in text
@@ -639,7 +641,7 @@ def test_results_with_default_metrics(store, people, hand_study):
 def test_mean_pairwise_kappa_equals_stats(store):
     import numpy as np
 
-    from core import stats
+    from core.studies import stats
 
     rng = np.random.default_rng(3)
     for _ in range(5):
@@ -659,7 +661,7 @@ def test_results_of_an_empty_closed_study(store, people):
     assert res.shares["n_ratings"].tolist() == [0, 0]
     assert res.paired.empty and res.agreement.empty
     assert study.ratings_table(store, people["coord"], sid).empty
-    from core.study_report import summary_html
+    from core.studies.report import summary_html
 
     assert "<svg" in summary_html(res)
 
@@ -706,9 +708,9 @@ def test_cli_study_flow(store, users, cases, tmp_path):
 
 def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
     """The CLI's seam: a (tiny, random) local model fills base and typo arms; style arms are
-    the base text rendered by core.styles."""
-    from core.models import ModelSpec, load_generator, make_tiny_model
-    from core.styles import apply_style
+    the base text rendered by core.generation.styles."""
+    from core.generation.models import ModelSpec, load_generator, make_tiny_model
+    from core.generation.styles import apply_style
 
     path = make_tiny_model(tmp_path / "tiny", seed=0)
     gen = load_generator(ModelSpec(path, dtype="float32", device="cpu", name="tiny"))
@@ -751,7 +753,7 @@ def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
 
 
 def test_style_arms_from_stored_base_texts_without_a_model(store, people):
-    from core.styles import apply_style
+    from core.generation.styles import apply_style
 
     store.import_reports(make_reports(12), file="t", fmt="test")
     reports = store.reports()
@@ -766,7 +768,7 @@ def test_style_arms_from_stored_base_texts_without_a_model(store, people):
     assert row["text"] == apply_style("1. Cardiomegaly. 2. Small right pleural effusion.",
                                       "brief", findings=row["findings"],
                                       indication=row["indication"], comparison=row["comparison"])
-    assert json.loads(row["flags"])["style_rules"] == "core.styles"
+    assert json.loads(row["flags"])["style_rules"] == "core.generation.styles"
     # without stored base texts (or a model) a style arm cannot be made
     store.import_reports(make_reports(30, source="site-b"), file="u", fmt="test")
     with pytest.raises(StudyError, match="no stored base text"):
@@ -778,7 +780,7 @@ def test_style_arms_from_stored_base_texts_without_a_model(store, people):
 
 def test_real_iu_xray_sample_is_stratified(store, people, iu_csv):
     """On the 2,809 IU X-ray reports: the sample keeps the normal/abnormal mix of the pool."""
-    from core.ingest import import_file
+    from core.ingest.reports import import_file
 
     import_file(store, iu_csv, fmt="iu-xray", actor="test")
     pool = store.study_candidate_reports()
@@ -809,7 +811,7 @@ def test_feedback_history_hides_running_study_rows(store, people):
 
 
 def test_my_feedback_does_not_unblind_a_running_study(store, people):
-    from core import annotate
+    from core.feedback import annotate
 
     sid = _create(store, people, n=4, arms=("original", "style:brief"))
     u = people["r0"]
@@ -830,7 +832,7 @@ def test_reports_in_open_studies_are_listed_for_the_annotate_queue(store, people
 
 
 def test_annotate_queue_skips_reports_of_a_running_study(store, people):
-    from core import annotate
+    from core.feedback import annotate
 
     sid = _create(store, people, n=5, raters=("r0",), k=1)   # base texts are stored for them
     in_study = set(store.study_units(sid)["report_id"])

@@ -1,4 +1,4 @@
-"""core.study_design: sampling, balanced assignment, blinding."""
+"""core.studies.design: sampling, balanced assignment, blinding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.study_design import (
+from core.studies.design import (
     Assignment,
     StudyDesignError,
     assign,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import study
-from core.study import StudyDesign
+from core.studies import study
+from core.studies.study import StudyDesign
 
 TIMEOUT = 60
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_rater_page_paused_closed_and_no_tasks(store, users, study_setup):
     assert "closed" in at.info[0].value
     assert not [b for b in at.button if b.key and b.key.startswith("sa_submit_")]
     # a radiologist without tasks sees an empty state; a coordinator has no access
-    from core import auth
+    from core.accounts import auth
 
     auth.create_user(store, "rad3", "radiologist", "rad3-Passw0rd")
     at = _page("study_annotate.py", auth.sign_in(store, "rad3", "rad3-Passw0rd")).run()

@@ -1,6 +1,6 @@
 """Audience styles read as plain English for patients."""
 
-from core.styles import brief
+from core.generation.styles import brief
 
 
 def test_brief_agrees_verbs_with_plural_lay_phrases():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from core.pairs import FeedbackItem, build_pairs, to_trl
-from core.train import (TrainConfig, TrainError, build_dpo_trainer, load_policy, lora_snapshot,
+from core.learning.pairs import FeedbackItem, build_pairs, to_trl
+from core.learning.train import (TrainConfig, TrainError, build_dpo_trainer, load_policy, lora_snapshot,
                         preference_accuracy, train_dpo, train_grpo)
 
 FINDINGS = "The heart is normal in size. The lungs are clear."
@@ -39,7 +39,7 @@ def assert_only_lora_moved(w: WeightWatch) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.models import make_tiny_model
+    from core.generation.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -84,7 +84,7 @@ def test_dpo_from_an_existing_adapter_keeps_it_as_the_reference(tiny, examples, 
 
 
 def test_grpo_trains_lora_only_with_the_clinical_reward(tiny, tmp_path):
-    from core.prompts import impression_messages
+    from core.generation.prompts import impression_messages
 
     prompts = [{"prompt": impression_messages(f), "findings": f,
                 "references": ["No acute cardiopulmonary abnormality."],
@@ -120,7 +120,7 @@ def test_refuses_empty_data_and_bad_config(tiny, tmp_path):
 def test_length_grouping_keeps_the_draw_and_cuts_padding():
     import random
 
-    from core.train import length_grouped_order, padding_share
+    from core.learning.train import length_grouped_order, padding_share
 
     rng = random.Random(0)
     lengths = [rng.randint(40, 400) for _ in range(60)]
@@ -136,7 +136,7 @@ def test_length_grouping_keeps_the_draw_and_cuts_padding():
 
 def test_dpo_batches_are_length_grouped_from_the_tokenized_pairs(tiny, examples, tmp_path,
                                                                  monkeypatch):
-    import core.train as train
+    import core.learning.train as train
 
     seen = []
     real = train.length_grouped_order
@@ -156,7 +156,7 @@ def test_dpo_batches_are_length_grouped_from_the_tokenized_pairs(tiny, examples,
 
 
 def test_sequence_logps_matches_a_one_row_full_vocabulary_reference(tiny):
-    from core.train import sequence_logps
+    from core.learning.train import sequence_logps
 
     model, tok = load_policy(tiny)
     prompts = [[{"role": "user", "content": "Findings: " + FINDINGS * k}] for k in (1, 3, 2)]
@@ -248,7 +248,7 @@ def start_adapter(tiny, tmp_path_factory):
     from the bare base model, as the shared base adapter does."""
     from peft import get_peft_model
 
-    from core.models import default_lora_config
+    from core.generation.models import default_lora_config
 
     model, _ = load_policy(tiny)
     peft = get_peft_model(model, default_lora_config(model, r=4, alpha=8, dropout=0.0))
@@ -267,9 +267,9 @@ def test_grpo_anchor_is_the_reference_policys_own_impression(tiny, start_adapter
                                                              tmp_path):
     """The critical anchor pulls toward what the starting model (the reference: the base, or
     the base with the starting adapter) writes for the prompt, not toward the rejected text."""
-    from core.models import ModelSpec, load_generator
-    from core.nightly import grpo_prompts
-    from core.rewards import grpo_reward_funcs, grpo_reward_weights
+    from core.generation.models import ModelSpec, load_generator
+    from core.learning.nightly import grpo_prompts
+    from core.learning.rewards import grpo_reward_funcs, grpo_reward_weights
 
     critical = "Small right pneumothorax. The heart is normal in size."
     items = [FeedbackItem(id=i, reader_id=1, report_id=i, rating=-2, findings=f,

@@ -1,4 +1,4 @@
-"""The clinical verifier (core.clinical.verify) on hand-made cases, one per rule, and the pipeline
+"""The clinical verifier (core.clinical.checks.verify) on hand-made cases, one per rule, and the pipeline
 paths that must go through it (issue 13)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.clinical import Label, correct_typos, correct_word, label, major_findings, verify
-from core.generate import C2FConfig, CoarseToFine, checked_text
-from core.mesh import mesh_findings, mesh_score, named_findings
-from core.retrieval import RetrievalIndex
-from core.styles import apply_style
+from core.clinical.checks import Label, correct_typos, correct_word, label, major_findings, verify
+from core.generation.pipeline import C2FConfig, CoarseToFine, checked_text
+from core.evaluation.mesh import mesh_findings, mesh_score, named_findings
+from core.generation.retrieval import RetrievalIndex
+from core.generation.styles import apply_style
 
 
 # -- rule 3: a normal statement beside a stated major finding ---------------------------------

@@ -1,0 +1,260 @@
+"""The annotate workflow: next case, rate/edit, skip, undo, and a reader's own history.
+
+Every function takes the signed-in :class:`core.accounts.auth.User` and checks permissions itself, so a
+page cannot forget to. Nothing is overwritten: undo appends a retraction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterator
+
+from core.adapters.registry import active_adapter
+from core.accounts.auth import User, authorize, require_self_or
+from core.errors import PermissionDenied, StoreError, ValidationError
+from core.store.database import Case, Store
+
+RATING_SCALE: dict[int, str] = {
+    -2: "Much worse",
+    -1: "Worse",
+    0: "Equivalent",
+    1: "Better",
+    2: "Much better",
+}
+MAX_TEXT = 20_000  # characters; an impression is a few hundred at most
+RATERS = ("radiologist", "admin")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(value: str | None, field: str, max_len: int = MAX_TEXT) -> str | None:
+    """Normalise a free-text field from a form: NFC, no control characters, bounded length.
+
+    Raises:
+        ValidationError: naming the field when the text is too long.
+    """
+    if value is None:
+        return None
+    text = _CONTROL.sub("", unicodedata.normalize("NFC", str(value))).replace("\r\n", "\n")
+    text = text.strip()
+    if len(text) > max_len:
+        raise ValidationError(f"field {field!r}: {len(text):,} characters, at most "
+                              f"{max_len:,} allowed")
+    return text or None
+
+
+def _same_words(a: str | None, b: str | None) -> bool:
+    """True when two texts differ only in whitespace and punctuation."""
+    norm = lambda s: re.findall(r"[\w']+", (s or "").lower())  # noqa: E731
+    return norm(a) == norm(b)
+
+
+@contextlib.contextmanager
+def _saving(what: str) -> Iterator[None]:
+    """Turn a database failure while saving (disk full, I/O error) into a :class:`StoreError`
+    that says nothing was saved, so the page shows it and keeps the radiologist's text."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as exc:
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise StoreError(f"could not save the {what}: the database refused the write ({detail}); "
+                         f"nothing was saved. Try again; if it keeps failing, tell the "
+                         f"administrator (the disk may be full)") from exc
+
+
+def next_case(store: Store, user: User, adapter: str | None = None) -> Case | None:
+    """The signed-in radiologist's next case, or None when the queue is done.
+
+    A radiologist with an active adapter of their own is shown their own draft (written ahead by
+    the nightly job with that version) where there is one, the shared draft otherwise; the
+    case's ``generation_id`` (and ``adapter_version``) say which text was on screen, so every
+    rating is tied to it. ``adapter`` asks for another adapter's drafts instead.
+    """
+    authorize(store, user, *RATERS)
+    if adapter is None:
+        av = active_adapter(store, user.id)
+        if av is not None:
+            return store.next_case(user.id, adapter=av.name, adapter_version=av.version)
+    return store.next_case(user.id, adapter=adapter)
+
+
+def case_of(store: Store, user: User, report_id: int) -> Case:
+    """One report as this radiologist is served it (their own draft where there is one, as
+    :func:`next_case`): for undo and deep links."""
+    authorize(store, user, *RATERS)
+    av = active_adapter(store, user.id)
+    if av is not None:
+        return store.case(report_id, adapter=av.name, adapter_version=av.version)
+    return store.case(report_id)
+
+
+def progress(store: Store, user: User) -> tuple[int, int]:
+    authorize(store, user, *RATERS)
+    return store.queue_progress(user.id)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """What a radiologist submits for one case."""
+
+    rating: int
+    factual_error: bool = False
+    omission: bool = False
+    style_issue: bool = False
+    critical_missed: bool = False
+    comment: str | None = None
+    edited_text: str | None = None
+    time_spent_ms: int | None = None
+    blinded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rating not in RATING_SCALE:
+            raise ValidationError(f"rating {self.rating!r}: must be one of -2..2")
+        if self.time_spent_ms is not None and not 0 <= self.time_spent_ms < 86_400_000:
+            raise ValidationError(f"time_spent_ms {self.time_spent_ms!r} is out of range")
+
+
+def submit_rating(store: Store, user: User, case: Case, rating: Rating,
+                  client_token: str | None = None, study_id: int | None = None) -> int:
+    """Append a rating (and edit) of ``case`` by ``user``. Returns the feedback id.
+
+    An edit that changes only whitespace or punctuation is stored as no edit. A repeated
+    ``client_token`` (double submit) returns the first row's id. Rating a case already rated
+    (a second tab) revises the earlier rating (``Store.add_feedback``). With ``study_id`` the
+    case must be one of the user's tasks in that study.
+    """
+    authorize(store, user, *RATERS)
+    if study_id is not None and not store.is_study_case_of(study_id, user.id, case.report_id):
+        raise PermissionDenied(f"{user.username} has no task for report {case.report_id} in "
+                               f"study {study_id}; nothing was saved")
+    edited = clean_text(rating.edited_text, "edited impression")
+    if edited is not None and _same_words(edited, case.ai_text):
+        edited = None
+    comment = clean_text(rating.comment, "comment", 5_000)
+    with _saving("rating"):
+        return store.add_feedback(
+            reader_id=user.id, report_id=case.report_id, generation_id=case.generation_id,
+            kind="rating", rating=rating.rating, factual_error=rating.factual_error,
+            omission=rating.omission, style_issue=rating.style_issue,
+            critical_missed=rating.critical_missed, comment=comment, edited_text=edited,
+            time_spent_ms=rating.time_spent_ms, blinded=rating.blinded, study_id=study_id,
+            client_token=client_token)
+
+
+def skip(store: Store, user: User, case: Case, client_token: str | None = None,
+         time_spent_ms: int | None = None) -> int:
+    authorize(store, user, *RATERS)
+    with _saving("skip"):
+        return store.add_feedback(reader_id=user.id, report_id=case.report_id,
+                                  generation_id=case.generation_id, kind="skip",
+                                  time_spent_ms=time_spent_ms, client_token=client_token)
+
+
+def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:
+    """Retract the user's most recent standing rating or skip; returns it (or None)."""
+    authorize(store, user, *RATERS)
+    with _saving("undo"), store.tx():
+        last = store.last_current_rating(user.id, study_id)
+        if last is None:
+            return None
+        if last["reader_id"] != user.id:  # defence in depth: the query already filters
+            raise PermissionDenied("cannot retract another reader's rating")
+        store.add_feedback(reader_id=user.id, report_id=last["report_id"],
+                           generation_id=last["generation_id"], kind="retraction",
+                           retracts=last["id"], study_id=study_id)
+    return last
+
+
+def retract(store: Store, user: User, feedback_id: int) -> int:
+    """Retract one specific rating of the user's own."""
+    authorize(store, user, *RATERS)
+    with _saving("retraction"), store.tx():
+        row = store.get_feedback(feedback_id)
+        if row["reader_id"] != user.id:
+            raise PermissionDenied(f"{user.username} may not retract another reader's rating")
+        if row["kind"] == "retraction" or store.is_retracted(feedback_id):
+            raise ValidationError(f"feedback {feedback_id} is already retracted")
+        return store.add_feedback(reader_id=user.id, report_id=row["report_id"],
+                                  generation_id=row["generation_id"], kind="retraction",
+                                  retracts=feedback_id, study_id=row["study_id"])
+
+
+def feedback_of(store: Store, user: User, reader_id: int | None = None,
+                include_retracted: bool = True):
+    """A reader's feedback history (DataFrame). Radiologists may only read their own."""
+    authorize(store, user)
+    reader_id = user.id if reader_id is None else reader_id
+    require_self_or(user, reader_id, "coordinator", "admin")
+    from core.studies.study import without_open_study_rows
+
+    # The history shows each rating's model/style next to the original impression: rows of a
+    # study that is still running would unblind its arms.
+    return without_open_study_rows(
+        store, store.feedback_history(reader_id=reader_id, include_retracted=include_retracted))
+
+
+def feedback_status(history):
+    """What each row of :func:`feedback_of` is now, for the reader to see (a Series):
+    ``retracted``, ``revised by a later rating`` (the same case rated again, e.g. in a second
+    tab: the later rating counts), ``revises an earlier rating``, or ``current``."""
+    import pandas as pd
+
+    status = pd.Series("current", index=history.index, dtype=object)
+    status[history["kind"] == "retraction"] = ""
+    status[history["revises"].notna()] = "revises an earlier rating"
+    status[history["revised"].astype(bool)] = "revised by a later rating"
+    status[history["retracted"].astype(bool)] = "retracted"
+    return status
+
+
+def record_export(store: Store, user: User, what: str, rows: int) -> None:
+    """Audit an export (who exported what, how many rows; never the content)."""
+    authorize(store, user)
+    store.audit(user.username, "export", {"what": what, "rows": int(rows)})
+
+
+def blind_order(reader_id: int, report_id: int) -> tuple[str, str]:
+    """Which text is shown as A and which as B for this reader and case (stable, random-like).
+
+    Returns ("ai", "original") or ("original", "ai").
+    """
+    digest = hashlib.sha256(f"{reader_id}:{report_id}".encode()).digest()
+    return ("ai", "original") if digest[0] % 2 == 0 else ("original", "ai")
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """Word-level diff as (op, text) pieces with op in {"=", "-", "+"}.
+
+    >>> word_diff("No acute disease.", "No acute cardiopulmonary disease.")
+    [('=', 'No acute'), ('+', 'cardiopulmonary'), ('=', 'disease.')]
+    """
+    a, b = before.split(), after.split()
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("=", " ".join(a[i1:i2])))
+        if op in ("delete", "replace"):
+            out.append(("-", " ".join(a[i1:i2])))
+        if op in ("insert", "replace"):
+            out.append(("+", " ".join(b[j1:j2])))
+    return out
+
+
+def diff_html(before: str, after: str) -> str:
+    """The word diff as escaped HTML (<del>/<ins>), safe to render."""
+    import html
+
+    parts = []
+    for op, text in word_diff(before, after):
+        text = html.escape(text)
+        parts.append({"=": text, "-": f"<del style='color:#b42318'>{text}</del>",
+                      "+": f"<ins style='color:#067647'>{text}</ins>"}[op])
+    return " ".join(parts)

@@ -1,0 +1,870 @@
+"""Coarse-to-fine impression generation: retrieve and vote a coarse draft, let the language model
+write the impression for this report from it, check it clinically. Same code path for the CLI, the
+app, the nightly job, the studies and the benchmarks.
+
+Coarse (:meth:`CoarseToFine.coarse`, findings + indication -> draft and examples):
+    1. retrieve the k most similar past reports (:mod:`core.generation.retrieval`: TF-IDF over character and
+       word n-grams of the findings, plus the indication; reports of the same author/template, or
+       of the requesting radiologist, get a small bonus);
+    2. minimum-Bayes-risk vote: every neighbour's impression is a candidate; the winner (the
+       coarse draft) agrees most (similarity-weighted ROUGE-L) with all neighbours' impressions,
+       plus a bonus for each positive finding of *this* report's findings it states and a penalty
+       for each finding it contradicts.
+
+Fine (the text a radiologist sees):
+    3. the language model, under the shared base adapter or the radiologist's own adapter, writes
+       the impression from the one prompt of :func:`draft_messages` (findings, indication,
+       comparison, the coarse draft, ``shots`` retrieved examples); SFT, DPO, GRPO and the gate
+       train and judge on exactly this prompt;
+    4. the clinical verifier (:func:`core.clinical.checks.verify` via :func:`checked_text`) removes
+       statements this report does not support, replaces a normal statement beside a major
+       finding, adds missing critical findings, and flags what is left (``needs_review``);
+    5. the coarse draft is shown instead only when the model's text fails that check and the
+       draft does not: always flagged, with the reason (``source: retrieval-fallback``);
+    6. style (:mod:`core.generation.styles`): default, brief, bullets or comprehensive, rendered by rules
+       from the checked impression (a 135M model asked for a patient version invents findings),
+       then checked again as shown.
+
+Without a model (``generator=None``, or ``llm="off"``) the coarse draft goes through 4 and 6.
+
+``flags`` of every output is a JSON-ready dict: ``source`` (model / model-only / retrieval /
+retrieval-fallback), ``agreement``, ``neighbours`` (uids), ``llm``, ``adapter``, ``repaired``,
+``removed``, ``check_ok``, ``missing_critical``, ``contradictions``, ``unsupported``,
+``normal_despite``, ``messages``, ``needs_review``, ``low_confidence``, ``style``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ImpressionistError
+from core.generation.retrieval import RetrievalConfig, RetrievalIndex, consensus, tidy
+
+PIPELINE = "c2f-v1"
+LLM_MODES = ("off", "auto", "always")
+
+
+class GenerationError(ImpressionistError):
+    """A report cannot be generated for (blank findings, bad CSV, unknown adapter, bad config)."""
+
+
+@dataclass
+class GenerationOutput:
+    """One generated impression, its cost and what the checks found."""
+
+    text: str
+    latency_ms: float
+    flags: dict = field(default_factory=dict)
+
+
+@dataclass
+class C2FConfig:
+    """Settings of the coarse-to-fine pipeline (defaults chosen on the dev split, see bench/quality.py).
+
+    Attributes:
+        k: neighbours retrieved and voting.
+        power: neighbour weight = max(similarity, 0) ** power (sharpens the vote towards the closest).
+        coverage_bonus: vote bonus per positive finding of this report's findings a candidate states.
+        contradiction_penalty: vote penalty per finding a candidate asserts that the findings negate.
+        prior_penalty: vote penalty for a candidate that refers to a prior study (stable, unchanged,
+            interval, compared) when the report has no comparison.
+        own_bonus: vote bonus for candidates written by the requesting radiologist (``reader``).
+        llm: ``auto`` (the default: the model writes where the vote agreement is below
+            ``llm_threshold``, and always under a reader's own adapter), ``always`` (the model
+            writes every impression) or ``off`` (retrieval only; an ablation).
+        llm_threshold: vote agreement below which a text is flagged low-confidence (and below
+            which ``auto`` asks the model).
+        shots: retrieved examples in the model's prompt.
+        draft_in_prompt: give the model the coarse draft (False: an ablation, the model alone).
+        max_new_tokens: generation budget per draft.
+        repair: add missing critical findings from the findings (else only flag them).
+        retrieval: feature settings of the retrieval index.
+    """
+
+    k: int = 20
+    power: float = 6.0
+    coverage_bonus: float = 0.2
+    contradiction_penalty: float = 0.2
+    prior_penalty: float = 0.0
+    own_bonus: float = 0.05
+    # "auto", chosen on the dev split (bench/tune_writer.py): the embedded 135M model under the
+    # base adapter scores below the verified coarse draft where the neighbours agree (dev ROUGE-L
+    # 65.5 vs 66.1 when it writes everything), about even where they disagree. A reader's own
+    # adapter always writes (see _wants_draft).
+    llm: str = "auto"
+    llm_threshold: float = 0.45
+    # The shipped base adapter is trained on the draft-only prompt (shots=0): an example costs
+    # +38% prompt tokens in every training step and every drafted impression on a CPU.
+    shots: int = 0
+    draft_in_prompt: bool = True
+    max_new_tokens: int = 48
+    repair: bool = True
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(indication_weight=0.3,
+                                                                              author_bonus=0.05))
+
+    def __post_init__(self) -> None:
+        if self.llm not in LLM_MODES:
+            raise GenerationError(f"C2FConfig.llm must be one of {LLM_MODES}, got {self.llm!r}")
+        if self.k < 1 or self.shots < 0 or self.max_new_tokens < 1:
+            raise GenerationError(f"C2FConfig: k ({self.k}) and max_new_tokens ({self.max_new_tokens}) must be "
+                                  f">= 1 and shots ({self.shots}) >= 0")
+
+
+@dataclass
+class StageStats:
+    """Where the time of the last :meth:`CoarseToFine.generate` call went."""
+
+    n: int = 0
+    retrieve_s: float = 0.0
+    vote_s: float = 0.0
+    llm_s: float = 0.0
+    fine_s: float = 0.0
+    n_llm: int = 0
+    llm_prompt_tokens: int = 0
+    llm_new_tokens: int = 0
+    findings_tokens: int = 0  # whitespace tokens of the findings read by retrieval
+
+    @property
+    def total_s(self) -> float:
+        return self.retrieve_s + self.vote_s + self.llm_s + self.fine_s
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["total_s"] = self.total_s
+        d["impressions_per_s"] = self.n / self.total_s if self.total_s else 0.0
+        return d
+
+
+_PREFIX = re.compile(r"^\s*(impression|final impression)\s*:\s*", re.I)
+_PRIOR_WORDS = re.compile(r"\b(?:stable|unchanged|interval|compared|comparison|prior|previous|again|"
+                          r"no change|improv\w+|worsen\w*|increas\w+|decreas\w+|new)\b", re.I)
+_NO_PRIOR = re.compile(r"^\W*(?:none|n/?a|no prior\w*|not available)\W*(?:available\W*)?$", re.I)
+
+
+def clean_output(text: str) -> str:
+    """Trim a model's answer to the impression itself (no heading, no trailing chatter)."""
+    text = _PREFIX.sub("", text.strip())
+    text = text.split("\n\n")[0].strip()
+    return text or "No impression generated."
+
+
+def has_prior(comparison: str | None) -> bool:
+    """Whether a COMPARISON section names a prior study (not blank, "None.", "None available")."""
+    c = (comparison or "").strip()
+    return bool(c) and not _NO_PRIOR.match(c)
+
+
+def _present(text: str) -> dict:
+    from core.clinical.checks import PRESENT, label
+
+    return {k: v for k, v in label(text).items() if v in PRESENT and k != "No Finding"}
+
+
+def draft_messages(report: dict, neighbours: Sequence, shots: int, draft: str | None = None,
+                   style: str | None = None) -> list[dict]:
+    """The one prompt the model writes from, for serving, SFT, DPO/GRPO and the gate: the ``shots``
+    closest neighbours as few-shot examples (the closest right before the report), then the report
+    with the coarse ``draft`` (the vote's text) to keep or correct.
+
+    Args:
+        report: a dict with ``findings`` (``indication``, ``comparison`` optional).
+        neighbours: retrieved :class:`core.generation.retrieval.Neighbour` objects, closest first.
+        shots: how many of them to show.
+        draft: the coarse draft (:meth:`CoarseToFine.coarse`), or None for the draft-free prompt.
+        style: an optional style instruction for the system turn.
+
+    Returns:
+        ``core.generation.prompts.impression_messages`` for the report with those examples.
+    """
+    from core.generation.prompts import impression_messages
+
+    examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
+    return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
+                               examples=examples, style=style, draft=draft)
+
+
+def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, config: C2FConfig | None = None,
+                    readers: Sequence | None = None, exclude_self: bool = True) -> list[list[dict]]:
+    """The prompts the model is served for these reports: the coarse stage, then
+    :func:`draft_messages`. SFT, DPO/GRPO pairs and the promotion gate build their prompts here,
+    so a model is trained and judged on the bytes it is served.
+
+    Args:
+        reports: dicts with ``findings`` (``indication``, ``comparison``, ``author``, ``id``/``uid``).
+        index: the retrieval index the pipeline drafts from (None: no draft, no examples).
+        config: the pipeline settings (``shots``, the vote).
+        readers: per report, the radiologist the text is for (their reports get the author bonus).
+        exclude_self: leave the report itself out of its neighbours (it is in the index).
+
+    Returns:
+        One chat prompt per report.
+    """
+    config = config or C2FConfig()
+    reports = list(reports)
+    if index is None:
+        return [draft_messages(r, [], 0) for r in reports]
+    _, neighbours, votes = CoarseToFine(index, None, config).coarse(reports, readers, exclude_self)
+    return [draft_messages(r, nb, config.shots, draft=v["text"]) for r, nb, v in zip(reports, neighbours, votes)]
+
+
+class _LabelCache:
+    """Labels of texts, cached (impressions repeat a lot across neighbourhoods)."""
+
+    def __init__(self, size: int = 20000) -> None:
+        self._cache: dict[str, Any] = {}
+        self._size = size
+
+    def __call__(self, text: str) -> dict:
+        hit = self._cache.get(text)
+        if hit is None:
+            from core.clinical.checks import label
+
+            hit = label(text)
+            if len(self._cache) > self._size:
+                self._cache.clear()
+            self._cache[text] = hit
+        return hit
+
+
+class CoarseToFine:
+    """The generation pipeline: a retrieval index, optionally a model (with adapters), a config.
+
+    Args:
+        index: the retrieval index of past reports (None: model only).
+        generator: a loaded ``core.generation.models.Generator`` (None: retrieval only).
+        config: pipeline settings.
+        base_adapter: name of a loaded adapter used for drafts when no reader adapter is given
+            (e.g. the shipped ``base-iu-xray``); None uses the bare model.
+
+    >>> c2f = CoarseToFine(RetrievalIndex.build(reports))            # doctest: +SKIP
+    >>> c2f.generate([{"findings": "Lungs clear."}], style="brief")  # doctest: +SKIP
+    """
+
+    def __init__(self, index: RetrievalIndex | None = None, generator=None, config: C2FConfig | None = None,
+                 base_adapter: str | None = None) -> None:
+        self.index = index
+        self.generator = generator
+        self.config = config or C2FConfig()
+        self.base_adapter = base_adapter
+        self.last_stats = StageStats()
+        self._labels = _LabelCache()
+        if index is None and generator is None:
+            raise GenerationError("CoarseToFine needs a retrieval index, a model, or both")
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_store(cls, store, generator=None, config: C2FConfig | None = None, split=None,
+                   base_adapter: str | None = None) -> CoarseToFine:
+        """A pipeline whose index holds the store's reports with an impression (cached on disk).
+
+        Args:
+            store: a ``core.store.database.Store``.
+            generator: a loaded model, or None for retrieval only.
+            config: pipeline settings.
+            split: restrict the index to a split of ``core.ingest.splits`` (e.g. ``("train", "dev")``).
+            base_adapter: see the class.
+
+        Returns:
+            The pipeline; a model-only one when the store has no report with an impression.
+        """
+        from core.generation.retrieval import RetrievalError, index_for_store
+
+        config = config or C2FConfig()
+        try:
+            index = index_for_store(store, split=split, config=config.retrieval)
+        except RetrievalError:
+            if generator is None:
+                raise
+            index = None
+        return cls(index, generator, config, base_adapter)
+
+    def use_adapter(self, name: str, path: str | Path, base: bool = False) -> None:
+        """Load a LoRA adapter into the model (once) so ``generate(adapter=name)`` can use it.
+
+        Args:
+            name: adapter name.
+            path: PEFT adapter directory.
+            base: also make it the adapter for drafts without a reader adapter.
+        """
+        if self.generator is None:
+            raise GenerationError(f"adapter {name!r} ({path}): this pipeline has no model")
+        self.generator.load_adapter(name, path)
+        if base:
+            self.base_adapter = name
+
+    # -- the pipeline --------------------------------------------------------------------------------
+    def generate(self, reports: Sequence[dict], style: str = "default", reader: str | Sequence | None = None,
+                 adapter: str | Sequence | None = None, batch_size: int = 8, progress: bool = False,
+                 exclude_self: bool = True) -> list[GenerationOutput]:
+        """Impressions for report dicts, coarse to fine.
+
+        Args:
+            reports: dicts with ``findings`` (required), ``indication``, ``comparison``, optionally
+                ``author``, ``uid``/``external_id`` and ``id``.
+            style: ``default``, ``brief``, ``bullets``, ``comprehensive`` (or an alias).
+            reader: the radiologist the impression is for (one name, or one per report): their own
+                past reports get a retrieval and vote bonus. Default: each report's ``author``.
+            adapter: a loaded adapter name (one, or one per report; mixed batches are fine) for the
+                model's draft; forces a draft for those rows.
+            batch_size: model batch size.
+            progress: show progress bars.
+            exclude_self: never retrieve the report itself (matched by id, else uid).
+
+        Returns:
+            One :class:`GenerationOutput` per report, in order; ``latency_ms`` is the batch time
+            divided by the number of reports (model rows are batched together).
+
+        Raises:
+            GenerationError: a report without findings, or a per-report list of the wrong length.
+        """
+        from core.generation.styles import resolve_style
+
+        cfg = self.config
+        style = resolve_style(style)
+        reports = list(reports)
+        n = len(reports)
+        stats = StageStats(n=n)
+        self.last_stats = stats
+        if not n:
+            return []
+        for i, r in enumerate(reports):
+            if not isinstance(r, dict) or not (r.get("findings") or "").strip():
+                uid = r.get("uid", r.get("external_id", r.get("id"))) if isinstance(r, dict) else None
+                raise GenerationError(f"report {i} (uid {uid!r}) has no findings: an impression needs findings")
+        readers = _per_row(reader, n, "reader")
+        adapters = _per_row(adapter, n, "adapter")
+        if any(adapters) and self.generator is None:
+            raise GenerationError(f"adapter {next(a for a in adapters if a)!r} requested but this pipeline has no model")
+        stats.findings_tokens = sum(len(r["findings"].split()) for r in reports)
+
+        # 1-2. coarse: retrieve, vote among the neighbours' impressions
+        queries, neighbours, votes = self.coarse(reports, readers, exclude_self, stats)
+
+        # 3. model drafts where needed
+        t0 = time.perf_counter()
+        want = [i for i in range(n) if self._wants_draft(votes[i], adapters[i], neighbours[i])]
+        drafts: dict[int, Any] = {}
+        if want:
+            prompts, names = [], []
+            for i in want:
+                prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots,
+                                              draft=votes[i]["text"] if cfg.draft_in_prompt else None))
+                names.append(adapters[i] or self.base_adapter)
+            results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
+                                              batch_size=batch_size, progress=progress)
+            tok = self.generator.tokenizer
+            for i, p, res in zip(want, prompts, results):
+                drafts[i] = res
+                stats.llm_new_tokens += res.new_tokens
+                stats.llm_prompt_tokens += len(tok(self.generator.format_chat(p), add_special_tokens=False)["input_ids"])
+            stats.n_llm = len(want)
+        stats.llm_s = time.perf_counter() - t0
+
+        # 4-6. context, clinical check and repair, style
+        t0 = time.perf_counter()
+        outputs = []
+        for i, r in enumerate(reports):
+            outputs.append(self._fine(r, votes[i], neighbours[i], drafts.get(i), adapters[i], style))
+        stats.fine_s = time.perf_counter() - t0
+        per = stats.total_s * 1000 / n
+        for o in outputs:
+            o.latency_ms = per
+        return outputs
+
+    def coarse(self, reports: Sequence[dict], readers: Sequence | None = None, exclude_self: bool = True,
+               stats: StageStats | None = None) -> tuple[list[dict], list[list], list[dict]]:
+        """The coarse stage: the neighbours of each report and the vote among their impressions.
+
+        Serving and training both call this, so the draft an adapter is trained to edit is made
+        exactly as the draft it edits when serving (training: ``exclude_self`` = leave-one-out).
+
+        Args:
+            reports: dicts with ``findings`` (``indication``, ``comparison``, ``author``, ``id``).
+            readers: per report, the radiologist the text is for (None: the report's ``author``).
+            exclude_self: never retrieve the report itself.
+            stats: where to add the stage times.
+
+        Returns:
+            (queries, neighbours, votes): ``votes[i]["text"]`` is the coarse draft (None when
+            nothing was retrieved).
+        """
+        reports = list(reports)
+        readers = list(readers) if readers is not None else [None] * len(reports)
+        queries = [{**r, "author": readers[i] or r.get("author")} for i, r in enumerate(reports)]
+        t0 = time.perf_counter()
+        if self.index is not None:
+            neighbours = self.index.search(queries, k=self.config.k, exclude_self=exclude_self)
+        else:
+            neighbours = [[] for _ in reports]
+        t1 = time.perf_counter()
+        votes = [self._vote(q, nb) for q, nb in zip(queries, neighbours)]
+        if stats is not None:
+            stats.retrieve_s += t1 - t0
+            stats.vote_s += time.perf_counter() - t1
+        return queries, neighbours, votes
+
+    def _wants_draft(self, vote: dict, adapter: str | None, neighbours: list) -> bool:
+        if self.generator is None:
+            return False
+        if adapter or not neighbours:
+            return True
+        if self.config.llm == "always":
+            return True
+        return self.config.llm == "auto" and vote["agreement"] < self.config.llm_threshold
+
+    def _vote(self, query: dict, neighbours: list) -> dict:
+        """MBR vote among the neighbours' impressions: the coarse draft."""
+        from core.clinical.checks import Label
+
+        cfg = self.config
+        cands: list[str] = []
+        origin: list[str] = []
+        own: list[bool] = []
+        for nb in neighbours:
+            text = tidy(nb.impression)
+            if text not in cands:
+                cands.append(text)
+                origin.append(f"uid:{nb.uid}" if nb.uid is not None else f"row:{nb.row}")
+                own.append(bool(query.get("author")) and nb.author == query.get("author"))
+            elif bool(query.get("author")) and nb.author == query.get("author"):
+                own[cands.index(text)] = True
+        if not cands:
+            return {"text": None, "agreement": 0.0, "margin": 0.0, "origin": None}
+        f_lab = self._labels(query["findings"])
+        f_pos = {k for k, v in f_lab.items() if k != "No Finding" and v in (Label.POSITIVE, Label.UNCERTAIN)}
+        no_prior = not has_prior(query.get("comparison"))
+        prior = []
+        for c, o, mine in zip(cands, origin, own):
+            c_lab = self._labels(c)
+            c_pos = {k for k, v in c_lab.items() if k != "No Finding" and v in (Label.POSITIVE, Label.UNCERTAIN)}
+            contra = sum(1 for k in c_pos if f_lab.get(k) is Label.NEGATIVE)
+            bonus = cfg.coverage_bonus * len(c_pos & f_pos) - cfg.contradiction_penalty * contra
+            if no_prior and cfg.prior_penalty and _PRIOR_WORDS.search(c):
+                bonus -= cfg.prior_penalty
+            if mine:
+                bonus += cfg.own_bonus
+            prior.append(bonus)
+        support = [tidy(nb.impression) for nb in neighbours]
+        weights = [max(nb.score, 0.0) ** cfg.power for nb in neighbours]
+        if not support:  # model only: nothing to vote against
+            return {"text": cands[0], "agreement": 0.0, "margin": 0.0, "origin": origin[0]}
+        res = consensus(cands, support, weights, prior)
+        return {"text": cands[res.best], "agreement": res.scores[res.best] - prior[res.best],
+                "margin": res.margin, "origin": origin[res.best]}
+
+    def _fine(self, report: dict, vote: dict, neighbours: list, draft, adapter: str | None,
+              style: str) -> GenerationOutput:
+        """Verify and style the text: the model's when it wrote one, else the coarse draft.
+
+        The model's text is the impression. The coarse draft is shown instead only when the
+        model's text fails the clinical check even after repair (or is empty) and the draft
+        does not fail it too; that fallback is always flagged for review with the reason.
+        """
+        cfg = self.config
+        coarse_text = vote["text"] or "No impression generated."
+        flags: dict[str, Any] = {
+            "pipeline": PIPELINE, "style": style,
+            "source": ("model-only" if not neighbours else "retrieval"),
+            "from": vote["origin"], "agreement": round(float(vote["agreement"]), 4),
+            "neighbours": [nb.uid for nb in neighbours[:3]], "llm": draft is not None,
+            "adapter": (adapter or self.base_adapter) if draft is not None else None,
+        }
+        # A model draft never clears a review flag: low agreement among the neighbours is flagged
+        # whoever wrote the text.
+        flags["low_confidence"] = (bool(neighbours) and vote["agreement"] < cfg.llm_threshold) or not neighbours
+        if draft is None:
+            styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
+        else:
+            model_text = clean_output(draft.text)
+            m_styled, m_checked = checked_text(report, model_text, style, repair=cfg.repair)
+            m_fails = _fails(m_checked) or model_text == "No impression generated." or draft.truncated
+            if m_fails and neighbours:  # only then is the coarse draft checked at all
+                styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
+            if not m_fails or not neighbours or _fails(checked):
+                styled, checked = m_styled, m_checked
+                flags.update(source="model" if neighbours else "model-only", **{"from": "model"})
+                if draft.truncated:
+                    flags["truncated"] = True
+            else:
+                flags["source"] = "retrieval-fallback"
+                checked["messages"] = ["the model's text failed the clinical check ("
+                                       + "; ".join(m_checked["messages"] or ["empty or cut off"])
+                                       + "): showing the retrieval draft instead"] + checked["messages"]
+                checked["needs_review"] = True
+                flags["model_text"] = model_text
+        flags.update(checked)
+        flags["needs_review"] = bool(flags["needs_review"] or flags["low_confidence"] or flags.get("truncated"))
+        return GenerationOutput(styled, 0.0, flags)
+
+
+def _fails(checked: dict) -> bool:
+    """A text the clinical check could not make right (the context-only prior flag aside)."""
+    return bool(checked["unsupported"] or checked["contradictions"] or checked["missing_critical"]
+                or checked["normal_despite"])
+
+
+def checked_text(report: dict, text: str, style: str = "default", repair: bool = True) -> tuple[str, dict]:
+    """The clinical verifier and the style, as every shown text gets them (pipeline, a reader's
+    memory text, a study arm): verify and repair the text against this report
+    (:func:`core.clinical.checks.verify`), render the style, verify the styled text again.
+
+    Args:
+        report: dict with ``findings`` (``indication``, ``comparison`` optional).
+        text: the impression to show.
+        style: a style name of :mod:`core.generation.styles`.
+        repair: remove unsupported or contradicted statements and add missing findings.
+
+    Returns:
+        (text to show, flags): ``repaired`` (sentences added), ``removed``, ``check_ok``,
+        ``missing_critical``, ``contradictions``, ``unsupported``, ``normal_despite``,
+        ``messages``, ``prior_without_comparison`` and ``needs_review``.
+    """
+    from core.clinical.checks import verify
+    from core.generation.styles import apply_style
+
+    findings = report["findings"]
+    ind, comp = report.get("indication"), report.get("comparison")
+    first = verify(findings, text, ind, comp, repair=repair)
+    text = first.text
+    styled = apply_style(text, style, findings, ind, comp)
+    # what is shown is what is checked; verify already checked first.text after its repairs
+    final = first if styled == text else verify(findings, styled, ind, comp, repair=False)
+    messages = list(final.reasons)
+    prior = bool(not has_prior(comp) and _PRIOR_WORDS.search(text) and
+                 re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I))
+    if prior:
+        messages.append("context: the impression refers to a prior study but the report has no comparison")
+    flags = {"repaired": first.added, "removed": first.removed, "check_ok": not final.needs_review,
+             "missing_critical": final.missing_critical, "contradictions": final.contradictions,
+             "unsupported": final.unsupported, "normal_despite": final.normal_despite,
+             "messages": messages, "needs_review": bool(final.needs_review or prior)}
+    if prior:
+        flags["prior_without_comparison"] = True
+    return styled, flags
+
+
+def _per_row(value, n: int, what: str) -> list:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise GenerationError(f"{what}: got {len(value)} values for {n} reports")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points used by the CLI, the app and the study module
+# ---------------------------------------------------------------------------------------------
+
+_PIPELINES: dict[tuple, CoarseToFine] = {}
+
+
+def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, base_adapter: str | None = None,
+                 refresh: bool = False, shared_base: bool = True) -> CoarseToFine:
+    """The process-wide pipeline for a store and a model (built once; the index is cached on disk too).
+
+    Args:
+        store: a ``core.store.database.Store`` whose reports form the retrieval index (None: model only).
+        generator: a loaded model, or None for retrieval only.
+        config: pipeline settings (default :class:`C2FConfig`).
+        base_adapter: name of an adapter already loaded into ``generator`` for drafts without a
+            reader adapter (None: the shared base adapter, see ``shared_base``).
+        refresh: rebuild even when cached (e.g. after an import).
+        shared_base: when ``base_adapter`` is None, draft with the shared base adapter
+            (``core.learning.sft.use_base_adapter``: the active trained one, else the shipped one) when
+            one fits the generator's model; False: the bare model.
+
+    Returns:
+        The pipeline.
+    """
+    config = config or C2FConfig()
+    if base_adapter is None and shared_base and generator is not None:
+        from core.learning.sft import use_base_adapter
+
+        base_adapter = use_base_adapter(generator)
+    key = (getattr(store, "path", None), id(generator), repr(config), base_adapter,
+           store.count_reports() if store is not None else 0)
+    if refresh or key not in _PIPELINES:
+        if store is not None:
+            _PIPELINES[key] = CoarseToFine.from_store(store, generator, config, base_adapter=base_adapter)
+        else:
+            _PIPELINES[key] = CoarseToFine(None, generator, config, base_adapter)
+    return _PIPELINES[key]
+
+
+def impressions_for(generator, reports: list[dict], batch_size: int = 8, max_new_tokens: int = 64,
+                    progress: bool = False, style: str = "default", adapter: str | Sequence | None = None,
+                    reader: str | Sequence | None = None, store=None,
+                    pipeline: CoarseToFine | None = None) -> list[GenerationOutput]:
+    """Impressions for report dicts with the coarse-to-fine pipeline.
+
+    Args:
+        generator: a loaded model (or None for retrieval only).
+        reports: dicts with ``findings`` (``indication``, ``comparison``, ``author``, ``id`` optional).
+        batch_size: model batch size.
+        max_new_tokens: model budget per draft.
+        progress: show progress.
+        style: audience style (``core.generation.styles``).
+        adapter: a loaded adapter name, or one per report.
+        reader: the radiologist the text is for, or one per report.
+        store: the store whose reports are retrieved from; without it (and without ``pipeline``)
+            the model writes alone (few-shot impossible: poorer, flagged ``model-only``).
+        pipeline: a ready pipeline (overrides ``store``/``generator``).
+
+    Returns:
+        One :class:`GenerationOutput` per report.
+    """
+    if pipeline is None:
+        cfg = C2FConfig(max_new_tokens=max_new_tokens)
+        pipeline = pipeline_for(store, generator, cfg)
+    return pipeline.generate(reports, style=style, reader=reader, adapter=adapter, batch_size=batch_size,
+                             progress=progress)
+
+
+def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8,
+                 chunk: int = 64, progress: bool = True, style: str = "default",
+                 pipeline: CoarseToFine | None = None) -> int:
+    """Generate and store impressions for reports that have none yet. Returns how many.
+
+    Works in chunks so that each chunk is stored (and visible in the app) as soon as it is
+    done, and the database is held only for the short insert. A report is never retrieved
+    as its own neighbour.
+
+    Args:
+        store: the store.
+        generator: a loaded model, or None for retrieval only.
+        limit: at most this many reports.
+        batch_size: model batch size.
+        chunk: reports per stored chunk.
+        progress: show a progress bar.
+        style: the style to generate (stored in ``generations.style``).
+        pipeline: a ready pipeline (default: :func:`pipeline_for` of this store and model).
+
+    Returns:
+        The number of generated impressions.
+    """
+    from tqdm.auto import tqdm
+
+    from core.generation.styles import resolve_style
+
+    style = resolve_style(style)
+    todo = store.reports_without_generation(style=style, limit=limit)
+    if not todo:
+        return 0
+    pipeline = pipeline or pipeline_for(store, generator)
+    name = getattr(generator, "name", None) or f"retrieval-{PIPELINE}"
+    bar = tqdm(total=len(todo), desc="generate", unit="report", disable=not progress)
+    done = 0
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        outputs = pipeline.generate(part, style=style, batch_size=batch_size)
+        # drafts of the shared base adapter are the shared model's (generations.adapter NULL)
+        store.add_generations({"report_id": r["id"], "model": name, "text": o.text, "style": style,
+                               "adapter": (None if o.flags.get("adapter") == pipeline.base_adapter
+                                           else o.flags.get("adapter")), "flags": o.flags,
+                               "latency_ms": o.latency_ms} for r, o in zip(part, outputs))
+        done += len(part)
+        bar.update(len(part))
+    bar.close()
+    return done
+
+
+def read_reports_csv(path: str | Path) -> list[dict]:
+    """Read a CSV with at least ``uid`` and ``findings`` (``indication``, ``comparison``, ``author``
+    optional) into report dicts.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        Report dicts with ``uid``, ``findings``, ``indication``, ``comparison``, ``author``.
+
+    Raises:
+        GenerationError: file missing, a required column missing, a blank uid or findings (the
+            message names the file, row and column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GenerationError(f"{path}: no such file")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        rd = csv.DictReader(fh)
+        cols = {c.strip().lower(): c for c in (rd.fieldnames or [])}
+        for need in ("uid", "findings"):
+            if need not in cols:
+                raise GenerationError(f"{path}: column {need!r} is missing (columns: {', '.join(rd.fieldnames or [])})")
+        out = []
+        for rowno, row in enumerate(rd, start=2):
+            def get(name):
+                c = cols.get(name)
+                return (row.get(c) or "").strip() if c else ""
+            uid, findings = get("uid"), get("findings")
+            if not uid:
+                raise GenerationError(f"{path}: row {rowno}, column 'uid' is blank")
+            if not findings:
+                raise GenerationError(f"{path}: row {rowno} (uid {uid}), column 'findings' is blank")
+            out.append({"uid": uid, "findings": findings, "indication": get("indication") or None,
+                        "comparison": get("comparison") or None,
+                        "author": get("author") or get("image") or None})
+    return out
+
+
+def write_predictions_csv(path: str | Path, reports: Sequence[dict], outputs: Sequence[GenerationOutput],
+                          style: str) -> None:
+    """Write ``uid, prediction, style, needs_review, flags`` (flags as JSON) to a CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uid", "prediction", "style", "needs_review", "flags"])
+        for r, o in zip(reports, outputs):
+            w.writerow([r["uid"], o.text, style, int(bool(o.flags.get("needs_review"))),
+                        json.dumps(o.flags, sort_keys=True)])
+    tmp.replace(path)
+
+
+def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = "default",
+                 reader: str | None = None, batch_size: int = 8, store=None,
+                 config: C2FConfig | None = None) -> int:
+    """``python -m core generate --in X.csv --out Y.csv``: impressions for the rows of a CSV.
+
+    Retrieves from the reports in the store (``store``, else the default database when it exists);
+    a CSV row whose uid is in the store is never its own neighbour. Same pipeline as the app.
+
+    Args:
+        inp: CSV with ``uid``, ``findings`` (``indication``, ``comparison``, ``author`` optional).
+        out: CSV to write (``uid, prediction, style, needs_review, flags``).
+        generator: a loaded model, or None (retrieval only).
+        style: audience style.
+        reader: the radiologist: their past reports get a bonus, and their *active* (promoted)
+            adapter version's LoRA weights draft when it has some (:func:`reader_adapter`;
+            a rejected or unpromoted newer version is never used).
+        batch_size: model batch size.
+        store: the store to retrieve from (default: the configured database, when it exists).
+        config: pipeline settings.
+
+    Returns:
+        Exit status: 0 ok, 2 bad input (message on stderr), 1 nothing to retrieve from and no model.
+    """
+    from core.generation.styles import StyleError, resolve_style
+
+    try:
+        style = resolve_style(style)
+        reports = read_reports_csv(inp)
+    except (GenerationError, StyleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    own_store = None
+    if store is None:
+        from core.config import settings
+
+        db = settings().db_path
+        if Path(db).is_file():
+            from core.store.database import Store
+
+            store = own_store = Store(db)
+            store.migrate()
+    try:
+        outputs = None
+        if reader and store is not None:
+            outputs = _reader_drafts(store, generator, reports, reader, style, batch_size, config)
+        if outputs is None:  # the shared pipeline (built only when it drafts)
+            try:
+                pipeline = pipeline_for(store, generator, config)
+            except ImpressionistError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            if pipeline.index is None:
+                print("warning: no reports with impressions to retrieve from (import some first); "
+                      "the model writes alone and every row is flagged for review", file=sys.stderr)
+            adapter = None
+            if reader and generator is not None:
+                found = reader_adapter(reader, store=store)
+                if found is not None:
+                    pipeline.use_adapter(f"reader:{reader}", found)
+                    adapter = f"reader:{reader}"
+            outputs = pipeline.generate(reports, style=style, reader=reader, adapter=adapter,
+                                        batch_size=batch_size, progress=True)
+    except ImpressionistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if own_store is not None:
+            own_store.close()
+    write_predictions_csv(out, reports, outputs, style)
+    flagged = sum(bool(o.flags.get("needs_review")) for o in outputs)
+    print(f"wrote {len(outputs)} impressions ({style}) to {out}; {flagged} flagged for review")
+    return 0
+
+
+def _reader_drafts(store, generator, reports: list[dict], reader: str, style: str, batch_size: int,
+                   config: C2FConfig | None) -> list | None:
+    """Drafts with the reader's whole active adapter (memory of their accepted impressions and
+    LoRA weights), the app's path (:class:`core.adapters.registry.Drafter`); None when the reader has no
+    active version (the shared pipeline then drafts, with their own past reports favoured)."""
+    from core.adapters.registry import DraftConfig, active_adapter
+    from core.learning.nightly import NightlyConfig, load_drafter
+
+    version = active_adapter(store, reader)  # NotFound names an unknown reader
+    if version is None:
+        return None
+    nightly = NightlyConfig(draft=DraftConfig(c2f=config)) if config is not None else NightlyConfig()
+    drafter = load_drafter(store, nightly, generator=generator, with_model=generator is not None)
+    return drafter.draft(reports, [version] * len(reports), style=style, batch_size=batch_size,
+                         progress=True)
+
+
+def reader_adapter(reader: str, adapters_dir: str | Path | None = None, store=None) -> Path | None:
+    """The radiologist's *active* (promoted) adapter directory holding ``adapter_config.json``;
+    None when their drafts use the shared model or the active version has no LoRA weights.
+
+    A rejected or not yet promoted version is never used, even when it is the newest folder.
+    The database is the authority (``core.adapters.registry.active_adapter``) when ``store`` is given;
+    otherwise the reader's pointer file ``<adapters>/<reader>/ACTIVE.json`` (the database's
+    mirror) names the version. A flat ``<adapters>/<reader>/adapter_config.json`` (an adapter
+    copied in by hand, no versions) is used when there is no pointer.
+
+    Args:
+        reader: the radiologist's username.
+        adapters_dir: the adapters folder (default ``settings().adapters_dir``).
+        store: the store whose ``active_adapters`` table decides (None: the pointer file).
+
+    Returns:
+        The directory, or None.
+    """
+    from core.config import settings
+
+    root = Path(adapters_dir) if adapters_dir else settings().adapters_dir
+    base = root / reader
+    if store is not None:
+        from core.adapters.registry import active_adapter
+        from core.errors import ImpressionistError as _Err
+
+        try:
+            av = active_adapter(store, reader)
+        except _Err:
+            av = None
+        if av is not None:
+            return av.path if av.has_lora else None
+        # no active version in the database: the shared model (a hand-copied flat adapter
+        # still counts, as below)
+        return base if (base / "adapter_config.json").is_file() else None
+    pointer = base / "ACTIVE.json"
+    if pointer.is_file():
+        try:
+            version = int(json.loads(pointer.read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        d = base / f"v{version}"
+        return d if (d / "adapter_config.json").is_file() else None
+    if (base / "adapter_config.json").is_file():
+        return base
+    return None

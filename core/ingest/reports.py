@@ -1,0 +1,113 @@
+"""Import report files into the store: validate the whole file first, then one transaction.
+
+Three kinds of report are left out, each counted in the ``ImportResult``:
+    already imported   the same (source, external_id) is in the database (re-importing a file
+                       adds nothing)
+    duplicates         the same findings and impression (a content fingerprint, see
+                       ``Store.content_duplicates``) came in earlier through another format,
+                       e.g. a MIMIC-CXR folder and then a CSV export of it; imported all the
+                       same with ``allow_duplicates=True`` (the CLI's --allow-duplicates)
+    without findings   only with ``skip_empty_findings=True`` (--skip-empty-findings); else
+                       such a report is an error and nothing is imported
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.ingest.formats import ImportValidationError, detect_format, read_reports
+from core.store.database import Store
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What one import did.
+
+    Attributes:
+        file: the file as the user named it.
+        format: the format read (after auto-detection).
+        rows: data rows (or MIMIC-CXR report files) read.
+        imported: reports written.
+        skipped: reports already in the database (same source and id).
+        duplicates: reports left out as the same content imported through another format.
+        empty_findings: rows (or files) left out for having no findings.
+        skipped_where: those rows (int, spreadsheet numbering) or files (str), in file order.
+        duplicate_sources: the sources the duplicates were first imported from.
+    """
+
+    file: str
+    format: str
+    rows: int
+    imported: int
+    skipped: int
+    duplicates: int = 0
+    empty_findings: int = 0
+    skipped_where: tuple = field(default=(), repr=False)
+    duplicate_sources: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"{self.imported:,} reports imported, {self.skipped:,} skipped as already "
+                 "imported"]
+        if self.duplicates:
+            parts.append(f"{self.duplicates:,} skipped as the same report was already "
+                         f"imported from {', '.join(self.duplicate_sources)} (--allow-duplicates "
+                         "imports them)")
+        if self.empty_findings:
+            where = ", ".join(str(w) for w in self.skipped_where[:5])
+            more = ", ..." if len(self.skipped_where) > 5 else ""
+            kind = "files" if isinstance(self.skipped_where[0], str) else "rows"
+            parts.append(f"{self.empty_findings:,} {kind} without findings skipped "
+                         f"({where}{more})")
+        return (f"{self.file}: {', '.join(parts)} ({self.rows:,} rows, format "
+                f"{self.format})")
+
+
+def import_file(store: Store, path: str | Path, fmt: str = "auto",
+                mapping: dict[str, str] | None = None, require_impression: bool = True,
+                actor: str | None = None, display_name: str | None = None,
+                skip_empty_findings: bool = False,
+                allow_duplicates: bool = False) -> ImportResult:
+    """Validate ``path`` completely, then insert its reports in one transaction.
+
+    Args:
+        store: the database.
+        path: file or folder (MIMIC-CXR).
+        fmt: one of ``core.ingest.formats.FORMATS``.
+        mapping: our field -> the file's column, for csv/jsonl/iu-xray/chexpert-plus.
+        require_impression: a report without an impression is an error.
+        actor: who imports, for the audit log.
+        display_name: how to name the file in messages (an upload's original name).
+        skip_empty_findings: leave out and count reports without findings instead of failing.
+        allow_duplicates: import reports whose content came in through another format too.
+    Returns:
+        The counts (see ``ImportResult``).
+    Raises:
+        core.ingest.formats.ImportValidationError: naming file, row and field; nothing is written.
+
+    >>> import_file(store, "mimic/", skip_empty_findings=True).summary()  # doctest: +SKIP
+    'mimic/: 2 reports imported, 0 skipped as already imported, 1 files without findings ...'
+    """
+    name = display_name or str(path)
+    try:
+        fmt = detect_format(path) if fmt == "auto" else fmt
+        records = read_reports(path, fmt=fmt, mapping=mapping,
+                               require_impression=require_impression,
+                               skip_empty_findings=skip_empty_findings)
+    except ImportValidationError as exc:
+        if display_name is None or not exc.file.startswith(str(path)):
+            raise
+        # An upload is read from a temporary copy: name the file the way the user knows it.
+        shown = display_name + exc.file[len(str(path)):]
+        raise ImportValidationError(shown, exc.row, exc.field, exc.problem) from None
+    # One transaction for the check and the insert: a concurrent import of the other format
+    # cannot slip in between.
+    with store.tx():
+        dups = {} if allow_duplicates else store.content_duplicates(records)
+        kept = [r for i, r in enumerate(records) if i not in dups]
+        imported, skipped = store.import_reports(kept, file=name, fmt=fmt, actor=actor)
+    return ImportResult(file=name, format=fmt, rows=records.rows, imported=imported,
+                        skipped=skipped, duplicates=len(dups),
+                        empty_findings=len(records.skipped),
+                        skipped_where=tuple(records.skipped),
+                        duplicate_sources=tuple(sorted(set(dups.values()))))

@@ -1,0 +1,683 @@
+"""The nightly job: train, evaluate and (maybe) promote one adapter per radiologist.
+
+``python -m core nightly`` (cron: once a night). For each active radiologist with enough new
+feedback since their last successful run:
+
+1. read their feedback and build pairs (one short read transaction; the newly held-out reports
+   are recorded in a second short one);
+2. record a ``training_runs`` row (status ``running``);
+3. write the candidate version under ``<adapters>/<reader>/.tmp-v<N>-<pid>``: their memory (accepted
+   impressions) and LoRA weights trained with DPO (or GRPO) starting from the shared base adapter.
+   **No database transaction is open while training**: the app keeps the file;
+4. evaluate the candidate and the adapter it must beat (their active one, or the shared model) on
+   their held-out reports and pairs: ROUGE-L against their own edits/originals, clinical label F1,
+   critical-finding recall, and preference accuracy;
+5. rename the folder to ``v<N>``, record it, and promote it only if the gate passes (ROUGE-L gain
+   of at least ``min_rouge_gain`` points, preference accuracy and label F1 not lower beyond a small
+   tolerance, critical-finding recall not lower at all); promotion is one transaction;
+6. finish the run row (succeeded / failed, metrics, losses, decision and reason).
+
+Then the promoted readers' next cases are pre-drafted with their new adapters, all readers in
+mixed-adapter batches.
+
+Safety: one nightly job at a time per database (``<database home>/nightly.lock``). At start,
+runs left ``running`` by a killed job are marked ``abandoned``, half-written version folders are
+removed, and the pointer files are re-synced from the database. A crash or kill at any point leaves the active
+adapters and the database as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.adapters.registry import (AdapterVersion, DraftConfig, Drafter, active_adapter, allocate_version,
+                           cleanup_partial, commit_version, promote, refresh_drafts,
+                           shared_adapter_dir, sync_pointers, tune_memory_bonus,
+                           write_draft_settings, write_memory)
+from core.learning import distributed
+from core.config import settings
+from core.errors import ImpressionistError
+from core.learning.sft import SHARED_ADAPTER_NAME  # "@shared": never a valid username
+from core.learning.train import TrainConfig
+
+__all__ = ["NightlyBusy", "NightlyConfig", "ReaderOutcome", "NightlyReport", "GateResult",
+           "run_nightly", "evaluate_versions", "gate", "SHARED_ADAPTER_NAME"]
+
+
+class NightlyBusy(ImpressionistError):
+    """Another nightly job holds the nightly lock."""
+
+
+@dataclass
+class NightlyConfig:
+    """What the nightly job trains and how it decides.
+
+    Attributes:
+        method: "dpo" (default), "grpo" (online RL with the hierarchical reward), or "memory"
+            (no LoRA training: the new version updates the reader's memory and keeps the
+            current version's LoRA weights, if any).
+        min_new_feedback: train a reader only when this many ratings (or retractions) arrived
+            since their last successful run.
+        min_pairs: ...and when they have at least this many training pairs (LoRA methods).
+        min_heldout_reports: a candidate is never promoted with fewer held-out reports.
+        heldout_fraction: share of each reader's reports kept for evaluation.
+        max_pairs: train on at most this many pairs (the most recent).
+        eval_max_reports: evaluate on at most this many held-out reports.
+        min_rouge_gain: ROUGE-L points the candidate must gain over the current adapter.
+        pref_tolerance / label_tolerance: allowed drop in preference accuracy / label F1.
+        readers: only these usernames (None: every active radiologist).
+        force: ignore ``min_new_feedback``.
+        refresh_per_reader: after promotion, pre-draft this many of the reader's next cases.
+        model_path: the base checkpoint (default: the embedded model).
+        train: training hyper-parameters.
+        draft: drafting settings (evaluation and pre-drafting).
+        nice: the job's CPU priority as a Unix nice value (0-19; default 10, or
+            ``$IMPRESSIONIST_NIGHTLY_NICE``): on the app's server the app's threads run first.
+        threads: the job's thread budget for torch (default ``$IMPRESSIONIST_NIGHTLY_THREADS``,
+            else ``train.threads``, else every core but one): the app keeps a core.
+    """
+
+    method: str = "dpo"
+    min_new_feedback: int = 20
+    min_pairs: int = 8
+    # 4 held-out reports promoted versions that were 38 ROUGE-L points worse on a reader's
+    # unseen reports (BENCHMARKS.md, "Personalization", real readers): demand more evidence.
+    min_heldout_reports: int = 10
+    heldout_fraction: float = 0.2
+    max_pairs: int = 256
+    eval_max_reports: int = 32
+    min_rouge_gain: float = 0.5
+    pref_tolerance: float = 0.02
+    label_tolerance: float = 0.02
+    readers: list[str] | None = None
+    force: bool = False
+    refresh_per_reader: int = 20
+    model_path: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
+    nice: int = field(default_factory=lambda: int(os.environ.get(
+        "IMPRESSIONIST_NIGHTLY_NICE", "10")), metadata={"help": "CPU priority (nice 0-19)"})
+    threads: int | None = field(default_factory=lambda: int(os.environ[
+        "IMPRESSIONIST_NIGHTLY_THREADS"]) if os.environ.get("IMPRESSIONIST_NIGHTLY_THREADS")
+        else None, metadata={"help": "torch threads (default: every core but one)"})
+
+    def __post_init__(self) -> None:
+        if self.method not in ("dpo", "grpo", "memory"):
+            raise ImpressionistError(f"NightlyConfig.method {self.method!r}: expected dpo, grpo "
+                                     f"or memory")
+        if not 0 <= self.nice <= 19:
+            raise ImpressionistError(f"NightlyConfig.nice {self.nice!r}: expected 0..19")
+        if self.threads is not None and self.threads < 1:
+            raise ImpressionistError(f"NightlyConfig.threads {self.threads!r}: expected >= 1")
+
+    def thread_budget(self) -> int:
+        """Torch threads for this job: ``threads``, else ``train.threads``, else all cores of
+        this process's CPU set but one (at least one)."""
+        return self.threads or self.train.threads or max(1, len(os.sched_getaffinity(0)) - 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+
+@dataclass
+class GateResult:
+    """The promotion decision and why."""
+
+    promote: bool
+    reason: str
+    checks: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReaderOutcome:
+    """What the nightly job did for one radiologist."""
+
+    reader: str
+    status: str  # skipped | succeeded | failed
+    reason: str = ""
+    run_id: int | None = None
+    version: int | None = None
+    promoted: bool = False
+    n_pairs: int = 0
+    n_train_pairs: int = 0
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    pairs_per_s: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+
+
+@dataclass
+class NightlyReport:
+    outcomes: list[ReaderOutcome]
+    abandoned: list[int]
+    wall_s: float
+    drafts_refreshed: int = 0
+
+    def summary(self) -> str:
+        lines = []
+        if self.abandoned:
+            lines.append(f"marked {len(self.abandoned)} interrupted run(s) as abandoned: "
+                         f"{self.abandoned}")
+        trained = [o for o in self.outcomes if o.status != "skipped"]
+        lines.append(f"nightly: {len(trained)} trained, "
+                     f"{sum(o.promoted for o in trained)} promoted, "
+                     f"{sum(o.status == 'failed' for o in trained)} failed, "
+                     f"{len(self.outcomes) - len(trained)} skipped")
+        for o in self.outcomes:
+            if o.status == "skipped":
+                lines.append(f"{o.reader:20} skipped: {o.reason}")
+                continue
+            m, b = o.metrics, o.baseline
+            lines.append(
+                f"{o.reader:20} run {o.run_id} {o.status}: v{o.version} "
+                f"{'PROMOTED' if o.promoted else 'not promoted'} ({o.reason}); "
+                f"{o.n_train_pairs} pairs, train {o.train_s:.0f} s ({o.pairs_per_s:.2f} pairs/s), "
+                f"wall {o.wall_s:.0f} s; ROUGE-L {b.get('rougeL', float('nan')):.1f} -> "
+                f"{m.get('rougeL', float('nan')):.1f}")
+        lines.append(f"nightly finished in {self.wall_s:.0f} s; {self.drafts_refreshed} drafts "
+                     f"pre-generated")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and the gate
+# ---------------------------------------------------------------------------------------------
+
+
+def _critical_counts(findings: str, text: str) -> tuple[int, int]:
+    """(critical findings in the Findings, how many of them the text misses)."""
+    from core.clinical.checks import check_impression, extract
+
+    crit = {m.observation for m in extract(findings) if m.critical}
+    if not crit:
+        return 0, 0
+    missing = set(check_impression(findings, text).missing_critical) & crit
+    return len(crit), len(missing)
+
+
+def evaluate_versions(drafter: Drafter, refs: Sequence[dict],
+                      versions: Sequence[AdapterVersion | None],
+                      heldout_examples: Sequence[dict] = (),
+                      use_lora: bool = True, use_memory: bool = True) -> list[dict]:
+    """Evaluate adapter versions on a reader's held-out reports, all versions in one batch.
+
+    Args:
+        drafter: the drafter (loaded generator, shared memory).
+        refs: held-out reports with the reader's reference impression (``impression``).
+        versions: the versions to compare (None = the shared model).
+        heldout_examples: held-out preference rows (TRL format) for preference accuracy.
+        use_lora / use_memory: ablation switches passed to the drafter.
+
+    Returns:
+        One dict per version: n, rougeL, label_f1 (micro), critical_recall (None without critical
+        cases), pref_acc (None without pairs), and the drafts.
+    """
+    from core.evaluation.metrics import label_f1, rouge
+
+    refs = list(refs)
+    rows, avs = [], []
+    for v in versions:
+        rows += refs
+        avs += [v] * len(refs)
+    outputs = drafter.draft(rows, avs, use_lora=use_lora, use_memory=use_memory) if rows else []
+    # Preference accuracy only differs between versions through their LoRA weights.
+    any_lora = use_lora and drafter.generator is not None and any(
+        v is not None and v.has_lora for v in versions)
+    results = []
+    for k, v in enumerate(versions):
+        preds = [o.text for o in outputs[k * len(refs):(k + 1) * len(refs)]]
+        targets = [r["impression"] for r in refs]
+        res: dict[str, Any] = {"n": len(refs)}
+        if refs:
+            res["rougeL"] = rouge(preds, targets)["rougeL"]
+            res["label_f1"] = label_f1(preds, targets)["micro_f1"]
+            total = missed = 0
+            for r, p in zip(refs, preds):
+                t, m = _critical_counts(r["findings"], p)
+                total, missed = total + t, missed + m
+            res["critical_recall"] = (1 - missed / total) if total else None
+            res["critical_cases"] = total
+        res["pref_acc"] = _pref_acc(drafter, v, heldout_examples, use_lora) if any_lora else None
+        res["drafts"] = preds
+        results.append(res)
+    return results
+
+
+def _pref_acc(drafter: Drafter, v: AdapterVersion | None, examples: Sequence[dict],
+              use_lora: bool) -> float | None:
+    if not examples:
+        return None
+    from core.generation.models import BASE_ADAPTER, AdapterError
+    from core.learning.train import preference_accuracy
+
+    gen = drafter.generator
+    name = BASE_ADAPTER
+    if v is not None and use_lora and v.has_lora:
+        try:
+            if gen.adapters.get(v.gen_name) != v.path.resolve():
+                gen.load_adapter(v.gen_name, v.path)
+        except AdapterError:
+            return None  # a damaged version has no preference accuracy (see the drafts' flags)
+        name = v.gen_name
+    elif drafter.shared_adapter:
+        name = drafter.shared_adapter
+    model = getattr(gen, "_peft", None)
+    with gen._lock:
+        if model is None:
+            return preference_accuracy(gen.model, gen.tokenizer, examples)
+        return preference_accuracy(model, gen.tokenizer, examples, adapter_name=name)
+
+
+def gate(candidate: dict, current: dict, config: NightlyConfig) -> GateResult:
+    """Decide whether a candidate adapter replaces the current one.
+
+    Promote only when: enough held-out reports; ROUGE-L gain >= ``min_rouge_gain``; preference
+    accuracy not lower by more than ``pref_tolerance`` (when both have pairs); label F1 not lower
+    by more than ``label_tolerance``; critical-finding recall not lower at all.
+    """
+    checks: dict[str, Any] = {}
+    n = candidate.get("n", 0)
+    if n < config.min_heldout_reports:
+        return GateResult(False, f"only {n} held-out reports (< {config.min_heldout_reports})",
+                          {"heldout_reports": n})
+    gain = candidate["rougeL"] - current["rougeL"]
+    checks["rougeL_gain"] = round(gain, 3)
+    reasons = []
+    if gain < config.min_rouge_gain:
+        reasons.append(f"ROUGE-L gain {gain:+.2f} < {config.min_rouge_gain}")
+    cp, bp = candidate.get("pref_acc"), current.get("pref_acc")
+    if cp is not None and bp is not None and not (math.isnan(cp) or math.isnan(bp)):
+        checks["pref_acc_delta"] = round(cp - bp, 4)
+        if cp < bp - config.pref_tolerance:
+            reasons.append(f"preference accuracy {cp:.3f} < {bp:.3f} - {config.pref_tolerance}")
+    lf, bl = candidate.get("label_f1"), current.get("label_f1")
+    if lf is not None and bl is not None:
+        checks["label_f1_delta"] = round(lf - bl, 4)
+        if lf < bl - config.label_tolerance:
+            reasons.append(f"label F1 {lf:.3f} < {bl:.3f} - {config.label_tolerance}")
+    cr, br = candidate.get("critical_recall"), current.get("critical_recall")
+    if cr is not None and br is not None:
+        checks["critical_recall_delta"] = round(cr - br, 4)
+        if cr < br:
+            reasons.append(f"critical-finding recall {cr:.3f} < {br:.3f}")
+    if reasons:
+        return GateResult(False, "; ".join(reasons), checks)
+    return GateResult(True, f"ROUGE-L {current['rougeL']:.1f} -> {candidate['rougeL']:.1f}",
+                      checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def nightly_lock():
+    """Hold ``<database home>/nightly.lock`` exclusively, or raise :class:`NightlyBusy`.
+
+    One lock per database: nightly jobs of two databases run side by side.
+    """
+    path = settings().db_home / "nightly.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NightlyBusy(f"{path}: another nightly job is running") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _load_generator(config: NightlyConfig):
+    from core.generation.models import ModelSpec, load_generator
+
+    # the gate's drafts on a GPU when there is one (an 8B model on a CPU would take hours)
+    return load_generator(ModelSpec(path=config.model_path or settings().model_path,
+                                    device="auto"))
+
+
+def load_drafter(store, config: NightlyConfig, generator=None, with_model: bool = True) -> Drafter:
+    """A drafter over the embedded (or configured) model, with the store's reports as the
+    shared retrieval index (the app's) and the shared base adapter loaded when there is one.
+    ``with_model=False`` (memory-only nights) drafts by retrieval alone until a LoRA adapter
+    has to be evaluated; the model is then loaded on demand."""
+    from core.generation.pipeline import C2FConfig
+    from core.generation.retrieval import RetrievalError, index_for_store
+
+    from core.learning.sft import use_base_adapter
+
+    if generator is None and with_model:
+        generator = _load_generator(config)
+    shared_name = use_base_adapter(generator)
+    c2f = config.draft.c2f or C2FConfig()
+    try:
+        index = index_for_store(store, config=c2f.retrieval)
+    except RetrievalError:
+        index = None
+    return Drafter(generator, index, config.draft, shared_adapter=shared_name)
+
+
+def _trl_rows(drafter: Drafter, pairs, reader: str) -> list[dict]:
+    """Pairs as TRL rows whose prompt is the serving prompt of their report for this reader
+    (the coarse draft and examples from the shared index, the report itself left out)."""
+    from core.generation.pipeline import serving_prompts
+    from core.learning.pairs import report_of, to_trl
+
+    pairs = list(pairs)
+    prompts = serving_prompts([report_of(p) for p in pairs], drafter.shared_index, drafter.c2f,
+                              readers=[reader] * len(pairs))
+    return [{**to_trl(p, prompt), "findings": p.findings} for p, prompt in zip(pairs, prompts)]
+
+
+def _eval_examples(drafter: Drafter, pairs, limit: int, reader: str) -> list[dict]:
+    return _trl_rows(drafter, pairs[:limit], reader)
+
+
+def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig, run_id: int,
+                  progress: bool) -> ReaderOutcome:
+    from core.learning.train import write_manifest
+
+    t0 = time.perf_counter()
+    version, tmp = allocate_version(store, reader.id)
+    outcome = ReaderOutcome(reader.username, "failed", run_id=run_id, version=version,
+                            n_pairs=len(pairs.train) + len(pairs.heldout))
+    try:
+        write_memory(tmp, pairs.memory)
+        # how strongly this reader's memory outranks the shared index: leave-one-out on the
+        # memory (the held-out slice stays for the gate)
+        candidate = AdapterVersion(reader.username, reader.id, version, tmp,
+                                   method=config.method, alias=f"{reader.username}__candidate")
+        draft_settings = tune_memory_bonus(drafter, candidate)
+        write_draft_settings(tmp, draft_settings)
+        drafter.forget(candidate)
+        train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
+        outcome.n_train_pairs = len(train_pairs)
+        result = None
+        init = shared_adapter_dir()
+        current = active_adapter(store, reader.id)
+        if config.method == "memory" and current is not None and current.has_lora and \
+                _adapter_intact(current.path):
+            # a memory-only night refreshes the memory and keeps the current LoRA weights
+            # (never copies damaged ones: the new version then has memory only)
+            for f in current.path.iterdir():
+                if f.name.startswith("adapter_"):
+                    shutil.copy2(f, tmp / f.name)
+        if config.method in ("dpo", "grpo"):
+            task = {"method": config.method, "model_path": str(config.model_path or
+                                                              settings().model_path),
+                    "examples": _trl_rows(drafter, train_pairs, reader.username),
+                    "out": str(tmp),
+                    "train": config.train, "init": str(init) if init else None,
+                    "style_texts": [m["impression"] for m in pairs.memory]}
+            # under `accelerate launch` the other ranks train the same run with this process
+            distributed.broadcast(task)
+            result = run_task(task)
+        if result is not None:
+            outcome.train_s = result.train_s
+            # pairs actually trained on (steps * batch_size over-counts a partial last batch)
+            seen = min(len(train_pairs) * config.train.epochs,
+                       result.steps * config.train.batch_size)
+            outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
+        # evaluate candidate vs current on the held-out slice (no transaction open)
+        if drafter.generator is None and current is not None and current.has_lora:
+            from core.learning.sft import use_base_adapter
+
+            drafter.generator = _load_generator(config)
+            drafter.shared_adapter = use_base_adapter(drafter.generator)
+        refs = sorted(pairs.heldout_refs, key=lambda r: r["report_id"])[:config.eval_max_reports]
+        examples = _eval_examples(drafter, pairs.heldout, 4 * config.eval_max_reports, reader.username)
+        cand_m, cur_m = evaluate_versions(drafter, refs, [candidate, current], examples)
+        with contextlib.suppress(Exception):
+            drafter.generator.unload_adapter(candidate.gen_name)
+        decision = gate(cand_m, cur_m, config)
+        outcome.metrics = {k: v for k, v in cand_m.items() if k != "drafts"}
+        outcome.metrics["memory_bonus"] = draft_settings["memory_bonus"]
+        outcome.baseline = {k: v for k, v in cur_m.items() if k != "drafts"}
+        write_manifest(tmp, reader=reader.username, version=version, run_id=run_id,
+                       method=config.method, metrics=outcome.metrics, baseline=outcome.baseline,
+                       baseline_version=current.version if current else None,
+                       gate={"promote": decision.promote, "reason": decision.reason,
+                             **decision.checks},
+                       train=result.to_dict() if result else None,
+                       init_adapter=str(init) if init else None,
+                       memory_size=len(pairs.memory), draft=draft_settings,
+                       config=config.to_dict())
+        av = commit_version(store, reader.id, version, tmp, run_id, config.method,
+                            outcome.metrics, base_model=str(config.model_path or
+                                                            settings().model_path))
+        if decision.promote:
+            promote(store, reader.id, version, actor="nightly", reason=decision.reason)
+        else:
+            store.set_adapter_status(reader.id, version, "rejected")
+        outcome.status, outcome.promoted, outcome.reason = "succeeded", decision.promote, \
+            decision.reason
+        outcome.wall_s = time.perf_counter() - t0
+        store.update_run(
+            run_id, status="succeeded", decision="promoted" if decision.promote else "rejected",
+            reason=decision.reason, finished_at=_now(), steps=result.steps if result else 0,
+            wall_s=outcome.wall_s, train_s=outcome.train_s, pairs_per_s=outcome.pairs_per_s,
+            losses=result.losses if result else [], metrics=outcome.metrics,
+            baseline_metrics={**outcome.baseline, "version": current.version if current
+                              else None}, adapter_version=version, adapter_path=str(av.path))
+        return outcome
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        outcome.reason = f"{type(exc).__name__}: {exc}"
+        outcome.wall_s = time.perf_counter() - t0
+        store.update_run(run_id, status="failed", error=outcome.reason[:2000],
+                         finished_at=_now(), wall_s=outcome.wall_s)
+        return outcome
+
+
+def run_task(task: dict):
+    """Run one training task (what rank 0 broadcasts; every rank runs it). Returns the
+    ``core.learning.train.TrainResult``."""
+    from core.learning.train import train_dpo, train_grpo
+
+    if task["method"] == "dpo":
+        return train_dpo(task["model_path"], task["examples"], task["out"], task["train"],
+                         init_adapter=task["init"])
+    from core.learning.rewards import StyleProfile, grpo_reward_funcs
+
+    style = StyleProfile.from_texts(task["style_texts"])
+    return train_grpo(task["model_path"], grpo_prompts(task["examples"]), task["out"],
+                      task["train"], init_adapter=task["init"],
+                      reward_funcs=grpo_reward_funcs(style))
+
+
+def grpo_prompts(examples: Sequence[dict]) -> list[dict]:
+    """GRPO prompt rows from training pairs: the pair's prompt and Findings, the reader's chosen
+    text as their reference impression. No ``reference_completion``: ``core.learning.train.train_grpo``
+    fills in the reference policy's own greedy impression before training (the critical
+    anchor pulls toward what the reference writes, never toward the rejected text)."""
+    return [{"prompt": e["prompt"], "findings": e["findings"],
+             "references": [e["chosen"][0]["content"]]} for e in examples]
+
+
+def lower_priority(nice: int, threads: int):
+    """Make this process yield the CPU to the app: raise its nice value to ``nice`` (never
+    lower it: that needs root) and cap torch at ``threads`` threads (through
+    ``OMP_NUM_THREADS`` before torch is imported, and on torch itself when it already is).
+
+    Returns:
+        A function that puts the thread settings back (for callers in a longer-lived process:
+        tests, ``core.simulate``); the priority stays lowered.
+    """
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
+    saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved_torch = None
+    for key in saved_env:
+        os.environ[key] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        saved_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+
+    def restore() -> None:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if saved_torch is not None:
+            import torch
+
+            torch.set_num_threads(saved_torch)
+
+    return restore
+
+
+def follow() -> int:
+    """A rank other than 0 under ``accelerate launch``: train every task rank 0 sends, until
+    it sends None. Never opens the database. Returns how many tasks were trained."""
+    n = 0
+    while (task := distributed.broadcast(None)) is not None:
+        run_task(task)
+        n += 1
+    return n
+
+
+def _adapter_intact(path: Path) -> bool:
+    from core.generation.models import AdapterError, check_adapter_files
+
+    try:
+        check_adapter_files(path)
+        return True
+    except AdapterError:
+        return False
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def run_nightly(store, config: NightlyConfig | None = None, generator=None,
+                progress: bool = True) -> NightlyReport:
+    """Run the nightly job once (see the module docstring).
+
+    Args:
+        store: the shared store (the app may be using the same file meanwhile).
+        config: thresholds, method and hyper-parameters.
+        generator: a loaded ``core.generation.models.Generator`` to reuse (tests, benchmarks); loaded
+            from ``config.model_path`` when None and needed.
+        progress: tqdm bars (training steps, drafting), one at a time.
+
+    Returns:
+        A :class:`NightlyReport`.
+
+    Raises:
+        NightlyBusy: another nightly job is running.
+    """
+    config = config or NightlyConfig()
+    config.train.progress = progress and config.train.progress
+    if not distributed.is_main():
+        raise ImpressionistError("run_nightly runs on rank 0 only; other ranks call follow()")
+    restore = lower_priority(config.nice, config.thread_budget())
+    t0 = time.perf_counter()
+    try:
+        return _run_nightly(store, config, generator, progress, t0)
+    finally:
+        distributed.broadcast(None)  # under a launcher: the other ranks stop waiting
+        restore()  # the thread budget only (a process cannot raise its priority again)
+
+
+def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: float
+                 ) -> NightlyReport:
+    from core.learning.pairs import pairs_for_reader
+
+    with nightly_lock():
+        abandoned = store.abandon_running("the process running it stopped before finishing")
+        cleanup_partial()
+        sync_pointers(store)
+        outcomes: list[ReaderOutcome] = []
+        todo = []
+        for c in store.training_candidates():
+            if config.readers and c["username"] not in config.readers:
+                continue
+            new = store.count_new_ratings(c["reader_id"], c["last_high_water"])
+            if not config.force and new < config.min_new_feedback:
+                outcomes.append(ReaderOutcome(c["username"], "skipped",
+                                              f"{new} new ratings (< {config.min_new_feedback})"))
+                continue
+            todo.append(c)
+        drafter = None
+        promoted = []
+        # No bar over readers: it would nest with the trainer's bar; the summary lists them.
+        for c in todo:
+            reader = store.get_reader_by_id(c["reader_id"])
+            pairs = pairs_for_reader(store, reader.id, config.heldout_fraction)
+            if config.method != "memory" and len(pairs.train) < config.min_pairs:
+                outcomes.append(ReaderOutcome(reader.username, "skipped",
+                                              f"{len(pairs.train)} training pairs (< "
+                                              f"{config.min_pairs})"))
+                continue
+            if not pairs.memory and config.method == "memory":
+                outcomes.append(ReaderOutcome(reader.username, "skipped", "no accepted edits"))
+                continue
+            n_heldout = len(pairs.heldout_refs)
+            if n_heldout < config.min_heldout_reports:
+                # the gate would refuse any candidate: do not spend a training run on it
+                more = math.ceil((config.min_heldout_reports - n_heldout) / config.heldout_fraction)
+                outcomes.append(ReaderOutcome(
+                    reader.username, "skipped",
+                    f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}): "
+                    f"about {more} more rated reports before a version can be promoted"))
+                continue
+            run_id = store.start_run(reader.id, config.method, pid=os.getpid(),
+                                     host=socket.gethostname(), config=config.to_dict())
+            store.update_run(run_id, feedback_high_water=pairs.high_water,
+                             n_feedback=pairs.counts.get("ratings", 0),
+                             n_pairs=len(pairs.train) + len(pairs.heldout),
+                             n_train_pairs=min(len(pairs.train), config.max_pairs),
+                             n_heldout_pairs=len(pairs.heldout), pair_counts=pairs.counts)
+            if drafter is None:
+                try:
+                    drafter = load_drafter(store, config, generator,
+                                           with_model=config.method != "memory")
+                except Exception as exc:  # e.g. no model checkpoint: the run failed, say so
+                    store.update_run(run_id, status="failed", finished_at=_now(),
+                                     error=f"{type(exc).__name__}: {exc}"[:2000])
+                    raise
+            outcome = _train_reader(store, drafter, reader, pairs, config, run_id, progress)
+            outcomes.append(outcome)
+            if outcome.promoted:
+                promoted.append(reader.username)
+        refreshed = 0
+        # Every reader with an active adapter of their own (promoted tonight or before) finds
+        # their next cases drafted by it in the morning: the app never generates while they wait.
+        from core.learning.sft import SHARED_READER  # core.learning.sft imports this module's neighbours
+
+        personal = sorted({a["reader"] for a in store.active_adapters()} - {SHARED_READER})
+        if config.readers:
+            personal = [u for u in personal if u in config.readers]
+        if personal and config.refresh_per_reader > 0:
+            if drafter is None:  # the model only when some adapter has LoRA weights to apply
+                lora = any(getattr(active_adapter(store, u), "has_lora", False) for u in personal)
+                drafter = load_drafter(store, config, generator, with_model=lora)
+            refreshed = refresh_drafts(store, drafter, personal, config.refresh_per_reader,
+                                       progress=progress)
+    return NightlyReport(outcomes, abandoned, time.perf_counter() - t0, refreshed)
