@@ -40,6 +40,7 @@ from typing import Any, Sequence
 from core.accounts.auth import User, authorize
 from core.config import settings
 from core.errors import ImpressionistError, NotFound, PermissionDenied, ValidationError
+from core.errors import AdapterRegistryError, UnknownVersion  # noqa: F401 (defined in core.errors)
 
 __all__ = ["AdapterRegistryError", "UnknownVersion", "AdapterVersion", "reader_dir",
            "active_adapter", "get_version", "list_versions", "allocate_version", "commit_version",
@@ -51,14 +52,6 @@ POINTER = "ACTIVE.json"
 MEMORY_FILE = "memory.jsonl"
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v(\d+)$")
-
-
-class AdapterRegistryError(ImpressionistError):
-    """An adapter version is missing, malformed, or cannot be promoted/rolled back."""
-
-
-class UnknownVersion(AdapterRegistryError, ValidationError):
-    """A version number that the reader does not have (bad input, e.g. on the command line)."""
 
 
 @dataclass

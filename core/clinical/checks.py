@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from core.errors import ImpressionistError
+from core.errors import ClinicalError  # noqa: F401 (defined in core.errors)
 
 __all__ = [
     "Label",
@@ -66,10 +67,6 @@ __all__ = [
     "major_findings",
     "verify",
 ]
-
-
-class ClinicalError(ImpressionistError, ValueError):
-    """An argument given to the clinical labeler or checker is not acceptable."""
 
 
 class Label(str, Enum):

@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ValidationError
-
-
-class EvaluationError(ValidationError):
-    """A predictions or references file cannot be scored (missing column, unknown/duplicate uid)."""
+from core.errors import EvaluationError  # noqa: F401 (defined in core.errors)
 
 
 @dataclass

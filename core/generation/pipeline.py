@@ -47,13 +47,10 @@ from typing import Any
 
 from core.errors import ImpressionistError
 from core.generation.retrieval import RetrievalConfig, RetrievalIndex, consensus, tidy
+from core.errors import GenerationError  # noqa: F401 (defined in core.errors)
 
 PIPELINE = "c2f-v1"
 LLM_MODES = ("off", "auto", "always")
-
-
-class GenerationError(ImpressionistError):
-    """A report cannot be generated for (blank findings, bad CSV, unknown adapter, bad config)."""
 
 
 @dataclass

@@ -35,12 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.errors import ImpressionistError
+from core.errors import RetrievalError  # noqa: F401 (defined in core.errors)
 
 INDEX_VERSION = 1
-
-
-class RetrievalError(ImpressionistError):
-    """The retrieval index cannot be built or used (no reports, bad report rows, bad cache)."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import ImpressionistError
-
-
-class StyleError(ImpressionistError, ValueError):
-    """An unknown style name, or unusable text given to a style."""
+from core.errors import StyleError  # noqa: F401 (defined in core.errors)
 
 
 STYLES: dict[str, str] = {

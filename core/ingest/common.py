@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from core.errors import ImpressionistError
+from core.errors import ImportValidationError  # noqa: F401 (defined in core.errors)
 
 __all__ = [
     "ReportRecord", "ImportValidationError", "ImportedReports", "normalize_text",
@@ -46,25 +47,6 @@ class ReportRecord:
     author: str | None = None
     row: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-class ImportValidationError(ImpressionistError, ValueError):
-    """A file cannot be imported; names the file, row and field."""
-
-    def __init__(self, file: str | Path, row: int | None, field: str | None, problem: str):
-        self.file = str(file)
-        self.row = row
-        self.field = field
-        self.problem = problem
-        where = [self.file]
-        if row is not None:
-            where.append(f"row {row}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {problem}")
-
-    def __reduce__(self):
-        return (type(self), (self.file, self.row, self.field, self.problem))
 
 
 class ImportedReports(list):

@@ -49,13 +49,10 @@ from core.config import settings
 from core.errors import ImpressionistError
 from core.learning.sft import SHARED_ADAPTER_NAME  # "@shared": never a valid username
 from core.learning.train import TrainConfig
+from core.errors import NightlyBusy  # noqa: F401 (defined in core.errors)
 
 __all__ = ["NightlyBusy", "NightlyConfig", "ReaderOutcome", "NightlyReport", "GateResult",
            "run_nightly", "evaluate_versions", "gate", "SHARED_ADAPTER_NAME"]
-
-
-class NightlyBusy(ImpressionistError):
-    """Another nightly job holds the nightly lock."""
 
 
 @dataclass

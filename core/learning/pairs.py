@@ -54,16 +54,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core.errors import ImpressionistError
+from core.errors import PairsError  # noqa: F401 (defined in core.errors)
 
 __all__ = ["FeedbackItem", "Pair", "PairSet", "PairsError", "build_pairs", "is_heldout",
            "same_words", "pairs_for_reader", "report_of", "to_trl", "write_jsonl"]
 
 DROP_REASONS = ("retracted", "trivial_edit", "identical", "chosen_misses_critical",
                 "contradictory", "duplicate")
-
-
-class PairsError(ImpressionistError):
-    """Pairs cannot be built or exported (unknown reader, unwritable file)."""
 
 
 @dataclass

@@ -36,14 +36,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from core.errors import ImpressionistError
+from core.errors import RewardError  # noqa: F401 (defined in core.errors)
 
 __all__ = ["RewardError", "RewardWeights", "RewardBreakdown", "StyleProfile", "findings_level",
            "impression_level", "global_consistency", "critical_awareness", "hierarchical_reward",
            "is_critical_case", "grpo_reward_funcs"]
-
-
-class RewardError(ImpressionistError, ValueError):
-    """A reward function got unusable input (not a string, bad weights)."""
 
 
 def _text(value: Any, what: str) -> str:

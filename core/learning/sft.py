@@ -38,6 +38,7 @@ from typing import Any, Sequence
 from core.config import settings
 from core.errors import ImpressionistError
 from core.learning.train import SFTResult, SFTTrainConfig, TrainError
+from core.errors import SFTRunError  # noqa: F401 (defined in core.errors)
 
 __all__ = ["SFTRunError", "SFTRun", "SHARED_READER", "SHARED_ADAPTER_NAME", "SHIPPED_ADAPTER_DIR",
            "base_adapter_dir", "adapter_fits", "use_base_adapter", "sft_examples",
@@ -48,10 +49,6 @@ SHARED_ADAPTER_NAME = "@shared"  # its name inside a Generator (= core.learning.
 SHIPPED_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "assets" / "base-adapter"
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_key_value_heads", "vocab_size")
-
-
-class SFTRunError(ImpressionistError):
-    """The base adapter cannot be trained (no training reports, bad options)."""
 
 
 # ---------------------------------------------------------------------------------------------

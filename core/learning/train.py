@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.errors import ImpressionistError
+from core.errors import TrainError  # noqa: F401 (defined in core.errors)
 
 # torch's OpenMP threads must not spin on the shared 2-core target (see core.generation.models): this must
 # be set before the first `import torch`, which here may be TRL's or the trainer's.
@@ -49,10 +50,6 @@ __all__ = ["TrainError", "TrainConfig", "TrainResult", "train_dpo", "train_grpo"
            "build_dpo_trainer", "pair_beta", "reference_completions", "load_policy",
            "sequence_logps", "preference_accuracy", "lora_snapshot",
            "SFTTrainConfig", "SFTResult", "train_sft", "length_grouped_order", "padding_share"]
-
-
-class TrainError(ImpressionistError):
-    """Training could not run (no pairs, missing model, bad configuration)."""
 
 
 @dataclass

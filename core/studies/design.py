@@ -15,6 +15,7 @@ from itertools import combinations
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from core.errors import ValidationError
+from core.errors import StudyDesignError  # noqa: F401 (defined in core.errors)
 
 __all__ = [
     "StudyDesignError",
@@ -29,10 +30,6 @@ __all__ = [
     "blinding_key",
     "unblind",
 ]
-
-
-class StudyDesignError(ValidationError):
-    """A study design request is impossible or its inputs are malformed."""
 
 
 def _key(*parts: Any) -> int:

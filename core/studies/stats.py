@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 
 from core.errors import ValidationError
+from core.errors import StatsError  # noqa: F401 (defined in core.errors)
 
 __all__ = [
     "StatsError",
@@ -55,10 +56,6 @@ __all__ = [
 
 RELATIVE_SCALE: tuple[int, ...] = (-2, -1, 0, 1, 2)
 """The 5-point relative scale: -2 much worse ... 0 same ... +2 much better."""
-
-
-class StatsError(ValidationError):
-    """Input to a statistics function is malformed (wrong shape, length, value or option)."""
 
 
 # --------------------------------------------------------------------------- helpers

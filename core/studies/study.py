@@ -46,6 +46,7 @@ from core.accounts.auth import User, authorize
 from core.errors import NotFound, PermissionDenied, ValidationError
 from core.store.database import Case, Store
 from core.util import safe_csv
+from core.errors import StudyError, StudyClosed, StudyPaused, StudyBlinded  # noqa: F401 (defined in core.errors)
 
 COORDINATORS = ("coordinator", "admin")
 RATERS = ("radiologist", "admin")  # who may open a study queue; tasks exist only for raters
@@ -54,22 +55,6 @@ STYLES = ("brief", "bullets", "comprehensive")
 DEFAULT_TYPO_RATE = 0.03
 MAX_LABELLED_CANDIDATES = 10_000   # larger pools are subsampled (seeded) before stratifying
 MAX_GUIDELINE = 20_000
-
-
-class StudyError(ValidationError):
-    """A study request is not acceptable (unknown arm, wrong state, missing texts, ...)."""
-
-
-class StudyClosed(StudyError):
-    """The study is closed: nothing may be rated, undone or reassigned any more."""
-
-
-class StudyPaused(StudyError):
-    """The study is paused: ratings are refused until a coordinator resumes it."""
-
-
-class StudyBlinded(PermissionDenied):
-    """The unblinded key (arms of units) is only available after the study is closed."""
 
 
 # ---------------------------------------------------------------------------------------------
