@@ -1,8 +1,19 @@
-"""Small helpers shared by several packages: spreadsheet-safe CSV exports."""
+"""Small helpers shared by several packages: the clock, spreadsheet-safe CSV exports."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
+
+
+def now() -> datetime:
+    """The current time in UTC without a time zone, as the database's TIMESTAMP columns hold it.
+
+    >>> now().tzinfo is None
+    True
+    """
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
 
 # A cell a spreadsheet would run as a formula (OWASP "CSV injection"): =, +, -, @, tab, CR.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -31,7 +31,7 @@ def import_reports(store: Store, user: User, path: str | Path, fmt: str = "auto"
 
 
 def recent_imports(store: Store, user: User):
-    import pandas as pd
+    import pandas as pd  # on first use: only the Admin page needs it, the CLI starts without it
 
     authorize(store, user, "admin", "coordinator")
     return pd.DataFrame(store.imports())

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.errors import AuthError, NotFound, PermissionDenied, ValidationError
-from core.store.database import Reader, Store
+from core.store.accounts import Reader
+from core.store.database import Store
 
 ROLES = ("radiologist", "coordinator", "admin")
 MIN_PASSWORD_LENGTH = 8
@@ -57,7 +58,7 @@ class User:
 
 
 def hash_password(password: str) -> str:
-    import bcrypt
+    import bcrypt  # on first use: only sign-in and user admin hash, most commands never do
 
     # 12 rounds (~0.25 s) in production; tests lower it through the environment.
     rounds = int(os.environ.get("IMPRESSIONIST_BCRYPT_ROUNDS", "12"))

@@ -175,7 +175,7 @@ def write_draft_settings(path: str | Path, settings_: dict) -> None:
 
 
 def _reader(store, reader: str | int):
-    from core.store.database import Reader
+    from core.store.accounts import Reader
 
     if isinstance(reader, Reader):
         return reader

@@ -17,7 +17,8 @@ from typing import Iterator
 from core.adapters.registry import active_adapter
 from core.accounts.auth import User, authorize, require_self_or
 from core.errors import PermissionDenied, StoreError, ValidationError
-from core.store.database import Case, Store
+from core.store.database import Store
+from core.store.feedback import Case
 
 RATING_SCALE: dict[int, str] = {
     -2: "Much worse",

@@ -49,6 +49,7 @@ from core.config import settings
 from core.errors import ImpressionistError
 from core.learning.sft import SHARED_ADAPTER_NAME  # "@shared": never a valid username
 from core.learning.train import TrainConfig
+from core.util import now
 from core.errors import NightlyBusy  # noqa: F401 (defined in core.errors)
 
 __all__ = ["NightlyBusy", "NightlyConfig", "ReaderOutcome", "NightlyReport", "GateResult",
@@ -470,7 +471,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         outcome.wall_s = time.perf_counter() - t0
         store.update_run(
             run_id, status="succeeded", decision="promoted" if decision.promote else "rejected",
-            reason=decision.reason, finished_at=_now(), steps=result.steps if result else 0,
+            reason=decision.reason, finished_at=now(), steps=result.steps if result else 0,
             wall_s=outcome.wall_s, train_s=outcome.train_s, pairs_per_s=outcome.pairs_per_s,
             losses=result.losses if result else [], metrics=outcome.metrics,
             baseline_metrics={**outcome.baseline, "version": current.version if current
@@ -481,7 +482,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         outcome.reason = f"{type(exc).__name__}: {exc}"
         outcome.wall_s = time.perf_counter() - t0
         store.update_run(run_id, status="failed", error=outcome.reason[:2000],
-                         finished_at=_now(), wall_s=outcome.wall_s)
+                         finished_at=now(), wall_s=outcome.wall_s)
         return outcome
 
 
@@ -564,12 +565,6 @@ def _adapter_intact(path: Path) -> bool:
         return True
     except AdapterError:
         return False
-
-
-def _now():
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def run_nightly(store, config: NightlyConfig | None = None, generator=None,
@@ -656,7 +651,7 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
                     drafter = load_drafter(store, config, generator,
                                            with_model=config.method != "memory")
                 except Exception as exc:  # e.g. no model checkpoint: the run failed, say so
-                    store.update_run(run_id, status="failed", finished_at=_now(),
+                    store.update_run(run_id, status="failed", finished_at=now(),
                                      error=f"{type(exc).__name__}: {exc}"[:2000])
                     raise
             outcome = _train_reader(store, drafter, reader, pairs, config, run_id, progress)

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 from core.config import settings
 from core.errors import ImpressionistError
 from core.learning.train import SFTResult, SFTTrainConfig, TrainError
+from core.util import now
 from core.errors import SFTRunError  # noqa: F401 (defined in core.errors)
 
 __all__ = ["SFTRunError", "SFTRun", "SHARED_READER", "SHARED_ADAPTER_NAME", "SHIPPED_ADAPTER_DIR",
@@ -405,14 +406,14 @@ def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path 
             promote_version(store, reader.id, version, actor="train-sft",
                             reason=f"SFT run {run_id}")
         store.update_run(run_id, status="succeeded", decision="promote" if promote else "keep",
-                         finished_at=_now(), steps=result.steps, wall_s=wall_s,
+                         finished_at=now(), steps=result.steps, wall_s=wall_s,
                          train_s=result.train_s, pairs_per_s=result.examples_per_s,
                          n_train_pairs=result.n_examples, n_heldout_pairs=len(dev_examples),
                          losses=result.losses, metrics=metrics, adapter_version=version,
                          adapter_path=str(av.path))
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        store.update_run(run_id, status="failed", finished_at=_now(),
+        store.update_run(run_id, status="failed", finished_at=now(),
                          error=f"{type(exc).__name__}: {exc}"[:2000])
         if isinstance(exc, (TrainError, AdapterRegistryError, KeyboardInterrupt)):
             raise
@@ -420,12 +421,6 @@ def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path 
     exported = export_adapter(av.path, out) if out else None
     return SFTRun(run_id, version, av.path, result, len(train_reports), len(dev_examples),
                   promote, exported, wall_s, manifest)
-
-
-def _now():
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 SHIP_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json", "README.md")

@@ -1,4 +1,4 @@
-"""Who may open the database file, and in what order (part of the store; see core.store.database).
+"""Who may open the database file, and in what order (part of the store; see core.store.connection).
 
 Two locks, one per level:
 

@@ -24,14 +24,14 @@ Nothing here checks permissions or blinding; :mod:`core.studies.study` does, bef
 from __future__ import annotations
 
 import contextlib
-
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Sequence
 
+from core import util
 from core.errors import ValidationError
 
-# Migrations 30-39 belong to studies; core.store.database registers them.
+# Migrations 30-39 belong to studies; core.store.migrations registers them.
 STUDY_MIGRATIONS: list[tuple[int, str, str]] = [
     (
         30,
@@ -141,10 +141,6 @@ _TASK_SQL = """
 """
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -216,7 +212,7 @@ class StudyQueries:
                 and case_number (default slot + 1).
             actor: username recorded in the event and audit log.
         """
-        now = _now()
+        now = util.now()
         with self.tx() as con:
             # checked inside the insert's transaction: a second click on "Create study" (or a
             # second coordinator) cannot make a twin
@@ -258,12 +254,12 @@ class StudyQueries:
                      now: datetime | None = None) -> None:
         con.execute("INSERT INTO study_events (study_id, event, actor, detail, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [study_id, event, actor, json.dumps(detail or {}), now or _now()])
+                    [study_id, event, actor, json.dumps(detail or {}), now or util.now()])
 
     def add_study_event(self, study_id: int, event: str, actor: str | None,
                         detail: dict | None = None) -> None:
         """Append a life-cycle event (and the matching audit record) in one transaction."""
-        now = _now()
+        now = util.now()
         with self.tx() as con:
             self._study_event(con, study_id, event, actor, detail, now)
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) "
@@ -288,7 +284,7 @@ class StudyQueries:
         Returns:
             the number of tasks added.
         """
-        now = _now()
+        now = util.now()
         with self.tx() as con:
             for reader_id in raters:
                 con.execute("INSERT INTO study_raters (study_id, reader_id, batch, added_at) "
@@ -323,7 +319,7 @@ class StudyQueries:
                         "reader_id, answers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT DO NOTHING",
                         [feedback_id, study_id, task_id, unit_id, reader_id,
-                         json.dumps(answers or {}), _now()])
+                         json.dumps(answers or {}), util.now()])
 
     # -- reading a study -------------------------------------------------------------------------
     def get_study(self, study_id: int) -> dict | None:

@@ -19,10 +19,12 @@ Runs are mutable while they run (status, metrics); nothing else here is ever del
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-# Migrations 10-29 belong to training runs, adapters and personalization; core.store.database
+from core import util
+from core.errors import NotFound, StoreError
+
+# Migrations 10-29 belong to training runs, adapters and personalization; core.store.migrations
 # registers them. (10 is left to generation; this module starts at 11.)
 TRAINING_MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -112,10 +114,6 @@ RUN_FIELDS = ("status", "decision", "reason", "finished_at", "feedback_high_wate
               "adapter_version", "adapter_path", "error")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def _loads(row: dict | None, keys: Iterable[str]) -> dict | None:
     if row is None:
         return None
@@ -194,7 +192,7 @@ class TrainingQueries:
             new = [i for i in ids if i not in known]
             if new:
                 con.executemany("INSERT INTO heldout_reports (reader_id, report_id, assigned_at) "
-                                "VALUES (?, ?, ?)", [[reader_id, i, _now()] for i in new])
+                                "VALUES (?, ?, ?)", [[reader_id, i, util.now()] for i in new])
         return len(new)
 
     # -- training runs ---------------------------------------------------------------------------
@@ -204,15 +202,13 @@ class TrainingQueries:
             con.execute(
                 "INSERT INTO training_runs (reader_id, method, status, started_at, pid, host, "
                 "config) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                [reader_id, method, _now(), pid, host, json.dumps(config or {})])
+                [reader_id, method, util.now(), pid, host, json.dumps(config or {})])
             return con.execute("SELECT currval('training_runs_id_seq')").fetchall()[0][0]
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set fields of a run (JSON fields are serialised)."""
         unknown = set(fields) - set(RUN_FIELDS)
         if unknown:
-            from core.errors import StoreError
-
             raise StoreError(f"unknown training_runs field(s): {sorted(unknown)}")
         if not fields:
             return
@@ -231,14 +227,12 @@ class TrainingQueries:
                 "SELECT id FROM training_runs WHERE status = 'running' ORDER BY id").fetchall()]
             if ids:
                 con.execute("UPDATE training_runs SET status = 'abandoned', reason = ?, "
-                            "finished_at = ? WHERE status = 'running'", [reason, _now()])
+                            "finished_at = ? WHERE status = 'running'", [reason, util.now()])
         return ids
 
     def get_run(self, run_id: int) -> dict:
         row = _loads(self._one("SELECT * FROM training_runs WHERE id = ?", [run_id]), RUN_JSON)
         if row is None:
-            from core.errors import NotFound
-
             raise NotFound(f"no training run with id {run_id}")
         return row
 
@@ -266,7 +260,7 @@ class TrainingQueries:
                 "INSERT INTO adapters (reader_id, version, path, run_id, method, base_model, "
                 "status, metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [reader_id, version, path, run_id, method, base_model, status,
-                 json.dumps(metrics or {}), _now()])
+                 json.dumps(metrics or {}), util.now()])
 
     def set_adapter_status(self, reader_id: int, version: int, status: str) -> None:
         with self.tx() as con:
@@ -315,16 +309,16 @@ class TrainingQueries:
             con.execute("DELETE FROM active_adapters WHERE reader_id = ?", [reader_id])
             if version is not None:
                 con.execute("INSERT INTO active_adapters (reader_id, version, updated_at, "
-                            "updated_by) VALUES (?, ?, ?, ?)", [reader_id, version, _now(), actor])
+                            "updated_by) VALUES (?, ?, ?, ?)", [reader_id, version, util.now(), actor])
                 if action == "promote":
                     con.execute("UPDATE adapters SET status = 'promoted' WHERE reader_id = ? "
                                 "AND version = ?", [reader_id, version])
             con.execute(
                 "INSERT INTO adapter_events (reader_id, action, version, previous_version, actor, "
                 "reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [reader_id, action, version, previous, actor, reason, _now()])
+                [reader_id, action, version, previous, actor, reason, util.now()])
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
-                        "(?, ?, ?, ?)", [_now(), actor, f"adapter_{action}", json.dumps(
+                        "(?, ?, ?, ?)", [util.now(), actor, f"adapter_{action}", json.dumps(
                             {"reader_id": reader_id, "version": version,
                              "previous_version": previous})])
         return previous

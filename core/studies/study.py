@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 
 from core.accounts.auth import User, authorize
 from core.errors import NotFound, PermissionDenied, ValidationError
-from core.store.database import Case, Store
+from core.store.database import Store
+from core.store.feedback import Case
 from core.util import safe_csv
 from core.errors import StudyError, StudyClosed, StudyPaused, StudyBlinded  # noqa: F401 (defined in core.errors)
 
