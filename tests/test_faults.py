@@ -17,6 +17,7 @@ import string
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +81,35 @@ def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 90.0) -> list
     raise AssertionError(f"no {want!r} from the child within {timeout} s")
 
 
+def _wait_until(condition, what: str, timeout: float = 90.0) -> None:
+    """Poll a readiness condition (never a fixed sleep standing in for one)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+class _Output:
+    """A child's stdout read line by line in a thread: the child never blocks on a full pipe,
+    and the test can wait for what it printed."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []  # complete lines only: a piece without a newline is unsaid
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if line.endswith("\n"):
+                self.lines.append(line[:-1])
+
+    def join(self) -> list[str]:
+        """The lines, once the child's stdout is closed (call after killing it)."""
+        self._thread.join(timeout=30)
+        return self.lines
+
+
 def _kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -119,13 +149,15 @@ def test_kill9_app_mid_save_keeps_every_acknowledged_rating(store, users, cases)
         proc = _spawn(APP, store.path, str(users["rad1"].id), f"r{round_no}")
         try:
             _wait_line(proc, "READY")
-            time.sleep(rng.uniform(0.3, 1.2))  # a tight save loop: the kill lands mid-save
+            out = _Output(proc)
+            _wait_until(lambda: out.lines or proc.poll() is not None, "a first save")
+            # the child saves in a tight loop: a random moment of it, so the kill lands mid-save
+            time.sleep(rng.uniform(0.0, 0.9))
             _kill(proc)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        out = proc.stdout.read()
-        complete = out.split("\n")[:-1]  # the last piece has no newline: not acknowledged
+        complete = out.join()  # a last piece without its newline was not acknowledged
         round_acked = {tok: int(fid) for fid, tok in (ln.split() for ln in complete)}
         assert round_acked, "the child saved nothing before the kill"
         acked.update(round_acked)
@@ -486,29 +518,40 @@ def test_cli_backup_and_restore_while_an_app_process_saves(store, users, cases, 
     from core.cli.main import main
 
     proc = _spawn(APP_TOLERANT, store.path, str(users["rad1"].id), "live")
+    import duckdb
+
+    def live(con) -> dict:
+        return dict(con.execute("SELECT client_token, id FROM feedback WHERE client_token LIKE "
+                                "'live-%'").fetchall())
+
     try:
         _wait_line(proc, "READY")
-        time.sleep(0.5)
+        out = _Output(proc)
+        saved = lambda n: len(out.lines) >= n or proc.poll() is not None  # noqa: E731
+        _wait_until(lambda: saved(3), "the app's first saves, for the backup to catch")
         assert main(["--db", store.path, "backup", str(tmp_path / "b.duckdb")]) == 0
-        time.sleep(0.5)
+        n = len(out.lines)
+        _wait_until(lambda: saved(n + 3), "saves the backup lacks, before the restore")
         assert main(["--db", store.path, "restore", str(tmp_path / "b.duckdb")]) == 0
-        time.sleep(0.5)
+        con = duckdb.connect(str(tmp_path / "b.duckdb"), read_only=True)
+        snap = live(con)
+        con.close()
+
+        def saved_after_restore() -> bool:
+            with store.tx() as con:
+                return bool(set(live(con)) - set(snap)) or proc.poll() is not None
+
+        _wait_until(saved_after_restore, "a save of the app into the restored database")
         _kill(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = proc.stdout.read().split("\n")[:-1]
+    lines = out.join()
     assert not [ln for ln in lines if ln.startswith("ERR")], lines[:5]
-    import duckdb
-
-    con = duckdb.connect(str(tmp_path / "b.duckdb"), read_only=True)
-    snap = dict(con.execute("SELECT client_token, id FROM feedback WHERE client_token LIKE "
-                            "'live-%'").fetchall())
-    con.close()
     assert snap, "the backup caught none of the app's ratings"
     # after the restore: everything in the backup, plus what the app saved after the restore
-    now = dict(zip(*store.df("SELECT client_token, id FROM feedback WHERE client_token LIKE "
-                             "'live-%'").T.values))
+    with store.tx() as con:
+        now = live(con)
     assert all(now.get(t) == i for t, i in snap.items())
     assert len(now) > len(snap)  # the app went on saving into the restored database
     assert store.schema_version() >= 1
@@ -524,15 +567,6 @@ def _spawn_io(code: str, *args: str) -> subprocess.Popen:
 def _release(proc: subprocess.Popen) -> None:
     proc.stdin.write("go\n")
     proc.stdin.flush()
-
-
-def _wait_until(condition, what: str, timeout: float = 90.0) -> None:
-    """Poll a readiness condition (never a fixed sleep standing in for one)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def _tickets(db: str) -> list[Path]:
@@ -576,8 +610,6 @@ def test_an_outsider_holding_the_file_past_every_retry_never_freezes_the_store(
         store, users, cases, monkeypatch):
     """Issue 16.1: all connect retries used up before the timeout must neither return without
     a connection nor keep the lock: the save waits for the outsider and then goes through."""
-    import threading
-
     import duckdb
 
     rad = users["rad1"]
@@ -659,8 +691,6 @@ WAITER = textwrap.dedent("""
 def test_waiting_processes_are_served_in_order_while_the_app_keeps_writing(store, users):
     """Issue 16.4: a process that waits is served before the app's next thread, and waiters
     in the order they came (a queue of tickets), however busy the app is."""
-    import threading
-
     holding, go = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -780,8 +810,6 @@ def test_the_lock_file_deleted_while_held_costs_a_wait_not_a_second_writer(store
 
 def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_disk):
     """Issue 16.6: waiting for another process on a full disk never raises a raw OSError."""
-    import threading
-
     from core.accounts import auth
     from core.ingest.demo import synthetic_reports
     from core.store.database import Store

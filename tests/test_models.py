@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -336,10 +335,17 @@ def test_real_conversion(tmp_path):
     dest = prepare_default_model(tmp_path / "smollm2")
     assert is_prepared(dest)
     assert not list(tmp_path.glob(".smollm2.*")), "temporary directories must be cleaned up"
-    stamp = (dest / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
-    assert prepare_default_model(dest) == dest  # valid: nothing redone
-    assert time.perf_counter() - start < 5 and (dest / "model.safetensors").stat().st_mtime_ns == stamp
+
+    def files():
+        return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns, f.stat().st_size)
+                for f in dest.iterdir()}
+
+    # A valid checkpoint is reused: the second call rewrites nothing (a conversion would write a
+    # new directory and rename it into place: new inodes, new mtimes, a temporary sibling).
+    before = files()
+    assert prepare_default_model(dest) == dest
+    assert files() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2"]
 
     g = load_generator(ModelSpec(dest, dtype="float32", device="cpu"))
     assert g.model.config.num_hidden_layers == 30 and len(g.tokenizer) == 49152
