@@ -28,7 +28,7 @@ from core.adapters import registry as adapters
 from core.feedback import annotate
 from core.errors import ImpressionistError, StoreError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A child-side hook: wraps Store.tx so that the connection stops (prints HOOK and sleeps) right
 # after the first statement starting with argv[-1], i.e. inside the still-open transaction.

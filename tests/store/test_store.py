@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import StoreError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_migrate_is_idempotent(store):

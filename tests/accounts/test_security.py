@@ -25,7 +25,7 @@ from core.accounts import auth
 from core.studies import study
 from core.errors import AuthError, ImpressionistError, PermissionDenied
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE_MODULES = (annotate, admin, adapters, study)
 
 
