@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.errors import NotFound, StoreError
 from core import util
+from core.errors import NotFound, StoreError
 
 
 @dataclass(frozen=True)
 class Reader:
+    """One account: a radiologist, a coordinator or an admin (the password hash stays in the
+    store; see :meth:`AccountQueries.password_hash`)."""
+
     id: int
     username: str
     role: str
     active: bool
-
 
 
 class AccountQueries:

@@ -15,8 +15,8 @@ class AuditQueries:
     def audit(self, actor: str | None, action: str, detail: dict | None = None) -> None:
         """Append an audit record. ``detail`` must never hold patient text or secrets."""
         with self.tx() as con:
-            con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                        [util.now(), actor, action, json.dumps(detail or {})])
+            con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
+                        "(?, ?, ?, ?)", [util.now(), actor, action, json.dumps(detail or {})])
 
     def audit_log(self, limit: int = 200, action: str | None = None,
                   actor: str | None = None, since: datetime | None = None) -> list[dict]:

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import util
 from core.errors import StoreError
 from core.store.migrations import MIGRATIONS
-from core import util
+
 
 def _sql_path(path: str | os.PathLike) -> str:
     return str(path).replace("'", "''")
@@ -111,7 +112,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-
 @dataclass(frozen=True)
 class RestoreResult:
     """What :meth:`Store.restore` did: row counts of the restored database, and where the
@@ -119,7 +119,6 @@ class RestoreResult:
 
     counts: dict
     kept_as: Path | None
-
 
 
 class Backups:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
-from core.errors import NotFound, PermissionDenied, StoreError
 from core import util
+from core.errors import NotFound, PermissionDenied, StoreError
 
 # What makes two submits with one client token the same save (time spent may differ between
 # the two clicks of a double submit; everything the radiologist chose may not).
@@ -49,7 +49,6 @@ class Case:
     adapter_version: int | None = None  # the reader's adapter version that wrote ai_text
 
 
-
 class FeedbackQueries:
     """The annotation queue, ``feedback`` and ``feedback_imports`` (mixed into
     :class:`core.store.database.Store`)."""
@@ -72,7 +71,8 @@ class FeedbackQueries:
     """
 
     def next_case(self, reader_id: int, adapter: str | None = None,
-                  after_report: int | None = None, adapter_version: int | None = None) -> Case | None:
+                  after_report: int | None = None,
+                  adapter_version: int | None = None) -> Case | None:
         """The first report with a ready AI impression that this reader has not rated or skipped.
 
         Only reports whose AI impression is ready are queued: the app never generates while a

@@ -184,7 +184,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 MIGRATIONS += TRAINING_MIGRATIONS + STUDY_MIGRATIONS
 
 
-
 class Migrations:
     """Schema versions (mixed into :class:`core.store.database.Store`)."""
 

@@ -7,8 +7,8 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
-from core.errors import NotFound
 from core import util
+from core.errors import NotFound
 
 
 def _fingerprint_sql(alias: str) -> str:
@@ -18,7 +18,6 @@ def _fingerprint_sql(alias: str) -> str:
         return rf"regexp_replace(lower(trim({alias}.{column})), '\s+', ' ', 'g')"
 
     return f"md5({norm('findings')} || chr(10) || coalesce({norm('impression')}, ''))"
-
 
 
 class ReportQueries:
@@ -71,8 +70,8 @@ class ReportQueries:
             skipped = len(records) - imported
             con.execute("UPDATE imports SET n_imported = ?, n_skipped = ? WHERE id = ?",
                         [imported, skipped, import_id])
-            con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                        [util.now(), actor, "import", json.dumps(
+            con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
+                        "(?, ?, ?, ?)", [util.now(), actor, "import", json.dumps(
                             {"file": os.path.basename(file), "format": fmt,
                              "imported": imported, "skipped": skipped})])
         return imported, skipped

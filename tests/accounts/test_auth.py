@@ -1,9 +1,8 @@
 import pytest
 
-from core.feedback import annotate
-
 from core.accounts import auth
 from core.errors import AuthError, PermissionDenied, ValidationError
+from core.feedback import annotate
 
 
 def test_passwords_are_hashed_and_checked(store):

@@ -271,7 +271,7 @@ def test_restore_reads_a_backup_completely_and_refuses_a_damaged_one(store, user
     from core.store.database import Store
 
     good = tmp_path / "good.duckdb"
-    counts = _backup_with_data(store, users, cases, good)
+    _backup_with_data(store, users, cases, good)
     expected = _contents(good)
     store.add_feedback(reader_id=users["rad1"].id, report_id=cases[5]["id"], kind="skip")
     store.close()
