@@ -58,7 +58,7 @@ def make_checkpoint(dest: Path, shape: str, tokenizer_from: Path) -> Path:
 def checkpoint(shape: str, workdir: str | None, prefix: str) -> tuple[Path, Path]:
     """A work folder (``workdir``, else a new temp dir) and, in it, a random-init checkpoint of
     ``shape`` (made once; kept when ``workdir`` is reused)."""
-    from core.generation.models import DEFAULT_MODEL_DIR
+    from core.generation.checkpoint import DEFAULT_MODEL_DIR
 
     work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
     base = work / f"llama-{shape}"

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.config import settings
     from core.generation.models import ModelSpec, load_generator
-    from core.learning.sft import use_base_adapter
+    from core.adapters.base import use_base_adapter
 
     torch.set_num_threads(args.threads)
     index_rows = load_iu_csv(args.csv, ("train", "dev"))

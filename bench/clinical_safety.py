@@ -5,11 +5,11 @@ Index = train + dev reports; the test reports are only queried. For the shipped 
 
 * texts shown with an unsupported positive finding (a finding this report's findings, indication
   and comparison never state) that are not flagged ``needs_review``;
-* reports whose findings state a major finding (:data:`core.clinical.checks.MAJOR_FINDINGS`) whose text
+* reports whose findings state a major finding (:data:`core.clinical.verifier.MAJOR_FINDINGS`) whose text
   is still a normal statement (or negates it) and is not flagged;
 * how many texts the verifier repaired (sentences removed / added) and flagged.
 
-The judge is :func:`core.clinical.checks.verify` with ``repair=False`` on the text as shown, i.e. the
+The judge is :func:`core.clinical.verifier.verify` with ``repair=False`` on the text as shown, i.e. the
 same rules: these rows say that nothing the rules see slips through unflagged. The independent
 view is the MeSH table (human labels, :mod:`core.evaluation.mesh`), printed for the original impressions
 (the human ceiling), the TF-IDF 1-NN baseline and ours; label F1 (:func:`core.evaluation.metrics.label_f1`)
@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.clinical.checks import TYPO_TERMS, check_impression, major_findings, verify  # noqa: E402
+from core.clinical.verifier import check_impression, major_findings, verify  # noqa: E402
+from core.clinical.vocabulary import TYPO_TERMS  # noqa: E402
 from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
 from core.evaluation.mesh import mesh_score  # noqa: E402
 from core.evaluation.metrics import label_f1, rouge  # noqa: E402
@@ -144,7 +145,7 @@ def load_model(threads: int):
 
     from core.config import settings
     from core.generation.models import ModelSpec, load_generator
-    from core.learning.sft import use_base_adapter
+    from core.adapters.base import use_base_adapter
 
     torch.set_num_threads(threads)
     gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))

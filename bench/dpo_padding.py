@@ -45,7 +45,7 @@ def main() -> int:
     from core.learning.pairs import prompt_messages
     from core.generation.retrieval import RetrievalIndex
     from core.ingest.splits import load_iu_csv
-    from core.learning.train import length_grouped_order, padding_share
+    from core.learning.dpo import length_grouped_order, padding_share
 
     rows = load_iu_csv(args.csv)
     rng = random.Random(0)

@@ -1,7 +1,7 @@
 """DPO training throughput (pairs/s) of the nightly job's trainer on a Llama of a given shape.
 
 The issue's reference on an H100: TRL DPO with LoRA on an 8B-shaped model, 7.2 pairs/s (27% MFU),
-8.4 with Liger. This runs ``core.learning.train.train_dpo`` (the nightly job's code: LoRA, weighted
+8.4 with Liger. This runs ``core.learning.dpo.train_dpo`` (the nightly job's code: LoRA, weighted
 length-grouped sampler, bf16 and Liger on a GPU) on a random-init checkpoint of the shape
 (random weights are fine for speed) with IU-shaped synthetic pairs, and prints pairs/s and an
 MFU estimate (6 * params * tokens for policy forward+backward, plus 2 * params * tokens for the
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.learning.train import TrainConfig, train_dpo
+    from core.learning.train import TrainConfig
+    from core.learning.dpo import train_dpo
 
     work, base = checkpoint(args.shape, args.workdir, "impressionist-dpo-")
     cfg = TrainConfig(epochs=1, batch_size=args.batch, progress=False, max_length=512)

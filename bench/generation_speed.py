@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.generation.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator, prepare_default_model  # noqa: E402
+from core.generation.checkpoint import DEFAULT_MODEL_DIR, prepare_default_model
+from core.generation.models import ModelSpec, load_generator  # noqa: E402
 from core.generation.prompts import impression_messages  # noqa: E402
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"

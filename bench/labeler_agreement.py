@@ -1,4 +1,4 @@
-"""Agreement of the rule-based labeler (core.clinical.checks) with the IU X-ray human MeSH annotations.
+"""Agreement of the rule-based labeler (core.clinical.labeler) with the IU X-ray human MeSH annotations.
 
 Run: .venv/bin/python bench/labeler_agreement.py [--csv PATH] [--errors LABEL] [--n 10]
 
@@ -21,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.clinical.checks import PRESENT, Label, check_impression, label  # noqa: E402
+from core.clinical.labeler import label  # noqa: E402
+from core.clinical.verifier import check_impression  # noqa: E402
+from core.clinical.vocabulary import PRESENT, Label  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared/data/iu_xray/reports.csv"
 MIN_SUPPORT = 20

@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     store.close()
 
     if args.model == "tiny":
-        from core.generation.models import make_tiny_model
+        from core.generation.checkpoint import make_tiny_model
 
         model = str(make_tiny_model(tmp / "tiny"))
     elif args.model == "embedded":

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/personalization.py [--bench styles|real|both] [--quick] [options]
 
-The same code as ``python -m core simulate`` (:mod:`core.simulate`): reports imported, feedback
+Runs ``bench/simulate.py`` (the app's own code): reports imported, feedback
 stored through the app's save path, pairs built, the nightly job (train, gate, promote), and test
 drafts written with each reader's active adapter. Writes ``bench/out/<bench>/results.json``, the
 learning curve (``learning_curve.svg`` / ``.html``) and ``bench/out/personalization.md``.
@@ -16,8 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from core.simulate import add_arguments, main as simulate_main  # noqa: E402
+from simulate import add_arguments  # noqa: E402
+from simulate import main as simulate_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ stage from :class:`core.generation.pipeline.StageStats`), and ``--tune``: a grid
 the ``dev`` split with a ``train``-only index (never on test).
 
 Critical-finding recall: over the (report, observation) pairs where the *findings* report a
-critical finding (:func:`core.clinical.checks.check_impression` of the findings against an empty
+critical finding (:func:`core.clinical.verifier.check_impression` of the findings against an empty
 impression), the share that the impression states (not listed as missing).
 
     .venv/bin/python bench/quality.py                      # everything, ~17 min on dev-2c at load 10
@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.clinical.checks import check_impression  # noqa: E402
+from core.clinical.verifier import check_impression  # noqa: E402
 from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
 from core.evaluation.metrics import evaluate, inject_typos, label_f1, rouge  # noqa: E402
 from core.generation.retrieval import RetrievalIndex, tidy  # noqa: E402
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {st} | {s['label_micro_f1']:.3f} | {s['critical_recall']:.3f} | {s['rougeL_ref']:.2f} | "
                   f"{s['rougeL_vs_default']:.2f} | {s['identical_to_default']:.2f} | {s['mean_words']:.1f} |")
         # an example: the first test report whose default impression is not the plain normal one
-        from core.clinical.checks import PRESENT, label
+        from core.clinical.labeler import label
+        from core.clinical.vocabulary import PRESENT
 
         def abnormal(t: str) -> bool:
             return any(v in PRESENT for k, v in label(t).items() if k != "No Finding")
@@ -395,7 +396,8 @@ def llm_section(args, index, nn: TfidfNN, test: list[dict], bert: bool) -> dict:
     disagree), ``llm="always"`` over the first ``--llm-n`` test reports; baselines on the same rows."""
     import torch
 
-    from core.generation.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator
+    from core.generation.checkpoint import DEFAULT_MODEL_DIR
+    from core.generation.models import ModelSpec, load_generator
 
     out: dict = {}
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -406,7 +408,7 @@ def llm_section(args, index, nn: TfidfNN, test: list[dict], bert: bool) -> dict:
     gen = load_generator(ModelSpec(path=DEFAULT_MODEL_DIR, device="cpu"))
     base_adapter = None
     try:
-        from core.learning.sft import use_base_adapter
+        from core.adapters.base import use_base_adapter
 
         base_adapter = use_base_adapter(gen)
     except Exception as exc:  # noqa: BLE001 - optional module of another issue; report and go on

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
 
     from core.config import settings
     from core.generation.models import ModelSpec, load_generator
-    from core.learning.sft import eval_reports, evaluate_drafts, record_scores
+    from core.learning.sft import eval_reports, evaluate_drafts
+    from core.adapters.base import record_scores
     from core.store.database import Store
 
     if args.threads:
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
                                    dtype="float32"))
     name, where = None, "none"
     if args.adapter == "auto":
-        from core.learning.sft import use_base_adapter
+        from core.adapters.base import use_base_adapter
 
         name = use_base_adapter(gen)
         where = "shared base adapter" if name else "none (no shared base adapter fits)"

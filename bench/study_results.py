@@ -1,7 +1,7 @@
 """A simulated human-evaluation study end to end, with the planted truth to compare against.
 
 Design (defaults): 200 synthetic demo reports (items), 3 arms (original, base, style:brief),
-7 raters, k = 3 raters per (item, arm): 1,800 ratings, every one made through core.studies.study
+7 raters, k = 3 raters per (item, arm): 1,800 ratings, every one made through core.studies.rating
 (next_task + submit, the path the Study queue page uses).
 
 Simulation: a rater's latent score for a unit is
@@ -14,7 +14,7 @@ ROUGE-L / label F1 against the original impression genuinely track quality. Erro
 ticked from the latent score (factual error), the dropped words (omission) and at random
 (style). The "truth" of every agreement statistic, share, mean difference and rater offset is
 measured on a separate fully crossed simulation (all raters x 20,000 units) of the same model,
-and ``--reps`` more simulated studies of the same design (the pure core.studies.study.compute_results)
+and ``--reps`` more simulated studies of the same design (the pure core.studies.results.compute_results)
 give the coverage of the reported 95% intervals.
 
 Prints: creation time, rating latency, progress time, results time (n_boot 1000, ROUGE-L +
@@ -95,9 +95,7 @@ def population_truth(raters: list[str], bias: dict[str, float], n_units: int = 2
     import numpy as np
     import pandas as pd
 
-    from core.studies import stats
-
-    from core.studies import study
+    from core.studies import agreement
 
     rng = np.random.default_rng(seed)
     arms = list(ARM_EFFECT)
@@ -109,9 +107,9 @@ def population_truth(raters: list[str], bias: dict[str, float], n_units: int = 2
     latent = eff + q + diff + b + rng.normal(0, NOISE_SD, (len(raters), n_units))
     m = np.clip(np.rint(latent), -2, 2)
     truth = {
-        AGREEMENT[0]: stats.krippendorff_alpha(m, "ordinal", value_domain=SCALE),
-        AGREEMENT[1]: stats.fleiss_kappa(m.T, categories=SCALE),
-        AGREEMENT[2]: study.mean_pairwise_kappa(m, SCALE),
+        AGREEMENT[0]: agreement.krippendorff_alpha(m, "ordinal", value_domain=SCALE),
+        AGREEMENT[1]: agreement.fleiss_kappa(m.T, categories=SCALE),
+        AGREEMENT[2]: agreement.mean_pairwise_kappa(m, SCALE),
     }
     for arm in arms:
         cols = m[:, unit_arm == arm]
@@ -122,7 +120,7 @@ def population_truth(raters: list[str], bias: dict[str, float], n_units: int = 2
     long = pd.DataFrame({"rater": np.repeat(raters, n_units), "unit": np.tile(np.arange(n_units),
                                                                               len(raters)),
                          "score": m.ravel()})
-    for rb in stats.per_rater_bias(long, "rater", "unit", "score"):
+    for rb in agreement.per_rater_bias(long, "rater", "unit", "score"):
         truth[f"offset {rb.rater}"] = rb.mean_offset
     return truth
 
@@ -147,11 +145,9 @@ def main() -> None:
 
     from core.accounts import auth
 
-    from core.studies import stats
-
-    from core.studies import study
     from core.ingest.demo import synthetic_reports
     from core.store.database import Store
+    from core.studies import exports, lifecycle, progress, rating, results, stats
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=200)
@@ -190,7 +186,7 @@ def main() -> None:
     texts.model_name = "simulated"
     arms = list(ARM_EFFECT)
     t0 = time.perf_counter()
-    sid = study.create_study(store, coord, study.StudyDesign(
+    sid = lifecycle.create_study(store, coord, lifecycle.StudyDesign(
         name="Simulated study", arms=arms, n_items=args.items, seed=1, raters=raters,
         k=args.k), make_texts=texts)
     t_create = time.perf_counter() - t0
@@ -203,7 +199,7 @@ def main() -> None:
     for name, user in users.items():
         while True:
             t0 = time.perf_counter()
-            task = study.next_task(store, user, sid)
+            task = rating.next_task(store, user, sid)
             t_next.append(time.perf_counter() - t0)
             if task is None:
                 break
@@ -211,33 +207,33 @@ def main() -> None:
             value, answers, _ = rate(rng, u["arm"], quality(int(u["report_id"]), u["arm"]),
                                      bias[name], difficulty[int(u["slot"])])
             t0 = time.perf_counter()
-            study.submit(store, user, task.task_id, value, answers=answers,
+            rating.submit(store, user, task.task_id, value, answers=answers,
                          time_spent_ms=int(rng.lognormal(9, 0.4)))
             t_submit.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    prog = study.progress(store, coord, sid)
+    prog = progress.progress(store, coord, sid)
     t_progress = time.perf_counter() - t0
-    study.close(store, coord, sid)
+    lifecycle.close(store, coord, sid)
     t0 = time.perf_counter()
-    res = study.results(store, coord, sid, n_boot=args.n_boot, metrics=("rouge_l", "label_f1"))
+    res = results.results(store, coord, sid, n_boot=args.n_boot, metrics=("rouge_l", "label_f1"))
     t_results = time.perf_counter() - t0
     t0 = time.perf_counter()
-    study.results(store, coord, sid, n_boot=args.n_boot, metric_fns={})
+    results.results(store, coord, sid, n_boot=args.n_boot, metric_fns={})
     t_results_nometrics = time.perf_counter() - t0
     t_bert = None
     if args.bertscore:
         t0 = time.perf_counter()
-        res = study.results(store, coord, sid, n_boot=args.n_boot,
+        res = results.results(store, coord, sid, n_boot=args.n_boot,
                             metrics=("rouge_l", "label_f1", "bertscore"))
         t_bert = time.perf_counter() - t0
     html_path = os.path.join(tmp, "summary.html")
     t0 = time.perf_counter()
-    html = study.export_html(store, coord, sid, html_path, res=res)
+    html = exports.export_html(store, coord, sid, html_path, res=res)
     t_html = time.perf_counter() - t0
     if args.html:
         shutil.copy(html_path, args.html)
     t0 = time.perf_counter()
-    table = study.ratings_table(store, coord, sid)
+    table = exports.ratings_table(store, coord, sid)
     t_table = time.perf_counter() - t0
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
@@ -298,7 +294,7 @@ def main() -> None:
             frame["rating"] = [rate(r2, a, q2[(int(s), a)], bias[name], diff2[int(s)])[0]
                                for s, a, name in zip(frame["slot"], frame["arm"],
                                                      frame["rater"])]
-            rep_res = study.compute_results(study_row, frame, n_boot=200, seed=rep,
+            rep_res = results.compute_results(study_row, frame, n_boot=200, seed=rep,
                                             metric_fns={})
             for key, (e, lo, hi) in estimates(rep_res).items():
                 t = truth.get(key.replace(" (item bootstrap)", ""))

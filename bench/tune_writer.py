@@ -37,7 +37,7 @@ def main() -> int:
 
     from core.config import settings
     from core.generation.models import ModelSpec, load_generator
-    from core.learning.sft import use_base_adapter
+    from core.adapters.base import use_base_adapter
 
     torch.set_num_threads(2)
     train, dev = load_iu_csv(IU_CSV, "train"), load_iu_csv(IU_CSV, "dev")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from core.generation.backends import BackendUnavailable, VLLMGenerator, load_backend
-from core.generation.models import AdapterError
+from core.errors import AdapterError
 
 
 @dataclass

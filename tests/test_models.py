@@ -12,18 +12,9 @@ from pathlib import Path
 import pytest
 
 from core.errors import ValidationError
-from core.generation.models import (
-    AdapterError,
-    GenerationResult,
-    ModelError,
-    ModelNotPrepared,
-    ModelSpec,
-    default_lora_config,
-    is_prepared,
-    load_generator,
-    make_tiny_model,
-    prepare_default_model,
-)
+from core.errors import AdapterError
+from core.generation.models import (GenerationResult, ModelError, ModelNotPrepared, ModelSpec, default_lora_config, load_generator)
+from core.generation.checkpoint import is_prepared, make_tiny_model, prepare_default_model
 from core.generation.prompts import SYSTEM_PROMPT, impression_messages, report_text
 
 FINDINGS = [

@@ -16,7 +16,8 @@ import pytest
 from core.adapters import registry as adapters
 
 from core.feedback import annotate
-from core.learning.nightly import GateResult, NightlyConfig, gate, run_nightly
+from core.learning.gate import GateResult, gate
+from core.learning.nightly import NightlyConfig, run_nightly
 from core.learning.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -209,8 +210,8 @@ def test_nightly_prefills_the_queue_with_the_readers_adapter(store, users, tiny)
     _rate(store, rad, reports[:25])
     o = run_nightly(store, _config(tiny, method="memory"), progress=False).outcomes[0]
     adapters.promote(store, "rad1", o.version, actor="test")
-    from core.adapters.registry import refresh_drafts
-    from core.learning.nightly import load_drafter
+    from core.generation.personal import refresh_drafts
+    from core.generation.personal import load_drafter
 
     drafter = load_drafter(store, _config(tiny), with_model=False)
     n = refresh_drafts(store, drafter, ["rad1"], per_reader=5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from core.adapters import registry as adapters
-from core.generation.pipeline import reader_adapter
+from core.generation.personal import BONUS_GRID, reader_adapter
 
 
 def _version(store, reader: str, lora: bool = True) -> int:
@@ -58,7 +58,7 @@ def test_generate_csv_for_a_reader_drafts_from_their_memory(store, users, tmp_pa
     import csv
 
     from core.ingest.demo import synthetic_reports
-    from core.generation.pipeline import generate_csv
+    from core.generation.csvfile import generate_csv
 
     store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
     findings = "Heart size normal. Lungs are clear. No pneumothorax or effusion."
@@ -88,7 +88,7 @@ def test_the_guard_keeps_a_personal_draft_that_states_a_finding_the_shared_text_
     import csv
 
     from core.ingest.demo import synthetic_reports
-    from core.generation.pipeline import generate_csv
+    from core.generation.csvfile import generate_csv
 
     store.import_reports(synthetic_reports(30, seed=5), file="s", fmt="demo")
     findings = "Small left pleural effusion. Heart size normal. No pneumothorax."
@@ -113,7 +113,8 @@ def _styled_memory(reports, style):
 
 
 def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its_own(store):
-    from core.adapters.registry import AdapterVersion, Drafter, tune_memory_bonus
+    from core.adapters.registry import AdapterVersion
+    from core.generation.personal import Drafter, tune_memory_bonus
     from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(60, seed=11), file="s", fmt="demo")
@@ -128,7 +129,7 @@ def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its
     av = AdapterVersion("t_own", 1, 1, own)
     tuned = tune_memory_bonus(drafter, av)
     scores = {float(b): v for b, v in tuned["loo_rougeL"].items()}
-    assert tuned["loo_n"] == 40 and set(scores) == set(adapters.BONUS_GRID)
+    assert tuned["loo_n"] == 40 and set(scores) == set(BONUS_GRID)
     # the best bonus, ties to the smaller one (closer to the shared model)
     best = max(scores.values())
     assert tuned["memory_bonus"] == min(b for b, v in scores.items() if v == best)
@@ -142,7 +143,7 @@ def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its
     assert tune_memory_bonus(drafter, AdapterVersion("t_tiny", 2, 1, tiny))["memory_bonus"] == \
         drafter.config.memory_bonus
     # the version's draft.json decides its bonus in retrieval (memory scores raised by it)
-    from core.adapters.registry import RoutedIndex
+    from core.generation.personal import RoutedIndex
 
     query = [dict(reports[50], id=None, uid="q-new")]
     raised = {}

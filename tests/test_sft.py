@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from core.learning.train import SFTTrainConfig, TrainError, lora_snapshot, train_sft
+from core.errors import ConfigError
+from core.learning.sft_trainer import SFTTrainConfig, train_sft
+from core.learning.train import TrainError, lora_snapshot
 
 FAST = dict(max_steps=3, batch_size=4, learning_rate=5e-3, progress=False, warmup_steps=0)
 
@@ -24,7 +26,7 @@ class WeightWatch(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -100,11 +102,11 @@ def test_completion_mask_covers_the_impression_only(tiny, tmp_path):
 
 
 def test_bad_config_and_empty_data_are_refused_clearly(tiny, tmp_path, iu_like):
-    with pytest.raises(TrainError, match="batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         SFTTrainConfig(batch_size=0)
-    with pytest.raises(TrainError, match="dtype must be"):
+    with pytest.raises(ConfigError, match="dtype must be"):
         SFTTrainConfig(dtype="int8")
-    with pytest.raises(TrainError, match="max_steps must be -1 or >= 1"):
+    with pytest.raises(ConfigError, match="max_steps must be -1 or >= 1"):
         SFTTrainConfig(max_steps=0)
     with pytest.raises(TrainError, match="no SFT examples"):
         train_sft(tiny, [], tmp_path / "x")
@@ -131,11 +133,11 @@ def test_run_sft_refuses_an_empty_store(store, tiny):
 
 def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
         iu_like, tiny, tmp_path, monkeypatch):
-    from core.adapters.registry import shared_adapter_dir
+    from core.adapters.base import shared_adapter_dir
     from core.generation.pipeline import pipeline_for
     from core.generation.models import ModelSpec, load_generator
-    from core.learning.sft import (SHARED_ADAPTER_NAME, SHARED_READER, adapter_fits, base_adapter_dir,
-                          run_sft)
+    from core.adapters.base import (SHARED_ADAPTER_NAME, SHARED_READER, adapter_fits, base_adapter_dir)
+    from core.learning.sft import run_sft
     from core.ingest.splits import split_of
 
     store = iu_like
@@ -184,8 +186,9 @@ def test_run_sft_records_versions_promotes_and_the_pipeline_drafts_with_it(
 
 
 def test_a_base_adapter_of_another_model_is_never_used(tiny, tmp_path, monkeypatch):
-    from core.generation.models import make_tiny_model
-    from core.learning.sft import adapter_fits, base_adapter_dir, sft_examples
+    from core.generation.checkpoint import make_tiny_model
+    from core.adapters.base import adapter_fits, base_adapter_dir
+    from core.learning.sft import sft_examples
 
     res = train_sft(tiny, sft_examples(_reports(4), shots=0), tmp_path / "a",
                     SFTTrainConfig(**FAST | {"max_steps": 1}))
@@ -203,8 +206,8 @@ def test_a_base_adapter_of_another_model_is_never_used(tiny, tmp_path, monkeypat
 
 def test_shipped_adapter_fits_the_embedded_model():
     """The adapter in core/assets/base-adapter (when shipped) is for SmolLM2-135M-Instruct."""
-    from core.generation.models import DEFAULT_MODEL_DIR
-    from core.learning.sft import SHIPPED_ADAPTER_DIR, adapter_fits
+    from core.generation.checkpoint import DEFAULT_MODEL_DIR
+    from core.adapters.base import SHIPPED_ADAPTER_DIR, adapter_fits
 
     if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
         pytest.skip("no shipped base adapter")
@@ -227,10 +230,3 @@ def test_cli_train_sft(iu_like, tiny, capsys):
     with pytest.raises(SystemExit) as bad:  # bad input: argparse refuses it, exit 2
         main(["train-sft", "--batch-size", "0", "--model", str(tiny), "--quiet"])
     assert bad.value.code == 2 and "must be a whole number > 0" in capsys.readouterr().err
-
-
-def test_shared_adapter_name_matches_nightly():
-    from core.learning import nightly
-    from core.learning import sft
-
-    assert sft.SHARED_ADAPTER_NAME == nightly.SHARED_ADAPTER_NAME

@@ -1,4 +1,4 @@
-"""The personalization simulator (core.simulate) end to end without a model: a seeded synthetic
+"""The personalization simulator (bench/simulate.py) end to end without a model: a seeded synthetic
 IU-format CSV, feedback through the app's save path, memory-only nights, and the honesty checks
 (the test part never reaches feedback, memory or the nightly held-out slice; the shared baseline
 is the same pipeline without an adapter)."""
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from core import simulate
+from bench import simulate  # noqa: E402  (bench/ is a folder of scripts; the repository root is on sys.path)
 
 
 def _csv(path, n: int = 90, seed: int = 3):

@@ -9,9 +9,17 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from core.errors import ConfigError
+from core.learning.dpo import build_dpo_trainer, train_dpo
+from core.learning.grpo import train_grpo
 from core.learning.pairs import FeedbackItem, build_pairs, to_trl
-from core.learning.train import (TrainConfig, TrainError, build_dpo_trainer, load_policy, lora_snapshot,
-                        preference_accuracy, train_dpo, train_grpo)
+from core.learning.train import (
+    TrainConfig,
+    TrainError,
+    load_policy,
+    lora_snapshot,
+    preference_accuracy,
+)
 
 FINDINGS = "The heart is normal in size. The lungs are clear."
 
@@ -39,7 +47,7 @@ def assert_only_lora_moved(w: WeightWatch) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -103,9 +111,9 @@ def test_grpo_trains_lora_only_with_the_clinical_reward(tiny, tmp_path):
 def test_refuses_empty_data_and_bad_config(tiny, tmp_path):
     with pytest.raises(TrainError):
         train_dpo(tiny, [], tmp_path / "x")
-    with pytest.raises(TrainError):
+    with pytest.raises(ConfigError):
         TrainConfig(method="ppo")
-    with pytest.raises(TrainError, match="critical_beta_factor 0.5"):
+    with pytest.raises(ConfigError, match="critical_beta_factor 0.5"):
         TrainConfig(critical_beta_factor=0.5)
     pair = {"prompt": [{"role": "user", "content": FINDINGS}],
             "chosen": [{"role": "assistant", "content": "No acute disease."}],
@@ -120,7 +128,7 @@ def test_refuses_empty_data_and_bad_config(tiny, tmp_path):
 def test_length_grouping_keeps_the_draw_and_cuts_padding():
     import random
 
-    from core.learning.train import length_grouped_order, padding_share
+    from core.learning.dpo import length_grouped_order, padding_share
 
     rng = random.Random(0)
     lengths = [rng.randint(40, 400) for _ in range(60)]
@@ -136,7 +144,7 @@ def test_length_grouping_keeps_the_draw_and_cuts_padding():
 
 def test_dpo_batches_are_length_grouped_from_the_tokenized_pairs(tiny, examples, tmp_path,
                                                                  monkeypatch):
-    import core.learning.train as train
+    import core.learning.dpo as train
 
     seen = []
     real = train.length_grouped_order

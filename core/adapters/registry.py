@@ -35,12 +35,19 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from core.accounts.auth import User, authorize
 from core.config import settings
-from core.errors import ImpressionistError, NotFound, PermissionDenied, ValidationError
-from core.errors import AdapterRegistryError, UnknownVersion  # noqa: F401 (defined in core.errors)
+from core.errors import (  # noqa: F401 (defined in core.errors)
+    AdapterRegistryError,
+    ImpressionistError,
+    NotFound,
+    PermissionDenied,
+    UnknownVersion,
+    ValidationError,
+)
+from core.store.accounts import Reader
 
 __all__ = ["AdapterRegistryError", "UnknownVersion", "AdapterVersion", "reader_dir",
            "active_adapter", "get_version", "list_versions", "allocate_version", "commit_version",
@@ -57,7 +64,6 @@ _VERSION_DIR = re.compile(r"^v(\d+)$")
 @dataclass
 class AdapterVersion:
     """One version of one radiologist's adapter."""
-
     reader: str
     reader_id: int
     version: int
@@ -90,38 +96,6 @@ def reader_dir(username: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", username or "") or username in (".", ".."):
         raise ValidationError(f"reader name {username!r} cannot name an adapter folder")
     return settings().adapters_dir / username
-
-
-def shared_adapter_dir() -> Path | None:
-    """The shared base LoRA adapter (every reader's starting point), or None when absent.
-
-    Looks at ``$IMPRESSIONIST_BASE_ADAPTER``, then at ``core.learning.sft``'s shipped adapter location.
-    """
-    env = os.environ.get("IMPRESSIONIST_BASE_ADAPTER")
-    candidates: list[Path] = [Path(env)] if env else []
-    try:
-        from core.learning import sft  # noqa: F401  (issue 4's module; optional)
-
-        for attr in ("BASE_ADAPTER_DIR", "DEFAULT_ADAPTER_DIR", "ADAPTER_DIR"):
-            if getattr(sft, attr, None):
-                candidates.append(Path(getattr(sft, attr)))
-        fn = getattr(sft, "base_adapter_dir", None)
-        if callable(fn):
-            found = fn()
-            if found:
-                candidates.append(Path(found))
-    except ImportError:
-        pass
-    from core.generation.models import AdapterError, check_adapter_files
-
-    for c in candidates:
-        if (c / "adapter_config.json").is_file():
-            try:
-                check_adapter_files(c)  # a damaged shared adapter: fall back to the bare base
-            except AdapterError:
-                continue
-            return c
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +149,6 @@ def write_draft_settings(path: str | Path, settings_: dict) -> None:
 
 
 def _reader(store, reader: str | int):
-    from core.store.accounts import Reader
 
     if isinstance(reader, Reader):
         return reader
@@ -381,342 +354,6 @@ def cleanup_partial() -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # personalised drafting (through the app's coarse-to-fine pipeline)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DraftConfig:
-    """How drafts are written.
-
-    Attributes:
-        min_memory: a reader memory smaller than this falls back to the shared memory.
-        memory_bonus: similarity added to neighbours from the reader's own memory, for versions
-            without their own (the nightly job chooses one per version by leave-one-out on
-            the memory, :func:`tune_memory_bonus`, and stores it in the version's draft.json).
-        guard: content guard: a personalised text must state every positive finding of the
-            shared model's text for the row, and nothing more than that plus what the Findings
-            state (``core.clinical.checks.label``); otherwise the reader's own impression of the most
-            similar report that does is used, else the shared text. Personalisation changes how
-            things are said, never what is found.
-        c2f: settings of :class:`core.generation.pipeline.CoarseToFine` (None: its defaults, the app's).
-    """
-
-    min_memory: int = 3
-    memory_bonus: float = 0.3
-    guard: bool = True
-    c2f: Any = None
-
-
-@dataclass
-class DraftOutput:
-    text: str
-    latency_ms: float
-    flags: dict = field(default_factory=dict)
-
-
-def _memory_uid(m: dict):
-    """How a memory item is named in its retrieval index (and left out of its own search)."""
-    return m.get("external_id") or m.get("uid") or m.get("report_id")
-
-
-class RoutedIndex:
-    """A retrieval index that answers each query from its reader's memory *and* the shared index.
-
-    ``CoarseToFine`` calls ``index.search(queries, ...)``; a query dict may carry ``_memory`` (a
-    key of ``memories``). Its neighbours are then the reader's own accepted impressions, their
-    similarity raised by ``memory_bonus``, merged with the shared index's neighbours (the same
-    report in both counts once, as the reader's version): the reader's phrasing wins wherever
-    they have written about similar findings, and the shared index still covers findings they
-    have not. Queries without a memory use the shared index alone.
-    """
-
-    def __init__(self, shared, memories: dict[str, Any], memory_bonus: float = 0.3,
-                 bonuses: dict[str, float] | None = None) -> None:
-        self.shared = shared
-        self.memories = memories
-        self.memory_bonus = memory_bonus
-        self.bonuses = bonuses or {}
-
-    def __len__(self) -> int:
-        return len(self.shared) if self.shared is not None else 0
-
-    def search(self, reports, k: int = 10, exclude_uids=None, exclude_self: bool = False):
-        reports = list(reports)
-        excl = exclude_uids if exclude_uids else None
-        shared = (self.shared.search(reports, k=k, exclude_uids=excl, exclude_self=exclude_self)
-                  if self.shared is not None else [[] for _ in reports])
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(reports):
-            key = r.get("_memory")
-            if key in self.memories:
-                groups.setdefault(key, []).append(i)
-        for key, rows in groups.items():
-            found = self.memories[key].search(
-                [reports[i] for i in rows], k=k,
-                exclude_uids=[excl[i] for i in rows] if excl else None, exclude_self=exclude_self)
-            bonus = self.bonuses.get(key, self.memory_bonus)
-            for i, own in zip(rows, found):
-                for nb in own:
-                    nb.score += bonus
-                mine = {nb.uid for nb in own if nb.uid is not None}
-                merged = own + [nb for nb in shared[i] if nb.uid is None or nb.uid not in mine]
-                merged.sort(key=lambda nb: -nb.score)
-                shared[i] = merged[:k]
-        return shared
-
-
-class Drafter:
-    """Writes impressions for (report, reader adapter) rows with the app's coarse-to-fine pipeline.
-
-    Every row may belong to another reader: their LoRA weights draft the row (PEFT mixed-adapter
-    batches, one ``generate`` call for all rows) and their memory is the row's retrieval index
-    (few-shot examples and the consensus vote). Rows without a reader adapter get the shared
-    model: the shared index, and the shared base adapter for drafts.
-
-    Args:
-        generator: a ``core.generation.models.Generator`` (None: retrieval only; LoRA parts are then off).
-        shared_index: a ``core.generation.retrieval.RetrievalIndex`` over past reports, or a list of report
-            dicts to build one from.
-        config: drafting settings.
-        shared_adapter: name of the shared base adapter loaded in the generator (None: bare base).
-    """
-
-    def __init__(self, generator, shared_index=None, config: DraftConfig | None = None,
-                 shared_adapter: str | None = None) -> None:
-        from core.generation.pipeline import C2FConfig
-
-        self.generator = generator
-        self.config = config or DraftConfig()
-        self.c2f = self.config.c2f or C2FConfig()
-        self.shared_adapter = shared_adapter
-        if shared_index is not None and not hasattr(shared_index, "search"):
-            shared_index = self._index(list(shared_index), None)
-        self.shared_index = shared_index
-        self._indexes: dict[str, Any] = {}
-        self._bonuses: dict[str, float] = {}
-
-    def _index(self, memory: Sequence[dict], reader: str | None):
-        from core.generation.retrieval import RetrievalIndex
-
-        rows = [m for m in memory if (m.get("findings") or "").strip() and
-                (m.get("impression") or "").strip()]
-        if not rows:
-            return None
-        return RetrievalIndex.build(
-            [{**m, "uid": _memory_uid(m), "author": reader or m.get("author")} for m in rows],
-            self.c2f.retrieval)
-
-    @staticmethod
-    def _key(av: AdapterVersion) -> str:
-        return f"{av.reader}@{av.path}"
-
-    def _memory_key(self, av: AdapterVersion) -> str | None:
-        key = self._key(av)
-        if key not in self._indexes:
-            mem = av.memory()
-            self._indexes[key] = (self._index(mem, av.reader) if len(mem) >= self.config.min_memory
-                                  else None)
-            bonus = read_draft_settings(av.path).get("memory_bonus")
-            if isinstance(bonus, (int, float)) and not isinstance(bonus, bool):
-                self._bonuses[key] = float(bonus)
-        return key if self._indexes[key] is not None else None
-
-    def forget(self, av: AdapterVersion) -> None:
-        """Drop what is cached for a version (its memory index and settings were rewritten)."""
-        key = self._key(av)
-        self._indexes.pop(key, None)
-        self._bonuses.pop(key, None)
-
-    def draft(self, reports: Sequence[dict], adapters: Sequence[AdapterVersion | None],
-              use_lora: bool = True, use_memory: bool = True, style: str = "default",
-              batch_size: int = 8, progress: bool = False,
-              memory_bonus: float | None = None) -> list[DraftOutput]:
-        """Draft one impression per report with that row's reader adapter.
-
-        Args:
-            reports: dicts with findings (and indication, comparison, external_id/uid, id).
-            adapters: per row the reader's adapter version, or None for the shared model.
-            use_lora: apply the rows' LoRA weights (False: shared weights; ablation).
-            use_memory: retrieve from the rows' reader memory (False: shared memory; ablation).
-            style: the audience style (``core.generation.styles``).
-            batch_size: model batch size.
-            progress: show a progress bar over generation batches.
-            memory_bonus: use this bonus for every row's memory (tuning); None: each version's
-                own (its ``draft.json``), else ``DraftConfig.memory_bonus``.
-
-        Returns:
-            One :class:`DraftOutput` per report, in order; ``flags`` are the pipeline's flags plus
-            ``adapter_version`` and ``memory`` (which memory the row retrieved from).
-        """
-        from core.generation.pipeline import CoarseToFine
-
-        if len(reports) != len(adapters):
-            raise ValidationError(f"{len(reports)} reports but {len(adapters)} adapters")
-        if not reports:
-            return []
-        from core.generation.models import AdapterError
-
-        names: list[str | None] = []
-        rows: list[dict] = []
-        readers: list[str | None] = []
-        memories: list[str] = []
-        broken: dict[int, str] = {}
-        for i, (r, av) in enumerate(zip(reports, adapters)):
-            name = None
-            if av is not None and use_lora and av.has_lora and self.generator is not None:
-                try:
-                    if self.generator.adapters.get(av.gen_name) != av.path.resolve():
-                        self.generator.load_adapter(av.gen_name, av.path)
-                    name = av.gen_name
-                except AdapterError as exc:
-                    # A damaged version (truncated weights): draft with the shared weights and
-                    # say so in the row's flags instead of failing every row of the batch.
-                    broken[i] = str(exc)
-            names.append(name)
-            key = self._memory_key(av) if av is not None and use_memory else None
-            memories.append(key.split("@")[0] + f"@v{av.version}" if key else "shared")
-            rows.append({**r, "uid": r.get("uid", r.get("external_id")), "_memory": key})
-            readers.append(av.reader if av is not None else None)
-        index = RoutedIndex(self.shared_index, {k: v for k, v in self._indexes.items()
-                                                if v is not None},
-                            self.config.memory_bonus if memory_bonus is None else memory_bonus,
-                            {} if memory_bonus is not None else self._bonuses)
-        pipeline = CoarseToFine(index if (self.shared_index is not None or index.memories)
-                                else None, self.generator, self.c2f,
-                                base_adapter=self.shared_adapter)
-        t0 = time.perf_counter()
-        outputs = pipeline.generate(rows, style=style, reader=readers, adapter=names,
-                                    batch_size=batch_size, progress=progress)
-        personal = [i for i, (n, r) in enumerate(zip(names, rows)) if n or r["_memory"]]
-        guarded: dict[int, tuple[str, str]] = {}
-        if self.config.guard and personal and self.shared_index is not None:
-            guarded = self._guard(personal, rows, outputs, style)
-        per_ms = (time.perf_counter() - t0) * 1000 / len(rows)
-        out = []
-        for i, (o, av, mem) in enumerate(zip(outputs, adapters, memories)):
-            flags = dict(o.flags)
-            flags["adapter_version"] = av.version if av is not None else None
-            flags["memory"] = mem
-            text = o.text
-            if i in broken:
-                flags["adapter_error"] = broken[i]
-            if i in guarded:
-                text, flags["guard"], checked = guarded[i]
-                flags.update(checked)  # the replacement's own clinical check, as shown
-            out.append(DraftOutput(text, per_ms, flags))
-        return out
-
-    def _guard(self, personal: list[int], rows: list[dict], outputs: list, style: str
-               ) -> dict[int, tuple[str, str, dict]]:
-        """Rows whose personalised text states other findings than the shared model's text:
-        row -> (replacement, how, check flags) with how = "memory" (the reader's own impression
-        of a similar report that states the shared findings, verified and styled as any shown
-        text) or "shared"."""
-        from dataclasses import replace
-
-        from core.clinical.checks import PRESENT, label
-        from core.generation.pipeline import CoarseToFine, checked_text
-        from core.generation.retrieval import tidy
-
-        def positives(text: str) -> frozenset:
-            return frozenset(k for k, v in label(text).items() if v in PRESENT and
-                             k != "No Finding")
-
-        shared_rows = [{**rows[i], "_memory": None} for i in personal]
-        retrieval_only = CoarseToFine(self.shared_index, None, replace(self.c2f, llm="off"))
-        shared_out = retrieval_only.generate(shared_rows, style=style)
-        result: dict[int, tuple[str, str]] = {}
-        for i, s in zip(personal, shared_out):
-            want = positives(s.text)
-            # A personal text may state more than the shared one only where the Findings do:
-            # a reader's draft that names the effusion the shared text missed is kept.
-            supported = want | positives(rows[i]["findings"])
-
-            def faithful(text: str) -> bool:
-                found = positives(text)
-                return want <= found <= supported
-
-            if faithful(outputs[i].text):
-                continue
-            key = rows[i]["_memory"]
-            check_keys = ("repaired", "removed", "check_ok", "missing_critical", "contradictions",
-                          "unsupported", "normal_despite", "messages", "needs_review")
-            choice = (s.text, "shared", {k: s.flags[k] for k in check_keys if k in s.flags})
-            if key is not None:
-                own = self._indexes[key].search([rows[i]], k=self.c2f.k, exclude_self=True)[0]
-                for nb in own:
-                    if faithful(nb.impression):
-                        text, checked = checked_text(rows[i], tidy(nb.impression), style,
-                                                     repair=self.c2f.repair)
-                        checked["needs_review"] = bool(checked["needs_review"]
-                                                       or outputs[i].flags.get("low_confidence"))
-                        choice = (text, "memory", checked)
-                        break
-            result[i] = choice
-        return result
-
-
-BONUS_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
-
-
-def tune_memory_bonus(drafter: Drafter, av: AdapterVersion, grid: Sequence[float] = BONUS_GRID,
-                      max_items: int = 200) -> dict:
-    """Choose how strongly a reader's memory outranks the shared index, by leave-one-out on
-    the memory itself (never on the held-out slice, which the gate then judges on).
-
-    Each of the (at most ``max_items`` most recent) memory reports is drafted with that report
-    left out of both the memory and the shared index, once per bonus in ``grid``, and scored by
-    ROUGE-L against the reader's own accepted impression; the best bonus wins, ties going to the
-    smaller one (closer to the shared model). Readers who write like the department get a small
-    bonus (their memory then only breaks ties); readers with a style of their own get a large
-    one (BENCHMARKS.md, "Personalization").
-
-    Returns:
-        ``{"memory_bonus": best, "loo_rougeL": {bonus: score}, "loo_n": n}`` (``memory_bonus``
-        is ``DraftConfig.memory_bonus`` when the memory is too small to judge).
-    """
-    from core.evaluation.metrics import rouge
-
-    mem = [m for m in av.memory() if (m.get("findings") or "").strip() and
-           (m.get("impression") or "").strip()][-max_items:]
-    if len(mem) < max(drafter.config.min_memory, 5):
-        return {"memory_bonus": drafter.config.memory_bonus, "loo_rougeL": {}, "loo_n": len(mem)}
-    rows = [{"findings": m["findings"], "indication": m.get("indication"),
-             "comparison": m.get("comparison"), "id": m.get("report_id"),
-             "uid": _memory_uid(m)} for m in mem]
-    refs = [m["impression"] for m in mem]
-    scores: dict[float, float] = {}
-    for bonus in grid:
-        outs = drafter.draft(rows, [av] * len(rows), use_lora=False, memory_bonus=bonus)
-        scores[float(bonus)] = rouge([o.text for o in outs], refs)["rougeL"]
-    best = max(sorted(scores), key=lambda b: (round(scores[b], 6), -b))
-    return {"memory_bonus": best, "loo_rougeL": {str(b): round(v, 3) for b, v in scores.items()},
-            "loo_n": len(mem)}
-
-
-def refresh_drafts(store, drafter: Drafter, readers: Sequence[str], per_reader: int = 20,
-                   model_name: str | None = None, progress: bool = False) -> int:
-    """Pre-generate drafts with each reader's active adapter for their next unrated reports,
-    all readers in one mixed-adapter batch, and store them (``generations.adapter`` = username,
-    ``adapter_version`` = version). Returns how many were stored."""
-    rows: list[dict] = []
-    avs: list[AdapterVersion] = []
-    for name in readers:
-        av = active_adapter(store, name)
-        if av is None:
-            continue
-        r = store.get_reader(name)
-        for rep in store.pending_reports_for(r.id, av.name, per_reader):
-            rows.append(rep)
-            avs.append(av)
-    if not rows:
-        return 0
-    outputs = drafter.draft(rows, avs, progress=progress)
-    model = model_name or getattr(drafter.generator, "name", None) or "retrieval"
-    store.add_generations({"report_id": rep["id"], "model": model, "adapter": av.name,
-                           "adapter_version": av.version, "style": "default", "text": o.text,
-                           "flags": o.flags, "latency_ms": o.latency_ms}
-                          for rep, av, o in zip(rows, avs, outputs))
-    return len(rows)
 
 
 # ---------------------------------------------------------------------------------------------

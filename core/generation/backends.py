@@ -30,8 +30,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.generation.models import AdapterError, GenerationResult, ModelError, check_generate_args, check_loaded
-from core.errors import BackendUnavailable  # noqa: F401 (defined in core.errors)
+from core.errors import (
+    AdapterError,
+    BackendUnavailable,  # noqa: F401 (defined in core.errors)
+)
+from core.generation.checkpoint import DEFAULT_MODEL_DIR
+from core.generation.models import (
+    GenerationResult,
+    ModelError,
+    ModelSpec,
+    check_generate_args,
+    check_loaded,
+    load_generator,
+)
 
 BACKENDS = ("transformers", "vllm")
 
@@ -52,8 +63,6 @@ def load_backend(backend: str = "transformers", path: str | Path | None = None, 
         ValueError: unknown backend.
         BackendUnavailable: vLLM requested but not installed.
     """
-    from core.generation.models import DEFAULT_MODEL_DIR, ModelSpec, load_generator
-
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = Path(path) if path else DEFAULT_MODEL_DIR
@@ -82,7 +91,6 @@ class VLLMGenerator:
         max_lora_rank: the engine's ``max_lora_rank``; adapters of a higher rank are refused at
             load time rather than failing mid-batch.
     """
-
     _cache: dict[tuple, VLLMGenerator] = {}
     _cache_lock = threading.Lock()
 

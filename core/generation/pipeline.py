@@ -16,7 +16,7 @@ Fine (the text a radiologist sees):
        the impression from the one prompt of :func:`draft_messages` (findings, indication,
        comparison, the coarse draft, ``shots`` retrieved examples); SFT, DPO, GRPO and the gate
        train and judge on exactly this prompt;
-    4. the clinical verifier (:func:`core.clinical.checks.verify` via :func:`checked_text`) removes
+    4. the clinical verifier (:func:`core.clinical.verifier.verify` via :func:`checked_text`) removes
        statements this report does not support, replaces a normal statement beside a major
        finding, adds missing critical findings, and flags what is left (``needs_review``);
     5. the coarse draft is shown instead only when the model's text fails that check and the
@@ -35,19 +35,31 @@ retrieval-fallback), ``agreement``, ``neighbours`` (uids), ``llm``, ``adapter``,
 
 from __future__ import annotations
 
-import csv
-import json
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ImpressionistError
-from core.generation.retrieval import RetrievalConfig, RetrievalIndex, consensus, tidy
-from core.errors import GenerationError  # noqa: F401 (defined in core.errors)
+from core.adapters.base import use_base_adapter
+from core.clinical.labeler import label
+from core.clinical.verifier import verify
+from core.clinical.vocabulary import PRESENT, Label
+from core.errors import (
+    ConfigError,
+    GenerationError,  # noqa: F401 (defined in core.errors)
+)
+from core.generation.prompts import clean_output, draft_messages, has_prior
+from core.generation.retrieval import (
+    RetrievalConfig,
+    RetrievalError,
+    RetrievalIndex,
+    consensus,
+    index_for_store,
+    tidy,
+)
+from core.generation.styles import apply_style, resolve_style
 
 PIPELINE = "c2f-v1"
 LLM_MODES = ("off", "auto", "always")
@@ -56,7 +68,6 @@ LLM_MODES = ("off", "auto", "always")
 @dataclass
 class GenerationOutput:
     """One generated impression, its cost and what the checks found."""
-
     text: str
     latency_ms: float
     flags: dict = field(default_factory=dict)
@@ -85,40 +96,53 @@ class C2FConfig:
         repair: add missing critical findings from the findings (else only flag them).
         retrieval: feature settings of the retrieval index.
     """
-
-    k: int = 20
-    power: float = 6.0
-    coverage_bonus: float = 0.2
-    contradiction_penalty: float = 0.2
-    prior_penalty: float = 0.0
-    own_bonus: float = 0.05
+    k: int = field(default=20, metadata={"help": "neighbours retrieved and voting"})
+    power: float = field(default=6.0, metadata={
+        "help": "neighbour weight = max(similarity, 0) ** power"})
+    coverage_bonus: float = field(default=0.2, metadata={
+        "help": "vote bonus per positive finding of the report a candidate states"})
+    contradiction_penalty: float = field(default=0.2, metadata={
+        "help": "vote penalty per finding a candidate asserts that the findings negate"})
+    prior_penalty: float = field(default=0.0, metadata={
+        "help": "vote penalty for a candidate referring to a prior study when there is none"})
+    own_bonus: float = field(default=0.05, metadata={
+        "help": "vote bonus for candidates written by the requesting radiologist"})
     # "auto", chosen on the dev split (bench/tune_writer.py): the embedded 135M model under the
     # base adapter scores below the verified coarse draft where the neighbours agree (dev ROUGE-L
     # 65.5 vs 66.1 when it writes everything), about even where they disagree. A reader's own
     # adapter always writes (see _wants_draft).
-    llm: str = "auto"
-    llm_threshold: float = 0.45
+    llm: str = field(default="auto", metadata={
+        "help": "when the model writes: auto (the default: where the retrieved neighbours "
+                "disagree, and always for --reader with an adapter of their own), always "
+                "(every impression, from the findings and the retrieved draft) or off "
+                "(retrieval and vote only, an ablation; the model is not loaded)",
+        "choices": LLM_MODES})
+    llm_threshold: float = field(default=0.45, metadata={
+        "help": "vote agreement below which a text is flagged (and auto asks the model)"})
     # The shipped base adapter is trained on the draft-only prompt (shots=0): an example costs
     # +38% prompt tokens in every training step and every drafted impression on a CPU.
-    shots: int = 0
-    draft_in_prompt: bool = True
-    max_new_tokens: int = 48
-    repair: bool = True
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(indication_weight=0.3,
-                                                                              author_bonus=0.05))
+    shots: int = field(default=0, metadata={"help": "retrieved examples in the model's prompt"})
+    draft_in_prompt: bool = field(default=True, metadata={
+        "help": "give the model the coarse draft (off: an ablation, the model alone)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "generation budget per draft"})
+    repair: bool = field(default=True, metadata={
+        "help": "add missing critical findings from the findings (else only flag them)"})
+    retrieval: RetrievalConfig = field(
+        default_factory=lambda: RetrievalConfig(indication_weight=0.3, author_bonus=0.05),
+        metadata={"help": "feature settings of the retrieval index"})
 
     def __post_init__(self) -> None:
         if self.llm not in LLM_MODES:
-            raise GenerationError(f"C2FConfig.llm must be one of {LLM_MODES}, got {self.llm!r}")
+            raise ConfigError(f"C2FConfig.llm must be one of {LLM_MODES}, got {self.llm!r}")
         if self.k < 1 or self.shots < 0 or self.max_new_tokens < 1:
-            raise GenerationError(f"C2FConfig: k ({self.k}) and max_new_tokens ({self.max_new_tokens}) must be "
-                                  f">= 1 and shots ({self.shots}) >= 0")
+            raise ConfigError(f"C2FConfig: k ({self.k}) and max_new_tokens "
+                              f"({self.max_new_tokens}) must be >= 1 and shots ({self.shots}) "
+                              f">= 0")
 
 
 @dataclass
 class StageStats:
     """Where the time of the last :meth:`CoarseToFine.generate` call went."""
-
     n: int = 0
     retrieve_s: float = 0.0
     vote_s: float = 0.0
@@ -140,52 +164,13 @@ class StageStats:
         return d
 
 
-_PREFIX = re.compile(r"^\s*(impression|final impression)\s*:\s*", re.I)
 _PRIOR_WORDS = re.compile(r"\b(?:stable|unchanged|interval|compared|comparison|prior|previous|again|"
                           r"no change|improv\w+|worsen\w*|increas\w+|decreas\w+|new)\b", re.I)
-_NO_PRIOR = re.compile(r"^\W*(?:none|n/?a|no prior\w*|not available)\W*(?:available\W*)?$", re.I)
-
-
-def clean_output(text: str) -> str:
-    """Trim a model's answer to the impression itself (no heading, no trailing chatter)."""
-    text = _PREFIX.sub("", text.strip())
-    text = text.split("\n\n")[0].strip()
-    return text or "No impression generated."
-
-
-def has_prior(comparison: str | None) -> bool:
-    """Whether a COMPARISON section names a prior study (not blank, "None.", "None available")."""
-    c = (comparison or "").strip()
-    return bool(c) and not _NO_PRIOR.match(c)
 
 
 def _present(text: str) -> dict:
-    from core.clinical.checks import PRESENT, label
 
     return {k: v for k, v in label(text).items() if v in PRESENT and k != "No Finding"}
-
-
-def draft_messages(report: dict, neighbours: Sequence, shots: int, draft: str | None = None,
-                   style: str | None = None) -> list[dict]:
-    """The one prompt the model writes from, for serving, SFT, DPO/GRPO and the gate: the ``shots``
-    closest neighbours as few-shot examples (the closest right before the report), then the report
-    with the coarse ``draft`` (the vote's text) to keep or correct.
-
-    Args:
-        report: a dict with ``findings`` (``indication``, ``comparison`` optional).
-        neighbours: retrieved :class:`core.generation.retrieval.Neighbour` objects, closest first.
-        shots: how many of them to show.
-        draft: the coarse draft (:meth:`CoarseToFine.coarse`), or None for the draft-free prompt.
-        style: an optional style instruction for the system turn.
-
-    Returns:
-        ``core.generation.prompts.impression_messages`` for the report with those examples.
-    """
-    from core.generation.prompts import impression_messages
-
-    examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
-    return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
-                               examples=examples, style=style, draft=draft)
 
 
 def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, config: C2FConfig | None = None,
@@ -214,7 +199,6 @@ def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, confi
 
 class _LabelCache:
     """Labels of texts, cached (impressions repeat a lot across neighbourhoods)."""
-
     def __init__(self, size: int = 20000) -> None:
         self._cache: dict[str, Any] = {}
         self._size = size
@@ -222,7 +206,6 @@ class _LabelCache:
     def __call__(self, text: str) -> dict:
         hit = self._cache.get(text)
         if hit is None:
-            from core.clinical.checks import label
 
             hit = label(text)
             if len(self._cache) > self._size:
@@ -244,7 +227,6 @@ class CoarseToFine:
     >>> c2f = CoarseToFine(RetrievalIndex.build(reports))            # doctest: +SKIP
     >>> c2f.generate([{"findings": "Lungs clear."}], style="brief")  # doctest: +SKIP
     """
-
     def __init__(self, index: RetrievalIndex | None = None, generator=None, config: C2FConfig | None = None,
                  base_adapter: str | None = None) -> None:
         self.index = index
@@ -272,8 +254,6 @@ class CoarseToFine:
         Returns:
             The pipeline; a model-only one when the store has no report with an impression.
         """
-        from core.generation.retrieval import RetrievalError, index_for_store
-
         config = config or C2FConfig()
         try:
             index = index_for_store(store, split=split, config=config.retrieval)
@@ -322,8 +302,6 @@ class CoarseToFine:
         Raises:
             GenerationError: a report without findings, or a per-report list of the wrong length.
         """
-        from core.generation.styles import resolve_style
-
         cfg = self.config
         style = resolve_style(style)
         reports = list(reports)
@@ -419,8 +397,6 @@ class CoarseToFine:
 
     def _vote(self, query: dict, neighbours: list) -> dict:
         """MBR vote among the neighbours' impressions: the coarse draft."""
-        from core.clinical.checks import Label
-
         cfg = self.config
         cands: list[str] = []
         origin: list[str] = []
@@ -511,7 +487,7 @@ def _fails(checked: dict) -> bool:
 def checked_text(report: dict, text: str, style: str = "default", repair: bool = True) -> tuple[str, dict]:
     """The clinical verifier and the style, as every shown text gets them (pipeline, a reader's
     memory text, a study arm): verify and repair the text against this report
-    (:func:`core.clinical.checks.verify`), render the style, verify the styled text again.
+    (:func:`core.clinical.verifier.verify`), render the style, verify the styled text again.
 
     Args:
         report: dict with ``findings`` (``indication``, ``comparison`` optional).
@@ -524,9 +500,6 @@ def checked_text(report: dict, text: str, style: str = "default", repair: bool =
         ``missing_critical``, ``contradictions``, ``unsupported``, ``normal_despite``,
         ``messages``, ``prior_without_comparison`` and ``needs_review``.
     """
-    from core.clinical.checks import verify
-    from core.generation.styles import apply_style
-
     findings = report["findings"]
     ind, comp = report.get("indication"), report.get("comparison")
     first = verify(findings, text, ind, comp, repair=repair)
@@ -576,7 +549,7 @@ def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, ba
             reader adapter (None: the shared base adapter, see ``shared_base``).
         refresh: rebuild even when cached (e.g. after an import).
         shared_base: when ``base_adapter`` is None, draft with the shared base adapter
-            (``core.learning.sft.use_base_adapter``: the active trained one, else the shipped one) when
+            (``core.adapters.base.use_base_adapter``: the active trained one, else the shipped one) when
             one fits the generator's model; False: the bare model.
 
     Returns:
@@ -584,7 +557,6 @@ def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, ba
     """
     config = config or C2FConfig()
     if base_adapter is None and shared_base and generator is not None:
-        from core.learning.sft import use_base_adapter
 
         base_adapter = use_base_adapter(generator)
     key = (getattr(store, "path", None), id(generator), repr(config), base_adapter,
@@ -650,7 +622,6 @@ def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8
     """
     from tqdm.auto import tqdm
 
-    from core.generation.styles import resolve_style
 
     style = resolve_style(style)
     todo = store.reports_without_generation(style=style, limit=limit)
@@ -674,194 +645,3 @@ def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8
     return done
 
 
-def read_reports_csv(path: str | Path) -> list[dict]:
-    """Read a CSV with at least ``uid`` and ``findings`` (``indication``, ``comparison``, ``author``
-    optional) into report dicts.
-
-    Args:
-        path: the CSV file.
-
-    Returns:
-        Report dicts with ``uid``, ``findings``, ``indication``, ``comparison``, ``author``.
-
-    Raises:
-        GenerationError: file missing, a required column missing, a blank uid or findings (the
-            message names the file, row and column).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GenerationError(f"{path}: no such file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rd = csv.DictReader(fh)
-        cols = {c.strip().lower(): c for c in (rd.fieldnames or [])}
-        for need in ("uid", "findings"):
-            if need not in cols:
-                raise GenerationError(f"{path}: column {need!r} is missing (columns: {', '.join(rd.fieldnames or [])})")
-        out = []
-        for rowno, row in enumerate(rd, start=2):
-            def get(name):
-                c = cols.get(name)
-                return (row.get(c) or "").strip() if c else ""
-            uid, findings = get("uid"), get("findings")
-            if not uid:
-                raise GenerationError(f"{path}: row {rowno}, column 'uid' is blank")
-            if not findings:
-                raise GenerationError(f"{path}: row {rowno} (uid {uid}), column 'findings' is blank")
-            out.append({"uid": uid, "findings": findings, "indication": get("indication") or None,
-                        "comparison": get("comparison") or None,
-                        "author": get("author") or get("image") or None})
-    return out
-
-
-def write_predictions_csv(path: str | Path, reports: Sequence[dict], outputs: Sequence[GenerationOutput],
-                          style: str) -> None:
-    """Write ``uid, prediction, style, needs_review, flags`` (flags as JSON) to a CSV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["uid", "prediction", "style", "needs_review", "flags"])
-        for r, o in zip(reports, outputs):
-            w.writerow([r["uid"], o.text, style, int(bool(o.flags.get("needs_review"))),
-                        json.dumps(o.flags, sort_keys=True)])
-    tmp.replace(path)
-
-
-def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = "default",
-                 reader: str | None = None, batch_size: int = 8, store=None,
-                 config: C2FConfig | None = None) -> int:
-    """``python -m core generate --in X.csv --out Y.csv``: impressions for the rows of a CSV.
-
-    Retrieves from the reports in the store (``store``, else the default database when it exists);
-    a CSV row whose uid is in the store is never its own neighbour. Same pipeline as the app.
-
-    Args:
-        inp: CSV with ``uid``, ``findings`` (``indication``, ``comparison``, ``author`` optional).
-        out: CSV to write (``uid, prediction, style, needs_review, flags``).
-        generator: a loaded model, or None (retrieval only).
-        style: audience style.
-        reader: the radiologist: their past reports get a bonus, and their *active* (promoted)
-            adapter version's LoRA weights draft when it has some (:func:`reader_adapter`;
-            a rejected or unpromoted newer version is never used).
-        batch_size: model batch size.
-        store: the store to retrieve from (default: the configured database, when it exists).
-        config: pipeline settings.
-
-    Returns:
-        Exit status: 0 ok, 2 bad input (message on stderr), 1 nothing to retrieve from and no model.
-    """
-    from core.generation.styles import StyleError, resolve_style
-
-    try:
-        style = resolve_style(style)
-        reports = read_reports_csv(inp)
-    except (GenerationError, StyleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    own_store = None
-    if store is None:
-        from core.config import settings
-
-        db = settings().db_path
-        if Path(db).is_file():
-            from core.store.database import Store
-
-            store = own_store = Store(db)
-            store.migrate()
-    try:
-        outputs = None
-        if reader and store is not None:
-            outputs = _reader_drafts(store, generator, reports, reader, style, batch_size, config)
-        if outputs is None:  # the shared pipeline (built only when it drafts)
-            try:
-                pipeline = pipeline_for(store, generator, config)
-            except ImpressionistError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            if pipeline.index is None:
-                print("warning: no reports with impressions to retrieve from (import some first); "
-                      "the model writes alone and every row is flagged for review", file=sys.stderr)
-            adapter = None
-            if reader and generator is not None:
-                found = reader_adapter(reader, store=store)
-                if found is not None:
-                    pipeline.use_adapter(f"reader:{reader}", found)
-                    adapter = f"reader:{reader}"
-            outputs = pipeline.generate(reports, style=style, reader=reader, adapter=adapter,
-                                        batch_size=batch_size, progress=True)
-    except ImpressionistError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if own_store is not None:
-            own_store.close()
-    write_predictions_csv(out, reports, outputs, style)
-    flagged = sum(bool(o.flags.get("needs_review")) for o in outputs)
-    print(f"wrote {len(outputs)} impressions ({style}) to {out}; {flagged} flagged for review")
-    return 0
-
-
-def _reader_drafts(store, generator, reports: list[dict], reader: str, style: str, batch_size: int,
-                   config: C2FConfig | None) -> list | None:
-    """Drafts with the reader's whole active adapter (memory of their accepted impressions and
-    LoRA weights), the app's path (:class:`core.adapters.registry.Drafter`); None when the reader has no
-    active version (the shared pipeline then drafts, with their own past reports favoured)."""
-    from core.adapters.registry import DraftConfig, active_adapter
-    from core.learning.nightly import NightlyConfig, load_drafter
-
-    version = active_adapter(store, reader)  # NotFound names an unknown reader
-    if version is None:
-        return None
-    nightly = NightlyConfig(draft=DraftConfig(c2f=config)) if config is not None else NightlyConfig()
-    drafter = load_drafter(store, nightly, generator=generator, with_model=generator is not None)
-    return drafter.draft(reports, [version] * len(reports), style=style, batch_size=batch_size,
-                         progress=True)
-
-
-def reader_adapter(reader: str, adapters_dir: str | Path | None = None, store=None) -> Path | None:
-    """The radiologist's *active* (promoted) adapter directory holding ``adapter_config.json``;
-    None when their drafts use the shared model or the active version has no LoRA weights.
-
-    A rejected or not yet promoted version is never used, even when it is the newest folder.
-    The database is the authority (``core.adapters.registry.active_adapter``) when ``store`` is given;
-    otherwise the reader's pointer file ``<adapters>/<reader>/ACTIVE.json`` (the database's
-    mirror) names the version. A flat ``<adapters>/<reader>/adapter_config.json`` (an adapter
-    copied in by hand, no versions) is used when there is no pointer.
-
-    Args:
-        reader: the radiologist's username.
-        adapters_dir: the adapters folder (default ``settings().adapters_dir``).
-        store: the store whose ``active_adapters`` table decides (None: the pointer file).
-
-    Returns:
-        The directory, or None.
-    """
-    from core.config import settings
-
-    root = Path(adapters_dir) if adapters_dir else settings().adapters_dir
-    base = root / reader
-    if store is not None:
-        from core.adapters.registry import active_adapter
-        from core.errors import ImpressionistError as _Err
-
-        try:
-            av = active_adapter(store, reader)
-        except _Err:
-            av = None
-        if av is not None:
-            return av.path if av.has_lora else None
-        # no active version in the database: the shared model (a hand-copied flat adapter
-        # still counts, as below)
-        return base if (base / "adapter_config.json").is_file() else None
-    pointer = base / "ACTIVE.json"
-    if pointer.is_file():
-        try:
-            version = int(json.loads(pointer.read_text(encoding="utf-8"))["version"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        d = base / f"v{version}"
-        return d if (d / "adapter_config.json").is_file() else None
-    if (base / "adapter_config.json").is_file():
-        return base
-    return None

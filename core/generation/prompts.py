@@ -14,9 +14,10 @@ FINDINGS: Heart size normal. Lungs clear.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from core.errors import ValidationError
+from core.generation.retrieval import tidy
 
 # Chosen on 24 IU reports against three alternatives (ROUGE-L of the zero-shot base model: 0.114
 # vs 0.043-0.084). Wordings naming "the IMPRESSION of a report" made SmolLM2-135M echo that phrase.
@@ -129,3 +130,47 @@ def impression_messages(
         messages.append({"role": "assistant", "content": _clean(ex_impression)})
     messages.append({"role": "user", "content": report_text(findings, indication, comparison, draft)})
     return messages
+
+
+_PREFIX = re.compile(r"^\s*(impression|final impression)\s*:\s*", re.I)
+
+
+
+_NO_PRIOR = re.compile(r"^\W*(?:none|n/?a|no prior\w*|not available)\W*(?:available\W*)?$", re.I)
+
+
+
+def clean_output(text: str) -> str:
+    """Trim a model's answer to the impression itself (no heading, no trailing chatter)."""
+    text = _PREFIX.sub("", text.strip())
+    text = text.split("\n\n")[0].strip()
+    return text or "No impression generated."
+
+
+
+def has_prior(comparison: str | None) -> bool:
+    """Whether a COMPARISON section names a prior study (not blank, "None.", "None available")."""
+    c = (comparison or "").strip()
+    return bool(c) and not _NO_PRIOR.match(c)
+
+
+
+def draft_messages(report: dict, neighbours: Sequence, shots: int, draft: str | None = None,
+                   style: str | None = None) -> list[dict]:
+    """The one prompt the model writes from, for serving, SFT, DPO/GRPO and the gate: the ``shots``
+    closest neighbours as few-shot examples (the closest right before the report), then the report
+    with the coarse ``draft`` (the vote's text) to keep or correct.
+
+    Args:
+        report: a dict with ``findings`` (``indication``, ``comparison`` optional).
+        neighbours: retrieved :class:`core.generation.retrieval.Neighbour` objects, closest first.
+        shots: how many of them to show.
+        draft: the coarse draft (:meth:`CoarseToFine.coarse`), or None for the draft-free prompt.
+        style: an optional style instruction for the system turn.
+
+    Returns:
+        ``core.generation.prompts.impression_messages`` for the report with those examples.
+    """
+    examples = [(nb.findings, tidy(nb.impression)) for nb in list(neighbours)[:shots][::-1]]
+    return impression_messages(report["findings"], report.get("indication"), report.get("comparison"),
+                               examples=examples, style=style, draft=draft)

@@ -31,11 +31,12 @@ import hashlib
 import pickle
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.errors import ImpressionistError
+from core.config import settings
 from core.errors import RetrievalError  # noqa: F401 (defined in core.errors)
+from core.ingest.splits import in_split
 
 INDEX_VERSION = 1
 
@@ -55,20 +56,24 @@ class RetrievalConfig:
         author_bonus: added to the cosine similarity when the neighbour has the same author
             (dictation template / radiologist) as the query; 0 disables.
     """
-
-    char_ngrams: tuple[int, int] | None = (3, 5)
-    word_ngrams: tuple[int, int] | None = (1, 2)
-    char_weight: float = 1.0
-    word_weight: float = 1.0
-    indication_weight: float = 0.0
-    comparison_weight: float = 0.0
-    author_bonus: float = 0.0
+    char_ngrams: tuple[int, int] | None = field(default=(3, 5), metadata={
+        "help": "(min, max) character n-gram range (char_wb analyzer); None disables"})
+    word_ngrams: tuple[int, int] | None = field(default=(1, 2), metadata={
+        "help": "(min, max) word n-gram range; None disables"})
+    char_weight: float = field(default=1.0, metadata={
+        "help": "weight of the character block (blocks are L2-normalised, then weighted)"})
+    word_weight: float = field(default=1.0, metadata={"help": "weight of the word block"})
+    indication_weight: float = field(default=0.0, metadata={
+        "help": "weight of a word TF-IDF block of the indication (0 disables)"})
+    comparison_weight: float = field(default=0.0, metadata={
+        "help": "weight of a word TF-IDF block of the comparison (0 disables)"})
+    author_bonus: float = field(default=0.0, metadata={
+        "help": "added to the similarity of a neighbour by the same author (0 disables)"})
 
 
 @dataclass
 class Neighbour:
     """One retrieved report."""
-
     row: int  # position in the index
     score: float  # cosine similarity (plus the author bonus), higher is closer
     findings: str
@@ -105,7 +110,6 @@ class RetrievalIndex:
 
     Build it with :meth:`build` (or :func:`index_for_store` for the store's reports, cached).
     """
-
     def __init__(self, docs: list[dict], config: RetrievalConfig, vectorizers: dict, matrix) -> None:
         self.docs = docs
         self.config = config
@@ -316,7 +320,6 @@ def rouge_l(a: str, b: str) -> float:
 @dataclass
 class ConsensusResult:
     """Which candidate won the vote, and how clearly."""
-
     best: int  # index into the candidates
     scores: list[float]  # expected agreement of each candidate with the neighbourhood, in [0, 1]
     margin: float  # best score minus the runner-up (0 when only one distinct candidate)
@@ -397,9 +400,6 @@ def index_for_store(store, split: str | Iterable[str] | None = None, config: Ret
     Raises:
         RetrievalError: the store has no report with an impression.
     """
-    from core.config import settings
-    from core.ingest.splits import in_split
-
     config = config or RetrievalConfig()
     excluded = set(exclude_ids)
     rows = [r for r in store.reports() if (r.get("impression") or "").strip() and (r.get("findings") or "").strip()

@@ -3,7 +3,7 @@ comprehensive (specialists).
 
 Every style is rendered from the impression and the report's own findings/indication/comparison by
 rules, not by the language model: a 135M-parameter model asked to "explain this to a patient"
-invents findings, while a rule can only say what the labeler (:mod:`core.clinical.checks`) read in the
+invents findings, while a rule can only say what the labeler (:mod:`core.clinical`) read in the
 impression. So each style is clinically faithful by construction and visibly different:
 
 - ``default``: the impression as chosen/generated (numbering and stray periods tidied).
@@ -28,9 +28,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.errors import ImpressionistError
+from core.clinical.labeler import extract, is_normal_statement, label
+from core.clinical.vocabulary import PRESENT, Label
 from core.errors import StyleError  # noqa: F401 (defined in core.errors)
-
 
 STYLES: dict[str, str] = {
     "default": "The impression as the radiologist would dictate it.",
@@ -144,7 +144,6 @@ def sentences(text: str) -> list[str]:
 
 
 def _present(text: str) -> dict:
-    from core.clinical.checks import PRESENT, label
 
     return {k: v for k, v in label(text).items() if v in PRESENT}
 
@@ -159,8 +158,6 @@ def brief(impression: str, findings: str | None = None) -> str:
     Returns:
         The brief text.
     """
-    from core.clinical.checks import Label, is_normal_statement
-
     labels = _present(impression)
     out: list[str] = []
     abnormal = [k for k in labels if k != "No Finding"]
@@ -203,8 +200,6 @@ def bullets(impression: str) -> str:
 
 def _supporting(findings: str, observations: set[str]) -> list[str]:
     """Findings sentences that positively mention one of ``observations`` (in order, unique)."""
-    from core.clinical.checks import PRESENT, extract
-
     out: list[str] = []
     for m in extract(findings):
         if m.observation in observations and m.label in PRESENT:
@@ -230,8 +225,6 @@ def answer_question(indication: str | None, findings: str) -> str | None:
         E.g. ``"Clinical question (cough and fever): no pneumonia."``, or None when the indication
         names no question this module knows.
     """
-    from core.clinical.checks import Label, label
-
     ind = _WS.sub(" ", indication or "").strip()
     if not ind or ind.lower() in ("none", "none."):
         return None
@@ -267,8 +260,6 @@ def comprehensive(impression: str, findings: str | None = None, indication: str 
     Returns:
         Multi-line text with labelled sections.
     """
-    from core.clinical.checks import Label, label
-
     findings = findings or ""
     lines = ["IMPRESSION: " + (" ".join(f"{i}. {s}" for i, s in enumerate(sentences(impression), 1))
                                if len(sentences(impression)) > 1 else " ".join(sentences(impression)) or impression)]
@@ -306,7 +297,6 @@ def default(impression: str) -> str:
 @dataclass
 class StyledText:
     """A styled impression and the style it is in."""
-
     style: str
     text: str
 

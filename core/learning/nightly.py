@@ -38,19 +38,50 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from core.adapters.registry import (AdapterVersion, DraftConfig, Drafter, active_adapter, allocate_version,
-                           cleanup_partial, commit_version, promote, refresh_drafts,
-                           shared_adapter_dir, sync_pointers, tune_memory_bonus,
-                           write_draft_settings, write_memory)
-from core.learning import distributed
+from core.adapters.base import (
+    SHARED_ADAPTER_NAME,  # "@shared": never a valid username
+    SHARED_READER,
+    shared_adapter_dir,
+    use_base_adapter,
+)
+from core.adapters.files import check_adapter_files
+from core.adapters.registry import (
+    AdapterVersion,
+    active_adapter,
+    allocate_version,
+    cleanup_partial,
+    commit_version,
+    promote,
+    sync_pointers,
+    write_draft_settings,
+    write_memory,
+)
 from core.config import settings
-from core.errors import ImpressionistError
-from core.learning.sft import SHARED_ADAPTER_NAME  # "@shared": never a valid username
-from core.learning.train import TrainConfig
+from core.errors import (
+    AdapterError,
+    ConfigError,
+    ImpressionistError,
+    NightlyBusy,  # noqa: F401 (defined in core.errors)
+)
+from core.generation.models import ModelSpec, load_generator
+from core.generation.personal import (
+    DraftConfig,
+    Drafter,
+    load_drafter,
+    refresh_drafts,
+    tune_memory_bonus,
+)
+from core.generation.pipeline import serving_prompts
+from core.learning import distributed
+from core.learning.dpo import train_dpo
+from core.learning.gate import GateResult, evaluate_versions, gate
+from core.learning.grpo import train_grpo
+from core.learning.pairs import pairs_for_reader, report_of, to_trl
+from core.learning.rewards import StyleProfile, grpo_reward_funcs
+from core.learning.train import TrainConfig, write_manifest
 from core.util import now
-from core.errors import NightlyBusy  # noqa: F401 (defined in core.errors)
 
 __all__ = ["NightlyBusy", "NightlyConfig", "ReaderOutcome", "NightlyReport", "GateResult",
            "run_nightly", "evaluate_versions", "gate", "SHARED_ADAPTER_NAME"]
@@ -84,39 +115,63 @@ class NightlyConfig:
         threads: the job's thread budget for torch (default ``$IMPRESSIONIST_NIGHTLY_THREADS``,
             else ``train.threads``, else every core but one): the app keeps a core.
     """
-
-    method: str = "dpo"
-    min_new_feedback: int = 20
-    min_pairs: int = 8
+    method: str = field(default="dpo", metadata={
+        "help": "dpo, grpo (online RL with the hierarchical reward) or memory (no LoRA "
+                "training: only the reader's memory is updated)",
+        "choices": ("dpo", "grpo", "memory")})
+    min_new_feedback: int = field(default=20, metadata={
+        "help": "train a reader only after this many new ratings"})
+    min_pairs: int = field(default=8, metadata={
+        "help": "...and only with at least this many training pairs (LoRA methods)"})
     # 4 held-out reports promoted versions that were 38 ROUGE-L points worse on a reader's
     # unseen reports (BENCHMARKS.md, "Personalization", real readers): demand more evidence.
-    min_heldout_reports: int = 10
-    heldout_fraction: float = 0.2
-    max_pairs: int = 256
-    eval_max_reports: int = 32
-    min_rouge_gain: float = 0.5
-    pref_tolerance: float = 0.02
-    label_tolerance: float = 0.02
-    readers: list[str] | None = None
-    force: bool = False
-    refresh_per_reader: int = 20
-    model_path: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    draft: DraftConfig = field(default_factory=DraftConfig)
-    nice: int = field(default_factory=lambda: int(os.environ.get(
-        "IMPRESSIONIST_NIGHTLY_NICE", "10")), metadata={"help": "CPU priority (nice 0-19)"})
-    threads: int | None = field(default_factory=lambda: int(os.environ[
-        "IMPRESSIONIST_NIGHTLY_THREADS"]) if os.environ.get("IMPRESSIONIST_NIGHTLY_THREADS")
-        else None, metadata={"help": "torch threads (default: every core but one)"})
+    min_heldout_reports: int = field(default=10, metadata={
+        "help": "never promote on fewer held-out reports of the reader"})
+    heldout_fraction: float = field(default=0.2, metadata={
+        "help": "share of each reader's reports kept for evaluation"})
+    max_pairs: int = field(default=256, metadata={
+        "help": "train on at most this many pairs (the most recent)"})
+    eval_max_reports: int = field(default=32, metadata={
+        "help": "evaluate on at most this many held-out reports"})
+    min_rouge_gain: float = field(default=0.5, metadata={
+        "help": "ROUGE-L points a candidate must gain over the current adapter"})
+    pref_tolerance: float = field(default=0.02, metadata={
+        "help": "allowed drop in preference accuracy"})
+    label_tolerance: float = field(default=0.02, metadata={"help": "allowed drop in label F1"})
+    readers: list[str] | None = field(default=None, metadata={
+        "help": "only these usernames, a comma list (default: every active radiologist)"})
+    force: bool = field(default=False, metadata={"help": "ignore --min-new-feedback"})
+    refresh_per_reader: int = field(default=20, metadata={
+        "help": "pre-draft this many next cases per promoted reader"})
+    model_path: str | None = field(default=None, metadata={
+        "help": "base checkpoint (default: the embedded model)"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={
+        "help": "training hyper-parameters"})
+    draft: DraftConfig = field(default_factory=DraftConfig, metadata={
+        "help": "drafting settings (evaluation and pre-drafting)"})
+    nice: int = field(default_factory=lambda: settings().nightly_nice, metadata={
+        "help": "CPU priority (nice 0-19; default $IMPRESSIONIST_NIGHTLY_NICE, else 10)"})
+    threads: int | None = field(default_factory=lambda: settings().nightly_threads, metadata={
+        "help": "torch threads (default: $IMPRESSIONIST_NIGHTLY_THREADS, else every core but "
+                "one)"})
 
     def __post_init__(self) -> None:
         if self.method not in ("dpo", "grpo", "memory"):
-            raise ImpressionistError(f"NightlyConfig.method {self.method!r}: expected dpo, grpo "
-                                     f"or memory")
+            raise ConfigError(f"NightlyConfig.method {self.method!r}: expected dpo, grpo "
+                              f"or memory")
+        for name in ("min_new_feedback", "min_pairs", "min_heldout_reports", "eval_max_reports",
+                     "refresh_per_reader"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"NightlyConfig.{name} {getattr(self, name)!r}: expected >= 0")
+        if self.max_pairs < 1:
+            raise ConfigError(f"NightlyConfig.max_pairs {self.max_pairs!r}: expected >= 1")
+        if not 0 <= self.heldout_fraction <= 1:
+            raise ConfigError(f"NightlyConfig.heldout_fraction {self.heldout_fraction!r}: "
+                              f"expected 0..1")
         if not 0 <= self.nice <= 19:
-            raise ImpressionistError(f"NightlyConfig.nice {self.nice!r}: expected 0..19")
+            raise ConfigError(f"NightlyConfig.nice {self.nice!r}: expected 0..19")
         if self.threads is not None and self.threads < 1:
-            raise ImpressionistError(f"NightlyConfig.threads {self.threads!r}: expected >= 1")
+            raise ConfigError(f"NightlyConfig.threads {self.threads!r}: expected >= 1")
 
     def thread_budget(self) -> int:
         """Torch threads for this job: ``threads``, else ``train.threads``, else all cores of
@@ -130,18 +185,8 @@ class NightlyConfig:
 
 
 @dataclass
-class GateResult:
-    """The promotion decision and why."""
-
-    promote: bool
-    reason: str
-    checks: dict = field(default_factory=dict)
-
-
-@dataclass
 class ReaderOutcome:
     """What the nightly job did for one radiologist."""
-
     reader: str
     status: str  # skipped | succeeded | failed
     reason: str = ""
@@ -195,128 +240,6 @@ class NightlyReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def _critical_counts(findings: str, text: str) -> tuple[int, int]:
-    """(critical findings in the Findings, how many of them the text misses)."""
-    from core.clinical.checks import check_impression, extract
-
-    crit = {m.observation for m in extract(findings) if m.critical}
-    if not crit:
-        return 0, 0
-    missing = set(check_impression(findings, text).missing_critical) & crit
-    return len(crit), len(missing)
-
-
-def evaluate_versions(drafter: Drafter, refs: Sequence[dict],
-                      versions: Sequence[AdapterVersion | None],
-                      heldout_examples: Sequence[dict] = (),
-                      use_lora: bool = True, use_memory: bool = True) -> list[dict]:
-    """Evaluate adapter versions on a reader's held-out reports, all versions in one batch.
-
-    Args:
-        drafter: the drafter (loaded generator, shared memory).
-        refs: held-out reports with the reader's reference impression (``impression``).
-        versions: the versions to compare (None = the shared model).
-        heldout_examples: held-out preference rows (TRL format) for preference accuracy.
-        use_lora / use_memory: ablation switches passed to the drafter.
-
-    Returns:
-        One dict per version: n, rougeL, label_f1 (micro), critical_recall (None without critical
-        cases), pref_acc (None without pairs), and the drafts.
-    """
-    from core.evaluation.metrics import label_f1, rouge
-
-    refs = list(refs)
-    rows, avs = [], []
-    for v in versions:
-        rows += refs
-        avs += [v] * len(refs)
-    outputs = drafter.draft(rows, avs, use_lora=use_lora, use_memory=use_memory) if rows else []
-    # Preference accuracy only differs between versions through their LoRA weights.
-    any_lora = use_lora and drafter.generator is not None and any(
-        v is not None and v.has_lora for v in versions)
-    results = []
-    for k, v in enumerate(versions):
-        preds = [o.text for o in outputs[k * len(refs):(k + 1) * len(refs)]]
-        targets = [r["impression"] for r in refs]
-        res: dict[str, Any] = {"n": len(refs)}
-        if refs:
-            res["rougeL"] = rouge(preds, targets)["rougeL"]
-            res["label_f1"] = label_f1(preds, targets)["micro_f1"]
-            total = missed = 0
-            for r, p in zip(refs, preds):
-                t, m = _critical_counts(r["findings"], p)
-                total, missed = total + t, missed + m
-            res["critical_recall"] = (1 - missed / total) if total else None
-            res["critical_cases"] = total
-        res["pref_acc"] = _pref_acc(drafter, v, heldout_examples, use_lora) if any_lora else None
-        res["drafts"] = preds
-        results.append(res)
-    return results
-
-
-def _pref_acc(drafter: Drafter, v: AdapterVersion | None, examples: Sequence[dict],
-              use_lora: bool) -> float | None:
-    if not examples:
-        return None
-    from core.generation.models import BASE_ADAPTER, AdapterError
-    from core.learning.train import preference_accuracy
-
-    gen = drafter.generator
-    name = BASE_ADAPTER
-    if v is not None and use_lora and v.has_lora:
-        try:
-            if gen.adapters.get(v.gen_name) != v.path.resolve():
-                gen.load_adapter(v.gen_name, v.path)
-        except AdapterError:
-            return None  # a damaged version has no preference accuracy (see the drafts' flags)
-        name = v.gen_name
-    elif drafter.shared_adapter:
-        name = drafter.shared_adapter
-    model = getattr(gen, "_peft", None)
-    with gen._lock:
-        if model is None:
-            return preference_accuracy(gen.model, gen.tokenizer, examples)
-        return preference_accuracy(model, gen.tokenizer, examples, adapter_name=name)
-
-
-def gate(candidate: dict, current: dict, config: NightlyConfig) -> GateResult:
-    """Decide whether a candidate adapter replaces the current one.
-
-    Promote only when: enough held-out reports; ROUGE-L gain >= ``min_rouge_gain``; preference
-    accuracy not lower by more than ``pref_tolerance`` (when both have pairs); label F1 not lower
-    by more than ``label_tolerance``; critical-finding recall not lower at all.
-    """
-    checks: dict[str, Any] = {}
-    n = candidate.get("n", 0)
-    if n < config.min_heldout_reports:
-        return GateResult(False, f"only {n} held-out reports (< {config.min_heldout_reports})",
-                          {"heldout_reports": n})
-    gain = candidate["rougeL"] - current["rougeL"]
-    checks["rougeL_gain"] = round(gain, 3)
-    reasons = []
-    if gain < config.min_rouge_gain:
-        reasons.append(f"ROUGE-L gain {gain:+.2f} < {config.min_rouge_gain}")
-    cp, bp = candidate.get("pref_acc"), current.get("pref_acc")
-    if cp is not None and bp is not None and not (math.isnan(cp) or math.isnan(bp)):
-        checks["pref_acc_delta"] = round(cp - bp, 4)
-        if cp < bp - config.pref_tolerance:
-            reasons.append(f"preference accuracy {cp:.3f} < {bp:.3f} - {config.pref_tolerance}")
-    lf, bl = candidate.get("label_f1"), current.get("label_f1")
-    if lf is not None and bl is not None:
-        checks["label_f1_delta"] = round(lf - bl, 4)
-        if lf < bl - config.label_tolerance:
-            reasons.append(f"label F1 {lf:.3f} < {bl:.3f} - {config.label_tolerance}")
-    cr, br = candidate.get("critical_recall"), current.get("critical_recall")
-    if cr is not None and br is not None:
-        checks["critical_recall_delta"] = round(cr - br, 4)
-        if cr < br:
-            reasons.append(f"critical-finding recall {cr:.3f} < {br:.3f}")
-    if reasons:
-        return GateResult(False, "; ".join(reasons), checks)
-    return GateResult(True, f"ROUGE-L {current['rougeL']:.1f} -> {candidate['rougeL']:.1f}",
-                      checks)
-
-
 # ---------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------
@@ -345,41 +268,9 @@ def nightly_lock():
         os.close(fd)
 
 
-def _load_generator(config: NightlyConfig):
-    from core.generation.models import ModelSpec, load_generator
-
-    # the gate's drafts on a GPU when there is one (an 8B model on a CPU would take hours)
-    return load_generator(ModelSpec(path=config.model_path or settings().model_path,
-                                    device="auto"))
-
-
-def load_drafter(store, config: NightlyConfig, generator=None, with_model: bool = True) -> Drafter:
-    """A drafter over the embedded (or configured) model, with the store's reports as the
-    shared retrieval index (the app's) and the shared base adapter loaded when there is one.
-    ``with_model=False`` (memory-only nights) drafts by retrieval alone until a LoRA adapter
-    has to be evaluated; the model is then loaded on demand."""
-    from core.generation.pipeline import C2FConfig
-    from core.generation.retrieval import RetrievalError, index_for_store
-
-    from core.learning.sft import use_base_adapter
-
-    if generator is None and with_model:
-        generator = _load_generator(config)
-    shared_name = use_base_adapter(generator)
-    c2f = config.draft.c2f or C2FConfig()
-    try:
-        index = index_for_store(store, config=c2f.retrieval)
-    except RetrievalError:
-        index = None
-    return Drafter(generator, index, config.draft, shared_adapter=shared_name)
-
-
 def _trl_rows(drafter: Drafter, pairs, reader: str) -> list[dict]:
     """Pairs as TRL rows whose prompt is the serving prompt of their report for this reader
     (the coarse draft and examples from the shared index, the report itself left out)."""
-    from core.generation.pipeline import serving_prompts
-    from core.learning.pairs import report_of, to_trl
-
     pairs = list(pairs)
     prompts = serving_prompts([report_of(p) for p in pairs], drafter.shared_index, drafter.c2f,
                               readers=[reader] * len(pairs))
@@ -390,63 +281,80 @@ def _eval_examples(drafter: Drafter, pairs, limit: int, reader: str) -> list[dic
     return _trl_rows(drafter, pairs[:limit], reader)
 
 
+def _memory_version(drafter: Drafter, reader, pairs, config: NightlyConfig, version: int,
+                    tmp: Path) -> tuple[AdapterVersion, dict]:
+    """Write the candidate's memory and tune how strongly it outranks the shared index
+    (leave-one-out on the memory; the held-out slice stays for the gate)."""
+    write_memory(tmp, pairs.memory)
+    candidate = AdapterVersion(reader.username, reader.id, version, tmp,
+                               method=config.method, alias=f"{reader.username}__candidate")
+    draft_settings = tune_memory_bonus(drafter, candidate)
+    write_draft_settings(tmp, draft_settings)
+    drafter.forget(candidate)
+    return candidate, draft_settings
+
+
+def _train_weights(drafter: Drafter, reader, pairs, train_pairs: list, config: NightlyConfig,
+                   tmp: Path, current: AdapterVersion | None, init: Path | None):
+    """The candidate's LoRA weights: trained (DPO/GRPO), or the current ones kept on a
+    memory-only night. Returns the training result, or None when nothing trained."""
+    if config.method == "memory" and current is not None and current.has_lora and \
+            _adapter_intact(current.path):
+        # a memory-only night refreshes the memory and keeps the current LoRA weights
+        # (never copies damaged ones: the new version then has memory only)
+        for f in current.path.iterdir():
+            if f.name.startswith("adapter_"):
+                shutil.copy2(f, tmp / f.name)
+    if config.method not in ("dpo", "grpo"):
+        return None
+    task = {"method": config.method, "model_path": str(config.model_path or
+                                                      settings().model_path),
+            "examples": _trl_rows(drafter, train_pairs, reader.username),
+            "out": str(tmp),
+            "train": config.train, "init": str(init) if init else None,
+            "style_texts": [m["impression"] for m in pairs.memory]}
+    # under `accelerate launch` the other ranks train the same run with this process
+    distributed.broadcast(task)
+    return run_task(task)
+
+
+def _judge(drafter: Drafter, reader, pairs, config: NightlyConfig, candidate: AdapterVersion,
+           current: AdapterVersion | None):
+    """Candidate vs current on the reader's held-out slice (no transaction open), and the gate."""
+    if drafter.generator is None and current is not None and current.has_lora:
+        drafter.generator = load_generator(ModelSpec(
+            path=config.model_path or settings().model_path, device="auto"))
+        drafter.shared_adapter = use_base_adapter(drafter.generator)
+    refs = sorted(pairs.heldout_refs, key=lambda r: r["report_id"])[:config.eval_max_reports]
+    examples = _eval_examples(drafter, pairs.heldout, 4 * config.eval_max_reports,
+                              reader.username)
+    cand_m, cur_m = evaluate_versions(drafter, refs, [candidate, current], examples)
+    with contextlib.suppress(Exception):
+        drafter.generator.unload_adapter(candidate.gen_name)
+    return gate(cand_m, cur_m, config), cand_m, cur_m
+
+
 def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig, run_id: int,
                   progress: bool) -> ReaderOutcome:
-    from core.learning.train import write_manifest
-
+    """One reader's night: memory, weights, the gate, then commit (and promote or reject)."""
     t0 = time.perf_counter()
     version, tmp = allocate_version(store, reader.id)
     outcome = ReaderOutcome(reader.username, "failed", run_id=run_id, version=version,
                             n_pairs=len(pairs.train) + len(pairs.heldout))
     try:
-        write_memory(tmp, pairs.memory)
-        # how strongly this reader's memory outranks the shared index: leave-one-out on the
-        # memory (the held-out slice stays for the gate)
-        candidate = AdapterVersion(reader.username, reader.id, version, tmp,
-                                   method=config.method, alias=f"{reader.username}__candidate")
-        draft_settings = tune_memory_bonus(drafter, candidate)
-        write_draft_settings(tmp, draft_settings)
-        drafter.forget(candidate)
+        candidate, draft_settings = _memory_version(drafter, reader, pairs, config, version, tmp)
         train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
         outcome.n_train_pairs = len(train_pairs)
-        result = None
         init = shared_adapter_dir()
         current = active_adapter(store, reader.id)
-        if config.method == "memory" and current is not None and current.has_lora and \
-                _adapter_intact(current.path):
-            # a memory-only night refreshes the memory and keeps the current LoRA weights
-            # (never copies damaged ones: the new version then has memory only)
-            for f in current.path.iterdir():
-                if f.name.startswith("adapter_"):
-                    shutil.copy2(f, tmp / f.name)
-        if config.method in ("dpo", "grpo"):
-            task = {"method": config.method, "model_path": str(config.model_path or
-                                                              settings().model_path),
-                    "examples": _trl_rows(drafter, train_pairs, reader.username),
-                    "out": str(tmp),
-                    "train": config.train, "init": str(init) if init else None,
-                    "style_texts": [m["impression"] for m in pairs.memory]}
-            # under `accelerate launch` the other ranks train the same run with this process
-            distributed.broadcast(task)
-            result = run_task(task)
+        result = _train_weights(drafter, reader, pairs, train_pairs, config, tmp, current, init)
         if result is not None:
             outcome.train_s = result.train_s
             # pairs actually trained on (steps * batch_size over-counts a partial last batch)
             seen = min(len(train_pairs) * config.train.epochs,
                        result.steps * config.train.batch_size)
             outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
-        # evaluate candidate vs current on the held-out slice (no transaction open)
-        if drafter.generator is None and current is not None and current.has_lora:
-            from core.learning.sft import use_base_adapter
-
-            drafter.generator = _load_generator(config)
-            drafter.shared_adapter = use_base_adapter(drafter.generator)
-        refs = sorted(pairs.heldout_refs, key=lambda r: r["report_id"])[:config.eval_max_reports]
-        examples = _eval_examples(drafter, pairs.heldout, 4 * config.eval_max_reports, reader.username)
-        cand_m, cur_m = evaluate_versions(drafter, refs, [candidate, current], examples)
-        with contextlib.suppress(Exception):
-            drafter.generator.unload_adapter(candidate.gen_name)
-        decision = gate(cand_m, cur_m, config)
+        decision, cand_m, cur_m = _judge(drafter, reader, pairs, config, candidate, current)
         outcome.metrics = {k: v for k, v in cand_m.items() if k != "drafts"}
         outcome.metrics["memory_bonus"] = draft_settings["memory_bonus"]
         outcome.baseline = {k: v for k, v in cur_m.items() if k != "drafts"}
@@ -459,23 +367,7 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
                        init_adapter=str(init) if init else None,
                        memory_size=len(pairs.memory), draft=draft_settings,
                        config=config.to_dict())
-        av = commit_version(store, reader.id, version, tmp, run_id, config.method,
-                            outcome.metrics, base_model=str(config.model_path or
-                                                            settings().model_path))
-        if decision.promote:
-            promote(store, reader.id, version, actor="nightly", reason=decision.reason)
-        else:
-            store.set_adapter_status(reader.id, version, "rejected")
-        outcome.status, outcome.promoted, outcome.reason = "succeeded", decision.promote, \
-            decision.reason
-        outcome.wall_s = time.perf_counter() - t0
-        store.update_run(
-            run_id, status="succeeded", decision="promoted" if decision.promote else "rejected",
-            reason=decision.reason, finished_at=now(), steps=result.steps if result else 0,
-            wall_s=outcome.wall_s, train_s=outcome.train_s, pairs_per_s=outcome.pairs_per_s,
-            losses=result.losses if result else [], metrics=outcome.metrics,
-            baseline_metrics={**outcome.baseline, "version": current.version if current
-                              else None}, adapter_version=version, adapter_path=str(av.path))
+        _commit(store, reader, version, tmp, run_id, config, decision, outcome, result, current, t0)
         return outcome
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -486,15 +378,34 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         return outcome
 
 
+def _commit(store, reader, version: int, tmp: Path, run_id: int, config: NightlyConfig,
+            decision: GateResult, outcome: ReaderOutcome, result, current, t0: float) -> None:
+    """Rename the version into place, promote or reject it, and record the run."""
+    av = commit_version(store, reader.id, version, tmp, run_id, config.method,
+                        outcome.metrics, base_model=str(config.model_path or
+                                                        settings().model_path))
+    if decision.promote:
+        promote(store, reader.id, version, actor="nightly", reason=decision.reason)
+    else:
+        store.set_adapter_status(reader.id, version, "rejected")
+    outcome.status, outcome.promoted, outcome.reason = "succeeded", decision.promote, \
+        decision.reason
+    outcome.wall_s = time.perf_counter() - t0
+    store.update_run(
+        run_id, status="succeeded", decision="promoted" if decision.promote else "rejected",
+        reason=decision.reason, finished_at=now(), steps=result.steps if result else 0,
+        wall_s=outcome.wall_s, train_s=outcome.train_s, pairs_per_s=outcome.pairs_per_s,
+        losses=result.losses if result else [], metrics=outcome.metrics,
+        baseline_metrics={**outcome.baseline, "version": current.version if current
+                          else None}, adapter_version=version, adapter_path=str(av.path))
+
+
 def run_task(task: dict):
     """Run one training task (what rank 0 broadcasts; every rank runs it). Returns the
     ``core.learning.train.TrainResult``."""
-    from core.learning.train import train_dpo, train_grpo
-
     if task["method"] == "dpo":
         return train_dpo(task["model_path"], task["examples"], task["out"], task["train"],
                          init_adapter=task["init"])
-    from core.learning.rewards import StyleProfile, grpo_reward_funcs
 
     style = StyleProfile.from_texts(task["style_texts"])
     return train_grpo(task["model_path"], grpo_prompts(task["examples"]), task["out"],
@@ -504,7 +415,7 @@ def run_task(task: dict):
 
 def grpo_prompts(examples: Sequence[dict]) -> list[dict]:
     """GRPO prompt rows from training pairs: the pair's prompt and Findings, the reader's chosen
-    text as their reference impression. No ``reference_completion``: ``core.learning.train.train_grpo``
+    text as their reference impression. No ``reference_completion``: ``core.learning.grpo.train_grpo``
     fills in the reference policy's own greedy impression before training (the critical
     anchor pulls toward what the reference writes, never toward the rejected text)."""
     return [{"prompt": e["prompt"], "findings": e["findings"],
@@ -558,7 +469,6 @@ def follow() -> int:
 
 
 def _adapter_intact(path: Path) -> bool:
-    from core.generation.models import AdapterError, check_adapter_files
 
     try:
         check_adapter_files(path)
@@ -599,7 +509,6 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
 
 def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: float
                  ) -> NightlyReport:
-    from core.learning.pairs import pairs_for_reader
 
     with nightly_lock():
         abandoned = store.abandon_running("the process running it stopped before finishing")
@@ -648,7 +557,7 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
                              n_heldout_pairs=len(pairs.heldout), pair_counts=pairs.counts)
             if drafter is None:
                 try:
-                    drafter = load_drafter(store, config, generator,
+                    drafter = load_drafter(store, config.draft, generator, model_path=config.model_path,
                                            with_model=config.method != "memory")
                 except Exception as exc:  # e.g. no model checkpoint: the run failed, say so
                     store.update_run(run_id, status="failed", finished_at=now(),
@@ -661,7 +570,6 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
         refreshed = 0
         # Every reader with an active adapter of their own (promoted tonight or before) finds
         # their next cases drafted by it in the morning: the app never generates while they wait.
-        from core.learning.sft import SHARED_READER  # core.learning.sft imports this module's neighbours
 
         personal = sorted({a["reader"] for a in store.active_adapters()} - {SHARED_READER})
         if config.readers:
@@ -669,7 +577,7 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
         if personal and config.refresh_per_reader > 0:
             if drafter is None:  # the model only when some adapter has LoRA weights to apply
                 lora = any(getattr(active_adapter(store, u), "has_lora", False) for u in personal)
-                drafter = load_drafter(store, config, generator, with_model=lora)
+                drafter = load_drafter(store, config.draft, generator, model_path=config.model_path, with_model=lora)
             refreshed = refresh_drafts(store, drafter, personal, config.refresh_per_reader,
                                        progress=progress)
     return NightlyReport(outcomes, abandoned, time.perf_counter() - t0, refreshed)

@@ -13,7 +13,7 @@ Rules (one radiologist at a time; study ratings are not used):
 Every pair carries a weight: ``min(gap, 4) / 2`` for a rating gap (an edit counts as gap 2),
 times ``critical_factor`` (default 2) when a critical finding is involved: the radiologist ticked
 "critical finding missed", or one side of the pair misses a critical finding of the Findings that
-the other side states (``core.clinical.checks.check_impression``).
+the other side states (``core.clinical.verifier.check_impression``).
 
 Dropped, and counted by reason:
 
@@ -53,8 +53,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from core.errors import ImpressionistError
+from core.clinical.verifier import check_impression
 from core.errors import PairsError  # noqa: F401 (defined in core.errors)
+from core.generation.prompts import draft_messages
 
 __all__ = ["FeedbackItem", "Pair", "PairSet", "PairsError", "build_pairs", "is_heldout",
            "same_words", "pairs_for_reader", "report_of", "to_trl", "write_jsonl"]
@@ -66,7 +67,6 @@ DROP_REASONS = ("retracted", "trivial_edit", "identical", "chosen_misses_critica
 @dataclass
 class FeedbackItem:
     """One feedback row with the texts it refers to (what the store returns, as a dataclass)."""
-
     id: int
     reader_id: int
     report_id: int
@@ -96,7 +96,6 @@ class FeedbackItem:
 @dataclass
 class Pair:
     """One preference: for ``prompt`` (the report), ``chosen`` is preferred over ``rejected``."""
-
     report_id: int
     findings: str
     indication: str | None
@@ -117,7 +116,6 @@ class Pair:
 @dataclass
 class PairSet:
     """The result of :func:`build_pairs`."""
-
     train: list[Pair]
     heldout: list[Pair]
     heldout_reports: set[int]
@@ -155,7 +153,6 @@ def is_heldout(reader_id: int, report_id: int, fraction: float) -> bool:
 
 
 def _missing_critical(findings: str, text: str) -> set[str]:
-    from core.clinical.checks import check_impression
 
     if not findings:
         return set()
@@ -170,6 +167,115 @@ def _accepted(r: FeedbackItem, impression: str) -> dict:
     """A report with the impression the reader accepted (memory item or held-out reference)."""
     return {"report_id": r.report_id, "external_id": r.external_id, "findings": r.findings,
             "indication": r.indication, "comparison": r.comparison, "impression": impression}
+
+
+def _standing_ratings(rows: list[FeedbackItem], counts: Counter) -> list[FeedbackItem]:
+    """The ratings no retraction withdrew (skips and retractions counted, not returned)."""
+    retracted = {r.retracts for r in rows if r.kind == "retraction" and r.retracts is not None}
+    ratings = []
+    for r in rows:
+        if r.kind != "rating":
+            counts["skips" if r.kind == "skip" else "retractions"] += 1
+        elif r.id in retracted:
+            counts["dropped_retracted"] += 1
+        else:
+            ratings.append(r)
+    counts["ratings"] = len(ratings)
+    return ratings
+
+
+class _Candidates:
+    """Candidate pairs of one reader, with the drop rules applied as each is added."""
+
+    def __init__(self, counts: Counter, critical_factor: float) -> None:
+        self.counts = counts
+        self.critical_factor = critical_factor
+        self.pairs: list[Pair] = []
+        self._missing: dict[tuple[int, str], set[str]] = {}
+
+    def missing(self, r: FeedbackItem, text: str) -> set[str]:
+        """Critical findings of the report's findings that ``text`` leaves out (cached)."""
+        key = (r.report_id, text)
+        if key not in self._missing:
+            self._missing[key] = _missing_critical(r.findings, text)
+        return self._missing[key]
+
+    def add(self, r: FeedbackItem, chosen: str, rejected: str, kind: str, gap: int,
+            fb_ids: list[int]) -> None:
+        if same_words(chosen, rejected):
+            self.counts["dropped_trivial_edit" if kind == "edit" else "dropped_identical"] += 1
+            return
+        miss_c, miss_r = self.missing(r, chosen), self.missing(r, rejected)
+        if miss_c - miss_r:
+            self.counts["dropped_chosen_misses_critical"] += 1
+            return
+        critical = bool(r.critical_missed) or bool(miss_r - miss_c)
+        self.pairs.append(Pair(r.report_id, r.findings, r.indication, r.comparison,
+                               chosen.strip(), rejected.strip(), kind,
+                               _weight(gap, critical, self.critical_factor), gap, critical,
+                               fb_ids, r.external_id))
+
+    def from_rating(self, r: FeedbackItem, held: set[int], memory: dict, refs: dict) -> None:
+        """An edit's pair, a rating's pair against the original, and what the reader accepted
+        (their memory on training reports, the references on held-out ones)."""
+        edited = (r.edited_text or "").strip()
+        if edited:
+            if r.ai_text:
+                self.add(r, edited, r.ai_text, "edit", 2, [r.id])
+            else:
+                self.counts["edits_without_draft"] += 1
+            target = memory if r.report_id not in held else refs
+            target[r.report_id] = _accepted(r, edited)
+        elif r.ai_text and r.rating is not None and r.rating >= 0 and not r.critical_missed \
+                and r.report_id not in held and not self.missing(r, r.ai_text):
+            # signed off as it stands (as good as their own, no edit): also how they want it
+            # said. Without these the memory would hold only the cases the AI got wrong.
+            memory[r.report_id] = _accepted(r, r.ai_text.strip())
+        if r.rating is not None and r.ai_text and r.original:
+            if r.rating < 0:
+                self.add(r, r.original, r.ai_text, "rating", -r.rating, [r.id])
+            elif r.rating > 0:
+                self.add(r, r.ai_text, r.original, "rating", r.rating, [r.id])
+            else:
+                self.counts["equivalent"] += 1
+        if r.report_id in held and r.report_id not in refs and r.original:
+            refs[r.report_id] = _accepted(r, r.original)
+
+    def ai_over_ai(self, ratings: list[FeedbackItem]) -> None:
+        """The latest standing rating of each distinct AI text of a report, paired by rating."""
+        by_report: dict[int, dict[tuple, FeedbackItem]] = {}
+        for r in ratings:
+            if r.rating is not None and r.ai_text:
+                by_report.setdefault(r.report_id, {})[_norm(r.ai_text)] = r
+        for texts in by_report.values():
+            rated = sorted(texts.values(), key=lambda r: r.id)
+            for i, a in enumerate(rated):
+                for b in rated[i + 1:]:
+                    if a.rating == b.rating:
+                        continue
+                    hi, lo = (a, b) if a.rating > b.rating else (b, a)
+                    self.add(hi, hi.ai_text, lo.ai_text, "ai_vs_ai", hi.rating - lo.rating,
+                             [a.id, b.id])
+
+    def consistent(self) -> list[Pair]:
+        """The candidates minus contradictions (the same two texts of one report preferred both
+        ways) and duplicates."""
+        directions: dict[tuple, set[tuple]] = {}
+        for p in self.pairs:
+            a, b = _norm(p.chosen), _norm(p.rejected)
+            directions.setdefault((p.report_id, frozenset((a, b))), set()).add((a, b))
+        kept: list[Pair] = []
+        seen: set[tuple] = set()
+        for p in self.pairs:
+            a, b = _norm(p.chosen), _norm(p.rejected)
+            if len(directions[(p.report_id, frozenset((a, b)))]) > 1:
+                self.counts["dropped_contradictory"] += 1
+            elif p.key() in seen:
+                self.counts["dropped_duplicate"] += 1
+            else:
+                seen.add(p.key())
+                kept.append(p)
+        return kept
 
 
 def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 0.2,
@@ -188,117 +294,33 @@ def build_pairs(items: Iterable[FeedbackItem | dict], heldout_fraction: float = 
         A :class:`PairSet` with training and held-out pairs, counts of what was kept and dropped,
         the reader's memory (accepted impressions on training reports) and the held-out references.
     """
-    rows = [i if isinstance(i, FeedbackItem) else FeedbackItem.from_row(i) for i in items]
-    rows.sort(key=lambda r: r.id)
+    rows = sorted((i if isinstance(i, FeedbackItem) else FeedbackItem.from_row(i) for i in items),
+                  key=lambda r: r.id)
     counts: Counter = Counter({f"dropped_{r}": 0 for r in DROP_REASONS})
-    retracted = {r.retracts for r in rows if r.kind == "retraction" and r.retracts is not None}
-    ratings = []
-    for r in rows:
-        if r.kind != "rating":
-            counts["skips" if r.kind == "skip" else "retractions"] += 1
-            continue
-        if r.id in retracted:
-            counts["dropped_retracted"] += 1
-            continue
-        ratings.append(r)
-    counts["ratings"] = len(ratings)
+    ratings = _standing_ratings(rows, counts)
     held = set(heldout_reports or ())
     for r in ratings:
         if r.report_id not in held and is_heldout(r.reader_id, r.report_id, heldout_fraction):
             held.add(r.report_id)
-
-    crit_cache: dict[tuple[int, str], set[str]] = {}
-
-    def missing(r: FeedbackItem, text: str) -> set[str]:
-        key = (r.report_id, text)
-        if key not in crit_cache:
-            crit_cache[key] = _missing_critical(r.findings, text)
-        return crit_cache[key]
-
-    candidates: list[Pair] = []
-
-    def add(r: FeedbackItem, chosen: str, rejected: str, kind: str, gap: int,
-            fb_ids: list[int]) -> None:
-        if same_words(chosen, rejected):
-            counts["dropped_trivial_edit" if kind == "edit" else "dropped_identical"] += 1
-            return
-        miss_c, miss_r = missing(r, chosen), missing(r, rejected)
-        if miss_c - miss_r:
-            counts["dropped_chosen_misses_critical"] += 1
-            return
-        critical = bool(r.critical_missed) or bool(miss_r - miss_c)
-        candidates.append(Pair(r.report_id, r.findings, r.indication, r.comparison,
-                               chosen.strip(), rejected.strip(), kind, _weight(gap, critical,
-                               critical_factor), gap, critical, fb_ids, r.external_id))
-
+    candidates = _Candidates(counts, critical_factor)
     memory: dict[int, dict] = {}
     refs: dict[int, dict] = {}
     for r in ratings:
-        edited = (r.edited_text or "").strip()
-        if edited:
-            if r.ai_text:
-                add(r, edited, r.ai_text, "edit", 2, [r.id])
-            else:
-                counts["edits_without_draft"] += 1
-            target = memory if r.report_id not in held else refs
-            target[r.report_id] = _accepted(r, edited)
-        elif r.ai_text and r.rating is not None and r.rating >= 0 and not r.critical_missed \
-                and r.report_id not in held and not missing(r, r.ai_text):
-            # signed off as it stands (as good as their own, no edit): also how they want it
-            # said. Without these the memory would hold only the cases the AI got wrong.
-            memory[r.report_id] = _accepted(r, r.ai_text.strip())
-        if r.rating is not None and r.ai_text and r.original:
-            if r.rating < 0:
-                add(r, r.original, r.ai_text, "rating", -r.rating, [r.id])
-            elif r.rating > 0:
-                add(r, r.ai_text, r.original, "rating", r.rating, [r.id])
-            else:
-                counts["equivalent"] += 1
-        if r.report_id in held and r.report_id not in refs and r.original:
-            refs[r.report_id] = _accepted(r, r.original)
-
-    # AI over AI: the latest standing rating of each distinct AI text of a report.
-    by_report: dict[int, dict[tuple, FeedbackItem]] = {}
-    for r in ratings:
-        if r.rating is not None and r.ai_text:
-            by_report.setdefault(r.report_id, {})[_norm(r.ai_text)] = r
-    for report_id, texts in by_report.items():
-        rated = sorted(texts.values(), key=lambda r: r.id)
-        for i, a in enumerate(rated):
-            for b in rated[i + 1:]:
-                if a.rating == b.rating:
-                    continue
-                hi, lo = (a, b) if a.rating > b.rating else (b, a)
-                add(hi, hi.ai_text, lo.ai_text, "ai_vs_ai", hi.rating - lo.rating, [a.id, b.id])
-
-    # Contradictions: the same two texts of one report preferred both ways.
-    directions: dict[tuple, set[tuple]] = {}
-    for p in candidates:
-        a, b = _norm(p.chosen), _norm(p.rejected)
-        directions.setdefault((p.report_id, frozenset((a, b))), set()).add((a, b))
-    kept: list[Pair] = []
-    seen: set[tuple] = set()
-    for p in candidates:
-        a, b = _norm(p.chosen), _norm(p.rejected)
-        if len(directions[(p.report_id, frozenset((a, b)))]) > 1:
-            counts["dropped_contradictory"] += 1
-            continue
-        if p.key() in seen:
-            counts["dropped_duplicate"] += 1
-            continue
-        seen.add(p.key())
-        kept.append(p)
-    train = [p for p in kept if p.report_id not in held]
-    heldout = [p for p in kept if p.report_id in held]
+        candidates.from_rating(r, held, memory, refs)
+    candidates.ai_over_ai(ratings)
+    kept = candidates.consistent()
     for p in kept:
         counts[f"kept_{p.kind}"] += 1
     counts["kept"] = len(kept)
     counts["dropped"] = sum(v for k, v in counts.items() if k.startswith("dropped_") and
                             k != "dropped")
     counts["critical_pairs"] = sum(p.critical for p in kept)
-    return PairSet(train=train, heldout=heldout, heldout_reports={r for r in held if any(
-        x.report_id == r for x in ratings)}, counts=dict(counts), memory=list(memory.values()),
-        heldout_refs=list(refs.values()), high_water=max((r.id for r in rows), default=0))
+    rated = {r.report_id for r in ratings}
+    return PairSet(train=[p for p in kept if p.report_id not in held],
+                   heldout=[p for p in kept if p.report_id in held],
+                   heldout_reports={r for r in held if r in rated}, counts=dict(counts),
+                   memory=list(memory.values()), heldout_refs=list(refs.values()),
+                   high_water=max((r.id for r in rows), default=0))
 
 
 def pairs_for_reader(store, reader_id: int, heldout_fraction: float = 0.2,
@@ -329,10 +351,8 @@ def pairs_for_reader(store, reader_id: int, heldout_fraction: float = 0.2,
 
 def prompt_messages(pair_or_report: Pair | dict) -> list[dict]:
     """The serving prompt of a report when no retrieval index is at hand (no coarse draft, no
-    examples): :func:`core.generation.pipeline.draft_messages` with no neighbours. The nightly job passes
+    examples): :func:`core.generation.prompts.draft_messages` with no neighbours. The nightly job passes
     the full serving prompt (:func:`core.generation.pipeline.serving_prompts`) to :func:`to_trl` instead."""
-    from core.generation.pipeline import draft_messages
-
     get = (lambda k: getattr(pair_or_report, k)) if isinstance(pair_or_report, Pair) else \
         pair_or_report.get
     return draft_messages({"findings": get("findings"), "indication": get("indication"),

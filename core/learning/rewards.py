@@ -3,7 +3,7 @@
 Four parts, each a tested function returning a score in [0, 1] (1 = perfect):
 
 1. :func:`findings_level`: which positive findings of the Findings the impression covers,
-   weighted by clinical weight (``core.clinical.checks.criticality``: critical 5, major 2, moderate 1,
+   weighted by clinical weight (``core.clinical.critical.criticality``: critical 5, major 2, moderate 1,
    minor 0.5), so leaving out a pneumothorax costs ten times what leaving out a granuloma does.
 2. :func:`impression_level`: closeness to *this radiologist's* accepted impressions and style:
    ROUGE-L against their reference impressions (their edit of this report, or their memory's
@@ -19,7 +19,7 @@ Four parts, each a tested function returning a score in [0, 1] (1 = perfect):
 that report a critical finding) it regularises harder toward the reference: it subtracts
 ``critical_anchor * (1 - ROUGE-L(impression, reference_completion))``, where the reference
 completion is the reference policy's own greedy impression of the same prompt (the model the
-reader starts from, before the night's training: :func:`core.learning.train.reference_completions`), not
+reader starts from, before the night's training: :func:`core.learning.grpo.reference_completions`), not
 a text from the reader's feedback: the reader's rejected text is what they did *not* want, and
 pulling toward it would teach the mistake. GRPO's KL term toward the reference (``beta``)
 applies to every case; the anchor makes it stronger where mistakes are dangerous. (TRL's GRPO
@@ -35,8 +35,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from core.errors import ImpressionistError
+from core.clinical.critical import CRITICAL_FINDINGS, WEIGHT_CRITICAL, WEIGHTS, criticality
+from core.clinical.labeler import extract, label
+from core.clinical.verifier import check_impression
+from core.clinical.vocabulary import PRESENT, RELATED
 from core.errors import RewardError  # noqa: F401 (defined in core.errors)
+from core.generation.retrieval import rouge_l
 
 __all__ = ["RewardError", "RewardWeights", "RewardBreakdown", "StyleProfile", "findings_level",
            "impression_level", "global_consistency", "critical_awareness", "hierarchical_reward",
@@ -55,8 +59,6 @@ def _text(value: Any, what: str) -> str:
 
 def _present_findings(findings: str) -> dict[str, float]:
     """observation -> weight for every observation the Findings report as present."""
-    from core.clinical.checks import PRESENT, criticality, extract, label
-
     labels = label(findings)
     weights: dict[str, float] = {}
     for m in extract(findings):
@@ -70,7 +72,6 @@ def _present_findings(findings: str) -> dict[str, float]:
 
 
 def _covered(observation: str, impression_labels: dict) -> bool:
-    from core.clinical.checks import CRITICAL_FINDINGS, PRESENT, RELATED
 
     if impression_labels.get(observation) in PRESENT:
         return True
@@ -92,8 +93,6 @@ def findings_level(findings: str, impression: str) -> float:
         Sum of the clinical weights of covered findings over the sum of all, in [0, 1]; 1.0 when
         the Findings report nothing positive (a normal study has nothing to cover).
     """
-    from core.clinical.checks import label
-
     findings, impression = _text(findings, "findings"), _text(impression, "impression")
     weights = _present_findings(findings)
     if not weights:
@@ -132,7 +131,6 @@ class StyleProfile:
         normal_phrase: their most frequent impression among studies they call normal, or None.
         n: how many impressions the profile was built from.
     """
-
     features: dict[str, float] = field(default_factory=dict)
     normal_phrase: str | None = None
     n: int = 0
@@ -142,7 +140,6 @@ class StyleProfile:
         """Build a profile from accepted impressions (empty texts are ignored)."""
         from collections import Counter
 
-        from core.clinical.checks import PRESENT, label
 
         texts = [t for t in (_text(x, "impression") for x in texts) if t.strip()]
         if not texts:
@@ -164,11 +161,9 @@ class StyleProfile:
         f = _style_features(impression)
         match = sum(1.0 - abs(f[k] - self.features.get(k, 0.0)) for k in f) / len(f)
         if self.normal_phrase:
-            from core.clinical.checks import PRESENT, label
 
             lab = label(impression)
             if lab.get("No Finding") in PRESENT and len(lab) <= 3:
-                from core.generation.retrieval import rouge_l
 
                 match = 0.5 * match + 0.5 * rouge_l(impression, self.normal_phrase)
         return match
@@ -192,8 +187,6 @@ def impression_level(impression: str, references: Sequence[str] = (),
         ``(1 - style_weight) * max ROUGE-L + style_weight * style match``, in [0, 1]; with no
         references the style match alone (0.5 when there is no profile either).
     """
-    from core.generation.retrieval import rouge_l
-
     impression = _text(impression, "impression")
     refs = [_text(r, "reference") for r in references if r]
     style_score = style.score(impression) if style is not None else 0.5
@@ -215,8 +208,6 @@ def global_consistency(findings: str, impression: str) -> float:
         (positive on one side, negated on the other) and half the weight of every observation
         the impression asserts that the Findings never mention; 1.0 when there is none.
     """
-    from core.clinical.checks import WEIGHTS, check_impression
-
     r = check_impression(_text(findings, "findings"), _text(impression, "impression"))
     penalty = sum(WEIGHTS[o] for o in r.contradictions)
     penalty += sum(0.5 * WEIGHTS[o] for o in r.unsupported)
@@ -224,7 +215,6 @@ def global_consistency(findings: str, impression: str) -> float:
 
 
 def _critical_errors(findings: str, impression: str) -> list[str]:
-    from core.clinical.checks import WEIGHT_CRITICAL, WEIGHTS, check_impression
 
     r = check_impression(findings, impression)
     flips = [o for o in r.contradictions if WEIGHTS.get(o, 0) >= WEIGHT_CRITICAL]
@@ -232,9 +222,7 @@ def _critical_errors(findings: str, impression: str) -> list[str]:
 
 
 def is_critical_case(findings: str) -> bool:
-    """Whether the Findings report a critical finding (``core.clinical.checks.CRITICAL_FINDINGS``)."""
-    from core.clinical.checks import extract
-
+    """Whether the Findings report a critical finding (``core.clinical.critical.CRITICAL_FINDINGS``)."""
     return any(m.critical for m in extract(_text(findings, "findings")))
 
 
@@ -255,7 +243,6 @@ def critical_awareness(findings: str, impression: str) -> float:
 @dataclass(frozen=True)
 class RewardWeights:
     """Weights of the four parts (normalised to sum 1) and the critical-case anchor."""
-
     findings: float = 0.3
     impression: float = 0.3
     consistency: float = 0.2
@@ -271,7 +258,6 @@ class RewardWeights:
 @dataclass
 class RewardBreakdown:
     """Each part of the reward and the total."""
-
     findings: float
     impression: float
     consistency: float
@@ -310,7 +296,6 @@ def hierarchical_reward(findings: str, impression: str, references: Sequence[str
     critical_case = is_critical_case(findings)
     anchor = 0.0
     if critical_case and reference_completion and weights.critical_anchor:
-        from core.generation.retrieval import rouge_l
 
         anchor = weights.critical_anchor * (1.0 - rouge_l(impression, reference_completion))
     return RewardBreakdown(f, i, g, c, critical_case, anchor, total - anchor)
@@ -322,10 +307,9 @@ def grpo_reward_funcs(style: StyleProfile | None = None,
 
     The dataset must have the columns ``findings``, ``references`` (list of str: the reader's
     impressions) and ``reference_completion`` (the reference policy's greedy impression of the
-    prompt; :func:`core.learning.train.train_grpo` fills it in). One function per part plus the anchor,
+    prompt; :func:`core.learning.grpo.train_grpo` fills it in). One function per part plus the anchor,
     so TRL logs each part; use them with ``reward_weights`` from :func:`grpo_reward_weights`.
     """
-
     def _rows(completions, kwargs):
         n = len(completions)
         findings = kwargs.get("findings") or [""] * n
@@ -347,7 +331,6 @@ def grpo_reward_funcs(style: StyleProfile | None = None,
         return [critical_awareness(f, c) for f, c, _, _ in _rows(completions, kwargs)]
 
     def anchor_reward(prompts, completions, **kwargs):
-        from core.generation.retrieval import rouge_l
 
         out = []
         for f, c, _, a in _rows(completions, kwargs):

@@ -1,4 +1,4 @@
-"""``python -m core simulate``: proof that per-radiologist adapters personalise, on real reports.
+"""``python bench/personalization.py``: proof that per-radiologist adapters personalise, on real reports.
 
 Two benchmarks on IU X-ray (``../shared/data/iu_xray/reports.csv``), both end to end through the
 code the app runs: reports imported with the IU importer, readers created with ``core.accounts.auth``,
@@ -6,7 +6,7 @@ shared AI drafts written by the coarse-to-fine pipeline and stored as generation
 of feedback saved with ``core.feedback.annotate.submit_rating`` (the app's save path), pairs built by
 ``core.learning.pairs``, the nightly job (``core.learning.nightly.run_nightly``: train, gate, promote), and test
 drafts written with each reader's *active* adapter in mixed-adapter batches
-(``core.adapters.registry.Drafter``). Each reader's reports are split by uid into a feedback part and a
+(``core.generation.personal.Drafter``). Each reader's reports are split by uid into a feedback part and a
 test part that nothing ever trains or retrieves on.
 
 1. ``real``: the 8 largest groups of the normalised ``image`` exam header (a proxy for the
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -36,7 +35,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core.config import ROOT
+from core.accounts import auth
+from core.adapters.base import use_base_adapter
+from core.adapters.registry import AdapterVersion, active_adapter, read_memory
+from core.clinical.labeler import label
+from core.clinical.vocabulary import PRESENT
+from core.config import ROOT, settings, use_settings
+
+from core.evaluation.metrics import label_f1, rouge
+from core.feedback import annotate
+from core.generation.models import ModelSpec, load_generator
+from core.generation.personal import DraftConfig, Drafter
+from core.generation.pipeline import C2FConfig
+from core.generation.retrieval import RetrievalIndex, rouge_l, tidy
+from core.ingest.reports import import_file
+from core.learning.nightly import NightlyConfig, run_nightly
+from core.learning.train import TrainConfig
+from core.store.database import Store
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"
 READER_PASSWORD = "Simulated-Passw0rd"
@@ -77,8 +92,6 @@ def _terse(s: str) -> str:
 
 def is_normal(text: str) -> bool:
     """True when an impression states a normal study and nothing abnormal."""
-    from core.clinical.checks import PRESENT, label
-
     lab = label(text)
     return lab.get("No Finding") in PRESENT and not any(
         v in PRESENT for k, v in lab.items() if k != "No Finding")
@@ -162,8 +175,6 @@ def _hash(*parts: Any) -> int:
 
 def rating_by_similarity(ai_text: str, target: str) -> int:
     """The simulated rating of an AI impression against the reader's own text (-2..0)."""
-    from core.generation.retrieval import rouge_l
-
     sim = rouge_l(ai_text, target)
     return 0 if sim >= 0.8 else -1 if sim >= 0.4 else -2
 
@@ -204,31 +215,8 @@ class SimConfig:
     min_heldout: int = 10  # the nightly job's default (NightlyConfig.min_heldout_reports)
 
 
-def _env(workdir: Path) -> dict:
-    from core.config import settings
-
-    model = str(settings().model_path)
-    saved = {k: os.environ.get(k) for k in ("IMPRESSIONIST_DATA", "IMPRESSIONIST_DB",
-                                            "IMPRESSIONIST_ADAPTERS", "IMPRESSIONIST_MODEL")}
-    os.environ["IMPRESSIONIST_MODEL"] = model
-    os.environ["IMPRESSIONIST_DATA"] = str(workdir / "data")
-    os.environ["IMPRESSIONIST_DB"] = str(workdir / "data" / "sim.duckdb")
-    os.environ["IMPRESSIONIST_ADAPTERS"] = str(workdir / "data" / "adapters")
-    return saved
-
-
-def _restore(saved: dict) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def _readers(kind: str, rows: list[dict], cfg: SimConfig) -> list[SimReader]:
     """Readers and their feedback/test parts (by uid hash) for one benchmark."""
-    from core.generation.retrieval import tidy
-
     max_items = max(cfg.points)
     if kind == "real":
         groups: dict[str, list[dict]] = {}
@@ -263,7 +251,6 @@ def _macro(values: list[float | None]) -> float | None:
 
 
 def _score(preds: list[str], refs: list[str]) -> dict:
-    from core.evaluation.metrics import label_f1, rouge
 
     if not preds:
         return {"rougeL": None, "label_f1": None}
@@ -278,8 +265,6 @@ def leak_check(store, readers: list[SimReader]) -> dict:
     Returns:
         ``{"feedback_on_test": n, "memory_on_test": n, "heldout_on_test": n}``.
     """
-    from core.adapters.registry import read_memory
-
     out = {"feedback_on_test": 0, "memory_on_test": 0, "heldout_on_test": 0}
     for sr in readers:
         rid = store.get_reader(sr.name).id
@@ -299,26 +284,19 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
     Returns:
         The results dict (also written to ``<out>/<kind>/results.json``).
     """
-    from core.feedback import annotate
-    from core.accounts import auth
-    from core.adapters.registry import AdapterVersion, DraftConfig, Drafter, active_adapter
-    from core.generation.pipeline import C2FConfig
-    from core.ingest.reports import import_file
-    from core.generation.models import ModelSpec, load_generator
-    from core.learning.nightly import NightlyConfig, run_nightly
-    from core.generation.retrieval import RetrievalIndex
-    from core.store.database import Store
-    from core.learning.train import TrainConfig
-
     t_start = time.perf_counter()
     workdir = Path(cfg.out) / kind
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "data").mkdir(parents=True)
-    saved = _env(workdir)
+    # the benchmark's own database and adapters, passed in (the environment is left alone)
+    data = workdir / "data"
+    with use_settings(data_dir=data, db_path=data / "sim.duckdb", adapters_dir=data / "adapters"):
+        return _run_bench(kind, cfg, generator, log, workdir, t_start)
+
+
+def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start: float) -> dict:
     store = None
     try:
-        from core.config import settings
-
         store = Store(settings().db_path)
         store.migrate()
         imported = import_file(store, cfg.csv, fmt="iu-xray", actor="simulate")
@@ -336,13 +314,11 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
             [{**r, "uid": r["external_id"]} for r in rows if r["id"] not in test_ids],
             c2f.retrieval)
         if generator is None and cfg.lora:
-            from core.config import settings as _s
 
-            generator = load_generator(ModelSpec(path=cfg.model or _s().model_path, device="cpu"))
+            generator = load_generator(ModelSpec(path=cfg.model or settings().model_path, device="cpu"))
         draft_cfg = DraftConfig(c2f=c2f, memory_bonus=cfg.memory_bonus)
         # the shared base adapter (when one is shipped) drafts for the shared model, exactly as
-        # the nightly job's drafter (core.learning.nightly.load_drafter) and the app use it
-        from core.learning.sft import use_base_adapter
+        # the nightly job's drafter (core.generation.personal.load_drafter) and the app use it
 
         shared_name = use_base_adapter(generator)
         drafter = Drafter(generator, shared_index, draft_cfg, shared_adapter=shared_name)
@@ -545,7 +521,6 @@ def run_bench(kind: str, cfg: SimConfig, generator=None, log: Callable[[str], No
     finally:
         if store is not None:
             store.close()
-        _restore(saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,7 +650,7 @@ def _svg(xs: list, personal: list, shared: list, title: str) -> str:
 
 
 def add_arguments(p) -> None:
-    """Options of ``python -m core simulate`` and ``bench/personalization.py``."""
+    """Options of ``bench/personalization.py``."""
     p.add_argument("--bench", choices=["styles", "real", "both"], default="both")
     p.add_argument("--csv", default=str(IU_CSV), help="IU X-ray reports.csv")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
@@ -728,8 +703,6 @@ def main(args) -> int:
     kinds = ["styles", "real"] if args.bench == "both" else [args.bench]
     generator = None
     if cfg.lora:
-        from core.config import settings
-        from core.generation.models import ModelSpec, load_generator
 
         generator = load_generator(ModelSpec(path=cfg.model or settings().model_path, device="cpu"))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
