@@ -1,4 +1,4 @@
-"""Rule-based labeler, critical-finding checks and impression repair (core.clinical.checks)."""
+"""Rule-based labeler, critical-finding checks and impression repair (core.clinical)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core.clinical.checks import (
-    CRITICAL_FINDINGS,
-    OBSERVATION_NAMES,
-    WEIGHTS,
-    ClinicalError,
-    Label,
-    check_impression,
-    consistency,
-    criticality,
-    extract,
-    is_normal_statement,
-    label,
-    repair_impression,
-)
+from core.clinical.critical import CRITICAL_FINDINGS, WEIGHTS, criticality
+from core.clinical.labeler import extract, is_normal_statement, label
+from core.clinical.verifier import check_impression, consistency, repair_impression
+from core.clinical.vocabulary import OBSERVATION_NAMES, Label
+from core.errors import ClinicalError
 
 P, N, U = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN
 

@@ -1,6 +1,6 @@
 """A hand-made test set for the critical-finding safety net (issue 4).
 
-tests/test_clinical.py has one case per entry of ``core.clinical.checks.CRITICAL_FINDINGS``, each against
+tests/test_clinical.py has one case per entry of ``core.clinical.critical.CRITICAL_FINDINGS``, each against
 the normal impression. This file adds what it does not cover:
 
 - several phrasings per critical finding, missing from a normal *and* from a non-normal impression;
@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.clinical.checks import CRITICAL_FINDINGS, PRESENT, check_impression, label, repair_impression
+from core.clinical.critical import CRITICAL_FINDINGS
+from core.clinical.labeler import label
+from core.clinical.verifier import check_impression, repair_impression
+from core.clinical.vocabulary import PRESENT
 
 NORMAL = "No acute cardiopulmonary abnormality."
 OTHER = "Mild cardiomegaly."  # a non-normal impression that still omits the critical finding

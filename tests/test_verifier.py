@@ -1,4 +1,4 @@
-"""The clinical verifier (core.clinical.checks.verify) on hand-made cases, one per rule, and the pipeline
+"""The clinical verifier (core.clinical.verifier.verify) on hand-made cases, one per rule, and the pipeline
 paths that must go through it (issue 13)."""
 
 from __future__ import annotations
@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.clinical.checks import Label, correct_typos, correct_word, label, major_findings, verify
-from core.generation.pipeline import C2FConfig, CoarseToFine, checked_text
+from core.clinical.labeler import label
+from core.clinical.text import correct_typos, correct_word
+from core.clinical.verifier import major_findings, verify
+from core.clinical.vocabulary import Label
 from core.evaluation.mesh import mesh_findings, mesh_score, named_findings
+from core.generation.pipeline import C2FConfig, CoarseToFine, checked_text
 from core.generation.retrieval import RetrievalIndex
 from core.generation.styles import apply_style
 

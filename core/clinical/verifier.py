@@ -1,0 +1,420 @@
+"""The clinical verifier: an impression checked against its findings, and repaired.
+
+:func:`check_impression` compares an impression with its findings (critical findings missing,
+contradictions, unsupported observations); :func:`consistency` turns that into a score;
+:func:`repair_impression` adds the critical findings an impression omits; :func:`verify` runs on
+every text a radiologist or patient sees and removes, adds or flags (:class:`Verification`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from core.clinical.critical import (
+    CRITICAL_BY_OBSERVATION,
+    CRITICAL_FINDINGS,
+    WEIGHT_CRITICAL,
+    WEIGHTS,
+    critical_match,
+    mention_window,
+)
+from core.clinical.labeler import Mention, aggregate, extract, is_normal_statement, label
+from core.clinical.text import normalise, sentences
+from core.clinical.vocabulary import NORMAL_STATEMENTS, OBSERVATION_NAMES, PRESENT, RELATED, Label
+from core.errors import ClinicalError
+
+__all__ = ["CheckResult", "check_impression", "consistency", "repair_impression", "MAJOR_FINDINGS",
+           "Verification", "major_findings", "verify"]
+
+
+@dataclass
+class CheckResult:
+    """Outcome of comparing an impression with its findings.
+
+    Attributes:
+        missing_critical: observations critical in the findings but not present in the impression.
+        contradictions: observations POSITIVE on one side and NEGATIVE on the other.
+        unsupported: observations present in the impression and never mentioned (nor a related
+            observation) in the findings; No Finding is excluded.
+        ok: True when all three lists are empty.
+        messages: one human-readable line per problem.
+        evidence: observation -> the findings sentence that reports it (for missing ones).
+        findings_labels / impression_labels: the labels used.
+    """
+
+    missing_critical: list[str] = field(default_factory=list)
+    contradictions: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    ok: bool = True
+    messages: list[str] = field(default_factory=list)
+    evidence: dict[str, str] = field(default_factory=dict)
+    findings_labels: dict[str, Label] = field(default_factory=dict)
+    impression_labels: dict[str, Label] = field(default_factory=dict)
+
+
+def _check_text(value: object, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ClinicalError(f"{what} must be a str, got {type(value).__name__}")
+    return value
+
+
+def check_impression(findings: str, impression: str) -> CheckResult:
+    """Check that an impression is consistent with its findings.
+
+    Args:
+        findings: the findings section.
+        impression: the impression to check (human- or model-written).
+
+    Returns:
+        A ``CheckResult``; ``ok`` is False when a critical finding is missing, a label flips
+        between positive and negative, or the impression asserts something the findings never mention.
+    """
+    findings = _check_text(findings, "findings")
+    impression = _check_text(impression, "impression")
+    f_mentions = extract(findings)
+    i_mentions = extract(impression)
+    f_lab = label(findings)
+    i_lab = label(impression)
+    # Contradictions only count firm statements: qualified negatives ("no focal opacity") are left out.
+    f_firm = aggregate([m for m in f_mentions if not m.qualified])
+    i_firm = aggregate([m for m in i_mentions if not m.qualified])
+    res = CheckResult(findings_labels=f_lab, impression_labels=i_lab)
+
+    def covered(obs: str, extra: tuple[str, ...] = ()) -> bool:
+        return i_lab.get(obs) in PRESENT or any(i_lab.get(o) in PRESENT for o in extra)
+
+    for m in f_mentions:
+        if not m.critical or m.observation in res.missing_critical:
+            continue
+        if f_lab.get(m.observation) not in PRESENT:
+            continue
+        cf = critical_match(m.observation, mention_window(normalise(m.clause), m.start, m.end))
+        extra = cf.satisfied_by if cf else ()
+        if not covered(m.observation, extra):
+            res.missing_critical.append(m.observation)
+            res.evidence[m.observation] = m.sentence
+            res.messages.append(
+                f"missing critical finding: {cf.name if cf else m.observation} "
+                f"(findings: {m.sentence.strip()!r}) - {cf.reason if cf else ''}".rstrip(" -")
+            )
+    for obs in OBSERVATION_NAMES:
+        if obs == "No Finding":
+            continue
+        f, i = f_firm.get(obs), i_firm.get(obs)
+        if f is Label.POSITIVE and i is Label.NEGATIVE:
+            res.contradictions.append(obs)
+            res.messages.append(f"contradiction: findings report {obs}, the impression negates it")
+        elif f is Label.NEGATIVE and i is Label.POSITIVE:
+            res.contradictions.append(obs)
+            res.messages.append(f"contradiction: the impression reports {obs}, the findings negate it")
+    for obs, i in i_lab.items():
+        if obs == "No Finding" or i not in PRESENT or obs in f_lab:
+            continue
+        if any(o in f_lab for o in RELATED.get(obs, ())):
+            continue
+        res.unsupported.append(obs)
+        res.messages.append(f"unsupported: the impression reports {obs}, which the findings never mention")
+    res.ok = not (res.missing_critical or res.contradictions or res.unsupported)
+    return res
+
+
+def consistency(findings: str, impression: str) -> float:
+    """Findings/impression consistency score in (0, 1]; 1 means no problem found.
+
+    The score is ``1 / (1 + P / 5)`` with the penalty ``P`` = sum of the criticality weights of
+    missing critical findings (5 each) and contradictions, plus half the weight of unsupported
+    observations. One missing critical finding gives 0.5; one contradicted minor finding 0.91.
+
+    Args:
+        findings: the findings section.
+        impression: the impression.
+
+    Returns:
+        A float in (0, 1].
+    """
+    r = check_impression(findings, impression)
+    p = sum(WEIGHT_CRITICAL for _ in r.missing_critical)
+    p += sum(WEIGHTS[o] for o in r.contradictions)
+    p += sum(0.5 * WEIGHTS[o] for o in r.unsupported)
+    return 1.0 / (1.0 + p / WEIGHT_CRITICAL)
+
+
+_LEAD_IN = re.compile(
+    r"^(?:and |also |again |but |however |otherwise |,\s*)*"
+    r"(?:there (?:is|are|has been|have been) (?:(?:now|again|also) )?(?:seen |noted )?(?:a |an |the )?"
+    r"|(?:again )?(?:seen|noted|demonstrated|identified) (?:is|are) (?:a |an |the )?)?",
+    re.IGNORECASE,
+)
+
+
+_ENUM_START = re.compile(r"^\s*1[.)]\s")
+_ENUM_SPLIT = re.compile(r"(?:^|(?<=\s))\d{1,2}[.)]\s+")
+
+
+def _end(text: str) -> str:
+    """Strip trailing spaces/periods and end the text with one period (keeps ? and !)."""
+    text = text.strip().rstrip(" .")
+    return text if text.endswith(("?", "!")) else text + "."
+
+
+def _sentence_for(m: Mention) -> str:
+    text = _LEAD_IN.sub("", m.clause.strip()).strip(" ,;:")
+    if not text:
+        text = m.sentence.strip()
+    return _end(text[0].upper() + text[1:])
+
+
+def repair_impression(findings: str, impression: str, style: str = "auto") -> tuple[str, list[str]]:
+    """Append a short sentence for each critical finding that the impression omits.
+
+    The sentence is the findings clause that mentions the finding, minus lead-ins such as
+    "there is a" ("There is a small right apical pneumothorax." -> "Small right apical
+    pneumothorax."). Global normal statements ("No acute cardiopulmonary abnormality.") are
+    removed from the impression when something is added, since they would become false.
+
+    Args:
+        findings: the findings section.
+        impression: the impression to repair.
+        style: "auto" (numbered when the impression is numbered), "numbered" or "plain".
+
+    Returns:
+        ``(repaired_text, added_sentences)``; ``added_sentences`` is empty and the text unchanged
+        when nothing is missing.
+
+    Raises:
+        ClinicalError: unknown style.
+    """
+    if style not in ("auto", "numbered", "plain"):
+        raise ClinicalError(f"style must be 'auto', 'numbered' or 'plain', got {style!r}")
+    findings = _check_text(findings, "findings")
+    impression = _check_text(impression, "impression")
+    result = check_impression(findings, impression)
+    if not result.missing_critical:
+        return impression, []
+    mentions = [m for m in extract(findings) if m.critical]
+    added: list[str] = []
+    for obs in result.missing_critical:
+        m = next(x for x in mentions if x.observation == obs)
+        s = _sentence_for(m)
+        if s not in added:
+            added.append(s)
+    numbered = style == "numbered" or (style == "auto" and bool(_ENUM_START.match(impression)))
+    items = []
+    for item in (_ENUM_SPLIT.split(impression) if numbered else [impression]):
+        item = item.strip()
+        sents = sentences(item)
+        kept = [x for x in sents if not NORMAL_STATEMENTS.search(normalise(x))]
+        if not kept:
+            continue
+        text = item if len(kept) == len(sents) else " ".join(_end(x) for x in kept)
+        items.append(_end(re.sub(r"(?:\s*\.)+$", ".", text)))
+    items += added
+    if numbered:
+        text = " ".join(f"{i}. {x}" for i, x in enumerate(items, 1))
+    else:
+        text = " ".join(items)
+    return text, added
+
+
+# --------------------------------------------------------------------------------------------
+# The verifier: every text a radiologist or patient sees goes through it
+# --------------------------------------------------------------------------------------------
+
+# Major findings: a normal statement ("No acute disease.") beside any of them in the findings is
+# wrong. Qualified as the radiologist would: a calcified nodule is a granuloma, an old or healed
+# fracture is not news, and of the devices only lines and tubes count (not wires or clips).
+MAJOR_FINDINGS: dict[str, str | None] = {
+    "Pleural Effusion": None,
+    "Pneumothorax": None,
+    "Consolidation": None,
+    "Pneumonia": None,
+    "Edema": None,
+    "Cardiomegaly": None,
+    "Mass": None,
+    "Nodule": r"^(?!.*\bcalcifi\w*).*$",
+    "Fracture": None,
+    "Free Air": None,
+    "Support Devices": r"\b(?:catheters?|picc|line|tubes?|tracheostomy|drains?)\b",
+}
+_MAJOR_EXCLUDE = {"Fracture": next(cf.exclude for cf in CRITICAL_FINDINGS if cf.observation == "Fracture")}
+
+
+@dataclass
+class Verification:
+    """What the verifier did to a text and what is left for a person to look at.
+
+    Attributes:
+        text: the text to show (repaired when ``repair`` was asked and possible).
+        original: the text as given.
+        needs_review: a problem is left that the verifier could not repair: show the text flagged.
+        reasons: one line per problem left (for the reviewer).
+        added: sentences added from the findings (missing critical or major findings).
+        removed: sentences removed (findings this report does not state, or contradicts).
+        unsupported / contradictions / missing_critical / normal_despite: problems left.
+        check: the final :class:`CheckResult`.
+    """
+
+    text: str
+    original: str
+    needs_review: bool = False
+    reasons: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    contradictions: list[str] = field(default_factory=list)
+    missing_critical: list[str] = field(default_factory=list)
+    normal_despite: list[str] = field(default_factory=list)
+    check: CheckResult | None = None
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def major_findings(findings: str) -> dict[str, Mention]:
+    """The major findings the findings state firmly (POSITIVE), each with its first mention.
+
+    >>> sorted(major_findings("Small bilateral pleural effusions. Calcified nodule in the left apex."))
+    ['Pleural Effusion']
+    """
+    out: dict[str, Mention] = {}
+    for m in extract(_check_text(findings, "findings")):
+        if m.label is not Label.POSITIVE or m.observation not in MAJOR_FINDINGS or m.observation in out:
+            continue
+        window = mention_window(normalise(m.clause), m.start, m.end)
+        need = MAJOR_FINDINGS[m.observation]
+        if need and not re.search(need, window):
+            continue
+        excl = _MAJOR_EXCLUDE.get(m.observation)
+        if excl and re.search(excl, window):
+            continue
+        out[m.observation] = m
+    return out
+
+
+def _stated(obs: str, labels: dict[str, Label]) -> bool:
+    cf_extra = CRITICAL_BY_OBSERVATION[obs][0].satisfied_by if obs in CRITICAL_BY_OBSERVATION else ()
+    return labels.get(obs) in PRESENT or any(labels.get(o) in PRESENT for o in (*cf_extra, *RELATED.get(obs, ())))
+
+
+def _context_labels(indication: str | None, comparison: str | None) -> dict[str, Label]:
+    return label(" ".join(x for x in (indication, comparison) if x))
+
+
+def _problems(findings: str, text: str, context: dict[str, Label]) -> tuple[CheckResult, list[str], list[str]]:
+    """(check, unsupported not stated in the context either, major findings a normal text denies)."""
+    check = check_impression(findings, text)
+    unsupported = [o for o in check.unsupported
+                   if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
+    t_lab = check.impression_labels
+    says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
+    denied = []
+    for obs in major_findings(findings):
+        if _stated(obs, t_lab):
+            continue
+        if says_normal or t_lab.get(obs) is Label.NEGATIVE:
+            denied.append(obs)
+    return check, unsupported, denied
+
+
+def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsupported: list[str],
+                             denied: list[str]) -> tuple[str, list[str], list[str]]:
+    """Rules 1-3 of :func:`verify`: remove each sentence that asserts an unsupported or negated
+    finding, or denies a major finding, and add that major finding's own sentence.
+
+    Returns:
+        ``(text, removed, added)``; the text unchanged (nothing removed) when nothing true would
+        be left to show, so that it is flagged instead.
+    """
+    bad = set(unsupported) | {o for o in check.contradictions if check.impression_labels.get(o) in PRESENT}
+    denied_set = set(denied)
+    numbered = bool(_ENUM_START.match(text))
+    kept: list[str] = []
+    removed: list[str] = []
+    for sent in (_ENUM_SPLIT.split(text) if numbered else sentences(text)):
+        sent = sent.strip()
+        if not sent:
+            continue
+        s_lab = label(sent)
+        asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
+        denies = denied_set and (is_normal_statement(sent) or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
+        if asserts_bad or denies:
+            removed.append(_end(sent))
+        else:
+            kept.append(_end(sent))
+    majors = major_findings(findings)
+    added: list[str] = []
+    for obs in denied:
+        s = _sentence_for(majors[obs])
+        if s not in added and s not in kept:
+            added.append(s)
+    if not kept and not added:  # nothing true left to show: keep the text, flag it
+        return text, [], []
+    items = kept + added
+    text = " ".join(f"{i}. {x}" for i, x in enumerate(items, 1)) if numbered else " ".join(items)
+    return text, removed, added
+
+
+def _reasons(check: CheckResult, unsupported: list[str], denied: list[str]) -> list[str]:
+    """One line per problem left, for the reviewer."""
+    reasons = [f"unsupported: the text states {obs}, which this report never mentions" for obs in unsupported]
+    reasons += [msg for msg in check.messages if msg.startswith(("missing critical", "contradiction"))]
+    reasons += [f"normal statement although the findings report {obs}" for obs in denied]
+    return reasons
+
+
+def verify(findings: str, text: str, indication: str | None = None, comparison: str | None = None,
+           repair: bool = True) -> Verification:
+    """Check a text against its report and, with ``repair``, fix what can be fixed.
+
+    Rules, on every text shown (any style, a reader's draft, a memory text, a study arm):
+
+    1. A finding the text asserts that this report's findings, indication and comparison never
+       state (another patient's chest tube) is removed with its sentence; a text that would be
+       left empty is flagged instead.
+    2. A sentence that asserts what the findings negate is removed the same way.
+    3. A normal statement ("No acute disease.") or a negation while the findings state a major
+       finding (:data:`MAJOR_FINDINGS`) is replaced: the normal statement goes, the finding's own
+       sentence from the findings is added.
+    4. A critical finding of the findings that the text omits is added (:func:`repair_impression`).
+    5. Whatever is left sets ``needs_review`` with a reason. Misspelt critical terms are read
+       through :func:`correct_typos` in both texts.
+
+    Args:
+        findings: the report's findings.
+        text: the text to check.
+        indication, comparison: the report's other sections (a finding they state is supported).
+        repair: apply rules 1-4 (False: only report the problems).
+
+    Returns:
+        A :class:`Verification`.
+
+    >>> v = verify("Small bilateral pleural effusions.", "No acute disease.")
+    >>> v.text, v.needs_review
+    ('Small bilateral pleural effusions.', False)
+    >>> v = verify("Lungs are clear.", "Right chest tube in place. No pneumothorax.")
+    >>> v.text, v.removed
+    ('No pneumothorax.', ['Right chest tube in place.'])
+    """
+    findings = _check_text(findings, "findings")
+    original = _check_text(text, "text")
+    context = _context_labels(indication, comparison)
+    out = Verification(text=original, original=original)
+    check, unsupported, denied = _problems(findings, original, context)
+    if repair:
+        current, out.removed, out.added = _replace_false_sentences(findings, original, check, unsupported, denied)
+        current, more = repair_impression(findings, current)
+        out.added += more
+        out.text = current
+        check, unsupported, denied = _problems(findings, current, context)
+    out.check = check
+    out.unsupported = unsupported
+    out.normal_despite = denied
+    out.missing_critical = list(check.missing_critical)
+    out.contradictions = list(check.contradictions)
+    out.reasons = _reasons(check, unsupported, denied)
+    out.needs_review = bool(out.reasons)
+    return out
