@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.clinical.labeler import label  # noqa: E402
+from core.clinical.labeler import label, positive_findings  # noqa: E402
 from core.clinical.verifier import check_impression  # noqa: E402
-from core.clinical.vocabulary import PRESENT, Label  # noqa: E402
+from core.clinical.vocabulary import Label  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared/data/iu_xray/reports.csv"
 MIN_SUPPORT = 20
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in df.itertuples():
         text = f"{row.findings} {row.impression}"
         labels = label(text)
-        pred = {k for k, v in labels.items() if v in PRESENT}
+        pred = set(positive_findings(labels, no_finding=True))
         pos_only = {k for k, v in labels.items() if v is Label.POSITIVE}
         truth = truth_labels(row.MeSH)
         for o in EVALUATED:

@@ -327,11 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {st} | {s['label_micro_f1']:.3f} | {s['critical_recall']:.3f} | {s['rougeL_ref']:.2f} | "
                   f"{s['rougeL_vs_default']:.2f} | {s['identical_to_default']:.2f} | {s['mean_words']:.1f} |")
         # an example: the first test report whose default impression is not the plain normal one
-        from core.clinical.labeler import label
-        from core.clinical.vocabulary import PRESENT
+        from core.clinical.labeler import label, positive_findings
 
         def abnormal(t: str) -> bool:
-            return any(v in PRESENT for k, v in label(t).items() if k != "No Finding")
+            return bool(positive_findings(label(t)))
 
         ex = next((i for i, t in enumerate(c2f_texts) if abnormal(t) and 6 <= len(t.split()) <= 20
                    and check_impression(findings[i], t).ok), 0)

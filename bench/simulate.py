@@ -38,8 +38,7 @@ from typing import Any, Callable
 from core.accounts import auth
 from core.adapters.base import use_base_adapter
 from core.adapters.registry import AdapterVersion, active_adapter, read_memory
-from core.clinical.labeler import label
-from core.clinical.vocabulary import PRESENT
+from core.clinical.labeler import is_normal
 from core.config import ROOT, settings, use_settings
 
 from core.evaluation.metrics import label_f1, rouge
@@ -88,13 +87,6 @@ def _cap(s: str) -> str:
 def _terse(s: str) -> str:
     s = _TAIL.sub("", _LEAD.sub("", s.strip()))
     return _cap(s)
-
-
-def is_normal(text: str) -> bool:
-    """True when an impression states a normal study and nothing abnormal."""
-    lab = label(text)
-    return lab.get("No Finding") in PRESENT and not any(
-        v in PRESENT for k, v in lab.items() if k != "No Finding")
 
 
 _ABBREV = [(r"\bright\b", "R"), (r"\bleft\b", "L"), (r"\bbilateral\b", "b/l"),

@@ -23,8 +23,7 @@ from core.adapters.registry import (
     read_pointer,
     reader_dir,
 )
-from core.clinical.labeler import label
-from core.clinical.vocabulary import PRESENT
+from core.clinical.labeler import label, positive_findings
 from core.config import settings
 from core.errors import AdapterError, ImpressionistError, RetrievalError, ValidationError
 from core.evaluation.metrics import rouge
@@ -262,8 +261,7 @@ class Drafter:
         from dataclasses import replace
 
         def positives(text: str) -> frozenset:
-            return frozenset(k for k, v in label(text).items() if v in PRESENT and
-                             k != "No Finding")
+            return frozenset(positive_findings(label(text)))
 
         shared_rows = [{**rows[i], "_memory": None} for i in personal]
         retrieval_only = CoarseToFine(self.shared_index, None, replace(self.c2f, llm="off"))

@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from core.adapters.base import use_base_adapter
-from core.clinical.labeler import label
+from core.clinical.labeler import label, positive_findings
 from core.clinical.verifier import verify
-from core.clinical.vocabulary import PRESENT, Label
+from core.clinical.vocabulary import Label
 from core.errors import (
     ConfigError,
     GenerationError,  # noqa: F401 (defined in core.errors)
@@ -166,11 +166,6 @@ class StageStats:
 
 _PRIOR_WORDS = re.compile(r"\b(?:stable|unchanged|interval|compared|comparison|prior|previous|again|"
                           r"no change|improv\w+|worsen\w*|increas\w+|decreas\w+|new)\b", re.I)
-
-
-def _present(text: str) -> dict:
-
-    return {k: v for k, v in label(text).items() if v in PRESENT and k != "No Finding"}
 
 
 def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, config: C2FConfig | None = None,
@@ -412,12 +407,12 @@ class CoarseToFine:
         if not cands:
             return {"text": None, "agreement": 0.0, "margin": 0.0, "origin": None}
         f_lab = self._labels(query["findings"])
-        f_pos = {k for k, v in f_lab.items() if k != "No Finding" and v in (Label.POSITIVE, Label.UNCERTAIN)}
+        f_pos = set(positive_findings(f_lab))
         no_prior = not has_prior(query.get("comparison"))
         prior = []
         for c, o, mine in zip(cands, origin, own):
             c_lab = self._labels(c)
-            c_pos = {k for k, v in c_lab.items() if k != "No Finding" and v in (Label.POSITIVE, Label.UNCERTAIN)}
+            c_pos = set(positive_findings(c_lab))
             contra = sum(1 for k in c_pos if f_lab.get(k) is Label.NEGATIVE)
             bonus = cfg.coverage_bonus * len(c_pos & f_pos) - cfg.contradiction_penalty * contra
             if no_prior and cfg.prior_penalty and _PRIOR_WORDS.search(c):

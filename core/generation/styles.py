@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.clinical.labeler import extract, is_normal_statement, label
+from core.clinical.labeler import extract, is_normal_statement, label, positive_findings
 from core.clinical.vocabulary import PRESENT, Label
 from core.errors import StyleError  # noqa: F401 (defined in core.errors)
 
@@ -143,11 +143,6 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def _present(text: str) -> dict:
-
-    return {k: v for k, v in label(text).items() if v in PRESENT}
-
-
 def brief(impression: str, findings: str | None = None) -> str:
     """Plain-language version: one short sentence per finding the impression states.
 
@@ -158,7 +153,7 @@ def brief(impression: str, findings: str | None = None) -> str:
     Returns:
         The brief text.
     """
-    labels = _present(impression)
+    labels = positive_findings(label(impression), no_finding=True)
     out: list[str] = []
     abnormal = [k for k in labels if k != "No Finding"]
     if not abnormal:
@@ -263,7 +258,7 @@ def comprehensive(impression: str, findings: str | None = None, indication: str 
     findings = findings or ""
     lines = ["IMPRESSION: " + (" ".join(f"{i}. {s}" for i, s in enumerate(sentences(impression), 1))
                                if len(sentences(impression)) > 1 else " ".join(sentences(impression)) or impression)]
-    present = {k for k in _present(impression) if k != "No Finding"}
+    present = set(positive_findings(label(impression)))
     support = _supporting(findings, present) if present else []
     if support:
         lines.append("SUPPORTING FINDINGS: " + " ".join(support))

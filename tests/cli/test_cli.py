@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -93,7 +93,7 @@ def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
     import json
 
     from core.ingest.demo import synthetic_reports
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     store.import_reports(synthetic_reports(30, seed=4), file="s", fmt="demo")
     store.close()

@@ -15,7 +15,7 @@ import pytest
 
 from core.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -159,7 +159,7 @@ def test_setup_twice_is_quick_and_bounded(tmp_path):
     """`setup` drafts at most --limit impressions per run and writes the demo reports once;
     a department's database gets no demo data. Needs the prepared embedded model."""
     from core.config import settings
-    from core.generation.models import is_prepared
+    from core.generation.checkpoint import is_prepared
 
     if not is_prepared(settings().model_path):
         pytest.skip(f"the embedded model is not prepared at {settings().model_path} "

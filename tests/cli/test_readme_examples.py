@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 # README example -> (the mark the README shows next to it, the command run instead or None to
@@ -42,9 +42,6 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
         "python -m core train-sft --max-steps 1 --max-examples 8 --eval-examples 0 --quiet "
         "--model {tiny}",
         "one SFT step of a tiny random model instead of 500 steps of the embedded one"),
-    "python -m core simulate --bench styles": (
-        "benchmark: hours on a CPU", None,
-        "a benchmark (bench/, BENCHMARKS.md); tests/test_simulate.py runs its quick mode"),
     "accelerate launch --multi_gpu --num_processes 4 -m core nightly --quiet": (
         "needs the GPUs", None,
         "needs 4 GPUs; tests/test_nightly.py runs it with two CPU processes under torchrun"),
@@ -149,22 +146,22 @@ def promote_two_versions(db: Path) -> None:
 def rate_the_study(db: Path) -> None:
     """Each rater rates a few of their study tasks, as in the app."""
     from core.accounts import auth
-    from core.studies import study
     from core.store.database import Store
+    from core.studies import rating
 
     store = Store(db)
     try:
         for name in ("dr_a", "dr_b", "dr_c"):
             user = auth.sign_in(store, name, f"{name}-Passw0rd-2026")
             for i in range(6):
-                task = study.next_task(store, user, 1)
-                study.submit(store, user, task.task_id, [0, 1, -1][i % 3])
+                task = rating.next_task(store, user, 1)
+                rating.submit(store, user, task.task_id, [0, 1, -1][i % 3])
     finally:
         store.close()
 
 
 def test_every_readme_example_runs(tmp_path, monkeypatch):
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     work = tmp_path / "work"
     work.mkdir()
