@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from core.config import settings
 from core.errors import AuthError, NotFound, PermissionDenied, ValidationError
 from core.store.accounts import Reader
 from core.store.database import Store
@@ -60,8 +61,8 @@ class User:
 def hash_password(password: str) -> str:
     import bcrypt  # on first use: only sign-in and user admin hash, most commands never do
 
-    # 12 rounds (~0.25 s) in production; tests lower it through the environment.
-    rounds = int(os.environ.get("IMPRESSIONIST_BCRYPT_ROUNDS", "12"))
+    # 12 rounds (~0.25 s) in production; tests lower it (IMPRESSIONIST_BCRYPT_ROUNDS).
+    rounds = settings().bcrypt_rounds
     return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=rounds)).decode("ascii")
 
 
@@ -279,19 +280,10 @@ def idle_timeout() -> timedelta:
     ``IDLE_TIMEOUT``: 30 minutes).
 
     Raises:
-        ValueError: the variable is not a positive number of minutes.
+        ConfigError: the variable is not a positive number of minutes.
     """
-    raw = os.environ.get("IMPRESSIONIST_IDLE_MINUTES")
-    if not raw:
-        return IDLE_TIMEOUT
-    try:
-        minutes = float(raw)
-    except ValueError:
-        minutes = float("nan")
-    if not minutes > 0:
-        raise ValueError(f"IMPRESSIONIST_IDLE_MINUTES={raw!r}: must be a positive number of "
-                         f"minutes")
-    return timedelta(minutes=minutes)
+    minutes = settings().idle_minutes
+    return IDLE_TIMEOUT if minutes is None else timedelta(minutes=minutes)
 
 
 def idle_expired(last_active: datetime | None, now: datetime | None = None) -> bool:
