@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.feedback import annotate
 
-from core.studies import study
+from core.studies import rating
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -166,7 +166,7 @@ def case_panel() -> None:
 
 
 st.title("Annotate")
-pending = [s for s in study.my_studies(store, user) if s.status == "running" and s.done < s.total]
+pending = [s for s in rating.my_studies(store, user) if s.status == "running" and s.done < s.total]
 if pending:
     with st.container(border=True):
         st.markdown("**Evaluation study waiting:** " + "; ".join(

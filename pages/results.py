@@ -1,5 +1,5 @@
 """Results of closed evaluation studies (coordinators and admins): figures, statistics and
-exports. Everything is computed in core.studies.study; this page only draws it."""
+exports. Everything is computed in core.studies.results; this page only draws it."""
 
 import math
 import tempfile
@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.studies import study
+from core.studies import exports, lifecycle, results
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -16,7 +16,7 @@ user = require_user("coordinator", "admin")
 store = get_store()
 
 st.title("Study results")
-closed = [s for s in study.list_studies(store, user) if s["status"] == "closed"]
+closed = [s for s in lifecycle.list_studies(store, user) if s["status"] == "closed"]
 if not closed:
     st.info("No closed study yet. Results and exports reveal which arm wrote each text, so "
             "they open once a study is closed (Studies page).")
@@ -32,13 +32,13 @@ cache_key = ("rs_cache", sid, n_boot, metrics, by_id[sid]["n_done"])
 if st.session_state.get("rs_cache_key") != cache_key:
     with st.spinner("Computing statistics…"):
         try:
-            st.session_state["rs_results"] = study.results(store, user, sid, n_boot=n_boot,
+            st.session_state["rs_results"] = results.results(store, user, sid, n_boot=n_boot,
                                                            metrics=metrics)
         except ImpressionistError as exc:
             st.error(str(exc))
             st.stop()
     st.session_state["rs_cache_key"] = cache_key
-res: study.StudyResults = st.session_state["rs_results"]
+res: results.StudyResults = st.session_state["rs_results"]
 s = res.study
 arms = list(s["arms"])
 st.caption(f"{s['n_items']} items × {len(arms)} arms · k = {s['k']} · {len(s['raters'])} raters "
@@ -216,11 +216,11 @@ with tab_export:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"study-{sid}.{fmt}"
                 if fmt in ("csv", "parquet"):
-                    study.export_ratings(store, user, sid, path, fmt=fmt)
+                    exports.export_ratings(store, user, sid, path, fmt=fmt)
                 elif fmt == "jsonl":
-                    study.export_preferences(store, user, sid, path)
+                    exports.export_preferences(store, user, sid, path)
                 else:
-                    study.export_html(store, user, sid, path, res=res)
+                    exports.export_html(store, user, sid, path, res=res)
                 st.session_state["rs_export"] = (path.name, path.read_bytes())
         except ImpressionistError as exc:
             st.error(str(exc))

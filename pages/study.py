@@ -5,7 +5,7 @@ import json
 
 import streamlit as st
 
-from core.studies import study
+from core.studies import assignment, lifecycle, progress, protocol, texts
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -17,7 +17,7 @@ tab_run, tab_new = st.tabs(["Progress", "New study"])
 
 
 with tab_new:
-    opts = study.design_options(store, user)
+    opts = lifecycle.design_options(store, user)
     radiologists, sources, options = opts.radiologists, opts.sources, opts.arms
     caption = ("Stored texts (reports): " + ", ".join(opts.stored)) if opts.stored else \
         "No stored texts yet"
@@ -33,23 +33,23 @@ with tab_new:
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="sn_seed")
         raters = st.multiselect("Raters", radiologists, key="sn_raters")
         scale_name = st.selectbox(
-            "Rating scale", list(study.SCALES), key="sn_scale",
-            format_func=lambda s: f"{s}: {' / '.join(study.SCALES[s].labels)}"
+            "Rating scale", list(protocol.SCALES), key="sn_scale",
+            format_func=lambda s: f"{s}: {' / '.join(protocol.SCALES[s].labels)}"
                                   + (" (vs the original impression)"
-                                     if study.SCALES[s].reference else ""))
-        builtin = st.multiselect("Questions (yes/no)", list(study.FEEDBACK_FLAGS),
-                                 default=list(study.FEEDBACK_FLAGS), key="sn_builtin",
-                                 format_func=lambda q: study.FEEDBACK_FLAGS[q])
+                                     if protocol.SCALES[s].reference else ""))
+        builtin = st.multiselect("Questions (yes/no)", list(protocol.FEEDBACK_FLAGS),
+                                 default=list(protocol.FEEDBACK_FLAGS), key="sn_builtin",
+                                 format_func=lambda q: protocol.FEEDBACK_FLAGS[q])
         custom = st.text_area("Extra yes/no questions, one per line as `key: question`",
                               key="sn_custom", height=70)
-        guideline = st.text_area("Guideline shown to raters", study.DEFAULT_GUIDELINE,
+        guideline = st.text_area("Guideline shown to raters", protocol.DEFAULT_GUIDELINE,
                                  key="sn_guideline", height=120)
         c1, c2, c3 = st.columns(3)
         strata = c1.multiselect("Stratify by", ["normal", "source"],
                                 default=["normal", "source"], key="sn_strata")
         ext = c2.selectbox("External source (for the external arm)", [None, *sources],
                            key="sn_external")
-        typo_rate = c3.number_input("Typo rate", 0.001, 0.5, study.DEFAULT_TYPO_RATE,
+        typo_rate = c3.number_input("Typo rate", 0.001, 0.5, protocol.DEFAULT_TYPO_RATE,
                                     step=0.01, format="%.3f", key="sn_typos")
         from_sources = st.multiselect("Sample from sources (empty: all but the external one)",
                                       list(sources), key="sn_sources")
@@ -57,14 +57,14 @@ with tab_new:
     if create:
         try:
             questions = [*builtin, *[line for line in custom.splitlines() if line.strip()]]
-            design = study.StudyDesign(
+            design = lifecycle.StudyDesign(
                 name=name, arms=arms, n_items=int(n_items), seed=int(seed), raters=raters,
                 k=int(k), scale=scale_name, questions=questions, guideline=guideline,
                 strata=strata, sources=from_sources or None, external_source=ext,
                 typo_rate=float(typo_rate))
             with st.spinner("Sampling reports and assigning raters…"):
-                new_id = study.create_study(store, user, design,
-                                            make_texts=study.stored_style_maker(store))
+                new_id = lifecycle.create_study(store, user, design,
+                                            make_texts=texts.stored_style_maker(store))
         except ImpressionistError as exc:
             st.error(str(exc))
         else:
@@ -72,7 +72,7 @@ with tab_new:
             st.success(f"Created study {new_id}. Follow it on the Progress tab.")
 
 with tab_run:
-    studies = study.list_studies(store, user)
+    studies = lifecycle.list_studies(store, user)
     if not studies:
         st.info("No studies yet: create one on the New study tab.")
     else:
@@ -82,7 +82,7 @@ with tab_run:
         sid = st.selectbox("Study", list(by_id), key="sp_study",
                            format_func=lambda i: f"#{i} {by_id[i]['name']} "
                                                  f"({by_id[i]['status']})")
-        p = study.progress(store, user, sid)
+        p = progress.progress(store, user, sid)
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Status", p.status)
         c2.metric("Rated", f"{p.done:,} / {p.total:,}")
@@ -107,24 +107,24 @@ with tab_run:
             if p.status == "draft":
                 with st.form("sp_assign"):
                     st.markdown("**Assign raters** (this study has none yet)")
-                    names = st.multiselect("Raters", study.design_options(store, user)
+                    names = st.multiselect("Raters", lifecycle.design_options(store, user)
                                            .radiologists, key="sp_assign_raters")
                     k_new = st.number_input("Raters per text (k)", 1, 50, 2, key="sp_assign_k")
                     if st.form_submit_button("Assign"):
-                        n = study.assign_raters(store, user, sid, names, int(k_new))
+                        n = assignment.assign_raters(store, user, sid, names, int(k_new))
                         st.success(f"{n:,} tasks assigned.")
                         st.rerun()
             if p.status in ("running", "paused"):
                 b1, b2 = st.columns(2)
                 if p.status == "running" and b1.button("Pause study", key="sp_pause"):
-                    study.pause(store, user, sid)
+                    lifecycle.pause(store, user, sid)
                     st.rerun()
                 if p.status == "paused" and b1.button("Resume study", key="sp_resume",
                                                       type="primary"):
-                    study.resume(store, user, sid)
+                    lifecycle.resume(store, user, sid)
                     st.rerun()
-                current = set(study.study_raters(store, user, sid))
-                free = [r for r in study.design_options(store, user).radiologists
+                current = set(lifecycle.study_raters(store, user, sid))
+                free = [r for r in lifecycle.design_options(store, user).radiologists
                         if r not in current]
                 with st.expander("Extend with more raters"):
                     with st.form("sp_extend"):
@@ -133,7 +133,7 @@ with tab_run:
                             "Extra ratings per text (0: the new raters take over part of the "
                             "remaining work)", 0, 50, 0, key="sp_extend_k")
                         if st.form_submit_button("Extend"):
-                            n = study.extend(store, user, sid, new, extra_k=int(extra))
+                            n = assignment.extend(store, user, sid, new, extra_k=int(extra))
                             st.success(f"{n:,} tasks for {', '.join(new)}.")
                             st.rerun()
             if p.status != "closed":
@@ -142,7 +142,7 @@ with tab_run:
                                 "exports (with the unblinding key) become available.")
                     sure = st.checkbox("I want to close this study", key="sp_close_sure")
                     if st.button("Close study", key="sp_close", disabled=not sure):
-                        study.close(store, user, sid)
+                        lifecycle.close(store, user, sid)
                         st.rerun()
         except ImpressionistError as exc:
             st.error(str(exc))

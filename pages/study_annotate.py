@@ -6,7 +6,7 @@ import uuid
 
 import streamlit as st
 
-from core.studies import study
+from core.studies import rating
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -19,7 +19,7 @@ SHORTCUT_KEYS = "12345"
 def _load(task=None) -> None:
     """Make ``task`` (or the next one in the queue) current, with fresh per-task widget state."""
     sid = st.session_state["sa_study"]
-    st.session_state["sa_task"] = task if task is not None else study.next_task(store, user, sid)
+    st.session_state["sa_task"] = task if task is not None else rating.next_task(store, user, sid)
     st.session_state["sa_task_study"] = sid
     st.session_state["sa_started"] = time.monotonic()
     st.session_state["sa_nonce"] = uuid.uuid4().hex  # the save key: a full UUID, never reused
@@ -39,12 +39,12 @@ def _set_rating(value: int) -> None:
 
 
 @st.fragment
-def task_panel(rs: study.RaterStudy) -> None:
+def task_panel(rs: rating.RaterStudy) -> None:
     if st.session_state.get("sa_task_study") != rs.study_id or "sa_task" not in st.session_state:
         _load()
     task = st.session_state["sa_task"]
     nonce = st.session_state["sa_nonce"]
-    done, total = study.rater_progress(store, user, rs.study_id)
+    done, total = rating.rater_progress(store, user, rs.study_id)
     st.progress(done / total if total else 0.0, text=f"{done} of {total} texts rated")
     if (msg := st.session_state.pop("sa_flash", None)) is not None:
         st.toast(msg)
@@ -53,7 +53,7 @@ def task_panel(rs: study.RaterStudy) -> None:
         st.success("You have rated every text assigned to you in this study. Thank you!")
         if st.button("Undo last rating", key="sa_undo_empty", shortcut="Alt+Z"):
             try:
-                back = study.undo_last(store, user, rs.study_id)
+                back = rating.undo_last(store, user, rs.study_id)
             except ImpressionistError as exc:
                 st.error(str(exc))
             else:
@@ -108,13 +108,13 @@ def task_panel(rs: study.RaterStudy) -> None:
     spent = int((time.monotonic() - st.session_state["sa_started"]) * 1000)
     try:
         if submit and current is not None:
-            study.submit(store, user, task.task_id, current, answers=answers, comment=comment,
+            rating.submit(store, user, task.task_id, current, answers=answers, comment=comment,
                          time_spent_ms=spent, client_token=f"study-{nonce}")
             st.session_state["sa_flash"] = "Rating saved"
             _load()
             _rerun()
         if undo:
-            back = study.undo_last(store, user, rs.study_id)
+            back = rating.undo_last(store, user, rs.study_id)
             st.session_state["sa_flash"] = "Nothing to undo" if back is None else \
                 "Last rating retracted"
             if back is not None:
@@ -125,7 +125,7 @@ def task_panel(rs: study.RaterStudy) -> None:
 
 
 st.title("Study queue")
-mine = study.my_studies(store, user)
+mine = rating.my_studies(store, user)
 if not mine:
     st.info("You have no study tasks. Studies appear here when a coordinator assigns you.")
     st.stop()
@@ -136,7 +136,7 @@ if st.session_state.get("sa_study") not in by_id:
 st.selectbox("Study", list(by_id), key="sa_study",
              format_func=lambda i: f"{by_id[i].name} — {by_id[i].done}/{by_id[i].total} "
                                    f"rated ({by_id[i].status})")
-rs = study.rater_study(store, user, st.session_state["sa_study"])
+rs = rating.rater_study(store, user, st.session_state["sa_study"])
 with st.expander("Guideline", expanded=rs.done == 0):
     st.markdown(rs.guideline or "No guideline was given for this study.")
     st.markdown("**Scale:** " + " · ".join(rs.scale.labels))

@@ -1,7 +1,8 @@
 """The annotate workflow: next case, rate/edit, skip, undo, and a reader's own history.
 
 Every function takes the signed-in :class:`core.accounts.auth.User` and checks permissions itself, so a
-page cannot forget to. Nothing is overwritten: undo appends a retraction.
+page cannot forget to. Nothing is overwritten: undo appends a retraction. :func:`save_rating` is
+the one save of a rating, for the annotate queue and for study tasks alike.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
-from core.adapters.registry import active_adapter
 from core.accounts.auth import User, authorize, require_self_or
+from core.adapters.registry import active_adapter
 from core.errors import PermissionDenied, StoreError, ValidationError
+from core.feedback.visibility import without_open_study_rows
+from core.learning.pairs import same_words
 from core.store.database import Store
 from core.store.feedback import Case
 
@@ -47,12 +50,6 @@ def clean_text(value: str | None, field: str, max_len: int = MAX_TEXT) -> str | 
         raise ValidationError(f"field {field!r}: {len(text):,} characters, at most "
                               f"{max_len:,} allowed")
     return text or None
-
-
-def _same_words(a: str | None, b: str | None) -> bool:
-    """True when two texts differ only in whitespace and punctuation."""
-    norm = lambda s: re.findall(r"[\w']+", (s or "").lower())  # noqa: E731
-    return norm(a) == norm(b)
 
 
 @contextlib.contextmanager
@@ -127,22 +124,41 @@ def submit_rating(store: Store, user: User, case: Case, rating: Rating,
                   client_token: str | None = None, study_id: int | None = None) -> int:
     """Append a rating (and edit) of ``case`` by ``user``. Returns the feedback id.
 
+    The case's AI text is the text on screen (see :func:`save_rating`).
+    """
+    return save_rating(store, user, case.report_id, case.generation_id, case.ai_text, rating,
+                       client_token=client_token, study_id=study_id)
+
+
+def save_rating(store: Store, user: User, report_id: int, generation_id: int | None,
+                shown_text: str | None, rating: Rating, client_token: str | None = None,
+                study_id: int | None = None) -> int:
+    """Append ``user``'s rating (and edit) of the text shown for a report. Returns the feedback id.
+
     An edit that changes only whitespace or punctuation is stored as no edit. A repeated
     ``client_token`` (double submit) returns the first row's id. Rating a case already rated
     (a second tab) revises the earlier rating (``Store.add_feedback``). With ``study_id`` the
-    case must be one of the user's tasks in that study.
+    report must be one of the user's tasks in that study.
+
+    Args:
+        report_id: the report rated.
+        generation_id: the generation that was on screen (None: no stored AI text).
+        shown_text: that text (an edit is compared with it).
+        rating: what the reader submitted.
+        client_token: makes a double submit harmless.
+        study_id: the study the rating belongs to (None: the annotate queue).
     """
     authorize(store, user, *RATERS)
-    if study_id is not None and not store.is_study_case_of(study_id, user.id, case.report_id):
-        raise PermissionDenied(f"{user.username} has no task for report {case.report_id} in "
+    if study_id is not None and not store.is_study_case_of(study_id, user.id, report_id):
+        raise PermissionDenied(f"{user.username} has no task for report {report_id} in "
                                f"study {study_id}; nothing was saved")
     edited = clean_text(rating.edited_text, "edited impression")
-    if edited is not None and _same_words(edited, case.ai_text):
+    if edited is not None and same_words(edited, shown_text):
         edited = None
     comment = clean_text(rating.comment, "comment", 5_000)
     with _saving("rating"):
         return store.add_feedback(
-            reader_id=user.id, report_id=case.report_id, generation_id=case.generation_id,
+            reader_id=user.id, report_id=report_id, generation_id=generation_id,
             kind="rating", rating=rating.rating, factual_error=rating.factual_error,
             omission=rating.omission, style_issue=rating.style_issue,
             critical_missed=rating.critical_missed, comment=comment, edited_text=edited,
@@ -194,8 +210,6 @@ def feedback_of(store: Store, user: User, reader_id: int | None = None,
     authorize(store, user)
     reader_id = user.id if reader_id is None else reader_id
     require_self_or(user, reader_id, "coordinator", "admin")
-    from core.studies.study import without_open_study_rows
-
     # The history shows each rating's model/style next to the original impression: rows of a
     # study that is still running would unblind its arms.
     return without_open_study_rows(

@@ -18,7 +18,7 @@ Tables (migration 30):
 * ``study_answers``: links each study rating (a ``feedback`` row with ``study_id`` set) to its
   task and unit and keeps the answers to the study's own questions.
 
-Nothing here checks permissions or blinding; :mod:`core.studies.study` does, before calling these.
+Nothing here checks permissions or blinding; :mod:`core.studies` does, before calling these.
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ class StudyQueries:
     def study_ratings(self, study_id: int):
         """Every standing study rating with its unit (arm, label, text) and answers (DataFrame).
 
-        This is the unblinded key joined with the ratings: core.studies.study shows it only after close.
+        This is the unblinded key joined with the ratings: core.studies.results shows it only after close.
         """
         return self.df(
             "SELECT f.id AS feedback_id, f.created_at, a.task_id, a.unit_id, f.reader_id, "

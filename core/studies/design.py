@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
-from core.errors import ValidationError
-from core.errors import StudyDesignError  # noqa: F401 (defined in core.errors)
+from core.errors import StudyDesignError
 
 __all__ = [
     "StudyDesignError",
@@ -29,12 +28,23 @@ __all__ = [
     "blind_label",
     "blinding_key",
     "unblind",
+    "seeded_key",
 ]
 
 
 def _key(*parts: Any) -> int:
     """Deterministic 64-bit pseudo-random key from the parts (stable across runs and versions)."""
     text = "\x1f".join(f"{type(p).__name__}:{p}" if not isinstance(p, str) else p for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def seeded_key(*parts: Any) -> int:
+    """Deterministic 64-bit key from the parts' ``str`` (no type prefix, unlike :func:`_key`).
+
+    The store side of a study draws with it: the candidate pool, case numbers, typo seeds and
+    the moves of a rebalance. Stored studies were drawn with it, so it must not change.
+    """
+    text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from core.studies.study import StudyResults
+    from core.studies.results import StudyResults
 
 PALETTE = ["#b42318", "#e17b54", "#d0d5dd", "#6ca6d9", "#175cd3"]  # worst .. best
 ARM_COLOR = "#175cd3"
@@ -261,7 +261,7 @@ def summary_html(res: "StudyResults") -> str:
     """The one-page HTML summary of a closed study's results.
 
     Args:
-        res: :class:`core.studies.study.StudyResults`.
+        res: :class:`core.studies.results.StudyResults`.
     Returns:
         A complete, self-contained HTML document (no scripts, no external resources).
     """

@@ -22,11 +22,12 @@ from core.feedback import annotate
 
 from core.accounts import auth
 
-from core.studies import study
+from core.studies import assignment, exports, lifecycle, progress, rating, results
 from core.errors import AuthError, ImpressionistError, PermissionDenied
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE_MODULES = (annotate, admin, adapters, study)
+PAGE_MODULES = (annotate, admin, adapters, lifecycle, assignment, rating, progress, results,
+                exports)
 
 
 # -- sign-in --------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def test_every_page_function_is_found():
     names = {f"{f.__module__}.{f.__name__}" for f in PAGE_FUNCTIONS}
     for must in ("core.feedback.annotate.submit_rating", "core.feedback.annotate.feedback_of",
                  "core.accounts.admin.import_reports", "core.accounts.admin.add_user", "core.adapters.registry.runs_table",
-                 "core.studies.study.submit", "core.studies.study.export_ratings", "core.studies.study.results"):
+                 "core.studies.rating.submit", "core.studies.exports.export_ratings", "core.studies.results.results"):
         assert must in names
     assert len(names) >= 35
 
@@ -231,15 +232,15 @@ ROLE_CASES = [
     (adapters.list_versions, ["rad1"]), (adapters.promote, ["rad1"]),
     (adapters.rollback, ["rad1"]), (adapters.runs_table, ["rad1"]),
     (adapters.active_table, ["rad1"]),
-    (study.create_study, ["rad1"]), (study.assign_raters, ["rad1"]), (study.pause, ["rad1"]),
-    (study.resume, ["rad1"]), (study.close, ["rad1"]), (study.extend, ["rad1"]),
-    (study.progress, ["rad1"]), (study.list_studies, ["rad1"]), (study.study_raters, ["rad1"]),
-    (study.design_options, ["rad1"]), (study.results, ["rad1"]),
-    (study.ratings_table, ["rad1"]), (study.export_ratings, ["rad1"]),
-    (study.export_preferences, ["rad1"]), (study.export_html, ["rad1"]),
-    (study.preference_pairs, ["rad1"]),
-    (study.my_studies, ["coord"]), (study.next_task, ["coord"]), (study.submit, ["coord"]),
-    (study.undo_last, ["coord"]), (study.rater_study, ["coord"]),
+    (lifecycle.create_study, ["rad1"]), (assignment.assign_raters, ["rad1"]), (lifecycle.pause, ["rad1"]),
+    (lifecycle.resume, ["rad1"]), (lifecycle.close, ["rad1"]), (assignment.extend, ["rad1"]),
+    (progress.progress, ["rad1"]), (lifecycle.list_studies, ["rad1"]), (lifecycle.study_raters, ["rad1"]),
+    (lifecycle.design_options, ["rad1"]), (results.results, ["rad1"]),
+    (exports.ratings_table, ["rad1"]), (exports.export_ratings, ["rad1"]),
+    (exports.export_preferences, ["rad1"]), (exports.export_html, ["rad1"]),
+    (exports.preference_pairs, ["rad1"]),
+    (rating.my_studies, ["coord"]), (rating.next_task, ["coord"]), (rating.submit, ["coord"]),
+    (rating.undo_last, ["coord"]), (rating.rater_study, ["coord"]),
 ]
 
 
@@ -281,25 +282,25 @@ def test_another_readers_data_is_refused_in_core(store, users, cases):
 def test_study_tasks_of_another_rater_are_refused(store, users):
     """A rater may not see, submit or undo another rater's study task."""
     from core.ingest.demo import synthetic_reports
-    from core.studies.study import StudyDesign
+    from core.studies.lifecycle import StudyDesign
 
     store.import_reports(synthetic_reports(30, seed=3), file="s", fmt="demo")
-    sid = study.create_study(store, users["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, users["coord"], StudyDesign(
         name="sec", arms=["original", "base"], n_items=6, seed=1, raters=["rad1"], k=1),
         make_texts=lambda reports, arm: [f"Generated {r['id']}." for r in reports])
-    task = study.next_task(store, users["rad1"], sid)
+    task = rating.next_task(store, users["rad1"], sid)
     assert task is not None
     with pytest.raises(PermissionDenied):
-        study.rater_study(store, users["rad2"], sid)
+        rating.rater_study(store, users["rad2"], sid)
     with pytest.raises(PermissionDenied):
-        study.submit(store, users["rad2"], task.task_id, 0)
-    for fn in (study.next_task, study.undo_last):
+        rating.submit(store, users["rad2"], task.task_id, 0)
+    for fn in (rating.next_task, rating.undo_last):
         try:
             assert fn(store, users["rad2"], sid) is None
         except PermissionDenied:
             pass
     # rad1's task is untouched and still theirs to rate
-    assert study.next_task(store, users["rad1"], sid).task_id == task.task_id
+    assert rating.next_task(store, users["rad1"], sid).task_id == task.task_id
 
 
 # -- the audit log --------------------------------------------------------------------------------
@@ -588,13 +589,13 @@ def test_system_entry_points_refuse_a_stale_user_and_an_anonymous_call(store, us
 
 def test_a_study_rating_needs_a_task_of_that_study(store, users):
     from core.ingest.demo import synthetic_reports
-    from core.studies.study import StudyDesign
+    from core.studies.lifecycle import StudyDesign
 
     store.import_reports(synthetic_reports(30, seed=3), file="s", fmt="demo")
-    sid = study.create_study(store, users["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, users["coord"], StudyDesign(
         name="membership", arms=["original", "base"], n_items=6, seed=1, raters=["rad1"], k=1),
         make_texts=lambda reports, arm: [f"Generated {r['id']}." for r in reports])
-    task = study.next_task(store, users["rad1"], sid)
+    task = rating.next_task(store, users["rad1"], sid)
     row = store.get_study_task(task.task_id)
     case = annotate.Case(
         report_id=row["report_id"], generation_id=row["generation_id"], source="",
@@ -611,8 +612,8 @@ def test_a_study_rating_needs_a_task_of_that_study(store, users):
                                study_id=sid + 1000)
     assert store.count_feedback() == before
     # the rater's own task goes through the study's submit as before
-    scale = study.rater_study(store, users["rad1"], sid).scale
-    assert study.submit(store, users["rad1"], task.task_id, scale.values[0]) > 0
+    scale = rating.rater_study(store, users["rad1"], sid).scale
+    assert rating.submit(store, users["rad1"], task.task_id, scale.values[0]) > 0
 
 
 def test_the_annotate_page_uses_full_uuid_save_keys(store, users, cases):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from core.studies import stats
-from core.studies.stats import StatsError
+from core.errors import StatsError
+from core.studies import agreement, stats
 
 NAN = np.nan
 
@@ -94,7 +94,7 @@ def test_cohen_wikipedia_50_items():
     # Wikipedia "Cohen's kappa": 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no -> 0.4
     a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
     b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
-    assert stats.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert agreement.cohen_kappa(a, b) == pytest.approx(0.4)
 
 
 # Hand example, categories 0,1,2, 8 items:
@@ -109,9 +109,9 @@ HAND_B = [0, 1, 1, 2, 2, 0, 2, 0]
 
 
 def test_cohen_weighted_by_hand():
-    assert stats.cohen_kappa(HAND_A, HAND_B) == pytest.approx(3 / 7)
-    assert stats.cohen_kappa(HAND_A, HAND_B, "linear") == pytest.approx(7 / 15)
-    assert stats.cohen_kappa(HAND_A, HAND_B, "quadratic") == pytest.approx(1 / 2)
+    assert agreement.cohen_kappa(HAND_A, HAND_B) == pytest.approx(3 / 7)
+    assert agreement.cohen_kappa(HAND_A, HAND_B, "linear") == pytest.approx(7 / 15)
+    assert agreement.cohen_kappa(HAND_A, HAND_B, "quadratic") == pytest.approx(1 / 2)
 
 
 def test_cohen_weighted_uses_scale_distance_not_label_rank():
@@ -121,27 +121,27 @@ def test_cohen_weighted_uses_scale_distance_not_label_rank():
     recode = {0: -2, 1: 1, 2: 2}
     a = [recode[v] for v in HAND_A]
     b = [recode[v] for v in HAND_B]
-    assert stats.cohen_kappa(a, b, "quadratic") == pytest.approx(25 / 51)
+    assert agreement.cohen_kappa(a, b, "quadratic") == pytest.approx(25 / 51)
     # explicit scale gives the same; a wrong label list is rejected
-    assert stats.cohen_kappa(a, b, "quadratic", labels=[-2, -1, 0, 1, 2]) == pytest.approx(25 / 51)
+    assert agreement.cohen_kappa(a, b, "quadratic", labels=[-2, -1, 0, 1, 2]) == pytest.approx(25 / 51)
     with pytest.raises(StatsError, match="not one of labels"):
-        stats.cohen_kappa(a, b, "quadratic", labels=[-1, 0, 1])
+        agreement.cohen_kappa(a, b, "quadratic", labels=[-1, 0, 1])
 
 
 def test_cohen_missing_and_undefined():
     a = [1, 2, None, 3, float("nan"), 1]
     b = [1, 2, 3, None, 2, 2]
-    assert stats.cohen_kappa(a, b) == pytest.approx(stats.cohen_kappa([1, 2, 1], [1, 2, 2]))
-    assert math.isnan(stats.cohen_kappa([1, 1, 1], [1, 1, 1]))  # chance agreement is 1
-    assert math.isnan(stats.cohen_kappa([1], [1]))
+    assert agreement.cohen_kappa(a, b) == pytest.approx(agreement.cohen_kappa([1, 2, 1], [1, 2, 2]))
+    assert math.isnan(agreement.cohen_kappa([1, 1, 1], [1, 1, 1]))  # chance agreement is 1
+    assert math.isnan(agreement.cohen_kappa([1], [1]))
     with pytest.raises(StatsError, match="same length"):
-        stats.cohen_kappa([1, 2], [1])
+        agreement.cohen_kappa([1, 2], [1])
     with pytest.raises(StatsError, match="weights"):
-        stats.cohen_kappa([1, 2], [1, 2], weights="cubic")
+        agreement.cohen_kappa([1, 2], [1, 2], weights="cubic")
 
 
 def test_pairwise_cohen_matches_pairwise_calls():
-    pk = stats.pairwise_cohen(KRIPP_2011, raters=["A", "B", "C", "D"])
+    pk = agreement.pairwise_cohen(KRIPP_2011, raters=["A", "B", "C", "D"])
     assert [(p.rater_a, p.rater_b) for p in pk] == [
         ("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("B", "D"), ("C", "D")
     ]
@@ -150,62 +150,62 @@ def test_pairwise_cohen_matches_pairwise_calls():
     assert ab.n_items == 9
     a = [1, 2, 3, 3, 2, 1, 4, 1, 2]
     b = [1, 2, 3, 3, 2, 2, 4, 1, 2]
-    assert ab.kappa == pytest.approx(stats.cohen_kappa(a, b))
+    assert ab.kappa == pytest.approx(agreement.cohen_kappa(a, b))
     assert ab.kappa == pytest.approx(0.8448275862068966)
     # weighted uses the common 1..5 scale for every pair
-    pq = stats.pairwise_cohen(KRIPP_2011, weights="quadratic")
-    assert pq[0].kappa == pytest.approx(stats.cohen_kappa(a, b, "quadratic", labels=[1, 2, 3, 4, 5]))
+    pq = agreement.pairwise_cohen(KRIPP_2011, weights="quadratic")
+    assert pq[0].kappa == pytest.approx(agreement.cohen_kappa(a, b, "quadratic", labels=[1, 2, 3, 4, 5]))
 
 
 def test_pairwise_cohen_dataframe_index_names():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame(KRIPP_2011, index=["ann", "bob", "cy", "dee"])
-    assert stats.pairwise_cohen(df)[-1].rater_a == "cy"
+    assert agreement.pairwise_cohen(df)[-1].rater_a == "cy"
 
 
 # ----------------------------------------------------------------- Fleiss
 
 
 def test_fleiss_wikipedia_table():
-    assert stats.fleiss_kappa(FLEISS_TABLE, form="counts") == pytest.approx(0.20993, abs=5e-5)
+    assert agreement.fleiss_kappa(FLEISS_TABLE, form="counts") == pytest.approx(0.20993, abs=5e-5)
 
 
 def test_fleiss_from_ratings_matches_table():
     # rebuild an items x raters matrix from the count table
     ratings = [[c for c, cnt in enumerate(row, start=1) for _ in range(cnt)] for row in FLEISS_TABLE]
-    assert stats.fleiss_kappa(ratings) == pytest.approx(0.20993, abs=5e-5)
+    assert agreement.fleiss_kappa(ratings) == pytest.approx(0.20993, abs=5e-5)
 
 
 def test_fleiss_generalised_equals_fleiss_on_complete_data():
     # Gwet's generalisation must reduce to Fleiss (1971) when every item has the same raters.
-    assert stats._fleiss_generalized(np.array(FLEISS_TABLE)) == pytest.approx(0.20993, abs=5e-5)
+    assert agreement._fleiss_generalized(np.array(FLEISS_TABLE)) == pytest.approx(0.20993, abs=5e-5)
     rng = np.random.default_rng(3)
     from statsmodels.stats.inter_rater import fleiss_kappa as sm
 
     for _ in range(5):
         table = rng.multinomial(6, [0.2, 0.3, 0.5], size=25)
-        assert stats._fleiss_generalized(table) == pytest.approx(sm(table))
+        assert agreement._fleiss_generalized(table) == pytest.approx(sm(table))
 
 
 def test_fleiss_missing_ratings_irrcac_example():
     # irrCAC vignette: fleiss.kappa.raw(cac.raw4raters) -> pa 0.8181818, pe 0.2387153, kappa 0.76117
     items_by_raters = np.array(KRIPP_2011).T
-    assert stats.fleiss_kappa(items_by_raters) == pytest.approx(0.76117, abs=5e-6)
+    assert agreement.fleiss_kappa(items_by_raters) == pytest.approx(0.76117, abs=5e-6)
     pa, pe = 0.8181818, 0.2387153
-    assert stats.fleiss_kappa(items_by_raters) == pytest.approx((pa - pe) / (1 - pe), abs=1e-6)
+    assert agreement.fleiss_kappa(items_by_raters) == pytest.approx((pa - pe) / (1 - pe), abs=1e-6)
 
 
 def test_fleiss_edges_and_errors():
-    assert math.isnan(stats.fleiss_kappa([[1, 1, 1], [1, 1, 1]]))  # one category only
-    assert math.isnan(stats.fleiss_kappa([[1, None], [2, None]]))  # nobody overlaps
+    assert math.isnan(agreement.fleiss_kappa([[1, 1, 1], [1, 1, 1]]))  # one category only
+    assert math.isnan(agreement.fleiss_kappa([[1, None], [2, None]]))  # nobody overlaps
     with pytest.raises(StatsError, match="form"):
-        stats.fleiss_kappa(FLEISS_TABLE, form="table")
+        agreement.fleiss_kappa(FLEISS_TABLE, form="table")
     with pytest.raises(StatsError, match="not one of categories"):
-        stats.fleiss_kappa([[1, 2], [3, 1]], categories=[1, 2])
+        agreement.fleiss_kappa([[1, 2], [3, 1]], categories=[1, 2])
     with pytest.raises(StatsError, match="non-negative integer"):
-        stats.fleiss_kappa([[1, -1], [2, 0]], form="counts")
+        agreement.fleiss_kappa([[1, -1], [2, 0]], form="counts")
     with pytest.raises(StatsError, match="different lengths"):
-        stats.fleiss_kappa([[1, 2], [1]])
+        agreement.fleiss_kappa([[1, 2], [1]])
 
 
 # ----------------------------------------------------------------- Krippendorff
@@ -217,7 +217,7 @@ def test_fleiss_edges_and_errors():
     [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)],
 )
 def test_krippendorff_2011_example(level, expected):
-    assert stats.krippendorff_alpha(KRIPP_2011, level=level) == pytest.approx(expected, abs=5e-4)
+    assert agreement.krippendorff_alpha(KRIPP_2011, level=level) == pytest.approx(expected, abs=5e-4)
 
 
 def test_krippendorff_wikipedia_example():
@@ -227,23 +227,23 @@ def test_krippendorff_wikipedia_example():
         [1, None, 2, 1, 3, 3, 4, 3, None, None, None, None, None, None, None],
         [None, None, 2, 1, 3, 4, 4, None, 2, 1, 1, 3, 3, None, 4],
     ]
-    assert stats.krippendorff_alpha(data, "nominal") == pytest.approx(0.691, abs=5e-4)
-    assert stats.krippendorff_alpha(data, "interval") == pytest.approx(0.811, abs=5e-4)
+    assert agreement.krippendorff_alpha(data, "nominal") == pytest.approx(0.691, abs=5e-4)
+    assert agreement.krippendorff_alpha(data, "interval") == pytest.approx(0.811, abs=5e-4)
 
 
 def test_krippendorff_edges():
-    assert stats.krippendorff_alpha([[1, 2, 3], [1, 2, 3]], "nominal") == pytest.approx(1.0)
-    assert math.isnan(stats.krippendorff_alpha([[2, 2], [2, 2]]))
-    assert math.isnan(stats.krippendorff_alpha([[1, None], [None, 2]]))
+    assert agreement.krippendorff_alpha([[1, 2, 3], [1, 2, 3]], "nominal") == pytest.approx(1.0)
+    assert math.isnan(agreement.krippendorff_alpha([[2, 2], [2, 2]]))
+    assert math.isnan(agreement.krippendorff_alpha([[1, None], [None, 2]]))
     # value_domain on the relative scale does not change ordinal alpha, but unknown values raise
     rel = [[-2, -1, 0, 1, 2, 0], [-1, -1, 0, 2, 2, 1]]
-    assert stats.krippendorff_alpha(rel, "ordinal", value_domain=[-2, -1, 0, 1, 2]) == pytest.approx(
-        stats.krippendorff_alpha(rel, "ordinal")
+    assert agreement.krippendorff_alpha(rel, "ordinal", value_domain=[-2, -1, 0, 1, 2]) == pytest.approx(
+        agreement.krippendorff_alpha(rel, "ordinal")
     )
     with pytest.raises(StatsError, match="value_domain"):
-        stats.krippendorff_alpha(rel, "ordinal", value_domain=[-1, 0, 1])
+        agreement.krippendorff_alpha(rel, "ordinal", value_domain=[-1, 0, 1])
     with pytest.raises(StatsError, match="level"):
-        stats.krippendorff_alpha(rel, "ordinalish")
+        agreement.krippendorff_alpha(rel, "ordinalish")
 
 
 def test_reliability_matrix_pivots_long_ratings():
@@ -253,13 +253,13 @@ def test_reliability_matrix_pivots_long_ratings():
         for i, v in enumerate(row)
         if not math.isnan(v)
     ]
-    m, raters, items = stats.reliability_matrix(long)
+    m, raters, items = agreement.reliability_matrix(long)
     assert raters == list("ABCD") and items == list(range(12))
     np.testing.assert_array_equal(m, np.array(KRIPP_2011))
     with pytest.raises(StatsError, match="more than one rating"):
-        stats.reliability_matrix(long + [long[0]])
+        agreement.reliability_matrix(long + [long[0]])
     with pytest.raises(StatsError, match="lack column"):
-        stats.reliability_matrix([{"rater": "A", "item": 1, "score": 1}])
+        agreement.reliability_matrix([{"rater": "A", "item": 1, "score": 1}])
 
 
 # ----------------------------------------------------------------- bootstrap
@@ -282,7 +282,7 @@ def test_bootstrap_resamples_items_not_cells():
 
     def alpha(d):
         seen_shapes.append(d.shape)
-        return stats.krippendorff_alpha(d, "nominal")
+        return agreement.krippendorff_alpha(d, "nominal")
 
     est, lo, hi = stats.bootstrap_ci(alpha, m, n_boot=200, seed=0)
     assert est == pytest.approx(0.743, abs=5e-4)
@@ -349,7 +349,7 @@ def test_per_rater_bias_recovers_planted_offsets():
         quality = rng.normal(0, 1)
         for r, off in truth.items():
             rows.append({"rater": r, "item_id": item, "score": quality + off + rng.normal(0, 0.3)})
-    bias = {b.rater: b for b in stats.per_rater_bias(rows)}
+    bias = {b.rater: b for b in agreement.per_rater_bias(rows)}
     # leave-one-out: offset of r vs mean of the other three = off_r - mean(other offsets)
     # each offset has sd sqrt(0.3^2 + 0.3^2/3) = 0.346, so its mean has se 0.011 over 1000 items
     se = math.sqrt(0.09 + 0.03) / math.sqrt(1000)
@@ -370,13 +370,13 @@ def test_per_rater_bias_by_hand_and_units():
         {"rater": "b", "item_id": 1, "arm": "y", "score": -1},
         {"rater": "a", "item_id": 2, "arm": "x", "score": 1},  # rated once: skipped
     ]
-    got = {b.rater: b for b in stats.per_rater_bias(rows, item_col=("item_id", "arm"))}
+    got = {b.rater: b for b in agreement.per_rater_bias(rows, item_col=("item_id", "arm"))}
     assert got["a"].mean_offset == pytest.approx((2 + 0) / 2) and got["a"].n == 2
     assert got["b"].mean_offset == pytest.approx((-2 + 0) / 2)
-    incl = {b.rater: b for b in stats.per_rater_bias(rows, item_col=("item_id", "arm"), leave_one_out=False)}
+    incl = {b.rater: b for b in agreement.per_rater_bias(rows, item_col=("item_id", "arm"), leave_one_out=False)}
     assert incl["a"].mean_offset == pytest.approx((1 + 0 + 0) / 3) and incl["a"].n == 3
     with pytest.raises(StatsError, match="not a number"):
-        stats.per_rater_bias([{"rater": "a", "item_id": 1, "score": "good"}])
+        agreement.per_rater_bias([{"rater": "a", "item_id": 1, "score": "good"}])
 
 
 # ----------------------------------------------------------------- paired comparison / spearman
@@ -425,3 +425,37 @@ def test_spearman():
     assert rho == pytest.approx(1.0)
     assert all(math.isnan(v) for v in stats.spearman([1, 2], [2, 1]))
     assert all(math.isnan(v) for v in stats.spearman([1, 1, 1], [1, 2, 3]))
+
+
+# --------------------------------------------------------------------------- Holm, unpaired
+
+
+def test_holm_matches_the_step_down_by_hand_and_keeps_nan_out():
+    # Holm (1979): sorted p 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then a running maximum
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = stats.holm([0.01, NAN, 0.04])
+    assert math.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    assert stats.holm([]) == []
+
+
+def test_unpaired_comparison_is_mann_whitney_with_a_bootstrap_interval():
+    a, b = [2, 1, 2, 0, 1, 2, 1], [0, -1, 1, 0, -1]
+    res = stats.unpaired_comparison(a, b, n_boot=500, seed=1)
+    ref = sps.mannwhitneyu(a, b, alternative="two-sided")
+    assert res.statistic == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue)
+    assert res.rank_biserial == pytest.approx(2 * ref.statistic / (len(a) * len(b)) - 1)
+    assert res.mean_diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert res.mean_diff_lo < res.mean_diff < res.mean_diff_hi
+    assert stats.unpaired_comparison(a, b, n_boot=500, seed=1) == res   # seeded
+    with pytest.raises(StatsError, match="both samples"):
+        stats.unpaired_comparison([1, 2], [None])
+
+
+def test_bootstrap_of_independent_samples_resamples_each_on_its_own():
+    est, lo, hi = stats.bootstrap_ci(lambda t: float(t[0].mean() - t[1].mean()),
+                                     (np.array([1.0, 1.0, 1.0]), np.array([0.0, 0.0])),
+                                     n_boot=50, independent=True)
+    assert (est, lo, hi) == (1.0, 1.0, 1.0)
+    with pytest.raises(StatsError, match="tuple"):
+        stats.bootstrap_ci(np.mean, np.array([1.0, 2.0]), independent=True)

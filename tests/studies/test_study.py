@@ -1,8 +1,7 @@
-"""core.studies.study: design through the store, blinded queues, life cycle, results, exports, CLI."""
+"""core.studies: design through the store, blinded queues, life cycle, results, exports, CLI."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import math
@@ -16,13 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.generation import pipeline as generate
+from core.clinical.labeler import is_normal
+from core.errors import PermissionDenied, StudyBlinded, StudyClosed, StudyError, StudyPaused
+from core.feedback.visibility import without_open_study_rows
+from core.studies import (agreement, assignment, exports, lifecycle, progress, protocol, rating,
+                          results, texts)
+from core.studies.lifecycle import StudyDesign
 
-from core.studies import study
-from core.errors import PermissionDenied
-from core.studies.study import StudyBlinded, StudyClosed, StudyDesign, StudyError, StudyPaused
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARM_WORDS = ("original", "base", "style", "brief", "bullets", "comprehensive", "typos",
              "external", "adapter")
 
@@ -88,7 +88,7 @@ def _create(store, people, n=20, arms=("original", "base"), raters=("r0", "r1", 
     if store.count_reports() == 0:
         store.import_reports(make_reports(max(n, 40)), file="t", fmt="test")
     name = kw.pop("name", None) or f"Reader study {next(_NAMES)}"  # names are unique
-    return study.create_study(store, people["coord"], StudyDesign(
+    return lifecycle.create_study(store, people["coord"], StudyDesign(
         name=name, arms=list(arms), n_items=n, seed=kw.pop("seed", 11),
         raters=list(raters), k=k, **kw), make_texts=make)
 
@@ -99,10 +99,10 @@ def _rate_all(store, people, sid, value_of, raters=None, answers_of=None) -> int
     n = 0
     for name in raters or [r["username"] for r in store.study_raters(sid)]:
         user = people[name]
-        while (task := study.next_task(store, user, sid)) is not None:
+        while (task := rating.next_task(store, user, sid)) is not None:
             unit = units.loc[store.get_study_task(task.task_id)["unit_id"]]
             answers = answers_of(unit, name) if answers_of else None
-            study.submit(store, user, task.task_id, value_of(unit, name), answers=answers,
+            rating.submit(store, user, task.task_id, value_of(unit, name), answers=answers,
                          time_spent_ms=1000)
             n += 1
     return n
@@ -216,7 +216,7 @@ def test_arm_validation(store, people):
     with pytest.raises(StudyError, match="k=4"):
         _create(store, people, n=5, k=4)
     with pytest.raises(PermissionDenied):
-        study.create_study(store, people["r0"], StudyDesign("x", ["base"], 5))
+        lifecycle.create_study(store, people["r0"], StudyDesign("x", ["base"], 5))
     # an adapter arm is allowed once that adapter's generations exist
     with pytest.raises(StudyError, match="adapter:dr_lee"):
         _create(store, people, n=5, arms=("original", "adapter:dr_lee"), make=None)
@@ -246,19 +246,19 @@ def test_external_arm_rates_reports_of_the_other_source(store, people):
     seen = {}
     for name in ("r0", "r1", "r2"):
         for t in store.study_tasks(sid).query("rater == @name").itertuples():
-            task = study._task(store.get_study_task(t.task_id), study.SCALES["absolute"])
+            task = rating.task_of(store.get_study_task(t.task_id), protocol.SCALES["absolute"])
             seen.setdefault(task.case_number, set()).add(task.findings)
     assert all(len(f) == 1 for f in seen.values())                 # one case, one findings
     _rate_all(store, people, sid, lambda u, r: 1 if u["arm"] == "external" else 0)
-    study.close(store, people["coord"], sid)
-    res = study.results(store, people["coord"], sid, n_boot=50, metric_fns={})
+    lifecycle.close(store, people["coord"], sid)
+    res = results.results(store, people["coord"], sid, n_boot=50, metric_fns={})
     tests = dict(zip(zip(res.paired["arm_a"], res.paired["arm_b"]), res.paired["test"]))
     assert tests[("original", "base")] == "Wilcoxon signed-rank"
     assert tests[("base", "external")] == "Mann-Whitney U"
     row = res.paired[(res.paired["arm_a"] == "base") & (res.paired["arm_b"] == "external")]
     assert row["mean_diff"].iloc[0] == -1.0 and row["effect"].iloc[0] == -1.0
     # preference pairs never mix reports: the external arm is left out
-    pairs = study.preference_pairs(store, people["coord"], sid, conversational=False)
+    pairs = exports.preference_pairs(store, people["coord"], sid, conversational=False)
     assert pairs == []  # original and base tie everywhere
 
 
@@ -280,7 +280,7 @@ def test_external_arm_from_a_chexpert_plus_import(store, people, tmp_path):
                 w.writerow([f"train/patient{i:05d}/study1/{view}", f"{findings} Study {i}.",
                             impression])
     import_file(store, path, fmt="auto", actor="test")
-    opts = study.design_options(store, people["coord"])
+    opts = lifecycle.design_options(store, people["coord"])
     assert opts.sources == {"site-a": 20, "chexpert-plus": 12} and "external" in opts.arms
     sid = _create(store, people, n=6, arms=("base", "external"),
                   external_source="chexpert-plus")
@@ -301,30 +301,30 @@ def test_units_of_studies_before_migration_31_keep_slot_case_numbers(store, peop
         con.execute("UPDATE study_units SET case_number = NULL WHERE study_id = ?", [sid])
     units = store.study_units(sid)
     assert list(units["case_number"]) == list(units["slot"] + 1)
-    task = study.next_task(store, people["r0"], sid)
+    task = rating.next_task(store, people["r0"], sid)
     row = store.get_study_task(task.task_id)
     assert task.case_number == row["slot"] + 1
 
 
 def test_rater_queue_is_blind_and_own(store, people):
     sid = _create(store, people, n=10, arms=("original", "base", "style:brief"))
-    task = study.next_task(store, people["r0"], sid)
+    task = rating.next_task(store, people["r0"], sid)
     names = {f.name for f in fields(task)}
     assert not names & {"arm", "model", "adapter", "style", "source", "report_id",
                         "external_id", "generation_id"}
     assert task.label in ("A", "B", "C") and task.reference is None
     # the rater's study summary holds no arms either
-    rs = study.rater_study(store, people["r0"], sid)
+    rs = rating.rater_study(store, people["r0"], sid)
     assert not any(w in json.dumps(str(rs)).lower() for w in ("'base'", "style:", "original"))
     # nobody else may rate or even look at r0's task
     with pytest.raises(PermissionDenied):
-        study.submit(store, people["r1"], task.task_id, 0)
+        rating.submit(store, people["r1"], task.task_id, 0)
     with pytest.raises(PermissionDenied):
-        study.rater_study(store, people["r3"], sid)        # r3 is not in the study
+        rating.rater_study(store, people["r3"], sid)        # r3 is not in the study
     with pytest.raises(PermissionDenied):
-        study.progress(store, people["r0"], sid)
+        progress.progress(store, people["r0"], sid)
     with pytest.raises(PermissionDenied):
-        study.submit(store, people["coord"], task.task_id, 0)
+        rating.submit(store, people["coord"], task.task_id, 0)
     # the general annotate queue is not affected by study ratings
     assert store.queue_progress(people["r0"].id)[0] == 0
 
@@ -332,56 +332,56 @@ def test_rater_queue_is_blind_and_own(store, people):
 def test_submit_validates_and_double_submit_and_undo(store, people):
     sid = _create(store, people, n=6, questions=["omission", "hedged: Is it over-hedged?"])
     u = people["r0"]
-    task = study.next_task(store, u, sid)
+    task = rating.next_task(store, u, sid)
     with pytest.raises(StudyError, match="rating 3"):
-        study.submit(store, u, task.task_id, 3)
+        rating.submit(store, u, task.task_id, 3)
     with pytest.raises(StudyError, match="unknown question"):
-        study.submit(store, u, task.task_id, 0, answers={"factual_error": True})
+        rating.submit(store, u, task.task_id, 0, answers={"factual_error": True})
     with pytest.raises(StudyError, match="must be true or false"):
-        study.submit(store, u, task.task_id, 0, answers={"hedged": "yes"})
-    fid = study.submit(store, u, task.task_id, 1, answers={"hedged": True}, client_token="t1")
-    assert study.submit(store, u, task.task_id, 1, client_token="t1") == fid  # double click
+        rating.submit(store, u, task.task_id, 0, answers={"hedged": "yes"})
+    fid = rating.submit(store, u, task.task_id, 1, answers={"hedged": True}, client_token="t1")
+    assert rating.submit(store, u, task.task_id, 1, client_token="t1") == fid  # double click
     with pytest.raises(StudyError, match="already rated"):
-        study.submit(store, u, task.task_id, 2)
+        rating.submit(store, u, task.task_id, 2)
     row = store.get_feedback(fid)
     assert (row["study_id"], row["blinded"], row["rating"], row["omission"]) == (sid, True, 1,
                                                                                  False)
-    assert study.next_task(store, u, sid).task_id != task.task_id
+    assert rating.next_task(store, u, sid).task_id != task.task_id
     assert store.study_rater_progress(sid, u.id)[0] == 1
-    back = study.undo_last(store, u, sid)
+    back = rating.undo_last(store, u, sid)
     assert back.task_id == task.task_id and not back.done
-    assert study.next_task(store, u, sid).task_id == task.task_id
+    assert rating.next_task(store, u, sid).task_id == task.task_id
     assert store.study_rater_progress(sid, u.id)[0] == 0
 
 
 def test_pause_resume_close(store, people):
     sid = _create(store, people, n=6)
     coord, u = people["coord"], people["r0"]
-    t1 = study.next_task(store, u, sid)
-    study.submit(store, u, t1.task_id, 0)
-    assert study.pause(store, coord, sid) == "paused"
-    t2 = study.next_task(store, u, sid)
+    t1 = rating.next_task(store, u, sid)
+    rating.submit(store, u, t1.task_id, 0)
+    assert lifecycle.pause(store, coord, sid) == "paused"
+    t2 = rating.next_task(store, u, sid)
     with pytest.raises(StudyPaused):
-        study.submit(store, u, t2.task_id, 0)
+        rating.submit(store, u, t2.task_id, 0)
     with pytest.raises(StudyPaused):
-        study.undo_last(store, u, sid)
+        rating.undo_last(store, u, sid)
     with pytest.raises(StudyError, match="paused; cannot pause"):
-        study.pause(store, coord, sid)
+        lifecycle.pause(store, coord, sid)
     with pytest.raises(PermissionDenied):
-        study.pause(store, u, sid)
-    assert study.resume(store, coord, sid) == "running"
-    study.submit(store, u, t2.task_id, -1)
-    assert study.close(store, coord, sid) == "closed"
-    t3 = study.next_task(store, u, sid)
+        lifecycle.pause(store, u, sid)
+    assert lifecycle.resume(store, coord, sid) == "running"
+    rating.submit(store, u, t2.task_id, -1)
+    assert lifecycle.close(store, coord, sid) == "closed"
+    t3 = rating.next_task(store, u, sid)
     with pytest.raises(StudyClosed, match="closed"):
-        study.submit(store, u, t3.task_id, 0)
+        rating.submit(store, u, t3.task_id, 0)
     with pytest.raises(StudyClosed):
-        study.undo_last(store, u, sid)
-    for action in (study.close, study.pause, study.resume):
+        rating.undo_last(store, u, sid)
+    for action in (lifecycle.close, lifecycle.pause, lifecycle.resume):
         with pytest.raises(StudyClosed):
             action(store, coord, sid)
     with pytest.raises(StudyClosed):
-        study.extend(store, coord, sid, ["r5"])
+        assignment.extend(store, coord, sid, ["r5"])
     events = [e["event"] for e in store.study_events(sid)]
     assert events == ["created", "assigned", "paused", "resumed", "closed"]
     actions = [a["action"] for a in store.audit_log(limit=50)]
@@ -395,12 +395,12 @@ def test_draft_then_assign(store, people):
     sid = _create(store, people, n=5, raters=())
     assert store.get_study(sid)["status"] == "draft"
     with pytest.raises(StudyError, match="draft"):
-        study.extend(store, people["coord"], sid, ["r0"])
-    assert study.assign_raters(store, people["coord"], sid, ["r0", "r1"], 1) == 10
+        assignment.extend(store, people["coord"], sid, ["r0"])
+    assert assignment.assign_raters(store, people["coord"], sid, ["r0", "r1"], 1) == 10
     assert store.get_study(sid)["status"] == "running"
     with pytest.raises(StudyError, match="not a draft"):
-        study.assign_raters(store, people["coord"], sid, ["r2"], 1)
-    assert study.effective_k(store, sid) == 1
+        assignment.assign_raters(store, people["coord"], sid, ["r2"], 1)
+    assert assignment.effective_k(store, sid) == 1
 
 
 def test_extend_moves_pending_work_to_new_raters(store, people):
@@ -408,10 +408,10 @@ def test_extend_moves_pending_work_to_new_raters(store, people):
     # r0 rates 20, r1 rates 5: their done tasks must stay theirs
     for name, count in (("r0", 20), ("r1", 5)):
         for _ in range(count):
-            t = study.next_task(store, people[name], sid)
-            study.submit(store, people[name], t.task_id, 0)
+            t = rating.next_task(store, people[name], sid)
+            rating.submit(store, people[name], t.task_id, 0)
     before = store.study_tasks(sid)
-    n = study.extend(store, people["coord"], sid, ["r4", "r5"])
+    n = assignment.extend(store, people["coord"], sid, ["r4", "r5"])
     after = store.study_tasks(sid)
     active = after[after["active"]]
     assert n == len(after) - len(before) and n > 0
@@ -422,38 +422,38 @@ def test_extend_moves_pending_work_to_new_raters(store, people):
     pending = active[~active["done"]].groupby("rater").size()
     assert set(pending.index) == {f"r{i}" for i in range(6)}
     assert pending.max() - pending.min() <= 1
-    assert study.effective_k(store, sid) == 2
+    assert assignment.effective_k(store, sid) == 2
     # the new raters' queues work and r4 can rate
-    t = study.next_task(store, people["r4"], sid)
-    study.submit(store, people["r4"], t.task_id, 1)
+    t = rating.next_task(store, people["r4"], sid)
+    rating.submit(store, people["r4"], t.task_id, 1)
     # a withdrawn task can no longer be rated by its old owner
     moved = after[~after["active"]].iloc[0]
     with pytest.raises(StudyError, match="moved to another rater"):
-        study.submit(store, people[moved["rater"]], int(moved["task_id"]), 0)
+        rating.submit(store, people[moved["rater"]], int(moved["task_id"]), 0)
     with pytest.raises(StudyError, match="already rates"):
-        study.extend(store, people["coord"], sid, ["r4"])
+        assignment.extend(store, people["coord"], sid, ["r4"])
 
 
 def test_extend_with_extra_overlap(store, people):
     sid = _create(store, people, n=10, raters=("r0", "r1"), k=1)
-    study.extend(store, people["coord"], sid, ["r2", "r3", "r4"], extra_k=2)
+    assignment.extend(store, people["coord"], sid, ["r2", "r3", "r4"], extra_k=2)
     tasks = store.study_tasks(sid)
     per_unit = tasks.groupby(["slot", "arm"])["reader_id"].agg(["count", "nunique"])
     assert (per_unit["count"] == 3).all() and (per_unit["nunique"] == 3).all()
     loads = tasks[tasks["batch"] == 1].groupby("rater").size()
     assert loads.max() - loads.min() <= 1 and loads.sum() == 40
-    assert study.effective_k(store, sid) == 3
-    assert study.progress(store, people["coord"], sid).k == 3
+    assert assignment.effective_k(store, sid) == 3
+    assert progress.progress(store, people["coord"], sid).k == 3
     with pytest.raises(StudyError, match="extra_k=2"):
-        study.extend(store, people["coord"], sid, ["r5"], extra_k=2)
+        assignment.extend(store, people["coord"], sid, ["r5"], extra_k=2)
 
 
 def test_progress_per_rater_and_arm(store, people):
     sid = _create(store, people, n=6, raters=("r0", "r1"), k=1)
     for _ in range(3):
-        t = study.next_task(store, people["r0"], sid)
-        study.submit(store, people["r0"], t.task_id, 0, time_spent_ms=4000)
-    p = study.progress(store, people["coord"], sid)
+        t = rating.next_task(store, people["r0"], sid)
+        rating.submit(store, people["r0"], t.task_id, 0, time_spent_ms=4000)
+    p = progress.progress(store, people["coord"], sid)
     assert (p.total, p.done, p.remaining) == (12, 3, 9)
     r = p.per_rater.set_index("rater")
     assert (r.loc["r0", "done"], r.loc["r1", "done"]) == (3, 0)
@@ -468,30 +468,30 @@ def test_results_and_exports_are_refused_before_close(store, people, tmp_path):
     _rate_all(store, people, sid, lambda u, r: 0)
     coord = people["coord"]
     out = tmp_path / "out"
-    calls = [lambda: study.results(store, coord, sid, metric_fns={}),
-             lambda: study.ratings_table(store, coord, sid),
-             lambda: study.export_ratings(store, coord, sid, out / "r.csv"),
-             lambda: study.export_ratings(store, coord, sid, out / "r.parquet"),
-             lambda: study.preference_pairs(store, coord, sid),
-             lambda: study.export_preferences(store, coord, sid, out / "p.jsonl"),
-             lambda: study.export_html(store, coord, sid, out / "s.html")]
+    calls = [lambda: results.results(store, coord, sid, metric_fns={}),
+             lambda: exports.ratings_table(store, coord, sid),
+             lambda: exports.export_ratings(store, coord, sid, out / "r.csv"),
+             lambda: exports.export_ratings(store, coord, sid, out / "r.parquet"),
+             lambda: exports.preference_pairs(store, coord, sid),
+             lambda: exports.export_preferences(store, coord, sid, out / "p.jsonl"),
+             lambda: exports.export_html(store, coord, sid, out / "s.html")]
     for call in calls:
         with pytest.raises(StudyBlinded, match="only after the study is closed"):
             call()
-    study.pause(store, coord, sid)
+    lifecycle.pause(store, coord, sid)
     with pytest.raises(StudyBlinded):
-        study.results(store, people["boss"], sid, metric_fns={})
+        results.results(store, people["boss"], sid, metric_fns={})
     assert not out.exists()
     assert not store.audit_log(action="study_export")
     # progress is available and holds no ratings per arm
-    p = study.progress(store, coord, sid)
+    p = progress.progress(store, coord, sid)
     assert "rating" not in " ".join(p.per_arm.columns)
     # raters never get results, even after close
-    study.close(store, coord, sid)
+    lifecycle.close(store, coord, sid)
     with pytest.raises(PermissionDenied):
-        study.results(store, people["r0"], sid, metric_fns={})
+        results.results(store, people["r0"], sid, metric_fns={})
     with pytest.raises(PermissionDenied):
-        study.export_ratings(store, people["r0"], sid, out / "r.csv")
+        exports.export_ratings(store, people["r0"], sid, out / "r.csv")
 
 
 # ------------------------------------------------------------------------------- results
@@ -525,7 +525,7 @@ def hand_study(store, people):
     _rate_all(store, people, sid, lambda u, r: HAND[u["arm"]][r][int(u["slot"])],
               answers_of=lambda u, r: {"omission": u["arm"] == "base" and u["slot"] < 1,
                                        "factual_error": False})
-    study.close(store, people["coord"], sid)
+    lifecycle.close(store, people["coord"], sid)
     return sid
 
 
@@ -533,7 +533,7 @@ def test_results_match_hand_computation(store, people, hand_study):
     sid = hand_study
     units = store.study_units(sid)
     rank = {t: i for i, t in enumerate(units.sort_values(["arm", "slot"])["text"])}
-    res = study.results(store, people["coord"], sid, n_boot=200,
+    res = results.results(store, people["coord"], sid, n_boot=200,
                         metric_fns={"textrank": lambda c, r: [rank[t] for t in c]})
     shares = res.shares.set_index("arm")
     # original: 0,1,-1,2,0,2,0,2 -> 7 of 8 neutral or better; base: 3 of 8
@@ -583,11 +583,11 @@ def test_results_match_hand_computation(store, people, hand_study):
 
 def test_exports_after_close(store, people, hand_study, tmp_path):
     sid, coord = hand_study, people["coord"]
-    csv_path = study.export_ratings(store, coord, sid, tmp_path / "r.csv")
-    pq_path = study.export_ratings(store, coord, sid, tmp_path / "r.parquet")
+    csv_path = exports.export_ratings(store, coord, sid, tmp_path / "r.csv")
+    pq_path = exports.export_ratings(store, coord, sid, tmp_path / "r.parquet")
     csv, pq = pd.read_csv(csv_path), pd.read_parquet(pq_path)
     assert len(csv) == len(pq) == 16
-    assert list(csv.columns) == study.EXPORT_COLUMNS
+    assert list(csv.columns) == exports.EXPORT_COLUMNS
     shown = store.study_units(sid).set_index(["slot", "arm"])["case_number"]   # raters' numbers
     assert [shown[(s, a)] for s, a in zip(csv["slot"], csv["arm"])] == list(csv["case_number"])
     assert sorted(csv.groupby("arm")["rating"].apply(list)["base"]) == \
@@ -595,7 +595,7 @@ def test_exports_after_close(store, people, hand_study, tmp_path):
     assert set(csv["model"].dropna()) == {"fake-model"}
     assert json.loads(csv["answers"].iloc[0]) == {}
     # TRL pairs: original beats base on all 4 items
-    n = study.export_preferences(store, coord, sid, tmp_path / "p.jsonl")
+    n = exports.export_preferences(store, coord, sid, tmp_path / "p.jsonl")
     lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert n == len(lines) == 4
     originals = set(store.study_units(sid).query("arm == 'original'")["text"])
@@ -605,12 +605,12 @@ def test_exports_after_close(store, people, hand_study, tmp_path):
         assert line["chosen"][0]["role"] == "assistant"
         assert line["chosen"][0]["content"] in originals
         assert line["rejected"][0]["content"].startswith("Generated impression")
-    plain = study.preference_pairs(store, coord, sid, conversational=False)
+    plain = exports.preference_pairs(store, coord, sid, conversational=False)
     assert all(isinstance(p["prompt"], str) and "FINDINGS:" in p["prompt"] for p in plain)
-    assert study.preference_pairs(store, coord, sid, min_margin=1.6) != []  # slot 1: 2 apart
-    assert len(study.preference_pairs(store, coord, sid, min_margin=1.6)) == 1
+    assert exports.preference_pairs(store, coord, sid, min_margin=1.6) != []  # slot 1: 2 apart
+    assert len(exports.preference_pairs(store, coord, sid, min_margin=1.6)) == 1
     # self-contained HTML: inline SVG figures, no scripts, nothing fetched
-    html = study.export_html(store, coord, sid, tmp_path / "s.html", n_boot=50, metrics=())
+    html = exports.export_html(store, coord, sid, tmp_path / "s.html", n_boot=50, metrics=())
     assert (tmp_path / "s.html").read_text() == html
     assert "<svg" in html and "87.5%" in html and "37.5%" in html
     # figures: neutral-or-better, distribution, error rates, paired differences, rater offsets
@@ -621,14 +621,14 @@ def test_exports_after_close(store, people, hand_study, tmp_path):
     low = html.lower()
     assert "<script" not in low and "src=" not in low and "href=" not in low
     assert "https://" not in low and "@import" not in low
-    exports = store.audit_log(action="study_export")
-    assert sorted(json.loads(e["detail"])["format"] for e in exports) == \
+    audited = store.audit_log(action="study_export")
+    assert sorted(json.loads(e["detail"])["format"] for e in audited) == \
         ["csv", "html", "jsonl", "parquet"]
-    assert all(e["actor"] == "coord" for e in exports)
+    assert all(e["actor"] == "coord" for e in audited)
 
 
 def test_results_with_default_metrics(store, people, hand_study):
-    res = study.results(store, people["coord"], hand_study, n_boot=20)
+    res = results.results(store, people["coord"], hand_study, n_boot=20)
     assert set(res.correlations["metric"]) == {"rouge_l", "label_f1"}
     assert res.unit_metrics["rouge_l"].between(0, 100).all()
     assert res.unit_metrics["label_f1"].between(0, 1).all()
@@ -641,26 +641,24 @@ def test_results_with_default_metrics(store, people, hand_study):
 def test_mean_pairwise_kappa_equals_stats(store):
     import numpy as np
 
-    from core.studies import stats
-
     rng = np.random.default_rng(3)
     for _ in range(5):
         m = np.full((5, 60), np.nan)
         for j in range(60):
             m[rng.choice(5, 3, replace=False), j] = rng.integers(-2, 3, 3)
-        ks = [p.kappa for p in stats.pairwise_cohen(m, weights="quadratic",
+        ks = [p.kappa for p in agreement.pairwise_cohen(m, weights="quadratic",
                                                     labels=[-2, -1, 0, 1, 2])]
-        assert study.mean_pairwise_kappa(m, [-2, -1, 0, 1, 2]) == pytest.approx(
+        assert agreement.mean_pairwise_kappa(m, [-2, -1, 0, 1, 2]) == pytest.approx(
             np.nanmean(ks), abs=1e-12)
 
 
 def test_results_of_an_empty_closed_study(store, people):
     sid = _create(store, people, n=4)
-    study.close(store, people["coord"], sid)
-    res = study.results(store, people["coord"], sid, n_boot=20, metric_fns={})
+    lifecycle.close(store, people["coord"], sid)
+    res = results.results(store, people["coord"], sid, n_boot=20, metric_fns={})
     assert res.shares["n_ratings"].tolist() == [0, 0]
     assert res.paired.empty and res.agreement.empty
-    assert study.ratings_table(store, people["coord"], sid).empty
+    assert exports.ratings_table(store, people["coord"], sid).empty
     from core.studies.report import summary_html
 
     assert "<svg" in summary_html(res)
@@ -709,17 +707,18 @@ def test_cli_study_flow(store, users, cases, tmp_path):
 def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
     """The CLI's seam: a (tiny, random) local model fills base and typo arms; style arms are
     the base text rendered by core.generation.styles."""
-    from core.generation.models import ModelSpec, load_generator, make_tiny_model
+    from core.generation.models import ModelSpec, load_generator
+    from core.generation.checkpoint import make_tiny_model
     from core.generation.styles import apply_style
 
     path = make_tiny_model(tmp_path / "tiny", seed=0)
     gen = load_generator(ModelSpec(path, dtype="float32", device="cpu", name="tiny"))
-    model = study.model_text_maker(gen, batch_size=4, max_new_tokens=6)
+    model = texts.model_text_maker(gen, batch_size=4, max_new_tokens=6)
     assert model.model_name == "tiny"
     store.import_reports(make_reports(12), file="t", fmt="test")
-    sid = study.create_study(store, people["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, people["coord"], StudyDesign(
         "Model study", ["original", "base", "typos", "style:bullets"], n_items=4,
-        raters=["r0"], k=1), make_texts=study.stored_style_maker(store, model))
+        raters=["r0"], k=1), make_texts=texts.stored_style_maker(store, model))
     units = store.study_units(sid)
     made = units[units["arm"] != "original"]
     assert len(made) == 12 and (made["model"] == "tiny").all()
@@ -743,9 +742,9 @@ def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(path), LoraConfig(
         r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     peft.save_pretrained(settings().adapters_dir / "r0")
-    sid = study.create_study(store, people["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, people["coord"], StudyDesign(
         "Adapter study", ["base", "adapter:r0"], n_items=3, raters=["r1"], k=1),
-        make_texts=study.stored_style_maker(store, model))
+        make_texts=texts.stored_style_maker(store, model))
     made = store.study_units(sid).query("arm == 'adapter:r0'")
     assert len(made) == 3 and (made["adapter"] == "r0").all() and (made["model"] == "tiny").all()
     assert made["text"].str.len().min() > 0
@@ -760,7 +759,7 @@ def test_style_arms_from_stored_base_texts_without_a_model(store, people):
     store.add_generations({"report_id": r["id"], "model": "m1", "text":
                            "1. Cardiomegaly. 2. Small right pleural effusion."} for r in reports)
     sid = _create(store, people, n=5, arms=("base", "style:brief", "style:bullets"),
-                  make=study.stored_style_maker(store))
+                  make=texts.stored_style_maker(store))
     units = store.study_units(sid)
     brief = units[units["arm"] == "style:brief"]
     assert (brief["model"] == "m1").all() and (brief["style"] == "brief").all()
@@ -773,9 +772,9 @@ def test_style_arms_from_stored_base_texts_without_a_model(store, people):
     store.import_reports(make_reports(30, source="site-b"), file="u", fmt="test")
     with pytest.raises(StudyError, match="no stored base text"):
         _create(store, people, n=5, arms=("style:brief",), sources=["site-b"],
-                make=study.stored_style_maker(store))
+                make=texts.stored_style_maker(store))
     with pytest.raises(StudyError, match="arm 'typos'"):
-        _create(store, people, n=5, arms=("typos",), make=study.stored_style_maker(store))
+        _create(store, people, n=5, arms=("typos",), make=texts.stored_style_maker(store))
 
 
 def test_real_iu_xray_sample_is_stratified(store, people, iu_csv):
@@ -784,8 +783,8 @@ def test_real_iu_xray_sample_is_stratified(store, people, iu_csv):
 
     import_file(store, iu_csv, fmt="iu-xray", actor="test")
     pool = store.study_candidate_reports()
-    normal = sum(study.is_normal(r["impression"]) for r in pool)
-    sid = study.create_study(store, people["coord"], StudyDesign(
+    normal = sum(is_normal(r["impression"]) for r in pool)
+    sid = lifecycle.create_study(store, people["coord"], StudyDesign(
         "IU", ["original"], n_items=200, seed=1, raters=[f"r{i}" for i in range(7)], k=3))
     units = store.study_units(sid)
     assert len(units) == 200 and units["report_id"].nunique() == 200
@@ -801,13 +800,13 @@ def test_feedback_history_hides_running_study_rows(store, people):
     model, style and original impression of every rating (that would unblind the arm)."""
     sid = _create(store, people, n=4, arms=("original", "style:brief"))
     u = people["r0"]
-    t = study.next_task(store, u, sid)
-    study.submit(store, u, t.task_id, 1)
+    t = rating.next_task(store, u, sid)
+    rating.submit(store, u, t.task_id, 1)
     raw = store.feedback_history(reader_id=u.id)
     assert len(raw) == 1 and raw["study_id"].iloc[0] == sid      # the store keeps everything
-    assert study.without_open_study_rows(store, raw).empty
-    study.close(store, people["coord"], sid)
-    assert len(study.without_open_study_rows(store, raw)) == 1   # unblinded after close
+    assert without_open_study_rows(store, raw).empty
+    lifecycle.close(store, people["coord"], sid)
+    assert len(without_open_study_rows(store, raw)) == 1   # unblinded after close
 
 
 def test_my_feedback_does_not_unblind_a_running_study(store, people):
@@ -815,8 +814,8 @@ def test_my_feedback_does_not_unblind_a_running_study(store, people):
 
     sid = _create(store, people, n=4, arms=("original", "style:brief"))
     u = people["r0"]
-    t = study.next_task(store, u, sid)
-    study.submit(store, u, t.task_id, 1)
+    t = rating.next_task(store, u, sid)
+    rating.submit(store, u, t.task_id, 1)
     for viewer, reader in ((u, None), (people["coord"], u.id)):
         history = annotate.feedback_of(store, viewer, reader_id=reader)
         assert not (history["study_id"] == sid).any()
@@ -827,7 +826,7 @@ def test_reports_in_open_studies_are_listed_for_the_annotate_queue(store, people
     ids = set(store.study_units(sid)["report_id"])
     assert set(store.report_ids_in_open_studies(people["r0"].id)) == ids
     assert store.report_ids_in_open_studies(people["r1"].id) == []
-    study.close(store, people["coord"], sid)
+    lifecycle.close(store, people["coord"], sid)
     assert store.report_ids_in_open_studies(people["r0"].id) == []
 
 
@@ -845,17 +844,17 @@ def test_annotate_queue_skips_reports_of_a_running_study(store, people):
 
 def test_design_options(store, people):
     store.import_reports(make_reports(10), file="t", fmt="test")
-    opts = study.design_options(store, people["coord"])
+    opts = lifecycle.design_options(store, people["coord"])
     assert "external" not in opts.arms and opts.sources == {"site-a": 10}
     assert opts.radiologists == [f"r{i}" for i in range(7)] and opts.stored == []
     store.import_reports(make_reports(5, source="chexpert-plus"), file="c", fmt="test")
     store.add_generations([{"report_id": 1, "model": "m", "adapter": "dr_lee", "text": "x"},
                            {"report_id": 2, "model": "m", "text": "y"}])
-    opts = study.design_options(store, people["coord"])
+    opts = lifecycle.design_options(store, people["coord"])
     assert "external" in opts.arms and "adapter:dr_lee" in opts.arms
     assert opts.stored == ["base: 1", "adapter:dr_lee: 1"]
     with pytest.raises(PermissionDenied):
-        study.design_options(store, people["r0"])
+        lifecycle.design_options(store, people["r0"])
 
 
 def test_a_second_create_with_the_same_name_is_refused(store, people):
@@ -865,4 +864,4 @@ def test_a_second_create_with_the_same_name_is_refused(store, people):
     sid = _create(store, people, name="Pilot")
     with pytest.raises(ValidationError, match="exists already"):
         _create(store, people, name="pilot")
-    assert [s["id"] for s in study.list_studies(store, people["coord"])] == [sid]
+    assert [s["id"] for s in lifecycle.list_studies(store, people["coord"])] == [sid]

@@ -24,7 +24,7 @@ from core.studies.design import (
     validate_assignments,
 )
 
-REPORTS_CSV = Path(__file__).resolve().parents[2] / "shared/data/iu_xray/reports.csv"
+REPORTS_CSV = Path(__file__).resolve().parents[3] / "shared/data/iu_xray/reports.csv"
 
 
 def _names(prefix: str, n: int) -> list[str]:

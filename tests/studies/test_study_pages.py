@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.studies import study
-from core.studies.study import StudyDesign
+from core.studies import lifecycle, rating
+from core.studies.lifecycle import StudyDesign
 
 TIMEOUT = 60
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Words that would tell a rater which arm wrote a text (the findings below avoid them).
 FORBIDDEN = ("original", "base", "style:", "brief", "bullets", "comprehensive", "typo",
              "external", "adapter", "fake-model", "site-b", "generated", "model")
@@ -62,11 +62,11 @@ fake_texts.model_name = "fake-model"
 @pytest.fixture
 def study_setup(store, users):
     """A running study with four arms; rad1 and rad2 rate every text (k=2)."""
-    from tests.test_study import make_reports
+    from tests.studies.test_study import make_reports
 
     store.import_reports(make_reports(30), file="t", fmt="test")
     store.import_reports(make_reports(10, source="site-b"), file="u", fmt="test")
-    sid = study.create_study(store, users["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, users["coord"], StudyDesign(
         name="Reader study 1", arms=["original", "base", "style:brief", "typos"], n_items=4,
         seed=2, raters=["rad1", "rad2"], k=2), make_texts=fake_texts)
     return sid
@@ -110,10 +110,10 @@ def test_rater_page_never_reveals_the_arm(store, users, study_setup):
 
 
 def test_rater_page_relative_scale_shows_reference_not_arm(store, users):
-    from tests.test_study import make_reports
+    from tests.studies.test_study import make_reports
 
     store.import_reports(make_reports(12), file="t", fmt="test")
-    study.create_study(store, users["coord"], StudyDesign(
+    lifecycle.create_study(store, users["coord"], StudyDesign(
         name="Relative study", arms=["base", "style:brief"], n_items=3, raters=["rad1"], k=1,
         scale="relative"), make_texts=fake_texts)
     at = _page("study_annotate.py", users["rad1"]).run()
@@ -128,15 +128,15 @@ def test_rater_page_paused_closed_and_no_tasks(store, users, study_setup):
     sid = study_setup
     at = _page("study_annotate.py", users["rad1"]).run()
     _button(at, "sa_rate_2_").click().run()
-    study.pause(store, users["coord"], sid)
+    lifecycle.pause(store, users["coord"], sid)
     _button(at, "sa_submit_").click().run()                 # submitted just after the pause
     assert not at.exception, at.exception
     assert "paused" in page_text(at).lower()
     assert store.count_study_ratings(sid) == 0
     at = _page("study_annotate.py", users["rad1"]).run()
     assert "paused by its coordinator" in at.warning[0].value
-    study.resume(store, users["coord"], sid)
-    study.close(store, users["coord"], sid)
+    lifecycle.resume(store, users["coord"], sid)
+    lifecycle.close(store, users["coord"], sid)
     at = _page("study_annotate.py", users["rad1"]).run()
     assert "closed" in at.info[0].value
     assert not [b for b in at.button if b.key and b.key.startswith("sa_submit_")]
@@ -194,9 +194,9 @@ def test_results_page_after_close_with_exports(store, users, study_setup):
     assert "No closed study" in at.info[0].value
     for name in ("rad1", "rad2"):
         user = users[name]
-        while (t := study.next_task(store, user, sid)) is not None:
-            study.submit(store, user, t.task_id, (t.case_number + len(t.label)) % 5 - 2)
-    study.close(store, coord, sid)
+        while (t := rating.next_task(store, user, sid)) is not None:
+            rating.submit(store, user, t.task_id, (t.case_number + len(t.label)) % 5 - 2)
+    lifecycle.close(store, coord, sid)
     at = _page("results.py", coord)
     at.run()
     assert not at.exception, at.exception
@@ -246,12 +246,12 @@ def test_general_rater_pages_do_not_unblind_a_running_study(store, users, cases)
     impression: while a study runs, its ratings and its reports stay off them. (Run through
     app.py, whose navigation the Annotate page's link to the study queue needs.)"""
     rad = users["rad1"]
-    sid = study.create_study(store, users["coord"], StudyDesign(
+    sid = lifecycle.create_study(store, users["coord"], StudyDesign(
         name="Blind", arms=["original", "base"], n_items=4, seed=5, raters=["rad1"], k=1))
     units = store.study_units(sid)
     for _ in range(3):
-        t = study.next_task(store, rad, sid)
-        study.submit(store, rad, t.task_id, 1, comment="study comment")
+        t = rating.next_task(store, rad, sid)
+        rating.submit(store, rad, t.task_id, 1, comment="study comment")
     at = _app(rad, "pages/my_feedback.py")
     assert not at.exception, at.exception
     assert "not rated any case yet" in at.info[0].value
@@ -263,7 +263,7 @@ def test_general_rater_pages_do_not_unblind_a_running_study(store, users, cases)
     shown = [rid for rid in set(units["report_id"]) if f"AI impression for report {rid}." in text]
     assert shown == []
     assert any(f"AI impression for report {r['id']}." in text for r in cases)  # not vacuous
-    study.close(store, users["coord"], sid)
+    lifecycle.close(store, users["coord"], sid)
     at = _app(rad, "pages/my_feedback.py")
     frame = at.dataframe[0].value
     assert list(frame["comment"]) == ["study comment"] * 3          # unblinded after close
