@@ -23,6 +23,15 @@ def _isolated_env(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """One tiny random model of SmolLM2's architecture for the whole session (seed 0), built
+    once: tests load it, train adapters from it and write their outputs elsewhere (never into it)."""
+    from core.generation.checkpoint import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
 @pytest.fixture
 def iu_csv() -> Path:
     if not SHARED_IU.exists():

@@ -172,3 +172,37 @@ def test_modules_are_small():
            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MODULE_LINES
            and str(p.relative_to(ROOT)) not in LONG_ALLOWED]
     assert big == []
+
+
+def _docstring_modules(package: str) -> set[str]:
+    """Module names listed under "Modules:" in a package docstring (first word of each line)."""
+    doc = ast.get_docstring(ast.parse((CORE / package / "__init__.py").read_text())) or ""
+    names, inside = set(), False
+    for line in doc.splitlines():
+        if line.strip().startswith("Modules:"):
+            inside = True
+            continue
+        if inside:
+            if not line.strip() or not line.startswith("    "):
+                if names:
+                    break
+                continue
+            if not line.startswith("     "):  # a continuation line is indented further
+                names.add(line.split()[0])
+    return names
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_each_package_docstring_lists_its_modules(package):
+    actual = {p.stem for p in (CORE / package).glob("*.py") if p.stem != "__init__"}
+    assert _docstring_modules(package) == actual
+
+
+def test_the_readme_table_names_every_package_and_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Where things live", 1)[1].split("\n## ", 1)[0]
+    for package in LAYERS:
+        assert f"`core/{package}/`" in section, package
+        for module in (CORE / package).glob("*.py"):
+            if module.stem != "__init__":
+                assert f"`{module.stem}`" in section, f"core/{package}/{module.name}"

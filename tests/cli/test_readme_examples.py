@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
         "one SFT step of a tiny random model instead of 500 steps of the embedded one"),
     "accelerate launch --multi_gpu --num_processes 4 -m core nightly --quiet": (
         "needs the GPUs", None,
-        "needs 4 GPUs; tests/test_nightly.py runs it with two CPU processes under torchrun"),
+        "needs 4 GPUs; tests/learning/test_nightly.py runs it with two CPU processes under torchrun"),
     "IMPRESSIONIST_MODEL=/models/Llama-3.1-8B-Instruct python -m core generate --limit 1000 "
     "--llm auto": (
         "any local Hugging Face checkpoint",

@@ -46,13 +46,6 @@ def assert_only_lora_moved(w: WeightWatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from core.generation.checkpoint import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def examples():
     items = [FeedbackItem(id=i, reader_id=1, report_id=i, rating=-2,
                           edited_text="No acute cardiopulmonary abnormality.", findings=FINDINGS,

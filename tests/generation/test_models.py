@@ -37,9 +37,8 @@ def _cpu_only(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    """One tiny checkpoint for the session: building it costs ~1 s."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+def tiny_dir(tiny) -> Path:
+    return tiny
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 30
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

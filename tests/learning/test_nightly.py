@@ -20,14 +20,7 @@ from core.learning.gate import GateResult, gate
 from core.learning.nightly import NightlyConfig, run_nightly
 from core.learning.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from core.generation.checkpoint import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _seed(store, n: int = 40) -> list[dict]:

@@ -1,0 +1,51 @@
+"""Audience styles read as plain English for patients."""
+
+from core.generation.styles import brief
+
+
+def test_brief_agrees_verbs_with_plural_lay_phrases():
+    text = brief("Emphysema. Low lung volumes. Calcified granuloma.",
+                 "Emphysema. Low lung volumes. Calcified granuloma in the left lung.")
+    assert "There are damaged air sacs in the lungs (emphysema)." in text
+    assert "There is less air in the lungs than usual (low lung volumes)." in text
+    assert "There is a small healed spot" in text
+    assert "There is damaged" not in text and "There are a " not in text
+
+
+IMPRESSION = "Small right pleural effusion. No pneumothorax."
+FINDINGS = "There is a small right pleural effusion. No pneumothorax. Heart size is normal."
+
+
+def test_each_style_renders_the_same_impression_for_its_audience():
+    from core.generation.styles import apply_style
+
+    assert apply_style(IMPRESSION, "default") == IMPRESSION
+    assert apply_style(IMPRESSION, "bullets") == "- Small right pleural effusion.\n- No pneumothorax."
+    lay = apply_style(IMPRESSION, "brief", findings=FINDINGS)
+    assert "pleural effusion" in lay and "fluid" in lay  # the term, explained
+    full = apply_style(IMPRESSION, "comprehensive", findings=FINDINGS,
+                       indication="Shortness of breath.", comparison="None.")
+    assert full.startswith("IMPRESSION: 1. Small right pleural effusion. 2. No pneumothorax.")
+    assert "SUPPORTING FINDINGS: There is a small right pleural effusion." in full
+    assert "COMPARISON: No prior study available." in full
+
+
+def test_a_normal_impression_reads_as_reassurance_in_the_brief_style():
+    from core.generation.styles import apply_style
+
+    assert apply_style("No acute disease.", "brief", findings="Lungs are clear.") == \
+        "Normal chest X-ray. No urgent problem was seen."
+
+
+def test_aliases_resolve_and_unknown_or_blank_input_is_refused():
+    import pytest
+
+    from core.errors import StyleError, ValidationError
+    from core.generation.styles import apply_style, resolve_style
+
+    assert resolve_style("patient") == "brief" and resolve_style("Bullet") in ("bullets",)
+    assert resolve_style(None) == "default" and resolve_style("specialist") == "comprehensive"
+    with pytest.raises(StyleError, match="haiku"):
+        resolve_style("haiku")
+    with pytest.raises(ValidationError):  # StyleError is bad input: exit 2 on the CLI
+        apply_style("   ", "brief")
