@@ -865,3 +865,25 @@ def test_a_second_create_with_the_same_name_is_refused(store, people):
     with pytest.raises(ValidationError, match="exists already"):
         _create(store, people, name="pilot")
     assert [s["id"] for s in lifecycle.list_studies(store, people["coord"])] == [sid]
+
+
+def test_page_and_summary_draw_the_same_figure_specs(store, people, hand_study):
+    """One spec per figure: the Results page's plotly figure and the HTML summary's SVG are
+    drawn from the same spec (same title, rows and values)."""
+    from core.studies import figures
+    from core.studies.report import summary_html, svg
+
+    res = results.results(store, people["coord"], hand_study, n_boot=20, metric_fns={})
+    specs = figures.summary_figures(res)
+    assert [s.key for s in specs] == ["shares", "distribution", "errors", "paired", "bias"]
+    html = summary_html(res)
+    for spec in specs:
+        assert svg(spec) in html
+        fig = figures.plotly_figure(spec)
+        assert fig.layout.title.text == spec.title
+        drawn = [v for trace in fig.data for v in trace.x]
+        assert drawn == [v for s in spec.series for v in s.values]
+    shares = figures.shares(res)
+    assert list(shares.series[0].values) == list(res.shares["share"])
+    for spec in (figures.pairwise_kappa(res), figures.metric_scatter(res, "mean_rating")):
+        assert figures.plotly_figure(spec).layout.title.text == spec.title
