@@ -88,7 +88,7 @@ def adapter_fits(adapter_dir: str | Path, model: Any) -> bool:
         have = fingerprint(cfg)
         return all(want.get(k) == have.get(k) for k in FINGERPRINT_KEYS if k in want)
     try:
-        from safetensors import safe_open
+        from safetensors import safe_open  # deferred: heavy
 
         seen = 0
         with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as fh:

@@ -33,7 +33,7 @@ def check_adapter_files(path: str | Path) -> None:
     weights = path / "adapter_model.safetensors"
     if weights.is_file():
         try:
-            from safetensors import safe_open
+            from safetensors import safe_open  # deferred: heavy
 
             with safe_open(str(weights), "pt") as fh:  # validates header and file coverage
                 keys = list(fh.keys())

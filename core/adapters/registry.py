@@ -363,7 +363,7 @@ def cleanup_partial() -> list[Path]:
 
 def runs_table(store, user: User, reader: str | None = None, limit: int = 500):
     """Training runs, newest first, as a DataFrame with the held-out metrics flattened."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     authorize(store, user, *MANAGERS)
     rid = _reader(store, reader).id if reader else None
@@ -384,7 +384,7 @@ def runs_table(store, user: User, reader: str | None = None, limit: int = 500):
 
 def active_table(store, user: User):
     """One row per radiologist: active version (or the shared model), its metrics, when/by whom."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     authorize(store, user, *MANAGERS)
     active = {row["reader"]: row for row in store.active_adapters()}

@@ -124,7 +124,7 @@ class VLLMGenerator:
         key = (str(path), max_loras, max_lora_rank, dtype, max_model_len)
         with cls._cache_lock:
             if key not in cls._cache:
-                from vllm import LLM
+                from vllm import LLM  # deferred: vLLM is optional and GPU-only
 
                 llm = LLM(model=str(path), enable_lora=True, max_loras=max_loras,
                           max_lora_rank=max_lora_rank, dtype=dtype, max_model_len=max_model_len,
@@ -183,8 +183,8 @@ class VLLMGenerator:
         adapters = check_generate_args(prompts, adapters, max_new_tokens, temperature)
         if not prompts:
             return []
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
+        from vllm import SamplingParams  # deferred: vLLM is optional and GPU-only
+        from vllm.lora.request import LoRARequest  # deferred: vLLM is optional and GPU-only
 
         with self._lock:
             check_loaded(adapters, self._adapters)

@@ -108,8 +108,8 @@ def is_prepared(dest: str | Path = DEFAULT_MODEL_DIR) -> bool:
 
 def _sanity_check(path: Path) -> str:
     """Greedy-generate an answer to a fixed question from a saved checkpoint; raise if nonsense."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -140,7 +140,7 @@ def _convert_gguf(gguf_path: Path, tmp: Path) -> None:
         GenerationConfig,
         LlamaConfig,
         LlamaForCausalLM,
-    )
+    )  # deferred: transformers takes seconds to import; only model work needs it
 
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -257,7 +257,7 @@ _TINY_CORPUS = (
 def _tiny_tokenizer():
     """A byte-level BPE tokenizer trained offline on a few sentences, with SmolLM2's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # deferred: heavy
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -294,8 +294,13 @@ def make_tiny_model(dest: str | Path, seed: int = 0, tokenizer_from: str | Path 
 
     >>> make_tiny_model(tmp_path / "tiny")  # doctest: +SKIP
     """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from transformers import (  # deferred: heavy
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     dest = Path(dest)
     if tokenizer_from is not None:

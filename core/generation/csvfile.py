@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 from core.config import settings
-from core.errors import GenerationError, ImpressionistError, StyleError
+from core.errors import ImportValidationError, ImpressionistError, ValidationError
 from core.generation.personal import reader_adapter, reader_drafts
 from core.generation.pipeline import C2FConfig, GenerationOutput, pipeline_for
 from core.generation.styles import resolve_style
+from core.ingest.common import read_csv_table
 from core.store.database import Store
 
 
@@ -46,7 +47,7 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
     try:
         style = resolve_style(style)
         reports = read_reports_csv(inp)
-    except (GenerationError, StyleError) as exc:
+    except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     own_store = None
@@ -90,7 +91,7 @@ def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = 
 
 def read_reports_csv(path: str | Path) -> list[dict]:
     """Read a CSV with at least ``uid`` and ``findings`` (``indication``, ``comparison``, ``author``
-    optional) into report dicts.
+    optional) into report dicts, through the one CSV reader (:func:`core.ingest.common.read_csv_table`).
 
     Args:
         path: the CSV file.
@@ -99,31 +100,26 @@ def read_reports_csv(path: str | Path) -> list[dict]:
         Report dicts with ``uid``, ``findings``, ``indication``, ``comparison``, ``author``.
 
     Raises:
-        GenerationError: file missing, a required column missing, a blank uid or findings (the
-            message names the file, row and column).
+        ImportValidationError: the file is missing, not UTF-8 or malformed, a required column is
+            missing, or a uid or findings cell is blank (the message names the file, row and field).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GenerationError(f"{path}: no such file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rd = csv.DictReader(fh)
-        cols = {c.strip().lower(): c for c in (rd.fieldnames or [])}
-        for need in ("uid", "findings"):
-            if need not in cols:
-                raise GenerationError(f"{path}: column {need!r} is missing (columns: {', '.join(rd.fieldnames or [])})")
-        out = []
-        for rowno, row in enumerate(rd, start=2):
-            def get(name):
-                c = cols.get(name)
-                return (row.get(c) or "").strip() if c else ""
-            uid, findings = get("uid"), get("findings")
-            if not uid:
-                raise GenerationError(f"{path}: row {rowno}, column 'uid' is blank")
-            if not findings:
-                raise GenerationError(f"{path}: row {rowno} (uid {uid}), column 'findings' is blank")
-            out.append({"uid": uid, "findings": findings, "indication": get("indication") or None,
-                        "comparison": get("comparison") or None,
-                        "author": get("author") or get("image") or None})
+    table = read_csv_table(Path(path), str(path))
+    uid_i = table.column(["uid"], required=True, what="uid")
+    findings_i = table.column(["findings"], required=True, what="findings")
+    col = {name: table.column([name], required=False, what=name)
+           for name in ("indication", "comparison", "author", "image")}
+    out = []
+    for row, cells in table.rows:
+        uid, findings = table.cell(cells, uid_i), table.cell(cells, findings_i)
+        if not uid:
+            raise ImportValidationError(table.display, row, table.header[uid_i], "the uid is blank")
+        if not findings:
+            raise ImportValidationError(table.display, row, table.header[findings_i],
+                                        f"the findings are blank (uid {uid})")
+        get = {name: table.cell(cells, i) for name, i in col.items()}
+        out.append({"uid": uid, "findings": findings, "indication": get["indication"] or None,
+                    "comparison": get["comparison"] or None,
+                    "author": get["author"] or get["image"] or None})
     return out
 
 

@@ -72,7 +72,6 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 @dataclass
 class ModelSpec:
     """Which checkpoint to load, and how."""
-
     path: str | Path = field(default=DEFAULT_MODEL_DIR, metadata={"help": "Hugging Face checkpoint directory."})
     dtype: str = field(
         default="auto",
@@ -94,7 +93,6 @@ class ModelSpec:
 @dataclass(frozen=True)
 class GenerationResult:
     """One generated text and what it cost."""
-
     text: str
     new_tokens: int  # tokens generated, including the end-of-turn token when one was produced
     latency_s: float  # wall time of the batch this row was generated in
@@ -103,7 +101,7 @@ class GenerationResult:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    import torch  # deferred: torch takes seconds to import; only model work needs it
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +111,7 @@ def _resolve_device(device: str) -> str:
 
 
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    import torch
+    import torch  # deferred: torch takes seconds to import; only model work needs it
 
     if dtype == "auto":
         # On CPU float32: bf16 was only 10-20% faster at batch 8-16 on the 2-core target (which
@@ -127,7 +125,6 @@ class Generator:
 
     Build it with :func:`load_generator`, which caches one per checkpoint/dtype/device.
     """
-
     def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec, device: str, dtype: Any) -> None:
         self.model = model  # the base model; wrapped in place by PEFT once an adapter is loaded
         self.tokenizer = tokenizer
@@ -191,7 +188,7 @@ class Generator:
                 self.unload_adapter(name)
             try:
                 if self._peft is None:
-                    from peft import PeftModel
+                    from peft import PeftModel  # deferred: heavy
 
                     self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
                 else:
@@ -397,7 +394,7 @@ def load_generator(spec: ModelSpec | None = None) -> Generator:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "left"
@@ -431,7 +428,7 @@ def default_lora_config(model: Any = None, r: int = 16, alpha: int = 32, dropout
     >>> default_lora_config().r  # doctest: +SKIP
     16
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: peft pulls in torch; only model work needs it
 
     targets = list(LORA_TARGET_MODULES)
     if model is not None:

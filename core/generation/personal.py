@@ -11,7 +11,7 @@ coarse stage retrieving from its reader's memory and the shared index (:class:`R
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,7 +48,6 @@ class DraftConfig:
             things are said, never what is found.
         c2f: settings of :class:`core.generation.pipeline.CoarseToFine` (None: its defaults, the app's).
     """
-
     min_memory: int = field(default=3, metadata={
         "help": "a reader memory smaller than this falls back to the shared memory"})
     memory_bonus: float = field(default=0.3, metadata={
@@ -83,7 +82,6 @@ class RoutedIndex:
     they have written about similar findings, and the shared index still covers findings they
     have not. Queries without a memory use the shared index alone.
     """
-
     def __init__(self, shared, memories: dict[str, Any], memory_bonus: float = 0.3,
                  bonuses: dict[str, float] | None = None) -> None:
         self.shared = shared
@@ -134,7 +132,6 @@ class Drafter:
         config: drafting settings.
         shared_adapter: name of the shared base adapter loaded in the generator (None: bare base).
     """
-
     def __init__(self, generator, shared_index=None, config: DraftConfig | None = None,
                  shared_adapter: str | None = None) -> None:
         self.generator = generator
@@ -258,8 +255,6 @@ class Drafter:
         row -> (replacement, how, check flags) with how = "memory" (the reader's own impression
         of a similar report that states the shared findings, verified and styled as any shown
         text) or "shared"."""
-        from dataclasses import replace
-
         def positives(text: str) -> frozenset:
             return frozenset(positive_findings(label(text)))
 

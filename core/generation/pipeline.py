@@ -615,8 +615,7 @@ def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8
     Returns:
         The number of generated impressions.
     """
-    from tqdm.auto import tqdm
-
+    from tqdm.auto import tqdm  # deferred: tqdm is only needed for a progress bar
 
     style = resolve_style(style)
     todo = store.reports_without_generation(style=style, limit=limit)

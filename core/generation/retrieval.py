@@ -141,7 +141,7 @@ class RetrievalIndex:
         Raises:
             RetrievalError: no usable report, or a report without findings/impression.
         """
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.feature_extraction.text import TfidfVectorizer  # deferred: heavy
 
         config = config or RetrievalConfig()
         docs = []
@@ -183,8 +183,8 @@ class RetrievalIndex:
 
     def _vectors(self, reports: Sequence[dict]):
         """L2-normalised, weighted, stacked feature blocks for report dicts."""
-        from scipy.sparse import hstack
-        from sklearn.preprocessing import normalize as l2
+        from scipy.sparse import hstack  # deferred: heavy
+        from sklearn.preprocessing import normalize as l2  # deferred: heavy
 
         texts = [normalise(r.get("findings")) for r in reports]
         blocks = []
@@ -202,7 +202,7 @@ class RetrievalIndex:
 
     def similarities(self, reports: Sequence[dict]):
         """Dense (len(reports), len(index)) cosine similarity matrix (float32), author bonus added."""
-        import numpy as np
+        import numpy as np  # deferred: numpy is slow to import for a CLI's --help
 
         sims = (self._vectors(reports) @ self.matrix.T).toarray().astype(np.float32)
         if self.config.author_bonus:
@@ -228,7 +228,7 @@ class RetrievalIndex:
         Returns:
             One list of :class:`Neighbour` per query, best first.
         """
-        import numpy as np
+        import numpy as np  # deferred: numpy is slow to import for a CLI's --help
 
         if k < 1:
             raise RetrievalError(f"k must be >= 1, got {k}")
@@ -267,7 +267,7 @@ class RetrievalIndex:
 
 
 def _float32():
-    import numpy as np
+    import numpy as np  # deferred: numpy is slow to import for a CLI's --help
 
     return np.float32
 
@@ -279,7 +279,7 @@ def _float32():
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    from rouge_score.tokenizers import DefaultTokenizer
+    from rouge_score.tokenizers import DefaultTokenizer  # deferred: heavy
 
     return DefaultTokenizer(use_stemmer=True)
 

@@ -37,8 +37,8 @@ def init() -> None:
     """Join the launcher's process group (a no-op for a single process)."""
     if world_size() <= 1:
         return
-    import torch
-    from accelerate import PartialState
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from accelerate import PartialState  # deferred: heavy
 
     # the same state the Trainer will use: GPUs when there are any, else CPU processes (gloo)
     PartialState(cpu=not torch.cuda.is_available())
@@ -48,7 +48,7 @@ def broadcast(obj: Any = None) -> Any:
     """Rank 0's ``obj`` on every rank (rank 0 gets its own back)."""
     if world_size() <= 1:
         return obj
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list  # deferred: heavy
 
     box = [obj if is_main() else None]
     broadcast_object_list(box, from_process=0)
@@ -58,7 +58,7 @@ def broadcast(obj: Any = None) -> Any:
 def barrier() -> None:
     if world_size() <= 1:
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: heavy
 
     if dist.is_initialized():
         dist.barrier()
@@ -68,7 +68,7 @@ def finish() -> None:
     """Wait for every rank, then leave the process group (a clean exit for the launcher)."""
     if world_size() <= 1:
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: heavy
 
     if dist.is_initialized():
         dist.barrier()

@@ -73,7 +73,6 @@ def padding_share(order: Sequence[int], lengths: Sequence[int], batch_size: int)
 class _WithBeta:
     """TRL's preference collator, plus each row's ``beta`` column as a (B,) tensor (TRL's
     collator keeps only the token columns and the precomputed reference log-probs)."""
-
     def __init__(self, inner) -> None:
         self.inner = inner
 
@@ -110,8 +109,8 @@ def _weighted_orders(ds, args) -> list[list[int]] | None:
 
 
 def _weighted_dpo_trainer():
-    import torch
-    from trl import DPOTrainer
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from trl import DPOTrainer  # deferred: trl pulls in torch; only training needs it
 
     class _Order(torch.utils.data.Sampler):
         """Yields the precomputed order of epoch 1, then 2, ... (one list per epoch)."""
@@ -205,9 +204,9 @@ def build_dpo_trainer(model_path: str | Path, examples: Sequence[dict], out_dir:
     if not examples:
         raise TrainError("no preference pairs to train on")
     _set_threads(config)
-    import torch
-    from datasets import Dataset
-    from trl import DPOConfig
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from datasets import Dataset  # deferred: datasets is slow to import; only training needs it
+    from trl import DPOConfig  # deferred: trl pulls in torch; only training needs it
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

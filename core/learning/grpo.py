@@ -98,10 +98,9 @@ def train_grpo(model_path: str | Path, prompts: Sequence[dict], out_dir: str | P
     if not prompts:
         raise TrainError("no prompts to train on")
     _set_threads(config)
-    import torch
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from datasets import Dataset  # deferred: datasets is slow to import; only training needs it
+    from trl import GRPOConfig, GRPOTrainer  # deferred: trl pulls in torch; only training needs it
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -439,7 +439,7 @@ def lower_priority(nice: int, threads: int):
     for key in saved_env:
         os.environ[key] = str(threads)
     if "torch" in sys.modules:
-        import torch
+        import torch  # deferred: torch takes seconds to import; only model work needs it
 
         saved_torch = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -451,7 +451,7 @@ def lower_priority(nice: int, threads: int):
             else:
                 os.environ[key] = value
         if saved_torch is not None:
-            import torch
+            import torch  # deferred: torch takes seconds to import; only model work needs it
 
             torch.set_num_threads(saved_torch)
 

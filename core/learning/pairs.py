@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -186,7 +187,6 @@ def _standing_ratings(rows: list[FeedbackItem], counts: Counter) -> list[Feedbac
 
 class _Candidates:
     """Candidate pairs of one reader, with the drop rules applied as each is added."""
-
     def __init__(self, counts: Counter, critical_factor: float) -> None:
         self.counts = counts
         self.critical_factor = critical_factor
@@ -392,8 +392,6 @@ def write_jsonl(pairs: Iterable[Pair], path: str | Path) -> int:
     Returns:
         The number of lines written.
     """
-    import os
-
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     n = 0

@@ -32,6 +32,7 @@ than as a per-sample KL weight.)
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -138,8 +139,6 @@ class StyleProfile:
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> "StyleProfile":
         """Build a profile from accepted impressions (empty texts are ignored)."""
-        from collections import Counter
-
 
         texts = [t for t in (_text(x, "impression") for x in texts) if t.strip()]
         if not texts:

@@ -25,6 +25,7 @@ point and the reference), and the shared model drafts with it.
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import shutil
 import socket
@@ -142,7 +143,6 @@ class SFTRun:
 def _select(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     if n is None or n >= len(rows):
         return rows
-    import random
 
     picked = sorted(random.Random(seed).sample(range(len(rows)), n))
     return [rows[i] for i in picked]

@@ -149,7 +149,7 @@ def _completion_messages(example: dict, i: int) -> tuple[list[dict], list[dict]]
 class _TimeLimit:
     """A trainer callback that stops training after ``seconds`` of wall time."""
     def __new__(cls, seconds: float):
-        from transformers import TrainerCallback
+        from transformers import TrainerCallback  # deferred: heavy
 
         class TimeLimit(TrainerCallback):
             def __init__(self) -> None:
@@ -199,9 +199,9 @@ def train_sft(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
         raise TrainError("no SFT examples to train on (import reports with findings and an "
                          "impression first)")
     _set_threads(config)  # type: ignore[arg-type]
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from datasets import Dataset  # deferred: datasets is slow to import; only training needs it
+    from trl import SFTConfig, SFTTrainer  # deferred: trl pulls in torch; only training needs it
 
     out = Path(out_dir)
     tok = _tokenizer(model_path)

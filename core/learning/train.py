@@ -32,6 +32,7 @@ writes results after.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -152,8 +153,7 @@ class TrainResult:
 
 
 def _tokenizer(model_path: str | Path):
-    from transformers import AutoTokenizer
-
+    from transformers import AutoTokenizer  # deferred: heavy
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.chat_template is None:
@@ -164,8 +164,8 @@ def _tokenizer(model_path: str | Path):
 
 
 def _base_model(model_path: str | Path):
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # deferred: torch takes seconds to import; only model work needs it
+    from transformers import AutoModelForCausalLM  # deferred: heavy
 
     path = Path(model_path)
     if not (path / "config.json").is_file():
@@ -200,7 +200,7 @@ def load_policy(model_path: str | Path, adapter_dir: str | Path | None = None,
     """
     model = _base_model(model_path)
     if adapter_dir is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # deferred: peft pulls in torch; only model work needs it
 
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -219,7 +219,7 @@ def lora_snapshot(model) -> tuple[dict, dict]:
 
 def _set_threads(config: TrainConfig) -> None:
     if config.threads:
-        import torch
+        import torch  # deferred: torch takes seconds to import; only model work needs it
 
         torch.set_num_threads(config.threads)
 
@@ -231,9 +231,7 @@ def _common_args(config: TrainConfig, out: Path, n_examples: int) -> dict:
     then also use its chunked log-probabilities). Under ``accelerate launch`` the Trainer spreads
     the batches over the GPUs by itself.
     """
-    import importlib.util
-
-    import torch
+    import torch  # deferred: torch takes seconds to import; only model work needs it
 
     gpu = torch.cuda.is_available()
     return dict(
@@ -251,7 +249,7 @@ def _quiet(trainer, config: TrainConfig) -> None:
     """Keep the console readable: transformers prints every log dict (``{'loss': ...}``), one
     line per step, under its bar (ProgressCallback) or without one (PrinterCallback). Without a
     bar nothing is printed; with one, the latest loss is shown beside it."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback  # deferred: heavy
 
     if not config.progress:
         trainer.remove_callback(PrinterCallback)
@@ -339,7 +337,7 @@ def sequence_logps(model, tok, prompts: Sequence[list[dict]], completions: Seque
     Returns:
         One float per row (higher = more likely).
     """
-    import torch
+    import torch  # deferred: torch takes seconds to import; only model work needs it
 
     rows = []
     for msgs, text in zip(prompts, completions):
