@@ -27,11 +27,11 @@ named ``impressionist.duckdb`` owns its folder (the default ``data/`` layout), a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from core.errors import ConfigError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.accounts.auth import User
 from core.config import settings
@@ -32,7 +32,7 @@ def existing_store(args) -> Store:
 
 def cli_user() -> User:
     """Whoever can run the CLI can open the database file: an admin named "cli"."""
-    return User(0, "cli", "admin", datetime.now(timezone.utc))
+    return User(0, "cli", "admin", datetime.now(UTC))
 
 
 def table(rows: list[tuple], header: tuple[str, ...]) -> str:

@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.errors import ConfigError
 

@@ -11,11 +11,10 @@ from pathlib import Path
 from core.cli.common import existing_store
 from core.cli.flags import add_config_flags, config_values, positive_int
 from core.config import BACKENDS, settings
-from core.errors import GenerationError, ModelNotPrepared, RetrievalError, StyleError, ValidationError
+from core.errors import ModelNotPrepared, RetrievalError, StyleError, ValidationError
 from core.generation.backends import load_backend
-from core.generation.csvfile import generate_csv
+from core.generation.csvfile import generate_csv, read_reports_csv, write_predictions_csv
 from core.generation.pipeline import C2FConfig, fill_missing, pipeline_for
-from core.generation.csvfile import read_reports_csv, write_predictions_csv
 from core.generation.styles import ALIASES, STYLES, resolve_style
 
 
@@ -50,25 +49,6 @@ def pipeline(store, config: C2FConfig, model: str | None = None, backend: str | 
     return made
 
 
-def _read_cases(path: str) -> list[dict]:
-    """The ``generate --in`` CSV, checked (file, encoding, columns, blank cells) before any
-    model loads."""
-    try:
-        return read_reports_csv(path)
-    except GenerationError as exc:
-        raise ValidationError(str(exc)) from None
-    except UnicodeDecodeError as exc:
-        data = Path(path).read_bytes()
-        try:
-            data.decode("utf-8-sig")
-        except UnicodeDecodeError as whole:  # the reader decodes in chunks: locate it in the file
-            exc = whole
-        line = data[:exc.start].count(b"\n") + 1
-        raise ValidationError(
-            f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); save the "
-            f"file as UTF-8 (in Excel: CSV UTF-8)") from None
-
-
 def _generate_rows(args, store, config: C2FConfig, cases: list[dict]) -> int:
     """Impressions for the rows of ``--in``, written to ``--out``."""
     from tqdm.auto import tqdm  # tqdm pulls in its extras: only the verbs that show progress
@@ -95,7 +75,7 @@ def cmd_generate(args) -> int:
     if args.inp or args.out:
         if not (args.inp and args.out):
             raise ValidationError("--in and --out go together")
-        cases = _read_cases(args.inp)
+        cases = read_reports_csv(args.inp)  # checked (file, encoding, columns, cells) first
     store = existing_store(args)
     if args.reader:  # the reader's own adapter drafts: the model is needed
         if cases is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.adapters.registry import list_versions, promote, rollback
 from core.cli.common import open_store, table
-from core.cli.flags import add_config_flags, config_values, fraction, nonnegative_int, positive_int
+from core.cli.flags import add_config_flags, config_values, nonnegative_int, positive_int
 from core.generation.pipeline import C2FConfig
 from core.learning import distributed
 from core.learning.nightly import NightlyConfig, follow, run_nightly
@@ -22,7 +22,8 @@ def cmd_pairs(args) -> int:
     """Export one radiologist's preference pairs as JSONL (TRL preference format)."""
     store = open_store(args)
     reader = store.get_reader(args.reader)
-    pairs = pairs_for_reader(store, reader.id, heldout_fraction=args.heldout_fraction,
+    heldout = config_values(args, NightlyConfig)["heldout_fraction"]  # the nightly job's split
+    pairs = pairs_for_reader(store, reader.id, heldout_fraction=heldout,
                              record_heldout=not args.no_record)
     n = write_jsonl(pairs.train, args.out)
     store.audit("cli", "export", {"what": "pairs", "reader": args.reader, "rows": n})
@@ -102,7 +103,7 @@ def add_pairs(sub) -> None:
     p.add_argument("--reader", required=True)
     p.add_argument("--out", required=True, help="JSONL file for the training pairs")
     p.add_argument("--heldout-out", help="also write the held-out pairs here")
-    p.add_argument("--heldout-fraction", type=fraction, default=0.2)
+    add_config_flags(p, NightlyConfig, {"heldout_fraction": None})
     p.add_argument("--no-record", action="store_true",
                    help="do not record newly held-out reports in the database")
     p.set_defaults(func=cmd_pairs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core.accounts.auth import User, require
@@ -15,12 +15,10 @@ from core.studies.assignment import assign_raters, extend
 from core.studies.exports import export_html, export_preferences, export_ratings
 from core.studies.lifecycle import StudyDesign, close, create_study, list_studies, pause, resume
 from core.studies.progress import progress
-from core.studies.protocol import DEFAULT_GUIDELINE, DEFAULT_QUESTIONS
+from core.studies.protocol import DEFAULT_GUIDELINE, DEFAULT_QUESTIONS, SCALES
 from core.studies.report import summary_text
 from core.studies.results import results
 from core.studies.texts import model_text_maker, stored_style_maker
-
-SCALES = ["absolute", "relative", "acceptability"]
 
 
 def _user(args, store) -> User:
@@ -31,7 +29,7 @@ def _user(args, store) -> User:
         reader = store.get_reader(args.as_user)
     except NotFound:
         raise ValidationError(f"--as {args.as_user!r}: no such user") from None
-    return require(User(reader.id, reader.username, reader.role, datetime.now(timezone.utc)),
+    return require(User(reader.id, reader.username, reader.role, datetime.now(UTC)),
                    "coordinator", "admin")
 
 
@@ -161,10 +159,10 @@ def _add_create(st) -> None:
                    help="comma list: original, base, adapter:NAME, style:brief|bullets|"
                         "comprehensive, typos[:RATE], external")
     c.add_argument("--n", type=positive_int, required=True, help="number of reports (items)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=StudyDesign.seed)
     c.add_argument("--raters", help="comma list of radiologists (omit to assign later)")
-    c.add_argument("--k", type=positive_int, default=2, help="raters per unit")
-    c.add_argument("--scale", default="absolute", choices=SCALES,
+    c.add_argument("--k", type=positive_int, default=StudyDesign.k, help="raters per unit")
+    c.add_argument("--scale", default=StudyDesign.scale, choices=list(SCALES),
                    help="what raters answer: absolute (how good is it, -2..2), relative "
                         "(compared with the original, -2..2) or acceptability (could it be "
                         "signed, -1..1)")
@@ -173,10 +171,10 @@ def _add_create(st) -> None:
     c.add_argument("--no-default-questions", action="store_true",
                    help="do not ask the four error dimensions")
     c.add_argument("--guideline-file", help="text file shown to raters")
-    c.add_argument("--strata", default="normal,source")
+    c.add_argument("--strata", default=",".join(StudyDesign.strata))
     c.add_argument("--sources", help="comma list of report sources to sample from")
     c.add_argument("--external-source", help="source of the 'external' arm, e.g. chexpert-plus")
-    c.add_argument("--typo-rate", type=fraction, default=0.03)
+    c.add_argument("--typo-rate", type=fraction, default=StudyDesign.typo_rate)
     c.add_argument("--from-model", help="use only stored generations of this model")
     c.add_argument("--generate", action="store_true",
                    help="generate missing arm texts with the local model")

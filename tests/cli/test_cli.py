@@ -92,8 +92,8 @@ def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
     import csv
     import json
 
-    from core.ingest.demo import synthetic_reports
     from core.generation.checkpoint import make_tiny_model
+    from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(30, seed=4), file="s", fmt="demo")
     store.close()
