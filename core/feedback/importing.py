@@ -38,10 +38,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from core.feedback.annotate import MAX_TEXT
 from core.accounts.auth import User, authorize
+from core.feedback.annotate import MAX_TEXT
 from core.ingest.common import ImportValidationError, normalize_text, read_csv_table
+from core.learning.pairs import same_words
 
 __all__ = ["FeedbackImportResult", "import_feedback", "COLUMNS"]
 
@@ -85,6 +87,124 @@ def _token(reader: str, report_id: int, edited: str, ai_text: str | None) -> str
     return "import:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()[:40]
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One validated row of a feedback file."""
+
+    line: int
+    reader: Any
+    uid: str
+    source: str | None
+    edited: str
+    ai_text: str | None
+    rating: int | None
+
+
+def _parse_rating(raw: str, error) -> int | None:
+    if not raw:
+        return None
+    try:
+        rating = int(float(raw))
+        if float(raw) != rating:
+            raise ValueError
+    except (ValueError, OverflowError):  # "abc", "1.5", "nan"; "inf", "1e309"
+        raise error(f"rating {raw!r} is not a whole number") from None
+    if not -2 <= rating <= 2:
+        raise error(f"rating {rating} is outside -2..2")
+    return rating
+
+
+def _parse_row(table, col: dict, display: str, readers: dict, line: int, cells) -> _Row:
+    """One row checked cell by cell; an error names the file, row and field."""
+    def cell(key: str) -> str:
+        i = col[key]
+        return normalize_text(cells[i]) if i is not None else ""
+
+    def error(key: str):
+        return lambda message: ImportValidationError(display, line, table.header[col[key]],
+                                                     message)
+
+    name = cell("reader")
+    if not name:
+        raise error("reader")("reader is empty")
+    reader = readers.get(name)
+    if reader is None:
+        raise error("reader")(f"no user named {name!r}; add the user first")
+    if reader.role not in RATERS or not reader.active:
+        raise error("reader")(f"user {name!r} is "
+                              f"{'disabled' if not reader.active else reader.role}"
+                              f"; only active radiologists (or admins) give feedback")
+    uid = cell("uid")
+    if not uid:
+        raise error("uid")("uid is empty")
+    edited = cell("edited")
+    if not edited:
+        raise error("edited")("edited impression is empty")
+    if len(edited) > MAX_TEXT:
+        raise error("edited")(f"{len(edited):,} characters, at most {MAX_TEXT:,}")
+    ai_text = cell("ai_text") or None
+    if ai_text and len(ai_text) > MAX_TEXT:
+        raise error("ai_text")(f"{len(ai_text):,} characters, at most {MAX_TEXT:,}")
+    rating = _parse_rating(cell("rating"), error("rating") if col["rating"] is not None else None)
+    return _Row(line, reader, uid, cell("source") or None, edited, ai_text, rating)
+
+
+def _resolve(store, rows: list[_Row], table, col: dict, display: str) -> list[tuple]:
+    """(reader, report, edited, ai_text, rating) per row: each uid names exactly one report."""
+    reports: dict[tuple[str, str], list[dict]] = {}
+    by_uid: dict[str, list[dict]] = {}
+    for r in store.reports_by_external_id(sorted({row.uid for row in rows})):
+        by_uid.setdefault(r["external_id"], []).append(r)
+        reports.setdefault((r["external_id"], r["source"]), []).append(r)
+    field_uid = table.header[col["uid"]]
+    resolved = []
+    for row in rows:
+        uid, source = row.uid, row.source
+        matches = reports.get((uid, source), []) if source else by_uid.get(uid, [])
+        if not matches:
+            raise ImportValidationError(display, row.line, field_uid,
+                                        f"no report with uid {uid!r}"
+                                        f"{f' from source {source!r}' if source else ''} in the "
+                                        f"database; import the reports first")
+        if len(matches) > 1:
+            raise ImportValidationError(
+                display, row.line, field_uid,
+                f"uid {uid!r} names {len(matches)} reports (sources "
+                f"{', '.join(sorted(m['source'] for m in matches))}); add a 'source' column")
+        resolved.append((row.reader, matches[0], row.edited, row.ai_text, row.rating))
+    return resolved
+
+
+def _plan(store, resolved: list[tuple]) -> tuple[list[dict], dict[str, int]]:
+    """The feedback rows still to write, and counts: skipped, drafts, linked, memory_only."""
+    tokens = [_token(rd.username, rep["id"], ed, ai) for rd, rep, ed, ai, _ in resolved]
+    known = store.feedback_client_tokens(tokens)
+    shared = store.latest_default_generation(sorted({rep["id"] for _, rep, *_ in resolved}))
+    counts = {"skipped": 0, "drafts": 0, "linked": 0, "memory_only": 0}
+    seen: set[str] = set()
+    todo: list[dict] = []
+    for (reader, rep, edited, ai_text, rating), token in zip(resolved, tokens):
+        if token in known or token in seen:
+            counts["skipped"] += 1
+            continue
+        seen.add(token)
+        row = {"reader_id": reader.id, "report_id": rep["id"], "rating": rating,
+               "client_token": token}
+        if ai_text:
+            row["draft_text"] = draft_text = ai_text
+            counts["drafts"] += 1
+        elif rep["id"] in shared:
+            row["generation_id"] = shared[rep["id"]]["id"]
+            draft_text = shared[rep["id"]]["text"]
+            counts["linked"] += 1
+        else:
+            draft_text = None
+            counts["memory_only"] += 1
+        row["edited_text"] = None if draft_text and same_words(edited, draft_text) else edited
+        todo.append(row)
+    return todo, counts
+
+
 def import_feedback(store, path: str | Path, actor: str | None = None,
                     display_name: str | None = None, user: User | None = None,
                     chunk_rows: int = CHUNK_ROWS) -> FeedbackImportResult:
@@ -109,8 +229,6 @@ def import_feedback(store, path: str | Path, actor: str | None = None,
     >>> import_feedback(store, "signed.csv", actor="cli").summary()  # doctest: +SKIP
     'signed.csv: 120 feedback rows imported, 0 skipped as already imported or repeated ...'
     """
-    from core.learning.pairs import same_words
-
     if user is not None:
         actor = authorize(store, user, "admin").username
     if chunk_rows < 1:
@@ -120,113 +238,20 @@ def import_feedback(store, path: str | Path, actor: str | None = None,
     col = {k: table.column(v, required=k in ("reader", "uid", "edited"), what=k)
            for k, v in COLUMNS.items()}
     readers = {r.username: r for r in store.list_readers()}
-    parsed = []
-    uids = set()
-    for line, cells in table.rows:
-        def cell(key: str) -> str:
-            i = col[key]
-            return normalize_text(cells[i]) if i is not None else ""
-
-        name = cell("reader")
-        field_reader = table.header[col["reader"]]
-        if not name:
-            raise ImportValidationError(display, line, field_reader, "reader is empty")
-        reader = readers.get(name)
-        if reader is None:
-            raise ImportValidationError(display, line, field_reader,
-                                        f"no user named {name!r}; add the user first")
-        if reader.role not in RATERS or not reader.active:
-            raise ImportValidationError(display, line, field_reader,
-                                        f"user {name!r} is {'disabled' if not reader.active else reader.role}"
-                                        f"; only active radiologists (or admins) give feedback")
-        uid = cell("uid")
-        if not uid:
-            raise ImportValidationError(display, line, table.header[col["uid"]], "uid is empty")
-        edited = cell("edited")
-        field_edited = table.header[col["edited"]]
-        if not edited:
-            raise ImportValidationError(display, line, field_edited, "edited impression is empty")
-        if len(edited) > MAX_TEXT:
-            raise ImportValidationError(display, line, field_edited,
-                                        f"{len(edited):,} characters, at most {MAX_TEXT:,}")
-        ai_text = cell("ai_text") or None
-        if ai_text and len(ai_text) > MAX_TEXT:
-            raise ImportValidationError(display, line, table.header[col["ai_text"]],
-                                        f"{len(ai_text):,} characters, at most {MAX_TEXT:,}")
-        rating = None
-        raw = cell("rating")
-        if raw:
-            try:
-                rating = int(float(raw))
-                if float(raw) != rating:
-                    raise ValueError
-            except (ValueError, OverflowError):  # "abc", "1.5", "nan"; "inf", "1e309"
-                raise ImportValidationError(display, line, table.header[col["rating"]],
-                                            f"rating {raw!r} is not a whole number") from None
-            if not -2 <= rating <= 2:
-                raise ImportValidationError(display, line, table.header[col["rating"]],
-                                            f"rating {rating} is outside -2..2")
-        source = cell("source") or None
-        uids.add(uid)
-        parsed.append((line, reader, uid, source, edited, ai_text, rating))
-
-    reports: dict[tuple[str, str], list[dict]] = {}
-    by_uid: dict[str, list[dict]] = {}
-    for r in store.reports_by_external_id(sorted(uids)):
-        by_uid.setdefault(r["external_id"], []).append(r)
-        reports.setdefault((r["external_id"], r["source"]), []).append(r)
-    resolved = []
-    for line, reader, uid, source, edited, ai_text, rating in parsed:
-        matches = reports.get((uid, source), []) if source else by_uid.get(uid, [])
-        field_uid = table.header[col["uid"]]
-        if not matches:
-            raise ImportValidationError(display, line, field_uid,
-                                        f"no report with uid {uid!r}"
-                                        f"{f' from source {source!r}' if source else ''} in the "
-                                        f"database; import the reports first")
-        if len(matches) > 1:
-            raise ImportValidationError(
-                display, line, field_uid,
-                f"uid {uid!r} names {len(matches)} reports (sources "
-                f"{', '.join(sorted(m['source'] for m in matches))}); add a 'source' column")
-        resolved.append((reader, matches[0], edited, ai_text, rating))
-
-    tokens = [_token(rd.username, rep["id"], ed, ai) for rd, rep, ed, ai, _ in resolved]
-    known = store.feedback_client_tokens(tokens)
-    shared = store.latest_default_generation(sorted({rep["id"] for _, rep, *_ in resolved}))
-    skipped = drafts = linked = memory_only = 0
-    seen: set[str] = set()
-    todo: list[dict] = []
-    for (reader, rep, edited, ai_text, rating), token in zip(resolved, tokens):
-        if token in known or token in seen:
-            skipped += 1
-            continue
-        seen.add(token)
-        row = {"reader_id": reader.id, "report_id": rep["id"], "rating": rating,
-               "client_token": token}
-        if ai_text:
-            row["draft_text"] = draft_text = ai_text
-            drafts += 1
-        elif rep["id"] in shared:
-            row["generation_id"] = shared[rep["id"]]["id"]
-            draft_text = shared[rep["id"]]["text"]
-            linked += 1
-        else:
-            draft_text = None
-            memory_only += 1
-        row["edited_text"] = None if draft_text and same_words(edited, draft_text) else edited
-        todo.append(row)
+    rows = [_parse_row(table, col, display, readers, line, cells) for line, cells in table.rows]
+    resolved = _resolve(store, rows, table, col, display)
+    todo, counts = _plan(store, resolved)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    import_id, resumed = store.start_feedback_import(Path(display).name, digest, len(resolved),
-                                                     actor)
-    flags = {"imported_from": Path(display).name}
+    name = Path(display).name
+    import_id, resumed = store.start_feedback_import(name, digest, len(resolved), actor)
     imported = 0
     for start in range(0, len(todo), chunk_rows):
-        imported += store.import_feedback_chunk(import_id, todo[start:start + chunk_rows], flags)
+        imported += store.import_feedback_chunk(import_id, todo[start:start + chunk_rows],
+                                                {"imported_from": name})
     # rows a killed run of this import had already written count as skipped (they are there)
-    skipped += len(todo) - imported
+    skipped = counts["skipped"] + len(todo) - imported
     store.finish_feedback_import(import_id, actor, {
-        "file": Path(display).name, "rows": len(resolved), "imported": imported,
+        "file": name, "rows": len(resolved), "imported": imported,
         "skipped": skipped, "resumed": resumed})
-    return FeedbackImportResult(display, len(resolved), imported, skipped, drafts, linked,
-                                memory_only, import_id, resumed)
+    return FeedbackImportResult(display, len(resolved), imported, skipped, counts["drafts"],
+                                counts["linked"], counts["memory_only"], import_id, resumed)

@@ -177,6 +177,23 @@ def assign(
         Assignments sorted by (rater, position).
     """
     items, arms, raters = list(items), list(arms), list(raters)
+    _check_assign(items, arms, raters, k)
+    base, extra = divmod(len(items) * k, len(raters))
+    # Seeded rater cycle; arm a's `extra` extra tasks go to the next `extra` raters in
+    # the cycle, continuing where the previous arm stopped, so totals also balance.
+    cycle = sorted(raters, key=lambda r: (_key(seed, "cycle", r), str(r)))
+    arm_order = sorted(arms, key=lambda a: (_key(seed, "arm", a), str(a)))
+    pair_count: Counter[tuple[str, str]] = Counter()
+    units: list[tuple[str, Any, str]] = []  # (rater, item, arm)
+    for a_idx, arm in enumerate(arm_order):
+        start = (a_idx * extra) % len(raters)
+        lucky = {cycle[(start + t) % len(raters)] for t in range(extra)}
+        quota = {r: base + (1 if r in lucky else 0) for r in raters}
+        units += _assign_arm(arm, items, raters, k, seed, quota, pair_count)
+    return _queues(units, raters, seed)
+
+
+def _check_assign(items: list, arms: list, raters: list, k: int) -> None:
     if not items:
         raise StudyDesignError("items is empty: a study needs at least one item")
     if not arms:
@@ -193,50 +210,48 @@ def assign(
             f"k={k} raters per unit but only {len(raters)} raters: each unit needs k distinct raters"
         )
 
-    n_items, n_raters = len(items), len(raters)
-    per_arm = n_items * k
-    base, extra = divmod(per_arm, n_raters)
-    # Seeded rater cycle; arm a's `extra` extra tasks go to the next `extra` raters in
-    # the cycle, continuing where the previous arm stopped, so totals also balance.
-    cycle = sorted(raters, key=lambda r: (_key(seed, "cycle", r), str(r)))
-    arm_order = sorted(arms, key=lambda a: (_key(seed, "arm", a), str(a)))
-    pair_count: Counter[tuple[str, str]] = Counter()
-    units: list[tuple[str, Any, str]] = []  # (rater, item, arm)
-    for a_idx, arm in enumerate(arm_order):
-        start = (a_idx * extra) % n_raters
-        lucky = {cycle[(start + t) % n_raters] for t in range(extra)}
-        remaining = {r: base + (1 if r in lucky else 0) for r in raters}
-        unit_order = sorted(items, key=lambda it: (_key(seed, "unit", arm, it), str(it)))
-        for u_left, item in zip(range(n_items, 0, -1), unit_order):
-            chosen: list[str] = []
-            # Raters whose remaining quota equals the units left must take this unit,
-            # otherwise they could not reach their quota with distinct units.
-            chosen.extend(sorted((r for r in raters if remaining[r] == u_left), key=str))
-            while len(chosen) < k:
-                candidates = [r for r in raters if remaining[r] > 0 and r not in chosen]
-                best = min(
-                    candidates,
-                    key=lambda r: (
-                        sum(pair_count[_pair(r, c)] for c in chosen),
-                        -remaining[r],
-                        _key(seed, "pick", arm, item, r),
-                        str(r),
-                    ),
-                )
-                chosen.append(best)
-            for r in chosen:
-                remaining[r] -= 1
-                units.append((r, item, arm))
-            for r1, r2 in combinations(chosen, 2):
-                pair_count[_pair(r1, r2)] += 1
-        assert all(v == 0 for v in remaining.values()), remaining
 
+def _assign_arm(arm: str, items: list, raters: list, k: int, seed: int | str,
+                remaining: dict[str, int], pair_count: Counter) -> list[tuple[str, Any, str]]:
+    """Give each of an arm's units k raters within their quotas (``remaining``), pairing
+    raters who have shared fewest units so far (``pair_count`` is updated)."""
+    units = []
+    unit_order = sorted(items, key=lambda it: (_key(seed, "unit", arm, it), str(it)))
+    for u_left, item in zip(range(len(items), 0, -1), unit_order):
+        chosen: list[str] = []
+        # Raters whose remaining quota equals the units left must take this unit,
+        # otherwise they could not reach their quota with distinct units.
+        chosen.extend(sorted((r for r in raters if remaining[r] == u_left), key=str))
+        while len(chosen) < k:
+            candidates = [r for r in raters if remaining[r] > 0 and r not in chosen]
+            best = min(
+                candidates,
+                key=lambda r: (
+                    sum(pair_count[_pair(r, c)] for c in chosen),
+                    -remaining[r],
+                    _key(seed, "pick", arm, item, r),
+                    str(r),
+                ),
+            )
+            chosen.append(best)
+        for r in chosen:
+            remaining[r] -= 1
+            units.append((r, item, arm))
+        for r1, r2 in combinations(chosen, 2):
+            pair_count[_pair(r1, r2)] += 1
+    assert all(v == 0 for v in remaining.values()), remaining
+    return units
+
+
+def _queues(units: list[tuple[str, Any, str]], raters: list, seed: int | str) -> list[Assignment]:
+    """Each rater's units in a seeded random order, as assignments sorted by (rater, position)."""
     by_rater: dict[str, list[tuple[Any, str]]] = defaultdict(list)
     for r, item, arm in units:
         by_rater[r].append((item, arm))
     out: list[Assignment] = []
     for r in raters:
-        queue = sorted(by_rater[r], key=lambda ia: (_key(seed, "queue", r, ia[0], ia[1]), str(ia[0]), str(ia[1])))
+        queue = sorted(by_rater[r], key=lambda ia: (_key(seed, "queue", r, ia[0], ia[1]),
+                                                    str(ia[0]), str(ia[1])))
         out.extend(Assignment(r, item, arm, pos) for pos, (item, arm) in enumerate(queue))
     return out
 
