@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.config import BACKENDS
 from core.errors import (
     AdapterError,
     BackendUnavailable,  # noqa: F401 (defined in core.errors)
@@ -43,8 +44,6 @@ from core.generation.models import (
     check_loaded,
     load_generator,
 )
-
-BACKENDS = ("transformers", "vllm")
 
 
 def load_backend(backend: str = "transformers", path: str | Path | None = None, **options: Any):
