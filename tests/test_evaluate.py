@@ -96,14 +96,16 @@ def test_no_findings_column_skips_consistency(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("missing_pred_col", ["pred.csv", "column 'prediction' is missing"]),
-    ("missing_ref_col", ["ref.csv", "column 'impression' is missing"]),
+    ("missing_pred_col", ["pred.csv", "field 'prediction'", "missing required column 'prediction'"]),
+    ("missing_ref_col", ["ref.csv", "field 'impression'", "missing required column 'impression'"]),
     ("unknown_uid", ["pred.csv", "row 3", "uid 'zzz' is unknown"]),
     ("duplicate_pred", ["pred.csv", "row 3", "uid '1' is duplicated", "first at row 2"]),
     ("duplicate_ref", ["ref.csv", "row 3", "uid '1' is duplicated"]),
-    ("blank_ref", ["ref.csv", "row 3", "uid 2", "column 'impression' is blank"]),
-    ("blank_uid", ["pred.csv", "row 2", "column 'uid' is blank"]),
-    ("no_file", ["nowhere.csv", "no such file"]),
+    ("blank_ref", ["ref.csv", "row 3", "field 'impression'", "reference of uid 2 is blank"]),
+    ("blank_uid", ["pred.csv", "row 2", "field 'uid'", "the uid is blank"]),
+    ("no_file", ["nowhere.csv", "file not found"]),
+    ("not_utf8", ["pred.csv", "row 3", "field 'prediction'", "not valid UTF-8"]),
+    ("unclosed_quote", ["ref.csv", "row 3", "field 'impression'", "unterminated quoted field"]),
 ])
 def test_bad_input_exits_2_naming_file_row_field(tmp_path, capsys, case, expect):
     ref_rows = [("1", "F.", "Normal."), ("2", "F.", "Effusion.")]
@@ -127,6 +129,10 @@ def test_bad_input_exits_2_naming_file_row_field(tmp_path, capsys, case, expect)
     pred = write_csv(tmp_path / "pred.csv", pred_header, pred_rows)
     if case == "no_file":
         pred = tmp_path / "nowhere.csv"
+    elif case == "not_utf8":  # one reader for every CSV: the importers' checks and messages
+        pred.write_bytes(b"uid,prediction\n1,Normal.\n2,Epanchement pleural d\xe9crit.\n")
+    elif case == "unclosed_quote":
+        ref.write_text('uid,findings,impression\n1,F.,Normal.\n2,F.,"Effusion.\n')
     from core.cli.main import main  # in-process: same entry point as `python -m core`, faster
 
     code = main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-bertscore"])
@@ -149,7 +155,7 @@ def test_custom_columns(tmp_path, capsys):
 
     code = main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--pred-col", "text", "--ref-col", "gold",
                  "--no-bertscore"])
-    assert code == 2 and "column 'uid' is missing" in capsys.readouterr().err  # the CLI joins on uid
+    assert code == 2 and "missing required column 'uid'" in capsys.readouterr().err  # the CLI joins on uid
 
 
 def test_generate_output_scores_against_iu_reports(tmp_path):

@@ -15,13 +15,14 @@ MiniLM, clinical label F1, consistency).
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.errors import ValidationError
-from core.errors import EvaluationError  # noqa: F401 (defined in core.errors)
+from core.errors import EvaluationError
+from core.evaluation.mesh import mesh_score
+from core.evaluation.metrics import LabelScore, evaluate, format_table
+from core.ingest.common import CsvTable, read_csv_table
 
 
 @dataclass
@@ -37,26 +38,35 @@ class EvalPairs:
     notes: list[str] = field(default_factory=list)
 
 
-def _read(path: Path, need: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], dict[str, str]]:
-    """Rows (with their line numbers) and a lower-case column map; checks required columns."""
-    if not path.is_file():
-        raise EvaluationError(f"{what} file {path}: no such file")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rd = csv.DictReader(fh)
-            cols = {c.strip().lower(): c for c in (rd.fieldnames or []) if c is not None}
-            for name in need:
-                if name.lower() not in cols:
-                    raise EvaluationError(f"{what} file {path}: column {name!r} is missing (columns: "
-                                          f"{', '.join(rd.fieldnames or []) or 'none'})")
-            rows = [(rd.line_num, row) for row in rd]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise EvaluationError(f"{what} file {path}: not a readable UTF-8 CSV ({exc})") from exc
-    return rows, cols
+def _read(path: Path, what: str, need: tuple[str, ...],
+          optional: tuple[str | None, ...]) -> tuple[CsvTable, dict[str, int | None]]:
+    """The table, read and checked by the one CSV reader, and the index of each named column
+    (case-insensitive; None when an optional one is absent)."""
+    table = read_csv_table(path, f"{what} file {path}")
+    cols = {name.lower(): table.column([name], required=True, what=name) for name in need}
+    for name in optional:
+        if name and name.lower() not in cols:
+            cols[name.lower()] = table.column([name], required=False, what=name)
+    return table, cols
 
 
-def read_pairs(pred: str | Path, ref: str | Path, pred_col: str = "prediction", ref_col: str = "impression",
-               findings_col: str | None = "findings", uid_col: str = "uid") -> EvalPairs:
+def _references(table: CsvTable, uid: int) -> dict[str, tuple[int, list[str]]]:
+    """uid -> (row, cells) of a references table; rows without a uid can never match (skipped)."""
+    refs: dict[str, tuple[int, list[str]]] = {}
+    for row, cells in table.rows:
+        key = CsvTable.cell(cells, uid)
+        if not key:
+            continue
+        if key in refs:
+            raise EvaluationError(f"{table.display}, row {row}, field '{table.header[uid]}': "
+                                  f"uid {key!r} is duplicated (first at row {refs[key][0]})")
+        refs[key] = (row, cells)
+    return refs
+
+
+def read_pairs(pred: str | Path, ref: str | Path, pred_col: str = "prediction",
+               ref_col: str = "impression", findings_col: str | None = "findings",
+               uid_col: str = "uid") -> EvalPairs:
     """Join a predictions CSV and a references CSV by uid.
 
     Args:
@@ -72,63 +82,52 @@ def read_pairs(pred: str | Path, ref: str | Path, pred_col: str = "prediction", 
         The joined :class:`EvalPairs`, in the predictions' row order.
 
     Raises:
-        EvaluationError: a file is missing or unreadable, a column is missing, a uid is blank or
-            duplicated, a prediction's uid is not in the references, a matched reference is blank,
-            or there is no prediction at all (messages name the file, row, column and uid).
+        ImportValidationError: a file is missing, not UTF-8, malformed, has no data rows or lacks
+            a column (:func:`core.ingest.common.read_csv_table`).
+        EvaluationError: a uid is blank or duplicated, a prediction's uid is not in the
+            references, or a matched reference is blank (messages name the file, row, field and
+            uid).
     """
     pred, ref = Path(pred), Path(ref)
-    p_rows, p_cols = _read(pred, (uid_col, pred_col), "predictions")
-    r_rows, r_cols = _read(ref, (uid_col, ref_col), "references")
-    if not p_rows:
-        raise EvaluationError(f"predictions file {pred}: no rows to score")
-
-    def cell(row: dict, cols: dict, name: str) -> str:
-        c = cols.get(name.lower())
-        return (row.get(c) or "").strip() if c else ""
-
-    refs: dict[str, tuple[int, dict]] = {}
-    for line, row in r_rows:
-        uid = cell(row, r_cols, uid_col)
-        if not uid:
-            continue  # a reference row without uid can never be matched; not an error for the file
-        if uid in refs:
-            raise EvaluationError(f"references file {ref}: row {line}, column {uid_col!r}: uid {uid!r} is duplicated "
-                                  f"(first at row {refs[uid][0]})")
-        refs[uid] = (line, row)
-    use_findings = bool(findings_col) and findings_col.lower() in r_cols
-    has_review = "needs_review" in p_cols
-    use_mesh = "mesh" in r_cols
+    p_table, p = _read(pred, "predictions", (uid_col, pred_col), ("needs_review",))
+    r_table, r = _read(ref, "references", (uid_col, ref_col), (findings_col, "mesh"))
+    uid, text_col, ref_i = uid_col.lower(), pred_col.lower(), ref_col.lower()
+    refs = _references(r_table, r[uid])
+    use_findings = bool(findings_col) and r.get(findings_col.lower()) is not None
+    has_review, use_mesh = p["needs_review"] is not None, r["mesh"] is not None
     out = EvalPairs([], [], [], [] if use_findings else None, [] if has_review else None,
                     [] if use_mesh else None)
     seen: dict[str, int] = {}
     blank_pred = 0
-    for line, row in p_rows:
-        uid = cell(row, p_cols, uid_col)
-        if not uid:
-            raise EvaluationError(f"predictions file {pred}: row {line}, column {uid_col!r} is blank")
-        if uid in seen:
-            raise EvaluationError(f"predictions file {pred}: row {line}, column {uid_col!r}: uid {uid!r} is duplicated "
-                                  f"(first at row {seen[uid]})")
-        seen[uid] = line
-        if uid not in refs:
-            raise EvaluationError(f"predictions file {pred}: row {line}, column {uid_col!r}: uid {uid!r} is unknown "
-                                  f"(not in the references file {ref})")
-        r_line, r_row = refs[uid]
-        reference = cell(r_row, r_cols, ref_col)
+    for row, cells in p_table.rows:
+        key = CsvTable.cell(cells, p[uid])
+        where = f"{p_table.display}, row {row}, field '{p_table.header[p[uid]]}'"
+        if not key:
+            raise EvaluationError(f"{where}: the uid is blank")
+        if key in seen:
+            raise EvaluationError(f"{where}: uid {key!r} is duplicated (first at row {seen[key]})")
+        seen[key] = row
+        if key not in refs:
+            raise EvaluationError(f"{where}: uid {key!r} is unknown (not in the references "
+                                  f"file {ref})")
+        r_row, r_cells = refs[key]
+        reference = CsvTable.cell(r_cells, r[ref_i])
         if not reference:
-            raise EvaluationError(f"references file {ref}: row {r_line} (uid {uid}), column {ref_col!r} is blank: "
-                                  f"nothing to score the prediction of predictions row {line} against")
-        text = cell(row, p_cols, pred_col)
+            raise EvaluationError(f"{r_table.display}, row {r_row}, field "
+                                  f"'{r_table.header[r[ref_i]]}': the reference of uid {key} is "
+                                  f"blank: nothing to score the prediction of predictions row {row} "
+                                  "against")
+        text = CsvTable.cell(cells, p[text_col])
         blank_pred += not text
-        out.uids.append(uid)
+        out.uids.append(key)
         out.preds.append(text)
         out.refs.append(reference)
         if use_findings:
-            out.findings.append(cell(r_row, r_cols, findings_col))
+            out.findings.append(CsvTable.cell(r_cells, r[findings_col.lower()]))
         if has_review:
-            out.needs_review.append(cell(row, p_cols, "needs_review").lower() in ("1", "true", "yes"))
+            out.needs_review.append(CsvTable.cell(cells, p["needs_review"]).lower() in ("1", "true", "yes"))
         if use_mesh:
-            out.mesh.append(cell(r_row, r_cols, "mesh"))
+            out.mesh.append(CsvTable.cell(r_cells, r["mesh"]))
     if blank_pred:
         out.notes.append(f"{blank_pred} blank prediction(s) scored as empty text")
     if findings_col and not use_findings:
@@ -149,18 +148,12 @@ def evaluate_pairs(pairs: EvalPairs, with_bertscore: bool = True) -> dict:
         of the predictions and of the references) when the references carry human MeSH labels,
         and the join notes in ``notes``.
     """
-    from dataclasses import asdict
-
-    from core.evaluation.metrics import evaluate
-
     result = evaluate(pairs.preds, pairs.refs, findings=pairs.findings, with_bertscore=with_bertscore)
     result["notes"] = list(pairs.notes) + list(result.get("notes", []))
     result["label"] = {**result["label"], "per_label": [asdict(x) for x in result["label"]["per_label"]]}
     if pairs.needs_review is not None:
         result["needs_review_share"] = sum(pairs.needs_review) / len(pairs.needs_review)
     if pairs.mesh is not None:
-        from core.evaluation.mesh import mesh_score
-
         result["mesh"] = {"predictions": mesh_score(pairs.preds, pairs.mesh),
                           "references": mesh_score(pairs.refs, pairs.mesh)}
     return result
@@ -168,8 +161,6 @@ def evaluate_pairs(pairs: EvalPairs, with_bertscore: bool = True) -> dict:
 
 def format_result(result: dict) -> str:
     """Markdown table of an :func:`evaluate_pairs` result (per-label rows included)."""
-    from core.evaluation.metrics import LabelScore, format_table
-
     shown = dict(result)
     shown["label"] = {**result["label"], "per_label": [LabelScore(**x) for x in result["label"]["per_label"]]}
     text = format_table(shown)
@@ -212,5 +203,5 @@ def write_json(result: dict, path: str | Path) -> None:
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-__all__ = ["EvaluationError", "EvalPairs", "read_pairs", "evaluate_pairs", "format_result", "format_mesh",
+__all__ = ["EvalPairs", "read_pairs", "evaluate_pairs", "format_result", "format_mesh",
            "write_json"]

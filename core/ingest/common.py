@@ -19,7 +19,7 @@ from core.errors import ImportValidationError  # noqa: F401 (defined in core.err
 
 __all__ = [
     "ReportRecord", "ImportValidationError", "ImportedReports", "normalize_text",
-    "content_id", "read_text", "read_csv_table", "CsvTable", "ReaderContext",
+    "content_id", "read_text", "read_csv_table", "csv_header", "CsvTable", "ReaderContext",
     "SKIP_EMPTY_FINDINGS_HINT", "ALLOW_MISSING_IMPRESSION_HINT",
 ]
 
@@ -185,6 +185,11 @@ class CsvTable:
     rows: list[tuple[int, list[str]]]
     header_row: int = 1
 
+    @staticmethod
+    def cell(cells: list[str], index: int | None) -> str:
+        """A row's cell at a column index, stripped ("" when the column is absent)."""
+        return cells[index].strip() if index is not None else ""
+
     def column(self, names: Sequence[str], *, required: bool, what: str) -> int | None:
         """Index of the first of ``names`` present in the header (case-insensitive).
 
@@ -215,6 +220,21 @@ class CsvTable:
                 f"missing required column {wanted} for {what} (header has: "
                 f"{', '.join(self.header) or 'nothing'})")
         return None
+
+
+def csv_header(path: Path) -> list[str]:
+    """The lower-cased header of a CSV, read leniently from its first 64 KiB (to tell a format
+    from its columns); [] when the file cannot be read or parsed."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(65536)
+        text = head.decode("utf-8-sig", errors="replace")
+        for cells in csv.reader(io.StringIO(text, newline="")):
+            if cells and any(c.strip() for c in cells):
+                return [c.strip().lower() for c in cells]
+    except (OSError, csv.Error):
+        pass
+    return []
 
 
 def read_csv_table(path: Path, display: str) -> CsvTable:

@@ -16,14 +16,12 @@ become one space); de-identification marks ("XXXX", "___") are kept.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Mapping
 
 from core.ingest import chexpert_plus, generic_csv, iu_xray, jsonl, mimic_cxr
 from core.ingest.common import (
-    ImportedReports, ImportValidationError, ReaderContext, ReportRecord, content_id,
+    ImportedReports, ImportValidationError, ReaderContext, ReportRecord, content_id, csv_header,
     normalize_text,
 )
 
@@ -37,16 +35,6 @@ FORMATS = ("auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl")
 _CSV_EXT = {".csv"}
 _JSONL_EXT = {".jsonl", ".ndjson"}
 _TXT_EXT = {".txt"}
-
-
-def _csv_header(path: Path) -> list[str]:
-    with path.open("rb") as fh:
-        head = fh.read(65536)
-    text = head.decode("utf-8-sig", errors="replace")
-    for cells in csv.reader(io.StringIO(text, newline="")):
-        if cells and any(c.strip() for c in cells):
-            return [c.strip().lower() for c in cells]
-    return []
 
 
 def detect_format(path: str | Path) -> str:
@@ -76,10 +64,7 @@ def detect_format(path: str | Path) -> str:
     if ext in _JSONL_EXT:
         return "jsonl"
     if ext in _CSV_EXT:
-        try:
-            cols = set(_csv_header(p))
-        except (OSError, csv.Error):
-            cols = set()
+        cols = set(csv_header(p))
         if iu_xray.SIGNATURE <= cols:
             return "iu-xray"
         if chexpert_plus.SIGNATURE in cols:

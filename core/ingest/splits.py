@@ -24,6 +24,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
+
+from core.ingest.common import read_csv_table
 
 SPLITS = ("train", "dev", "test")
 TEST_BUCKETS = frozenset({0})
@@ -117,25 +120,26 @@ def load_iu_csv(path, split: str | Iterable[str] | None = None) -> list[dict]:
 
     Returns:
         A list of dicts; missing optional fields are None; ``author`` is the exam header.
-    """
-    import csv
 
+    Raises:
+        ImportValidationError: the file is missing or malformed, or has no ``uid`` column
+            (:func:`core.ingest.common.read_csv_table`).
+    """
+    table = read_csv_table(Path(path), str(path))
+    col = {name: table.column([name], required=name == "uid", what=name)
+           for name in ("uid", "findings", "impression", "indication", "comparison", "image")}
     out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            findings = (row.get("findings") or "").strip()
-            impression = (row.get("impression") or "").strip()
-            if not findings or not impression:
-                continue
-            uid = row["uid"].strip()
-            if split is not None and not in_split(uid, split):
-                continue
-            out.append({
-                "uid": uid, "findings": findings, "impression": impression,
-                "indication": (row.get("indication") or "").strip() or None,
-                "comparison": (row.get("comparison") or "").strip() or None,
-                "author": " ".join((row.get("image") or "").split()) or None,
-            })
+    for _, cells in table.rows:
+        get = {name: table.cell(cells, i) for name, i in col.items()}
+        if not get["findings"] or not get["impression"]:
+            continue
+        if split is not None and not in_split(get["uid"], split):
+            continue
+        out.append({
+            "uid": get["uid"], "findings": get["findings"], "impression": get["impression"],
+            "indication": get["indication"] or None, "comparison": get["comparison"] or None,
+            "author": " ".join(get["image"].split()) or None,
+        })
     return out
 
 
