@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from core.adapters import registry as adapters
+from core.adapters.base import shared_adapter_dir
 
 from core.feedback import annotate
 from core.errors import ImpressionistError, StoreError
@@ -252,7 +253,8 @@ def test_kill9_feedback_import_half_way_writes_nothing(store, users, cases, tmp_
 NIGHTLY = STOP_AFTER_SQL + textwrap.dedent("""
     from core.adapters import registry as adapters
     from core.learning import nightly
-    from core.learning.nightly import GateResult, NightlyConfig, run_nightly
+    from core.learning.gate import GateResult
+    from core.learning.nightly import NightlyConfig, run_nightly
 
     where = sys.argv[2]
     nightly.gate = lambda cand, cur, cfg: GateResult(True, "forced by the fault test")
@@ -356,7 +358,7 @@ def tiny_with_lora(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.generation.models import make_tiny_model
+    from core.generation.checkpoint import make_tiny_model
 
     root = tmp_path_factory.mktemp("tinylora")
     model = make_tiny_model(root / "model")
@@ -381,8 +383,10 @@ def test_corrupt_adapter_file_is_a_clear_error_and_drafting_falls_back(store, us
                                                                        tiny_with_lora):
     import torch
 
-    from core.adapters.registry import Drafter, refresh_drafts
-    from core.generation.models import AdapterError, ModelSpec, check_adapter_files, load_generator
+    from core.generation.personal import Drafter, refresh_drafts
+    from core.errors import AdapterError
+    from core.generation.models import ModelSpec, load_generator
+    from core.adapters.files import check_adapter_files
     from core.learning.nightly import NightlyConfig, run_nightly
 
     model, lora = tiny_with_lora
@@ -427,9 +431,9 @@ def test_corrupt_adapter_file_is_a_clear_error_and_drafting_falls_back(store, us
     shutil.copytree(bad.path, shared)
     os.environ["IMPRESSIONIST_BASE_ADAPTER"] = str(shared)
     try:
-        assert adapters.shared_adapter_dir() is None
+        assert shared_adapter_dir() is None
         shutil.copy2(good.path / "adapter_model.safetensors", shared)
-        assert adapters.shared_adapter_dir() == shared
+        assert shared_adapter_dir() == shared
     finally:
         del os.environ["IMPRESSIONIST_BASE_ADAPTER"]
     # rolling back to the last good version by hand works and drafts with it again
