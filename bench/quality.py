@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.clinical.verifier import check_impression  # noqa: E402
+from core.evaluation.metrics import evaluate, inject_typos, label_f1, rouge, rouge_l  # noqa: E402
 from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
-from core.evaluation.metrics import evaluate, inject_typos, label_f1, rouge  # noqa: E402
 from core.generation.retrieval import RetrievalIndex, tidy  # noqa: E402
 from core.ingest.splits import load_iu_csv  # noqa: E402
 
@@ -137,8 +137,6 @@ def table(rows: dict[str, dict]) -> str:
 def paired_bootstrap(a: list[str], b: list[str], refs: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean per-report ROUGE-L of ``a`` minus ``b`` with a paired bootstrap 95% interval."""
     import random
-
-    from core.generation.retrieval import rouge_l
 
     diff = [100 * (rouge_l(x, r) - rouge_l(y, r)) for x, y, r in zip(a, b, refs)]
     rng = random.Random(seed)

@@ -40,13 +40,12 @@ from core.adapters.base import use_base_adapter
 from core.adapters.registry import AdapterVersion, active_adapter, read_memory
 from core.clinical.labeler import is_normal
 from core.config import ROOT, settings, use_settings
-
-from core.evaluation.metrics import label_f1, rouge
+from core.evaluation.metrics import label_f1, rouge, rouge_l
 from core.feedback import annotate
 from core.generation.models import ModelSpec, load_generator
 from core.generation.personal import DraftConfig, Drafter
 from core.generation.pipeline import C2FConfig
-from core.generation.retrieval import RetrievalIndex, rouge_l, tidy
+from core.generation.retrieval import RetrievalIndex, tidy
 from core.ingest.reports import import_file
 from core.learning.nightly import NightlyConfig, run_nightly
 from core.learning.train import TrainConfig

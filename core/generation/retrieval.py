@@ -26,7 +26,6 @@ the reports' count, max id and the split filter (:func:`index_for_store`).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import pickle
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from core.config import settings
 from core.errors import RetrievalError  # noqa: F401 (defined in core.errors)
+from core.evaluation.metrics import rouge_l
 from core.ingest.splits import in_split
 
 INDEX_VERSION = 1
@@ -272,51 +272,6 @@ def _float32():
     return np.float32
 
 
-# --------------------------------------------------------------------------------------------
-# ROUGE-L for consensus (same tokenisation as rouge_score with the Porter stemmer)
-# --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer():
-    from rouge_score.tokenizers import DefaultTokenizer  # deferred: heavy
-
-    return DefaultTokenizer(use_stemmer=True)
-
-
-@functools.lru_cache(maxsize=65536)
-def rouge_tokens(text: str) -> tuple[str, ...]:
-    """``rouge_score``'s tokens of ``text`` (lower-case alphanumerics, Porter-stemmed), cached."""
-    return tuple(_tokenizer().tokenize(text))
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token sequences."""
-    if not a or not b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else (prev[j + 1] if prev[j + 1] > cur[j] else cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F-measure in [0, 1] between two texts (symmetric; equals rouge_score's value)."""
-    ta, tb = rouge_tokens(a), rouge_tokens(b)
-    if not ta or not tb:
-        return 0.0
-    lcs = lcs_length(ta, tb)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(ta), lcs / len(tb)
-    return 2 * p * r / (p + r)
-
-
 @dataclass
 class ConsensusResult:
     """Which candidate won the vote, and how clearly."""
@@ -438,5 +393,5 @@ def index_for_store(store, split: str | Iterable[str] | None = None, config: Ret
 
 __all__ = [
     "RetrievalError", "RetrievalConfig", "RetrievalIndex", "Neighbour", "ConsensusResult",
-    "consensus", "rouge_l", "rouge_tokens", "lcs_length", "index_for_store", "normalise", "tidy",
+    "consensus", "index_for_store", "normalise", "tidy",
 ]

@@ -41,7 +41,7 @@ from core.clinical.labeler import extract, label
 from core.clinical.verifier import check_impression
 from core.clinical.vocabulary import PRESENT, RELATED
 from core.errors import RewardError  # noqa: F401 (defined in core.errors)
-from core.generation.retrieval import rouge_l
+from core.evaluation.metrics import rouge_l
 
 __all__ = ["RewardError", "RewardWeights", "RewardBreakdown", "StyleProfile", "findings_level",
            "impression_level", "global_consistency", "critical_awareness", "hierarchical_reward",
