@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import ImpressionistError
-from core.ingest.formats import ImportValidationError, normalize_text
+from core.errors import ImportValidationError, ImpressionistError
+from core.ingest.common import normalize_text
 
 FRAGMENTS = [",", '"', "'", "\n", "\r\n", "\t", "\x00", "\x0b", "\x1b[31m", "\x85", "\u2028",
              "\ufeff", "\u202e", "\u00a0", "XXXX", "___", "caf\u00e9", "\u80ba\u708e",

@@ -14,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.ingest.formats import (
-    FORMATS, ImportedReports, ImportValidationError, ReportRecord, detect_format,
-    normalize_text, read_reports,
-)
+from core.errors import ImportValidationError
+from core.ingest.common import ImportedReports, ReportRecord, normalize_text
+from core.ingest.formats import FORMATS, detect_format, read_reports
 from core.ingest.mimic_cxr import header_kind, parse_sections
 
 IU_FILE = Path(__file__).resolve().parents[2] / "shared/data/iu_xray/reports.csv"

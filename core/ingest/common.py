@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from core.errors import ImpressionistError
-from core.errors import ImportValidationError  # noqa: F401 (defined in core.errors)
+from core.errors import ImportValidationError
 
 __all__ = [
-    "ReportRecord", "ImportValidationError", "ImportedReports", "normalize_text",
+    "ReportRecord", "ImportedReports", "normalize_text",
     "content_id", "read_text", "read_csv_table", "csv_header", "CsvTable", "ReaderContext",
     "SKIP_EMPTY_FINDINGS_HINT", "ALLOW_MISSING_IMPRESSION_HINT",
 ]

@@ -58,7 +58,7 @@ COMPARISONS = ["None.", "Prior chest radiograph from last year.", "None availabl
 
 @dataclass(frozen=True)
 class DemoReport:
-    """Same fields as ``core.ingest.formats.ReportRecord`` so the store can import it."""
+    """Same fields as ``core.ingest.common.ReportRecord`` so the store can import it."""
 
     source: str
     external_id: str

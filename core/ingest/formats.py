@@ -19,16 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from core.errors import ImportValidationError
 from core.ingest import chexpert_plus, generic_csv, iu_xray, jsonl, mimic_cxr
-from core.ingest.common import (
-    ImportedReports, ImportValidationError, ReaderContext, ReportRecord, content_id, csv_header,
-    normalize_text,
-)
+from core.ingest.common import ImportedReports, ReaderContext, csv_header
 
-__all__ = [
-    "ReportRecord", "ImportValidationError", "ImportedReports", "FORMATS", "detect_format",
-    "read_reports", "normalize_text", "content_id",
-]
+__all__ = ["FORMATS", "detect_format", "read_reports"]
 
 FORMATS = ("auto", "iu-xray", "mimic-cxr", "chexpert-plus", "csv", "jsonl")
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from core.ingest.common import (
-    CsvTable, ImportValidationError, ReaderContext, ReportRecord, check_unique, read_csv_table,
-)
+from core.errors import ImportValidationError
+from core.ingest.common import CsvTable, ReaderContext, ReportRecord, check_unique, read_csv_table
 
 FIELDS = ("external_id", "findings", "impression", "indication", "comparison", "author")
 FIELD_ALIASES = {"id": "external_id", "uid": "external_id"}

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.ingest.common import (
-    ImportValidationError, ReaderContext, ReportRecord, check_unique, read_text,
-)
+from core.errors import ImportValidationError
+from core.ingest.common import ReaderContext, ReportRecord, check_unique, read_text
 from core.ingest.generic_csv import DEFAULT_COLUMNS, FIELDS, resolve_mapping
 
 
@@ -27,6 +26,54 @@ def _lookup(obj: dict[str, Any], lowered: dict[str, str], names: tuple[str, ...]
         if key is not None:
             return key
     return None
+
+
+def _parse(line: str, lineno: int, display: str) -> dict[str, Any]:
+    """One line's JSON object."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ImportValidationError(
+            display, lineno, None,
+            f"invalid JSON at column {exc.colno} ({exc.msg}); a truncated last line or a "
+            "line break inside a value causes this") from None
+    if not isinstance(obj, dict):
+        raise ImportValidationError(display, lineno, None,
+                                    f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _keys(obj: dict[str, Any], lineno: int, display: str, names: dict[str, tuple[str, ...]],
+          required: set[str]) -> dict[str, str | None]:
+    """Our field -> the object's key for it (None when absent); a required one must be there."""
+    lowered = {k.lower(): k for k in obj}
+    keys: dict[str, str | None] = {f: _lookup(obj, lowered, names[f]) for f in FIELDS}
+    for f in FIELDS:
+        if f in required and keys[f] is None:
+            raise ImportValidationError(
+                display, lineno, names[f][0],
+                f"missing key '{names[f][0]}' for {f} (keys on this line: "
+                f"{', '.join(obj) or 'none'})")
+    return keys
+
+
+def _values(obj: dict[str, Any], keys: dict[str, str | None], lineno: int,
+            display: str) -> dict[str, str | None]:
+    """Our field -> its text (None when absent or null); strings only, or an integer id."""
+    values: dict[str, str | None] = {}
+    for f in FIELDS:
+        k = keys[f]
+        v = None if k is None else obj[k]
+        if isinstance(v, bool) or not (v is None or isinstance(v, str)
+                                       or (f == "external_id" and isinstance(v, int))):
+            raise ImportValidationError(
+                display, lineno, k,
+                f"expected {'a string or integer' if f == 'external_id' else 'a string'}, "
+                f"got {type(v).__name__}")
+        values[f] = None if v is None else str(v)
+    if keys["external_id"] is not None and values["external_id"] is None:
+        values["external_id"] = ""  # present but null: reported as an empty id
+    return values
 
 
 def read(path: Path, display: str, ctx: ReaderContext,
@@ -48,6 +95,8 @@ def read(path: Path, display: str, ctx: ReaderContext,
     resolved = resolve_mapping(mapping, display)
     text = read_text(path, display)
     names = {f: (resolved[f],) if f in resolved else DEFAULT_COLUMNS[f] for f in FIELDS}
+    required = {f for f in FIELDS if f in resolved or f == "findings"
+                or (f == "impression" and ctx.require_impression)}
     records: list[ReportRecord] = []
     saw_data = False
     first_line: dict[bool, int] = {}  # has an id? -> first line number
@@ -56,39 +105,9 @@ def read(path: Path, display: str, ctx: ReaderContext,
         if not line.strip():
             continue
         saw_data = True
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImportValidationError(
-                display, lineno, None,
-                f"invalid JSON at column {exc.colno} ({exc.msg}); a truncated last line or a "
-                "line break inside a value causes this") from None
-        if not isinstance(obj, dict):
-            raise ImportValidationError(display, lineno, None,
-                                        f"expected a JSON object, got {type(obj).__name__}")
-        lowered = {k.lower(): k for k in obj}
-        keys: dict[str, str | None] = {f: _lookup(obj, lowered, names[f]) for f in FIELDS}
-        for f in FIELDS:
-            required = (f in resolved or f == "findings"
-                        or (f == "impression" and ctx.require_impression))
-            if required and keys[f] is None:
-                raise ImportValidationError(
-                    display, lineno, names[f][0],
-                    f"missing key '{names[f][0]}' for {f} (keys on this line: "
-                    f"{', '.join(obj) or 'none'})")
-        values: dict[str, str | None] = {}
-        for f in FIELDS:
-            k = keys[f]
-            v = None if k is None else obj[k]
-            if isinstance(v, bool) or not (v is None or isinstance(v, str)
-                                           or (f == "external_id" and isinstance(v, int))):
-                raise ImportValidationError(
-                    display, lineno, k,
-                    f"expected {'a string or integer' if f == 'external_id' else 'a string'}, "
-                    f"got {type(v).__name__}")
-            values[f] = None if v is None else str(v)
-        if keys["external_id"] is not None and values["external_id"] is None:
-            values["external_id"] = ""  # present but null: reported as an empty id
+        obj = _parse(line, lineno, display)
+        keys = _keys(obj, lineno, display, names, required)
+        values = _values(obj, keys, lineno, display)
         first_line.setdefault(keys["external_id"] is not None, lineno)
         id_key = id_key or keys["external_id"]
         used = {k for k in keys.values() if k is not None}

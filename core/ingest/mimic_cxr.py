@@ -53,9 +53,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ImportValidationError
 from core.ingest.common import (
-    ALLOW_MISSING_IMPRESSION_HINT, SKIP_EMPTY_FINDINGS_HINT, ImportValidationError,
-    ReaderContext, ReportRecord, normalize_text, read_text,
+    ALLOW_MISSING_IMPRESSION_HINT,
+    SKIP_EMPTY_FINDINGS_HINT,
+    ReaderContext,
+    ReportRecord,
+    normalize_text,
+    read_text,
 )
 
 # Section name (upper case, single spaces, no space around '/') -> kind.

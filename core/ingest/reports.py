@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.ingest.formats import ImportValidationError, detect_format, read_reports
+from core.errors import ImportValidationError
+from core.ingest.formats import detect_format, read_reports
 from core.store.database import Store
 
 

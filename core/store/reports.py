@@ -29,7 +29,7 @@ class ReportQueries:
         """Insert report records in ONE transaction; already known (source, external_id) skip.
 
         Args:
-            records: objects with the fields of ``core.ingest.formats.ReportRecord``.
+            records: objects with the fields of ``core.ingest.common.ReportRecord``.
         Returns:
             (imported, skipped_as_duplicates)
         """
@@ -86,7 +86,7 @@ class ReportQueries:
         the same (source, external_id) again is skipped by ``import_reports`` anyway.
 
         Args:
-            records: objects with the fields of ``core.ingest.formats.ReportRecord``.
+            records: objects with the fields of ``core.ingest.common.ReportRecord``.
         Returns:
             {index in ``records``: the source of a stored report with the same fingerprint}.
         """

@@ -217,7 +217,7 @@ def test_feedback_import_turns_draft_to_signed_pairs_into_feedback(store, users,
 def test_feedback_import_rejects_bad_rows_naming_file_row_field(store, users, cases, tmp_path,
                                                                 row, field, message):
     from core.feedback.importing import import_feedback
-    from core.ingest.formats import ImportValidationError
+    from core.errors import ImportValidationError
 
     uid = store.reports()[0]["external_id"]
     good = ["rad1", uid, "No acute disease.", "", ""]

@@ -188,7 +188,7 @@ def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_pa
 
     result = admin.import_reports(store, users["admin"], good)
     assert (result.imported, result.skipped) == (2, 0)
-    from core.ingest.formats import ImportValidationError
+    from core.errors import ImportValidationError
 
     with pytest.raises(ImportValidationError, match=r"row 3.*findings"):
         admin.import_reports(store, users["admin"], bad)

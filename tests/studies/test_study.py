@@ -29,7 +29,7 @@ ARM_WORDS = ("original", "base", "style", "brief", "bullets", "comprehensive", "
 
 @dataclass(frozen=True)
 class Rec:
-    """A report record for Store.import_reports (same fields as core.ingest.formats.ReportRecord)."""
+    """A report record for Store.import_reports (same fields as core.ingest.common.ReportRecord)."""
 
     source: str
     external_id: str
