@@ -12,7 +12,8 @@ from core.clinical.text import correct_typos, correct_word
 from core.clinical.verifier import major_findings, verify
 from core.clinical.vocabulary import Label
 from core.evaluation.mesh import mesh_findings, mesh_score, named_findings
-from core.generation.pipeline import C2FConfig, CoarseToFine, checked_text
+from core.generation.pipeline import C2FConfig, CoarseToFine
+from core.generation.check import checked_text
 from core.generation.retrieval import RetrievalIndex
 from core.generation.styles import apply_style
 

@@ -7,7 +7,8 @@ Modules:
     retrieval   TF-IDF neighbours over the store's reports, cached on disk
     prompts     the one prompt the model writes from (serving, SFT, DPO/GRPO, the gate)
     styles      audience styles (brief, bullet points, comprehensive) and their fallbacks
-    pipeline    the coarse-to-fine pipeline: retrieval and the vote, the model, the check
+    pipeline    the coarse-to-fine pipeline: retrieval and the vote, then the model
+    check       the clinical check and the style of every text a person is shown
     personal    drafting for many readers at once, each with their own adapter and memory
     csvfile     ``python -m core generate``: a CSV of findings in, a CSV of impressions out
 

@@ -35,7 +35,6 @@ retrieval-fallback), ``agreement``, ``neighbours`` (uids), ``llm``, ``adapter``,
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,13 +43,13 @@ from typing import Any
 
 from core.adapters.base import use_base_adapter
 from core.clinical.labeler import label, positive_findings
-from core.clinical.verifier import verify
 from core.clinical.vocabulary import Label
 from core.errors import (
     ConfigError,
     GenerationError,  # noqa: F401 (defined in core.errors)
 )
-from core.generation.prompts import clean_output, draft_messages, has_prior
+from core.generation.check import checked_text, fails
+from core.generation.prompts import PRIOR_WORDS, clean_output, draft_messages, has_prior
 from core.generation.retrieval import (
     RetrievalConfig,
     RetrievalError,
@@ -59,7 +58,7 @@ from core.generation.retrieval import (
     index_for_store,
     tidy,
 )
-from core.generation.styles import apply_style, resolve_style
+from core.generation.styles import resolve_style
 
 PIPELINE = "c2f-v1"
 LLM_MODES = ("off", "auto", "always")
@@ -162,10 +161,6 @@ class StageStats:
         d["total_s"] = self.total_s
         d["impressions_per_s"] = self.n / self.total_s if self.total_s else 0.0
         return d
-
-
-_PRIOR_WORDS = re.compile(r"\b(?:stable|unchanged|interval|compared|comparison|prior|previous|again|"
-                          r"no change|improv\w+|worsen\w*|increas\w+|decreas\w+|new)\b", re.I)
 
 
 def serving_prompts(reports: Sequence[dict], index: RetrievalIndex | None, config: C2FConfig | None = None,
@@ -415,7 +410,7 @@ class CoarseToFine:
             c_pos = set(positive_findings(c_lab))
             contra = sum(1 for k in c_pos if f_lab.get(k) is Label.NEGATIVE)
             bonus = cfg.coverage_bonus * len(c_pos & f_pos) - cfg.contradiction_penalty * contra
-            if no_prior and cfg.prior_penalty and _PRIOR_WORDS.search(c):
+            if no_prior and cfg.prior_penalty and PRIOR_WORDS.search(c):
                 bonus -= cfg.prior_penalty
             if mine:
                 bonus += cfg.own_bonus
@@ -453,10 +448,10 @@ class CoarseToFine:
         else:
             model_text = clean_output(draft.text)
             m_styled, m_checked = checked_text(report, model_text, style, repair=cfg.repair)
-            m_fails = _fails(m_checked) or model_text == "No impression generated." or draft.truncated
+            m_fails = fails(m_checked) or model_text == "No impression generated." or draft.truncated
             if m_fails and neighbours:  # only then is the coarse draft checked at all
                 styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
-            if not m_fails or not neighbours or _fails(checked):
+            if not m_fails or not neighbours or fails(checked):
                 styled, checked = m_styled, m_checked
                 flags.update(source="model" if neighbours else "model-only", **{"from": "model"})
                 if draft.truncated:
@@ -471,49 +466,6 @@ class CoarseToFine:
         flags.update(checked)
         flags["needs_review"] = bool(flags["needs_review"] or flags["low_confidence"] or flags.get("truncated"))
         return GenerationOutput(styled, 0.0, flags)
-
-
-def _fails(checked: dict) -> bool:
-    """A text the clinical check could not make right (the context-only prior flag aside)."""
-    return bool(checked["unsupported"] or checked["contradictions"] or checked["missing_critical"]
-                or checked["normal_despite"])
-
-
-def checked_text(report: dict, text: str, style: str = "default", repair: bool = True) -> tuple[str, dict]:
-    """The clinical verifier and the style, as every shown text gets them (pipeline, a reader's
-    memory text, a study arm): verify and repair the text against this report
-    (:func:`core.clinical.verifier.verify`), render the style, verify the styled text again.
-
-    Args:
-        report: dict with ``findings`` (``indication``, ``comparison`` optional).
-        text: the impression to show.
-        style: a style name of :mod:`core.generation.styles`.
-        repair: remove unsupported or contradicted statements and add missing findings.
-
-    Returns:
-        (text to show, flags): ``repaired`` (sentences added), ``removed``, ``check_ok``,
-        ``missing_critical``, ``contradictions``, ``unsupported``, ``normal_despite``,
-        ``messages``, ``prior_without_comparison`` and ``needs_review``.
-    """
-    findings = report["findings"]
-    ind, comp = report.get("indication"), report.get("comparison")
-    first = verify(findings, text, ind, comp, repair=repair)
-    text = first.text
-    styled = apply_style(text, style, findings, ind, comp)
-    # what is shown is what is checked; verify already checked first.text after its repairs
-    final = first if styled == text else verify(findings, styled, ind, comp, repair=False)
-    messages = list(final.reasons)
-    prior = bool(not has_prior(comp) and _PRIOR_WORDS.search(text) and
-                 re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I))
-    if prior:
-        messages.append("context: the impression refers to a prior study but the report has no comparison")
-    flags = {"repaired": first.added, "removed": first.removed, "check_ok": not final.needs_review,
-             "missing_critical": final.missing_critical, "contradictions": final.contradictions,
-             "unsupported": final.unsupported, "normal_despite": final.normal_despite,
-             "messages": messages, "needs_review": bool(final.needs_review or prior)}
-    if prior:
-        flags["prior_without_comparison"] = True
-    return styled, flags
 
 
 def _per_row(value, n: int, what: str) -> list:

@@ -136,6 +136,8 @@ _PREFIX = re.compile(r"^\s*(impression|final impression)\s*:\s*", re.I)
 
 
 
+PRIOR_WORDS = re.compile(r"\b(?:stable|unchanged|interval|compared|comparison|prior|previous|again|"
+                          r"no change|improv\w+|worsen\w*|increas\w+|decreas\w+|new)\b", re.I)
 _NO_PRIOR = re.compile(r"^\W*(?:none|n/?a|no prior\w*|not available)\W*(?:available\W*)?$", re.I)
 
 

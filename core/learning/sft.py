@@ -194,6 +194,19 @@ def _manifest(version: int, run_id: int, model_path: Path, source: str | None,
     }
 
 
+def _examples(by_split: dict, train_reports: list, max_examples: int | None, eval_examples: int,
+              shots: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """SFT rows for the chosen train reports and the dev reports measured before and after.
+    Shots come from the whole train split (as the pipeline retrieves from everything that is
+    not test), never from dev or test."""
+    dev_reports = _select(by_split["dev"], eval_examples, seed) if eval_examples else []
+    chosen = _select(train_reports, max_examples, seed)
+    index = RetrievalIndex.build([{**r, "uid": r["external_id"]} for r in train_reports],
+                                 C2FConfig().retrieval)
+    examples = sft_examples(chosen, shots, index)
+    return examples, sft_examples(dev_reports, shots, index) if dev_reports else []
+
+
 def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path | None = None,
             max_examples: int | None = None, shots: int = 3, eval_examples: int = 64,
             source: str | None = None, promote: bool = True, out: str | Path | None = None,
@@ -232,33 +245,22 @@ def run_sft(store, config: SFTTrainConfig | None = None, model_path: str | Path 
     by_split = _split_reports(store, source)
     train_reports = by_split["train"]
     if not train_reports:
-        where = f" of source {source!r}" if source else ""
-        raise SFTRunError(f"no train-split reports{where} with findings and an impression in "
-                          f"{store.path}: import reports first (python -m core import FILE)")
-    dev_reports = _select(by_split["dev"], eval_examples, config.seed) if eval_examples else []
-    chosen = _select(train_reports, max_examples, config.seed)
-    retrieval = C2FConfig().retrieval
-    # Shots come from the whole train split (as the pipeline retrieves from everything that is
-    # not test), never from dev or test.
-    index = RetrievalIndex.build([{**r, "uid": r["external_id"]} for r in train_reports], retrieval)
-    examples = sft_examples(chosen, shots, index)
-    dev_examples = sft_examples(dev_reports, shots, index) if dev_reports else []
-
+        raise SFTRunError(f"no train-split reports{f' of source {source!r}' if source else ''} "
+                          f"with findings and an impression in {store.path}: import reports "
+                          f"first (python -m core import FILE)")
+    examples, dev_examples = _examples(by_split, train_reports, max_examples, eval_examples,
+                                       shots, config.seed)
     reader = shared_reader(store)
     cmd = command or " ".join(shlex.quote(a) for a in ["python", "-m", "core", *sys.argv[1:]])
-    run_config = {"train": config.to_dict(), "shots": shots, "max_examples": max_examples,
-                  "eval_examples": eval_examples, "source": source, "model": str(model_path),
-                  "command": cmd}
-    run_id = store.start_run(reader.id, "sft", pid=os.getpid(), host=socket.gethostname(),
-                             config=run_config)
+    run_id = store.start_run(reader.id, "sft", pid=os.getpid(), host=socket.gethostname(), config={
+        "train": config.to_dict(), "shots": shots, "max_examples": max_examples,
+        "eval_examples": eval_examples, "source": source, "model": str(model_path), "command": cmd})
     version, tmp = allocate_version(store, reader.id)
     try:
         result = train_sft(model_path, examples, tmp, config, dev_examples, callbacks)
         wall_s = time.perf_counter() - t_start
-        metrics = {"eval_loss_before": result.eval_loss_before,
-                   "eval_loss_after": result.eval_loss_after,
-                   "train_tokens": result.train_tokens, "tokens_per_s": result.tokens_per_s,
-                   "epochs_done": result.epochs_done}
+        metrics = {k: getattr(result, k) for k in ("eval_loss_before", "eval_loss_after",
+                                                   "train_tokens", "tokens_per_s", "epochs_done")}
         manifest = _manifest(version, run_id, model_path, source, train_reports, dev_examples,
                              max_examples, shots, cmd, config, result, wall_s)
         write_manifest(tmp, **manifest)
