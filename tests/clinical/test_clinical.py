@@ -356,7 +356,7 @@ def test_repair_nothing_missing_returns_input():
 # ------------------------------------------------------------------ real data
 
 def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "labeler_agreement.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "labeler_agreement.py"
     spec = importlib.util.spec_from_file_location("labeler_agreement", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,6 +1,6 @@
 """A hand-made test set for the critical-finding safety net (issue 4).
 
-tests/test_clinical.py has one case per entry of ``core.clinical.critical.CRITICAL_FINDINGS``, each against
+tests/clinical/test_clinical.py has one case per entry of ``core.clinical.critical.CRITICAL_FINDINGS``, each against
 the normal impression. This file adds what it does not cover:
 
 - several phrasings per critical finding, missing from a normal *and* from a non-normal impression;

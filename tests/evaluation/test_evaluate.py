@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 REFS = [  # uid, findings, impression (like the IU reports.csv, plus rows nobody predicted)
     ("1", "Heart size normal. Lungs are clear.", "No acute cardiopulmonary abnormality."),

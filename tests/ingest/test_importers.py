@@ -19,8 +19,8 @@ from core.ingest.common import ImportedReports, ReportRecord, normalize_text
 from core.ingest.formats import FORMATS, detect_format, read_reports
 from core.ingest.mimic_cxr import header_kind, parse_sections
 
-IU_FILE = Path(__file__).resolve().parents[2] / "shared/data/iu_xray/reports.csv"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+IU_FILE = Path(__file__).resolve().parents[3] / "shared/data/iu_xray/reports.csv"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MIMIC_FOLDER = FIXTURES / "mimic_cxr" / "files"
 CHEXPERT_SAMPLE = FIXTURES / "chexpert_plus" / "df_chexpert_plus_sample.csv"
 IU_HEADER = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
@@ -755,7 +755,7 @@ def test_admin_import_checkboxes(store, users):
     result = admin.import_reports(store, users["admin"], CHEXPERT_SAMPLE,
                                   skip_empty_findings=True)
     assert (result.imported, result.empty_findings) == (3, 3)
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/admin.py"),
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "pages/admin.py"),
                            default_timeout=60)
     at.session_state["user"] = users["admin"]
     at.run()
@@ -773,7 +773,7 @@ def test_cli_import_flags(store, tmp_path):
     import sys
 
     store.close()  # the CLI is another process; let it have the file
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "core", "import", *args], cwd=root,
