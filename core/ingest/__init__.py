@@ -2,7 +2,7 @@
 
 Owns the report file formats and their detection, the one CSV reader (UTF-8, quoting and field
 count checks; errors name file, row and field) that every CSV in core goes through, the record
-checks every format shares, importing a file into the store in one transaction, the fixed
+checks every format shares, importing a file into the store all or nothing, the fixed
 uid-based train/dev/test split, and the synthetic demo reports.
 
 Modules:
@@ -14,7 +14,7 @@ Modules:
     chexpert_plus  CheXpert Plus CSV (one row per image, one report per study)
     generic_csv    any CSV, columns by name or a mapping
     jsonl          JSON Lines, keys by name or a mapping
-    reports        import_file: validate the whole file, then one transaction into the store
+    reports        import_file: validate the whole file, then import it all or nothing
     splits         split_of / load_iu_csv: the train/dev/test split by uid hash
     demo           synthetic_reports: consistent made-up reports for the demo and the tests
 
