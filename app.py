@@ -1,53 +1,75 @@
-"""Impressionist: the router. Sign-in decides which pages a user gets (st.navigation)."""
+"""Impressionist: the router. Sign-in decides which pages a user gets (st.navigation).
 
-from datetime import datetime, timezone
+Every page has a stable URL. A refresh or a typed URL keeps the session (the signed session
+cookie, ``ui.current_user``); signed out, any page URL shows the sign-in form and leads to that
+page (with its query, e.g. ``/annotate?case=12``) once signed in.
+"""
+
+from datetime import UTC, datetime
 
 import streamlit as st
 
 from core.accounts import auth
-from ui import current_user, get_store
+from ui import current_user, end_session, get_store, sync_session_cookie
 
 st.set_page_config(page_title="Impressionist", page_icon=":material/radiology:", layout="wide")
+
+# (file, title, icon, roles)
+PAGES = [
+    ("pages/annotate.py", "Annotate", ":material/edit_note:", ("radiologist", "admin")),
+    ("pages/study_annotate.py", "Study queue", ":material/checklist:", ("radiologist", "admin")),
+    ("pages/my_feedback.py", "My feedback", ":material/history:", ("radiologist", "admin")),
+    ("pages/feedback_all.py", "All feedback", ":material/table_chart:", ("coordinator", "admin")),
+    ("pages/study.py", "Studies", ":material/science:", ("coordinator", "admin")),
+    ("pages/results.py", "Study results", ":material/monitoring:", ("coordinator", "admin")),
+    ("pages/adapters.py", "Adapters", ":material/model_training:", ("coordinator", "admin")),
+    ("pages/admin.py", "Admin", ":material/settings:", ("admin",)),
+]
+
+
+def _url(path: str) -> str:
+    return path.split("/")[-1].removesuffix(".py")
+
+
+def _no_access() -> None:
+    st.error("You do not have access to this page.")
+
 
 user = current_user()
 if user is not None:
     # Idle timeout: every page run counts as activity; a session left alone too long ends.
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if not auth.check_idle(get_store(), user, st.session_state.get("last_active",
                                                                    user.signed_in_at), now):
-        st.session_state.pop("user", None)
-        st.session_state["flash"] = "You were signed out after a while without activity."
+        end_session("You were signed out after a while without activity.", "idle")
         user = None
     else:
         st.session_state["last_active"] = now
 if user is None:
     home = st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)
-    pages = [home]
+    # Every page URL shows the sign-in form (not "Page not found"); sign-in then goes there.
+    pages = [home] + [st.Page("pages/sign_in.py", title="Sign in", url_path=_url(path),
+                              visibility="hidden") for path, *_ in PAGES]
 else:
-    coordinator = user.role == "coordinator"
-    annotate = st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:",
-                       default=not coordinator)
-    everyone = st.Page("pages/feedback_all.py", title="All feedback", icon=":material/table_chart:",
-                       default=coordinator)
-    pages = []
-    if user.role in ("radiologist", "admin"):
-        pages += [annotate,
-                  st.Page("pages/study_annotate.py", title="Study queue", icon=":material/checklist:"),
-                  st.Page("pages/my_feedback.py", title="My feedback", icon=":material/history:")]
-    if user.role in ("coordinator", "admin"):
-        pages += [everyone,
-                  st.Page("pages/study.py", title="Studies", icon=":material/science:"),
-                  st.Page("pages/results.py", title="Study results", icon=":material/monitoring:"),
-                  st.Page("pages/adapters.py", title="Adapters", icon=":material/model_training:")]
-    if user.role == "admin":
-        pages += [st.Page("pages/admin.py", title="Admin", icon=":material/settings:")]
+    home_file = "pages/feedback_all.py" if user.role == "coordinator" else "pages/annotate.py"
+    # Pages of other roles answer "no access" at their URL instead of "Page not found".
+    pages = [st.Page(path, title=title, icon=icon, default=path == home_file)
+             if user.role in roles else
+             st.Page(_no_access, title=title, url_path=_url(path), visibility="hidden")
+             for path, title, icon, roles in PAGES]
     pages += [st.Page("pages/sign_out.py", title="Sign out", icon=":material/logout:")]
-    home = everyone if coordinator else annotate
+    home = pages[[path for path, *_ in PAGES].index(home_file)]
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
 
 page = st.navigation(pages)
+if user is None and page.url_path:
+    st.session_state["wanted"] = (page.url_path, st.query_params.to_dict())
 if user is not None and st.session_state.pop("just_signed_in", False):
-    # The browser still points at the sign-in page; send it to the role's home page.
-    st.switch_page(home)
+    # The browser still points at the sign-in page (or the page asked for before signing in).
+    path, query = st.session_state.pop("wanted", ("", {}))
+    target = next((p for p in pages if p.url_path == path and p.visibility == "visible"), home)
+    st.switch_page(target, query_params=query if target is not home else None)
+with st.sidebar:
+    sync_session_cookie(user)
 page.run()

@@ -1,75 +1,158 @@
-"""Annotate: rate and edit the AI impression of one case at a time, keyboard first."""
+"""Annotate: rate and edit the AI impression of one case at a time, keyboard first.
+
+Every widget key and callback carries the case it was rendered for (``case_tag``: report id,
+generation id and a fresh UUID per showing). A key pressed on a page that is already stale
+(typed ahead while the next case was on its way) reaches the callback of the case that page
+showed, and a callback only acts while that case is still the current one: a rating can only
+ever be stored on the case that was on screen, and a new case starts with an empty selection.
+"""
 
 import time
 import uuid
 
 import streamlit as st
 
-from core.feedback import annotate
-
-from core.studies import rating
 from core.errors import ImpressionistError
-from ui import get_store, require_user
+from core.feedback import annotate, screen
+from core.studies import rating
+from ui import get_store, keyboard_guard, require_user, sync_session_cookie
 
 user = require_user("radiologist", "admin")
 store = get_store()
 
 SHORTCUTS = {-2: "1", -1: "2", 0: "3", 1: "4", 2: "5"}
+FIELDS = ("factual", "omission", "style", "critical", "edit", "comment")
+STALE = "A key pressed before the next case appeared was ignored (nothing was saved for it)."
 
 
-def _load(case=None) -> None:
-    """Make ``case`` (or the next in the queue) current, with fresh per-case widget state."""
-    st.session_state["case"] = case if case is not None else annotate.next_case(store, user)
-    st.session_state["case_started"] = time.monotonic()
-    st.session_state["case_nonce"] = uuid.uuid4().hex  # the save key: a full UUID, never reused
+def _load(case=None, answer: dict | None = None) -> None:
+    """Make ``case`` (or the next in the queue) current, with fresh per-case widget state;
+    ``answer`` (a previous answer, e.g. after undo) is filled in."""
+    case = case if case is not None else annotate.next_case(store, user)
+    nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
+    tag = f"{case.report_id}_{case.generation_id}_{nonce}" if case is not None else nonce
+    st.session_state.update(case=case, case_nonce=nonce, case_tag=tag, revealed=None,
+                            case_started=time.monotonic())
+    if case is not None and answer:
+        blind = st.session_state.get("blind", False)
+        shown = screen.shown_rating(answer["rating"], blind, user.id, case.report_id)
+        st.session_state[f"rating_{tag}"] = shown
+        st.session_state.setdefault("drafts", {})[tag] = {
+            "factual": answer["factual_error"], "omission": answer["omission"],
+            "style": answer["style_issue"], "critical": answer["critical_missed"],
+            "edit": answer["edited_text"] or case.ai_text, "comment": answer["comment"] or ""}
+
+
+def _current(tag: str) -> bool:
+    """Is the case a widget was rendered for still the one on screen?"""
+    if st.session_state.get("case_tag") == tag:
+        return True
+    st.session_state["annotate_flash"] = STALE
+    return False
+
+
+def _set_rating(tag: str, value: int) -> None:
+    if _current(tag):
+        st.session_state[f"rating_{tag}"] = value
+
+
+def _fail(exc: ImpressionistError) -> None:
+    st.session_state["annotate_error"] = str(exc)
+
+
+def _submit(tag: str, blind: bool) -> None:
+    """Save the rating of the case rendered with ``tag`` (only while it is the current one)."""
+    chosen = st.session_state.get(f"rating_{tag}")
+    if not _current(tag):
+        return
+    if chosen is None:
+        st.session_state["annotate_flash"] = "Choose a rating (keys 1-5) first."
+        return
+    case = st.session_state["case"]
+    get = st.session_state.get
+    edited = case.ai_text if blind else get(f"edit_{tag}", case.ai_text)
+    try:
+        annotate.submit_rating(store, user, case, annotate.Rating(
+            rating=screen.stored_rating(chosen, blind, user.id, case.report_id),
+            factual_error=bool(get(f"factual_{tag}")), omission=bool(get(f"omission_{tag}")),
+            style_issue=bool(get(f"style_{tag}")), critical_missed=bool(get(f"critical_{tag}")),
+            comment=get(f"comment_{tag}"), edited_text=edited, time_spent_ms=_spent(),
+            blinded=blind), client_token=f"{st.session_state['case_nonce']}-rate")
+    except ImpressionistError as exc:
+        return _fail(exc)
+    st.session_state.get("drafts", {}).pop(tag, None)
+    order = annotate.blind_order(user.id, case.report_id)
+    _load()
+    st.session_state["annotate_flash"] = "Rating saved"
+    if blind:
+        st.session_state["revealed"] = (
+            f"Saved. Impression {'A' if order[0] == 'ai' else 'B'} was the AI's.")
+
+
+def _skip(tag: str) -> None:
+    if not _current(tag):
+        return
+    try:
+        annotate.skip(store, user, st.session_state["case"],
+                      client_token=f"{st.session_state['case_nonce']}-skip",
+                      time_spent_ms=_spent())
+    except ImpressionistError as exc:
+        return _fail(exc)
+    st.session_state.get("drafts", {}).pop(tag, None)
+    _load()
+
+
+def _undo(tag: str) -> None:
+    """Retract the last rating or skip and bring that case back with its answer filled in."""
+    if not _current(tag):
+        return
+    try:
+        last = annotate.undo_last(store, user)
+        if last is None:
+            st.session_state["annotate_flash"] = "Nothing to undo"
+            return
+        case = annotate.case_of(store, user, last["report_id"])
+    except ImpressionistError as exc:
+        return _fail(exc)
+    _load(case, answer=last if last["kind"] == "rating" else None)
+    st.session_state["annotate_flash"] = "Last rating retracted: your answer is filled in again"
+
+
+def _next() -> None:
     st.session_state["revealed"] = None
 
 
-def _rerun() -> None:
-    """Rerun only the case panel when it runs as a fragment (no page flicker), else the page."""
-    from streamlit.errors import StreamlitAPIException
+def _spent() -> int:
+    return min(int((time.monotonic() - st.session_state["case_started"]) * 1000), 86_399_999)
 
+
+def _open_linked_case() -> None:
+    """``?case=<report id>``: open that case (once per link), if this reader may see it."""
+    want = st.query_params.get("case")
+    case = st.session_state.get("case")
+    if not want or want == st.session_state.get("case_link") or \
+            (case is not None and str(case.report_id) == want):
+        return
+    st.session_state["case_link"] = want
     try:
-        st.rerun(scope="fragment")
-    except StreamlitAPIException:  # the panel ran as part of a full-page run
-        st.rerun()
+        _load(screen.linked_case(store, user, want))
+    except ImpressionistError as exc:
+        st.session_state["annotate_error"] = f"Cannot open case {want}: {exc}"
 
 
-def _set_rating(value: int) -> None:
-    st.session_state[f"rating_{st.session_state['case_nonce']}"] = value
+def _restore_drafts(tag: str) -> None:
+    """Widget values of this case kept while the page was left (Streamlit drops the state of
+    widgets that are not on the page)."""
+    for field, value in st.session_state.get("drafts", {}).get(tag, {}).items():
+        st.session_state.setdefault(f"{field}_{tag}", value)
 
 
-@st.fragment
-def case_panel() -> None:
-    if "case" not in st.session_state:
-        _load()
-    case = st.session_state["case"]
-    nonce = st.session_state["case_nonce"]
-    done, total = annotate.progress(store, user)
-    st.progress(done / total if total else 0.0, text=f"{done} of {total} cases rated")
+def _keep_drafts(tag: str) -> None:
+    st.session_state.setdefault("drafts", {})[tag] = {
+        f: st.session_state[f"{f}_{tag}"] for f in FIELDS if f"{f}_{tag}" in st.session_state}
 
-    if (msg := st.session_state.pop("annotate_flash", None)) is not None:
-        st.toast(msg)
 
-    revealed = st.session_state.get("revealed")
-    if revealed:
-        st.success(revealed)
-        if st.button("Next case", key="next_after_reveal", shortcut="N", type="primary"):
-            _load()
-            _rerun()
-        return
-
-    if case is None:
-        st.success("Your queue is empty: every case with an AI impression ready is rated. "
-                   "New cases appear after the next generation run.")
-        if st.button("Undo last rating", key="undo_empty", shortcut="Alt+Z"):
-            last = annotate.undo_last(store, user)
-            if last is not None:
-                _load(annotate.case_of(store, user, last["report_id"]))
-                _rerun()
-        return
-
-    blind = st.session_state.get("blind", False)
+def _texts(case, blind: bool) -> None:
     left, right = st.columns([5, 6], gap="large")
     with left:
         st.subheader("Findings")
@@ -97,75 +180,86 @@ def case_panel() -> None:
             changes += [f"added “{x}” from the findings" for x in case.flags.get("repaired") or []]
             st.info("The clinical check changed the AI draft: " + "; ".join(changes) + ".")
 
-    st.divider()
+
+def _form(case, tag: str, blind: bool) -> None:
+    _restore_drafts(tag)
     question = ("How does **B** compare with **A**?" if blind else
                 "How does the **AI impression** compare with the original?")
     st.markdown(question)
-    current = st.session_state.get(f"rating_{nonce}")
+    current = st.session_state.get(f"rating_{tag}")
     cols = st.columns(5)
     for col, (value, label) in zip(cols, annotate.RATING_SCALE.items()):
-        col.button(f"{label}", key=f"rate_{value}_{nonce}", shortcut=SHORTCUTS[value],
+        col.button(f"{label}", key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
                    type="primary" if current == value else "secondary",
-                   on_click=_set_rating, args=(value,), use_container_width=True)
+                   on_click=_set_rating, args=(tag, value), use_container_width=True)
     c1, c2, c3, c4 = st.columns(4)
-    factual = c1.checkbox("Factually wrong", key=f"factual_{nonce}")
-    omission = c2.checkbox("Omission", key=f"omission_{nonce}")
-    style = c3.checkbox("Style", key=f"style_{nonce}")
-    critical = c4.checkbox("Missed critical finding", key=f"critical_{nonce}")
+    c1.checkbox("Factually wrong", key=f"factual_{tag}")
+    c2.checkbox("Omission", key=f"omission_{tag}")
+    c3.checkbox("Style", key=f"style_{tag}")
+    c4.checkbox("Missed critical finding", key=f"critical_{tag}")
     if blind:
         # An edit box holding the AI's text would say which of A and B it is.
         st.caption("Blinded: rate and comment only; switch blinding off to edit the AI text.")
-        edited = case.ai_text
     else:
-        edited = st.text_area("Edit the AI impression (optional)", value=case.ai_text,
-                              key=f"edit_{nonce}", height=110)
-    if edited.strip() != case.ai_text.strip():
-        st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
-                    unsafe_allow_html=True)
-    comment = st.text_input("Comment (optional)", key=f"comment_{nonce}")
+        st.session_state.setdefault(f"edit_{tag}", case.ai_text)
+        edited = st.text_area("Edit the AI impression (optional)", key=f"edit_{tag}",
+                              height=110)
+        if edited.strip() != case.ai_text.strip():
+            st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
+                        unsafe_allow_html=True)
+    st.text_input("Comment (optional)", key=f"comment_{tag}")
+    _keep_drafts(tag)
 
     b1, b2, b3 = st.columns(3)
-    submit = b1.button("Submit and next", key=f"submit_{nonce}", shortcut="Ctrl+Enter",
-                       type="primary", disabled=current is None, use_container_width=True)
-    skip = b2.button("Skip", key=f"skip_{nonce}", shortcut="Alt+S",
-                     use_container_width=True)
-    undo = b3.button("Undo last rating", key=f"undo_{nonce}", shortcut="Alt+Z",
-                     use_container_width=True)
-    st.caption("Keys: 1–5 rate · Ctrl+Enter submit · Alt+S skip · Alt+Z undo")
+    b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
+              on_click=_submit, args=(tag, blind), use_container_width=True)
+    b2.button("Skip", key=f"skip_{tag}", shortcut="Alt+S", on_click=_skip, args=(tag,),
+              use_container_width=True)
+    b3.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
+              args=(tag,), use_container_width=True)
+    st.caption("Keys: 1–5 rate · Ctrl+Enter submit · Alt+S skip (not while typing) · "
+               "Alt+Z undo")
 
-    spent = int((time.monotonic() - st.session_state["case_started"]) * 1000)
-    try:
-        if submit and current is not None:
-            # Blinded ratings compare B with A; stored ratings are always AI vs original.
-            value = current if not blind or order[1] == "ai" else -current
-            annotate.submit_rating(store, user, case, annotate.Rating(
-                rating=value, factual_error=factual, omission=omission, style_issue=style,
-                critical_missed=critical, comment=comment, edited_text=edited,
-                time_spent_ms=spent, blinded=blind), client_token=f"{nonce}-rate")
-            if blind:
-                st.session_state["revealed"] = (
-                    f"Saved. Impression {'A' if order[0] == 'ai' else 'B'} was the AI's.")
-                _rerun()
-            st.session_state["annotate_flash"] = "Rating saved"
-            _load()
-            _rerun()
-        if skip:
-            annotate.skip(store, user, case, client_token=f"{nonce}-skip", time_spent_ms=spent)
-            _load()
-            _rerun()
-        if undo:
-            last = annotate.undo_last(store, user)
-            if last is None:
-                st.session_state["annotate_flash"] = "Nothing to undo"
-            else:
-                st.session_state["annotate_flash"] = "Last rating retracted"
-                _load(annotate.case_of(store, user, last["report_id"]))
-            _rerun()
-    except ImpressionistError as exc:
-        st.error(str(exc))
+
+@st.fragment
+def case_panel() -> None:
+    if "case" not in st.session_state:
+        _load()
+    _open_linked_case()
+    sync_session_cookie(user)  # rating runs only this fragment: keep the cookie's idle clock
+    case, tag = st.session_state["case"], st.session_state["case_tag"]
+    if case is not None and st.query_params.get("case") != str(case.report_id):
+        st.query_params["case"] = str(case.report_id)  # a refresh or a link reopens this case
+        st.session_state["case_link"] = str(case.report_id)  # ours, not a link to follow
+    done, total = annotate.progress(store, user)
+    st.progress(done / total if total else 0.0, text=f"{done} of {total} cases rated")
+
+    if (msg := st.session_state.pop("annotate_flash", None)) is not None:
+        st.toast(msg)
+    if (err := st.session_state.pop("annotate_error", None)) is not None:
+        st.error(err)
+
+    revealed = st.session_state.get("revealed")
+    if revealed:
+        st.success(revealed)
+        st.button("Next case", key=f"next_after_reveal_{tag}", shortcut="N", type="primary",
+                  on_click=_next)
+        return
+    if case is None:
+        st.success("Your queue is empty: every case with an AI impression ready is rated. "
+                   "New cases appear after the next generation run.")
+        st.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
+                  args=(tag,))
+        return
+
+    blind = st.session_state.get("blind", False)
+    _texts(case, blind)
+    st.divider()
+    _form(case, tag, blind)
 
 
 st.title("Annotate")
+keyboard_guard()
 pending = [s for s in rating.my_studies(store, user) if s.status == "running" and s.done < s.total]
 if pending:
     with st.container(border=True):

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from core.accounts import auth
+from core.accounts import auth, sessions
 from core.errors import AuthError
 from ui import get_store
 
@@ -22,5 +22,7 @@ if submitted:
         st.error(str(exc))
     else:
         st.session_state["just_signed_in"] = True
+        st.session_state["session_id"] = sessions.new_session_id()  # the cookie's session
+        st.session_state.pop("cookie_at", None)
         st.session_state["last_active"] = st.session_state["user"].signed_in_at  # idle clock
         st.rerun()

@@ -1,6 +1,6 @@
 import streamlit as st
 
-for key in list(st.session_state.keys()):
-    del st.session_state[key]
-st.session_state["flash"] = "Signed out."
+from ui import end_session
+
+end_session("Signed out.")
 st.rerun()

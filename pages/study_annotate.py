@@ -6,9 +6,9 @@ import uuid
 
 import streamlit as st
 
-from core.studies import rating
 from core.errors import ImpressionistError
-from ui import get_store, require_user
+from core.studies import rating
+from ui import get_store, keyboard_guard, require_user
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -17,49 +17,97 @@ SHORTCUT_KEYS = "12345"
 
 
 def _load(task=None) -> None:
-    """Make ``task`` (or the next one in the queue) current, with fresh per-task widget state."""
+    """Make ``task`` (or the next one in the queue) current, with fresh per-task widget state.
+    Widget keys and callbacks carry ``sa_tag`` (task id + a fresh UUID): a key pressed on a
+    stale page can only ever act on the task that page showed, and only while it is current."""
     sid = st.session_state["sa_study"]
-    st.session_state["sa_task"] = task if task is not None else rating.next_task(store, user, sid)
-    st.session_state["sa_task_study"] = sid
-    st.session_state["sa_started"] = time.monotonic()
-    st.session_state["sa_nonce"] = uuid.uuid4().hex  # the save key: a full UUID, never reused
+    task = task if task is not None else rating.next_task(store, user, sid)
+    nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
+    st.session_state.update(sa_task=task, sa_task_study=sid, sa_started=time.monotonic(),
+                            sa_nonce=nonce,
+                            sa_tag=f"{task.task_id}_{nonce}" if task is not None else nonce)
 
 
-def _rerun() -> None:
-    from streamlit.errors import StreamlitAPIException
+def _current(tag: str) -> bool:
+    if st.session_state.get("sa_tag") == tag:
+        return True
+    st.session_state["sa_flash"] = ("A key pressed before the next text appeared was ignored "
+                                    "(nothing was saved for it).")
+    return False
 
+
+def _set_rating(tag: str, value: int) -> None:
+    if _current(tag):
+        st.session_state[f"sa_rating_{tag}"] = value
+
+
+def _submit(tag: str, keys: dict) -> None:
+    """Save the rating of the task rendered with ``tag`` (only while it is the current one)."""
+    chosen = st.session_state.get(f"sa_rating_{tag}")
+    if not _current(tag):
+        return
+    if chosen is None:
+        st.session_state["sa_flash"] = "Choose a rating first."
+        return
+    get = st.session_state.get
+    answers = {q: (get(k) or None) if kind == "text" else get(k) for q, (k, kind) in keys.items()}
+    spent = min(int((time.monotonic() - st.session_state["sa_started"]) * 1000), 86_399_999)
     try:
-        st.rerun(scope="fragment")
-    except StreamlitAPIException:
-        st.rerun()
+        rating.submit(store, user, st.session_state["sa_task"].task_id, chosen, answers=answers,
+                      comment=get(f"sa_comment_{tag}"), time_spent_ms=spent,
+                      client_token=f"study-{st.session_state['sa_nonce']}")
+    except ImpressionistError as exc:
+        st.session_state["sa_error"] = str(exc)
+        return
+    st.session_state["sa_flash"] = "Rating saved"
+    _load()
 
 
-def _set_rating(value: int) -> None:
-    st.session_state[f"sa_rating_{st.session_state['sa_nonce']}"] = value
+def _undo(tag: str, study_id: int) -> None:
+    if not _current(tag):
+        return
+    try:
+        back = rating.undo_last(store, user, study_id)
+    except ImpressionistError as exc:
+        st.session_state["sa_error"] = str(exc)
+        return
+    st.session_state["sa_flash"] = "Nothing to undo" if back is None else "Last rating retracted"
+    if back is not None:
+        _load(back)
+
+
+def _questions(rs: rating.RaterStudy, tag: str) -> dict:
+    """The study's questions; returns {question key: (widget key, kind)}."""
+    keys = {q.key: (f"sa_q_{q.key}_{tag}", q.kind) for q in rs.questions}
+    yesno = [q for q in rs.questions if q.kind == "yesno"]
+    if yesno:
+        qcols = st.columns(min(len(yesno), 2))
+        for i, q in enumerate(yesno):
+            qcols[i % len(qcols)].checkbox(q.text, key=keys[q.key][0])
+    for q in rs.questions:
+        if q.kind == "choice":
+            st.radio(q.text, q.options, index=None, horizontal=True, key=keys[q.key][0])
+        elif q.kind == "text":
+            st.text_input(q.text, key=keys[q.key][0])
+    return keys
 
 
 @st.fragment
 def task_panel(rs: rating.RaterStudy) -> None:
     if st.session_state.get("sa_task_study") != rs.study_id or "sa_task" not in st.session_state:
         _load()
-    task = st.session_state["sa_task"]
-    nonce = st.session_state["sa_nonce"]
+    task, tag = st.session_state["sa_task"], st.session_state["sa_tag"]
     done, total = rating.rater_progress(store, user, rs.study_id)
     st.progress(done / total if total else 0.0, text=f"{done} of {total} texts rated")
     if (msg := st.session_state.pop("sa_flash", None)) is not None:
         st.toast(msg)
+    if (err := st.session_state.pop("sa_error", None)) is not None:
+        st.error(err)
 
     if task is None:
         st.success("You have rated every text assigned to you in this study. Thank you!")
-        if st.button("Undo last rating", key="sa_undo_empty", shortcut="Alt+Z"):
-            try:
-                back = rating.undo_last(store, user, rs.study_id)
-            except ImpressionistError as exc:
-                st.error(str(exc))
-            else:
-                if back is not None:
-                    _load(back)
-                    _rerun()
+        st.button("Undo last rating", key=f"sa_undo_empty_{tag}", shortcut="Alt+Z",
+                  on_click=_undo, args=(tag, rs.study_id))
         return
 
     left, right = st.columns([5, 6], gap="large")
@@ -77,54 +125,26 @@ def task_panel(rs: rating.RaterStudy) -> None:
         # Verbatim, not Markdown: "- ", "1." or "*" in a text must look the same for every arm.
         st.container(border=True).text(task.text)
         st.markdown(rs.scale.question)
-        current = st.session_state.get(f"sa_rating_{nonce}")
+        current = st.session_state.get(f"sa_rating_{tag}")
         cols = st.columns(len(rs.scale.values))
         for i, (col, value, label) in enumerate(zip(cols, rs.scale.values, rs.scale.labels)):
-            col.button(label, key=f"sa_rate_{i}_{nonce}", shortcut=SHORTCUT_KEYS[i],
+            col.button(label, key=f"sa_rate_{i}_{tag}", shortcut=SHORTCUT_KEYS[i],
                        type="primary" if current == value else "secondary",
-                       on_click=_set_rating, args=(value,), use_container_width=True)
-        answers = {}
-        yesno = [q for q in rs.questions if q.kind == "yesno"]
-        if yesno:
-            qcols = st.columns(min(len(yesno), 2))
-            for i, q in enumerate(yesno):
-                answers[q.key] = qcols[i % len(qcols)].checkbox(q.text, key=f"sa_q_{q.key}_{nonce}")
-        for q in rs.questions:
-            if q.kind == "choice":
-                answers[q.key] = st.radio(q.text, q.options, index=None, horizontal=True,
-                                          key=f"sa_q_{q.key}_{nonce}")
-            elif q.kind == "text":
-                answers[q.key] = st.text_input(q.text, key=f"sa_q_{q.key}_{nonce}") or None
-        comment = st.text_input("Comment (optional)", key=f"sa_comment_{nonce}")
+                       on_click=_set_rating, args=(tag, value), use_container_width=True)
+        keys = _questions(rs, tag)
+        st.text_input("Comment (optional)", key=f"sa_comment_{tag}")
         b1, b2 = st.columns(2)
-        submit = b1.button("Submit and next", key=f"sa_submit_{nonce}", shortcut="Ctrl+Enter",
-                           type="primary", disabled=current is None, use_container_width=True)
-        undo = b2.button("Undo last rating", key=f"sa_undo_{nonce}", shortcut="Alt+Z",
-                         use_container_width=True)
+        b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
+                  type="primary", on_click=_submit, args=(tag, keys), use_container_width=True)
+        b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
+                  on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
         st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
                                          enumerate(rs.scale.labels))
                    + " · Ctrl+Enter submit · Alt+Z undo")
 
-    spent = int((time.monotonic() - st.session_state["sa_started"]) * 1000)
-    try:
-        if submit and current is not None:
-            rating.submit(store, user, task.task_id, current, answers=answers, comment=comment,
-                         time_spent_ms=spent, client_token=f"study-{nonce}")
-            st.session_state["sa_flash"] = "Rating saved"
-            _load()
-            _rerun()
-        if undo:
-            back = rating.undo_last(store, user, rs.study_id)
-            st.session_state["sa_flash"] = "Nothing to undo" if back is None else \
-                "Last rating retracted"
-            if back is not None:
-                _load(back)
-            _rerun()
-    except ImpressionistError as exc:
-        st.error(str(exc))
-
 
 st.title("Study queue")
+keyboard_guard()
 mine = rating.my_studies(store, user)
 if not mine:
     st.info("You have no study tasks. Studies appear here when a coordinator assigns you.")

@@ -627,3 +627,36 @@ def test_the_annotate_page_uses_full_uuid_save_keys(store, users, cases):
     assert not at.exception, at.exception
     nonce = at.session_state["case_nonce"]
     assert uuid.UUID(hex=nonce).hex == nonce  # 128 bits, not 32
+
+
+def test_a_session_token_is_signed_expiring_and_revocable(store, users, monkeypatch):
+    """The refresh cookie's token (core.accounts.sessions): restores the same user, and is
+    refused when tampered with, past its lifetime or idle limit, signed out, after a password
+    change, or once the account is disabled."""
+    from datetime import datetime, timedelta, timezone
+
+    from core.accounts import sessions
+
+    rad = users["rad1"]
+    sid = sessions.new_session_id()
+    token = sessions.issue(store, rad, sid)
+    user, got_sid = sessions.restore(store, token)
+    assert (user, got_sid) == (rad, sid)  # same id, name, role and sign-in time
+    body, mac = token.split(".")
+    assert sessions.restore(store, body[:-2] + "AA." + mac) is None          # tampered
+    assert sessions.restore(store, "not-a-token") is None
+    now = datetime.now(timezone.utc)
+    assert sessions.restore(store, token, now + auth.SESSION_TTL) is None    # too old
+    assert sessions.restore(store, token, now + auth.idle_timeout() + timedelta(minutes=1)) \
+        is None                                                              # idle too long
+    sessions.revoke(store, "rad1", sid)                                      # signed out
+    assert sessions.restore(store, token) is None
+    assert sessions.restore(store, sessions.issue(store, rad, "other")) is not None
+    # a new password revokes every token issued before it
+    token2 = sessions.issue(store, rad, "other")
+    store.set_password_hash("rad1", auth.hash_password("an0ther-Passw0rd"))
+    assert sessions.restore(store, token2) is None
+    token3 = sessions.issue(store, users["rad2"], "third")
+    store.set_reader_active("rad2", False)
+    assert sessions.restore(store, token3) is None
+    assert [r["action"] for r in store.audit_log(action="session_restored")]

@@ -56,10 +56,12 @@ def test_rate_edit_and_undo_through_the_page(store, users, cases):
     assert not at.exception, at.exception
     first = at.session_state["case"]
     assert first.findings in [t.value for t in at.text]
+    tag = at.session_state["case_tag"]
+    assert tag.startswith(f"{first.report_id}_{first.generation_id}_")  # keys name the case
     _button(at, "rate_1_").click().run()                      # "Better"
-    at.checkbox(key=f"style_{at.session_state['case_nonce']}").check()
-    nonce = at.session_state["case_nonce"]
-    at.text_area(key=f"edit_{nonce}").input("No acute cardiopulmonary process.")
+    at.checkbox(key=f"style_{tag}").check()
+    at.text_area(key=f"edit_{tag}").input("No acute cardiopulmonary process.")
+    at.text_input(key=f"comment_{tag}").input("=HYPERLINK(1)")
     at.run()
     assert any("<ins" in m.value for m in at.markdown)     # the word diff is shown
     _button(at, "submit_").click().run()
@@ -70,11 +72,75 @@ def test_rate_edit_and_undo_through_the_page(store, users, cases):
     assert (row["rating"], row["style_issue"], row["edited_text"]) == (
         1, True, "No acute cardiopulmonary process.")
     assert at.session_state["case"].report_id != first.report_id
-    # undo brings the same case back and appends a retraction
+    # the next case starts with nothing selected
+    new_tag = at.session_state["case_tag"]
+    assert f"rating_{new_tag}" not in at.session_state
+    rate_buttons = [b for b in at.button if b.key.startswith("rate_")]
+    assert len(rate_buttons) == 5 and all(new_tag in b.key for b in rate_buttons)
+    assert [b.proto.type for b in rate_buttons] == ["secondary"] * 5, \
+        [b.proto.type for b in rate_buttons]
+    # undo brings the same case back, with the answer filled in, and appends a retraction
     _button(at, "undo_").click().run()
     assert at.session_state["case"].report_id == first.report_id
+    tag = at.session_state["case_tag"]
+    assert at.session_state[f"rating_{tag}"] == 1
+    assert at.checkbox(key=f"style_{tag}").value is True
+    assert at.checkbox(key=f"factual_{tag}").value is False
+    assert at.text_area(key=f"edit_{tag}").value == "No acute cardiopulmonary process."
+    assert at.text_input(key=f"comment_{tag}").value == "=HYPERLINK(1)"
     kinds = sorted(store.feedback_history(reader_id=rad.id)["kind"])
     assert kinds == ["rating", "retraction"]
+
+
+def test_submit_without_a_rating_saves_nothing(store, users, cases):
+    at = _signed_in(users["rad1"])
+    first = at.session_state["case"].report_id
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["case"].report_id == first
+    assert len(store.feedback_history(reader_id=users["rad1"].id)) == 0
+
+
+def test_a_draft_survives_leaving_annotate_and_coming_back(store, users, cases):
+    at = _signed_in(users["rad1"])
+    tag = at.session_state["case_tag"]
+    _button(at, "rate_0_").click().run()
+    at.text_area(key=f"edit_{tag}").input("Edited, not yet submitted.")
+    at.text_input(key=f"comment_{tag}").input("half-way comment")
+    at.checkbox(key=f"omission_{tag}").check().run()
+    at.switch_page("pages/my_feedback.py").run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/annotate.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["case_tag"] == tag
+    assert at.text_area(key=f"edit_{tag}").value == "Edited, not yet submitted."
+    assert at.text_input(key=f"comment_{tag}").value == "half-way comment"
+    assert at.checkbox(key=f"omission_{tag}").value is True
+    assert at.session_state[f"rating_{tag}"] == 0
+
+
+def test_a_link_to_a_case_opens_it(store, users, cases):
+    target = cases[5]["id"]
+    at = _app()
+    at.session_state["user"] = users["rad1"]
+    at.query_params["case"] = str(target)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["case"].report_id == target
+    # a link that is not a case says so and keeps the queue going
+    at2 = _app()
+    at2.session_state["user"] = users["rad1"]
+    at2.query_params["case"] = "999999"
+    at2.run()
+    assert not at2.exception, at2.exception
+    assert any("Cannot open case 999999" in e.value for e in at2.error)
+    assert at2.session_state["case"] is not None
+
+
+def test_the_page_guards_alt_shortcuts_inside_text_boxes(store, users, cases):
+    at = _signed_in(users["rad1"])
+    scripts = [h.proto.body for h in at.get("html")]
+    assert any("__impKeyGuard" in body and "altKey" in body for body in scripts)
 
 
 def test_blinded_rating_is_stored_as_ai_vs_original(store, users, cases):

@@ -95,7 +95,7 @@ def test_rater_page_never_reveals_the_arm(store, users, study_setup):
         # the texts from "original" must not be distinguishable by a heading either
         assert "impression to rate" in low and "reference" not in low
         _button(at, "sa_rate_3_").click().run()                       # "Good"
-        at.checkbox(key=f"sa_q_omission_{at.session_state['sa_nonce']}").check().run()
+        at.checkbox(key=f"sa_q_omission_{at.session_state['sa_tag']}").check().run()
         _button(at, "sa_submit_").click().run()
         assert not at.exception, at.exception
     rows = store.feedback_history(reader_id=rad.id)
