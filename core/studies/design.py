@@ -138,7 +138,6 @@ def sample_reports(
 class Assignment:
     """One rating task: ``rater`` rates ``item_id`` as produced by ``arm``; ``position`` is
     the 0-based place in that rater's queue."""
-
     rater: str
     item_id: Any
     arm: str
@@ -263,7 +262,6 @@ def _pair(a: str, b: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class AssignmentSummary:
     """Counts that describe a set of assignments."""
-
     load: dict[str, int]
     load_per_arm: dict[str, dict[str, int]]
     raters_per_unit: dict[tuple[Any, str], int]

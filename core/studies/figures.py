@@ -27,7 +27,6 @@ class Series:
 
     ``counts``: the ratings behind each value (shown on hover); ``x``: a scatter's x values.
     """
-
     name: str
     values: tuple[float, ...]
     lo: tuple[float, ...] | None = None
@@ -45,7 +44,6 @@ class FigureSpec:
     interval), ``stacked`` (100% stacked bars per row), ``grouped`` (one thin bar per series
     in each row), ``heatmap`` (``matrix`` over rows x ``columns``) or ``scatter``.
     """
-
     key: str
     kind: str
     title: str

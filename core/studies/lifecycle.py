@@ -25,8 +25,18 @@ from core.store.database import Store
 from core.studies.access import COORDINATORS, RATER_ROLE, get_study
 from core.studies.assignment import assign_raters, resolve_raters
 from core.studies.design import blind_label, sample_reports, seeded_key
-from core.studies.protocol import (DEFAULT_GUIDELINE, DEFAULT_TYPO_RATE, MAX_GUIDELINE, STYLES,
-                                   Arm, Question, Scale, parse_arm, parse_questions, scale_of)
+from core.studies.protocol import (
+    DEFAULT_GUIDELINE,
+    DEFAULT_TYPO_RATE,
+    MAX_GUIDELINE,
+    STYLES,
+    Arm,
+    Question,
+    Scale,
+    parse_arm,
+    parse_questions,
+    scale_of,
+)
 from core.studies.texts import MakeTexts, arm_texts
 
 MAX_LABELLED_CANDIDATES = 10_000   # larger pools are subsampled (seeded) before stratifying
@@ -53,7 +63,6 @@ class StudyDesign:
         typo_rate: character typo rate of the ``typos`` arm.
         model: only use stored generations of this model (default: newest of any model).
     """
-
     name: str
     arms: Sequence[str]
     n_items: int
@@ -89,7 +98,6 @@ def _sample(rows: list[dict], n: int, seed: int, strata: Sequence[str], what: st
 @dataclass(frozen=True)
 class _Checked:
     """A design's fields once checked."""
-
     name: str
     arms: list[Arm]
     scale: Scale
@@ -258,7 +266,6 @@ def study_raters(store: Store, user: User, study_id: int) -> list[str]:
 @dataclass(frozen=True)
 class DesignOptions:
     """What the design form offers: arms, report sources, radiologists, stored texts."""
-
     arms: list[str]
     sources: dict[str, int]
     radiologists: list[str]

@@ -22,7 +22,6 @@ class StudyProgress:
     ``alpha_so_far`` is Krippendorff's alpha over every unit rated so far (arms pooled: it
     reveals nothing about which arm did better).
     """
-
     study_id: int
     name: str
     status: str

@@ -34,7 +34,6 @@ class Arm:
     ``name`` is canonical (``original``, ``base``, ``adapter:dr_lee``, ``style:brief``, ``typos``,
     ``typos:0.05``, ``external``); ``style``/``adapter`` select rows of the generations table.
     """
-
     name: str
     kind: str
     style: str = "default"
@@ -92,7 +91,6 @@ class Scale:
     """The rating scale of a study. Values are integers in -2..2 (stored in feedback.rating);
     ratings >= 0 count as "neutral or better". ``reference``: raters also see the report's
     original impression and rate the text relative to it."""
-
     name: str
     values: tuple[int, ...]
     labels: tuple[str, ...]
@@ -136,7 +134,6 @@ class Question:
     """A question asked with every rating. Keys ``factual_error``, ``omission``,
     ``style_issue`` and ``critical_missed`` are yes/no and stored in feedback's own columns;
     other keys are stored in ``study_answers``. kind: yesno | choice | text."""
-
     key: str
     text: str
     kind: str = "yesno"

@@ -20,11 +20,11 @@ from core.store.database import Store
 from core.studies.access import RATERS, require_open
 from core.studies.protocol import Question, Scale, questions_of, scale_of
 
+
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RaterStudy:
     """A study as one of its raters sees it: no arms, no models, only their own counts."""
-
     study_id: int
     name: str
     status: str
@@ -40,7 +40,6 @@ class StudyTask:
     """One blinded unit to rate. ``reference`` is the original impression, given only on
     scales that rate relative to it. ``case_number`` is one per report of the study, in a
     seeded order (texts of the same findings share it; it is not the item slot)."""
-
     task_id: int
     study_id: int
     case_number: int

@@ -228,7 +228,6 @@ svg { max-width: 100%; height: auto; }
 @media print { html { zoom: 0.74; } .grid > div { break-inside: avoid; } }
 """
 
-
 def _share_table(res: StudyResults) -> str:
     return _table(
         ["Arm", "Ratings", "Items", "Mean", "Neutral or better", "Wilson 95% CI",
@@ -336,10 +335,9 @@ status {_esc(s['status'])} · summary written {when}</div>
 </body></html>
 """
 
-
 def summary_text(res: StudyResults) -> str:
     """The results as plain text for the terminal (``python -m core study report``)."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     s = res.study
     out = [f"Study {s['id']}: {s['name']}  [{s['status']}]",

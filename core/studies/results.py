@@ -49,7 +49,6 @@ class StudyResults:
         unit_metrics: slot, arm, n_ratings, mean_rating, <metric>... (texts vs original).
         correlations: metric, rho, p_value, n.
     """
-
     study: dict
     scale: Scale
     questions: tuple[Question, ...]
@@ -129,7 +128,7 @@ def rating_distribution(r, arms: Sequence[str], scale: Scale):
 
 def neutral_or_better(r, arms: Sequence[str], n_boot: int, seed: int):
     """arm, n_ratings, n_items, mean, share (>= 0), Wilson lo/hi, item-bootstrap boot_lo/hi."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     rows = []
     for arm in arms:
@@ -154,7 +153,7 @@ def neutral_or_better(r, arms: Sequence[str], n_boot: int, seed: int):
 
 def by_stratum(r, arms: Sequence[str]):
     """arm, normal, n_ratings, share, lo, hi: neutral or better by normal/abnormal report."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     rows = []
     for arm in arms:
@@ -169,7 +168,7 @@ def by_stratum(r, arms: Sequence[str]):
 
 def error_rates(r, arms: Sequence[str], questions: Sequence[Question]):
     """arm, question, text, n, n_yes, rate, lo, hi (Wilson) for every yes/no question."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     rows = []
     for arm in arms:
@@ -216,7 +215,7 @@ def _compare(a, b, paired: bool, n_boot: int, seed: int) -> dict | None:
 def comparisons(r, arms: Sequence[str], n_boot: int, seed: int):
     """Every pair of arms on per-item mean ratings: Wilcoxon signed-rank for arms rating the
     same reports, Mann-Whitney U with the external arm; p_holm adjusts for their number."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     rows = []
     if not r.empty:
@@ -238,7 +237,7 @@ def comparisons(r, arms: Sequence[str], n_boot: int, seed: int):
 def rater_agreement(r, scale: Scale, n_boot: int, seed: int):
     """(agreement, pairwise, raters, note): the three agreement statistics with bootstrap
     intervals over units, weighted Cohen's kappa per rater pair, and a note when undefined."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     labels = list(scale.values)
     rows, pair_rows, raters, note = [], [], [], None
@@ -284,7 +283,7 @@ def rater_agreement(r, scale: Scale, n_boot: int, seed: int):
 
 def rater_bias(r):
     """rater, n, mean_offset, lo, hi: each rater against the others on the same units."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     rows = []
     if not r.empty:
@@ -297,7 +296,7 @@ def rater_bias(r):
 def automatic_metrics(r, metric_fns: dict[str, MetricFn], notes: list[str]):
     """(unit_metrics, correlations): each text's metrics against the original impression and
     their Spearman correlation with its mean rating. A metric that fails is noted in ``notes``."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
 
     unit_metrics = pd.DataFrame(columns=["slot", "arm", "n_ratings", "mean_rating", *metric_fns])
     rows = []

@@ -52,7 +52,6 @@ __all__ = [
 RELATIVE_SCALE: tuple[int, ...] = (-2, -1, 0, 1, 2)
 """The 5-point relative scale: -2 much worse ... 0 same ... +2 much better."""
 
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -123,7 +122,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     Returns:
         (p, lo, hi): the observed proportion and the interval bounds.
     """
-    from statsmodels.stats.proportion import proportion_confint
+    from statsmodels.stats.proportion import proportion_confint  # deferred: heavy
 
     confidence = check_confidence(confidence)
     for name, v in (("successes", successes), ("n", n)):
@@ -238,7 +237,7 @@ def _independent_resampler(data: Any) -> Callable[[np.random.Generator], Any]:
 
 def _resampler(data: Any, over: str, item_col: str, rater_col: str) -> Callable[[np.random.Generator], Any]:
     try:
-        import pandas as pd
+        import pandas as pd  # deferred: pandas is slow to import; only tables for the pages need it
     except ImportError:  # pragma: no cover - pandas is a requirement
         pd = None
     if pd is not None and isinstance(data, pd.DataFrame):
@@ -298,7 +297,6 @@ class PairedComparison:
     negative rank sums); rank_biserial = (W+ - W-) / (W+ + W-), positive when a > b.
     mean_diff is mean(a - b) with a percentile bootstrap interval over pairs.
     """
-
     n: int
     n_nonzero: int
     statistic: float
@@ -337,7 +335,7 @@ def paired_comparison(
     Returns:
         PairedComparison.
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # deferred: heavy
 
     if alternative not in ("two-sided", "greater", "less"):
         raise StatsError(f"alternative must be two-sided, greater or less, got {alternative!r}")
@@ -392,7 +390,6 @@ class UnpairedComparison:
     to be larger. mean_diff is mean(a) - mean(b) with a percentile bootstrap interval that
     resamples each sample on its own.
     """
-
     n_a: int
     n_b: int
     statistic: float
@@ -424,7 +421,7 @@ def unpaired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 20
     >>> unpaired_comparison([2, 2, 1, 2], [0, -1, 0], n_boot=200).rank_biserial
     1.0
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # deferred: heavy
 
     x, y = _as_float_1d(a, "a"), _as_float_1d(b, "b")
     x, y = x[~np.isnan(x)], y[~np.isnan(y)]
@@ -449,7 +446,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     >>> holm([0.01, 0.04, float("nan"), 0.03])
     [0.03, 0.06, nan, 0.06]
     """
-    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.multitest import multipletests  # deferred: heavy
 
     p = _as_float_1d(pvalues, "pvalues")
     out = np.full(p.shape, np.nan)
@@ -469,7 +466,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     Returns:
         (rho, p_value); (nan, nan) with fewer than 3 pairs or a constant variable.
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # deferred: heavy
 
     xs, ys = _paired_finite(x, y, "x", "y")
     if xs.size < 3 or np.all(xs == xs[0]) or np.all(ys == ys[0]):

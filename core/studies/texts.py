@@ -22,7 +22,6 @@ from core.studies.protocol import Arm, parse_arm
 MakeTexts = Callable[[list[dict], str], list[Any]]
 """``make_texts(reports, arm) -> texts``: one str (or {"text", "model", "flags"}) per report."""
 
-
 def typo_reports(reports: list[dict], rate: float, seed: int) -> list[dict]:
     """The reports with typos injected into their findings (seeded per study and report)."""
     out = []
@@ -101,7 +100,6 @@ def stored_style_maker(store: Store, fallback: MakeTexts | None = None) -> MakeT
         store: where the base generations are.
         fallback: e.g. :func:`model_text_maker` (the CLI's ``--generate``).
     """
-
     def make(reports: list[dict], arm_name: str) -> list[Any]:
         arm = parse_arm(arm_name)
         if arm.kind != "style":
