@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import html
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
-from core.accounts.auth import User, authorize, require_self_or
-from core.adapters.registry import active_adapter
+from core.accounts.auth import SYSTEM_ID, User, authorize, require, require_self_or
 from core.errors import PermissionDenied, StoreError, ValidationError
 from core.feedback.visibility import without_open_study_rows
 from core.learning.pairs import same_words
@@ -56,7 +56,7 @@ def clean_text(value: str | None, field: str, max_len: int = MAX_TEXT) -> str | 
 def _saving(what: str) -> Iterator[None]:
     """Turn a database failure while saving (disk full, I/O error) into a :class:`StoreError`
     that says nothing was saved, so the page shows it and keeps the radiologist's text."""
-    import duckdb
+    import duckdb  # on first use, as in core.store.connection: importing this module stays fast
 
     try:
         yield
@@ -76,27 +76,42 @@ def next_case(store: Store, user: User, adapter: str | None = None) -> Case | No
     case's ``generation_id`` (and ``adapter_version``) say which text was on screen, so every
     rating is tied to it. ``adapter`` asks for another adapter's drafts instead.
     """
-    authorize(store, user, *RATERS)
-    if adapter is None:
-        av = active_adapter(store, user.id)
-        if av is not None:
-            return store.next_case(user.id, adapter=av.name, adapter_version=av.version)
-    return store.next_case(user.id, adapter=adapter)
+    require(user, *RATERS)
+    with store.tx():  # ONE transaction: the account, the reader's adapter and the case
+        authorize(store, user, *RATERS)
+        if adapter is None:
+            version = _own_adapter_version(store, user)
+            if version is not None:
+                return store.next_case(user.id, adapter=user.username, adapter_version=version)
+        return store.next_case(user.id, adapter=adapter)
+
+
+def _own_adapter_version(store: Store, user: User) -> int | None:
+    """The version of the reader's active adapter (its drafts are named by the username,
+    which :func:`authorize` has just checked), or None: the shared model."""
+    if user.id == SYSTEM_ID:
+        return None
+    row = store.active_adapter_row(user.id)
+    return None if row is None else row["version"]
 
 
 def case_of(store: Store, user: User, report_id: int) -> Case:
     """One report as this radiologist is served it (their own draft where there is one, as
     :func:`next_case`): for undo and deep links."""
-    authorize(store, user, *RATERS)
-    av = active_adapter(store, user.id)
-    if av is not None:
-        return store.case(report_id, adapter=av.name, adapter_version=av.version)
-    return store.case(report_id)
+    require(user, *RATERS)
+    with store.tx():
+        authorize(store, user, *RATERS)
+        version = _own_adapter_version(store, user)
+        if version is not None:
+            return store.case(report_id, adapter=user.username, adapter_version=version)
+        return store.case(report_id)
 
 
 def progress(store: Store, user: User) -> tuple[int, int]:
-    authorize(store, user, *RATERS)
-    return store.queue_progress(user.id)
+    require(user, *RATERS)
+    with store.tx():
+        authorize(store, user, *RATERS)
+        return store.queue_progress(user.id)
 
 
 @dataclass(frozen=True)
@@ -148,15 +163,18 @@ def save_rating(store: Store, user: User, report_id: int, generation_id: int | N
         client_token: makes a double submit harmless.
         study_id: the study the rating belongs to (None: the annotate queue).
     """
-    authorize(store, user, *RATERS)
-    if study_id is not None and not store.is_study_case_of(study_id, user.id, report_id):
-        raise PermissionDenied(f"{user.username} has no task for report {report_id} in "
-                               f"study {study_id}; nothing was saved")
+    require(user, *RATERS)
     edited = clean_text(rating.edited_text, "edited impression")
     if edited is not None and same_words(edited, shown_text):
         edited = None
     comment = clean_text(rating.comment, "comment", 5_000)
-    with _saving("rating"):
+    # ONE transaction: the account as it is now, the study task and the insert (each extra
+    # transaction is one more wait for the connection under load).
+    with _saving("rating"), store.tx():
+        authorize(store, user, *RATERS)
+        if study_id is not None and not store.is_study_case_of(study_id, user.id, report_id):
+            raise PermissionDenied(f"{user.username} has no task for report {report_id} in "
+                                   f"study {study_id}; nothing was saved")
         return store.add_feedback(
             reader_id=user.id, report_id=report_id, generation_id=generation_id,
             kind="rating", rating=rating.rating, factual_error=rating.factual_error,
@@ -168,8 +186,9 @@ def save_rating(store: Store, user: User, report_id: int, generation_id: int | N
 
 def skip(store: Store, user: User, case: Case, client_token: str | None = None,
          time_spent_ms: int | None = None) -> int:
-    authorize(store, user, *RATERS)
-    with _saving("skip"):
+    require(user, *RATERS)
+    with _saving("skip"), store.tx():
+        authorize(store, user, *RATERS)
         return store.add_feedback(reader_id=user.id, report_id=case.report_id,
                                   generation_id=case.generation_id, kind="skip",
                                   time_spent_ms=time_spent_ms, client_token=client_token)
@@ -177,8 +196,9 @@ def skip(store: Store, user: User, case: Case, client_token: str | None = None,
 
 def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:
     """Retract the user's most recent standing rating or skip; returns it (or None)."""
-    authorize(store, user, *RATERS)
+    require(user, *RATERS)
     with _saving("undo"), store.tx():
+        authorize(store, user, *RATERS)
         last = store.last_current_rating(user.id, study_id)
         if last is None:
             return None
@@ -192,8 +212,9 @@ def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | N
 
 def retract(store: Store, user: User, feedback_id: int) -> int:
     """Retract one specific rating of the user's own."""
-    authorize(store, user, *RATERS)
+    require(user, *RATERS)
     with _saving("retraction"), store.tx():
+        authorize(store, user, *RATERS)
         row = store.get_feedback(feedback_id)
         if row["reader_id"] != user.id:
             raise PermissionDenied(f"{user.username} may not retract another reader's rating")
@@ -220,7 +241,7 @@ def feedback_status(history):
     """What each row of :func:`feedback_of` is now, for the reader to see (a Series):
     ``retracted``, ``revised by a later rating`` (the same case rated again, e.g. in a second
     tab: the later rating counts), ``revises an earlier rating``, or ``current``."""
-    import pandas as pd
+    import pandas as pd  # on first use: pandas takes ~0.5 s to import, most pages never need it
 
     status = pd.Series("current", index=history.index, dtype=object)
     status[history["kind"] == "retraction"] = ""
@@ -265,8 +286,6 @@ def word_diff(before: str, after: str) -> list[tuple[str, str]]:
 
 def diff_html(before: str, after: str) -> str:
     """The word diff as escaped HTML (<del>/<ins>), safe to render."""
-    import html
-
     parts = []
     for op, text in word_diff(before, after):
         text = html.escape(text)

@@ -1,4 +1,5 @@
-"""Import report files into the store: validate the whole file first, then one transaction.
+"""Import report files into the store: validate the whole file first, then stage and publish it
+(all or nothing, in short transactions).
 
 Three kinds of report are left out, each counted in the ``ImportResult``:
     already imported   the same (source, external_id) is in the database (re-importing a file
@@ -69,7 +70,8 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
                 actor: str | None = None, display_name: str | None = None,
                 skip_empty_findings: bool = False,
                 allow_duplicates: bool = False) -> ImportResult:
-    """Validate ``path`` completely, then insert its reports in one transaction.
+    """Validate ``path`` completely, then import its reports all or nothing: staged in chunks
+    of ``core.store.reports.STAGE_ROWS`` and made visible by one short transaction.
 
     Args:
         store: the database.
@@ -101,14 +103,15 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
         # An upload is read from a temporary copy: name the file the way the user knows it.
         shown = display_name + exc.file[len(str(path)):]
         raise ImportValidationError(shown, exc.row, exc.field, exc.problem) from None
-    # One transaction for the check and the insert: a concurrent import of the other format
-    # cannot slip in between.
-    with store.tx():
-        dups = {} if allow_duplicates else store.content_duplicates(records)
-        kept = [r for i, r in enumerate(records) if i not in dups]
-        imported, skipped = store.import_reports(kept, file=name, fmt=fmt, actor=actor)
-    return ImportResult(file=name, format=fmt, rows=records.rows, imported=imported,
-                        skipped=skipped, duplicates=len(dups),
+    # Staged in short transactions, then published in one that also makes the duplicate check
+    # (a concurrent import of the other format cannot slip in between): the file is visible
+    # whole or not at all, and no transaction holds the database for long
+    # (Store.import_reports_staged).
+    staged = store.import_reports_staged(records, file=name, fmt=fmt, actor=actor,
+                                         check_duplicates=not allow_duplicates)
+    dups = staged.duplicates
+    return ImportResult(file=name, format=fmt, rows=records.rows, imported=staged.imported,
+                        skipped=staged.skipped, duplicates=len(dups),
                         empty_findings=len(records.skipped),
                         skipped_where=tuple(records.skipped),
                         duplicate_sources=tuple(sorted(set(dups.values()))))

@@ -12,7 +12,7 @@ Modules:
     backup      backup, restore, and the check that a database file is whole
     accounts    readers (users) and the sign-in throttle's attempts
     audit       the append-only audit log
-    reports     imported reports and the generations written for them
+    reports     imported reports (staged, then published whole) and their generations
     feedback    the annotation queue, feedback rows, chunked feedback imports
     training    training runs, adapter versions, the active adapter per reader, held-out reports
     studies     study designs, units, tasks, events and answers

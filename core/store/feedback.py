@@ -53,20 +53,34 @@ class FeedbackQueries:
     """The annotation queue, ``feedback`` and ``feedback_imports`` (mixed into
     :class:`core.store.database.Store`)."""
 
-    _CASE_SQL = """
-        WITH ready AS (
-            SELECT g.*, row_number() OVER (PARTITION BY g.report_id
-                ORDER BY (g.adapter IS NOT DISTINCT FROM ?) DESC, g.id DESC) AS pick
-            FROM generations g
-            WHERE g.style = 'default' AND (g.adapter IS NULL OR (g.adapter = ? AND
-                  (CAST(? AS INTEGER) IS NULL OR g.adapter_version = ?)))
-        )
+    # The drafts a reader may be served: the shared one, or their own adapter('s version).
+    _READY = ("g.style = 'default' AND (g.adapter IS NULL OR (g.adapter = ? AND "
+              "(CAST(? AS INTEGER) IS NULL OR g.adapter_version = ?)))")
+    # The queue in two narrow steps (the next report id from integer columns only, then that one
+    # report's row): ~10 ms with 43,000 reports and 100,000 ratings where the one query that
+    # ranked every draft and joined every report's text before taking the first took ~70 ms, and
+    # every millisecond of it is a millisecond all other sessions wait (one connection).
+    # Reports this reader rates in a study that is not closed stay out of the general queue: it
+    # shows the AI impression beside the original, which would unblind the study's arms.
+    _NEXT_ID_SQL = f"""
+        SELECT min(g.report_id) FROM generations g
+        WHERE {_READY}
+          AND NOT EXISTS (SELECT 1 FROM current_feedback f WHERE f.reader_id = ? AND
+                          f.report_id = g.report_id AND f.study_id IS NULL)
+          AND g.report_id NOT IN (SELECT u.report_id FROM study_tasks t JOIN study_units u
+              ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN
+              (SELECT study_id FROM study_events WHERE event = 'closed'))
+          {{after}}
+    """
+    # One report as served: the reader's adapter's draft when there is one, else the newest
+    # shared draft.
+    _CASE_SQL = f"""
         SELECT r.id AS report_id, g.id AS generation_id, r.source, r.external_id, r.findings,
                r.impression, r.indication, r.comparison, g.text AS ai_text, g.model, g.adapter,
                g.adapter_version, g.style, g.flags
-        FROM ready g JOIN reports r ON r.id = g.report_id
-        WHERE g.pick = 1 {where}
-        ORDER BY r.id
+        FROM generations g JOIN reports r ON r.id = g.report_id
+        WHERE g.report_id = ? AND {_READY}
+        ORDER BY (g.adapter IS NOT DISTINCT FROM ?) DESC, g.id DESC
         LIMIT 1
     """
 
@@ -78,26 +92,27 @@ class FeedbackQueries:
         Only reports whose AI impression is ready are queued: the app never generates while a
         radiologist waits. With ``adapter`` (and ``adapter_version``) a report's draft by that
         adapter (version) is served when there is one, the shared draft otherwise.
-        ``after_report`` lets a caller step past a case (e.g. prefetching).
+        ``after_report`` lets a caller step past a case (e.g. prefetching). One transaction
+        (joins the caller's).
         """
-        # Reports this reader rates in a study that is not closed stay out of the general queue:
-        # it shows the AI impression beside the original, which would unblind the study's arms.
-        where = ("AND NOT EXISTS (SELECT 1 FROM current_feedback f WHERE f.reader_id = ? AND "
-                 "f.report_id = r.id AND f.study_id IS NULL) "
-                 "AND r.id NOT IN (SELECT u.report_id FROM study_tasks t JOIN study_units u "
-                 "ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN "
-                 "(SELECT study_id FROM study_events WHERE event = 'closed'))")
-        params: list[Any] = [adapter, adapter, adapter_version, adapter_version, reader_id, reader_id]
-        if after_report is not None:
-            where += " AND r.id > ?"
-            params.append(after_report)
-        row = self._one(self._CASE_SQL.format(where=where), params)
-        return self._case(row) if row else None
+        ready = [adapter, adapter_version, adapter_version]
+        with self.tx():
+            while True:
+                after = [] if after_report is None else [after_report]
+                report_id = self._scalar(self._NEXT_ID_SQL.format(
+                    after="AND g.report_id > ?" if after else ""),
+                    [*ready, reader_id, reader_id, *after])
+                if report_id is None:
+                    return None
+                row = self._one(self._CASE_SQL, [report_id, *ready, adapter])
+                if row is not None:
+                    return self._case(row)
+                after_report = report_id  # a draft whose report is gone: step past it
 
     def case(self, report_id: int, adapter: str | None = None,
              adapter_version: int | None = None) -> Case:
-        row = self._one(self._CASE_SQL.format(where="AND r.id = ?"),
-                        [adapter, adapter, adapter_version, adapter_version, report_id])
+        row = self._one(self._CASE_SQL,
+                        [report_id, adapter, adapter_version, adapter_version, adapter])
         if row is None:
             raise NotFound(f"report {report_id} has no AI impression ready")
         return self._case(row)

@@ -1,12 +1,13 @@
 """The schema: every migration in order, and applying them (part of the store).
 
 Each part of the store owns a range of versions and its own list: 1-9 here (readers, reports,
-generations, feedback, assignments, audit log, feedback imports), 10-29 in
+generations, feedback, assignments, audit log, feedback imports, report staging), 10-29 in
 :mod:`core.store.training`, 30-39 in :mod:`core.store.studies`. ``MIGRATIONS`` is all of them.
 """
 
 from __future__ import annotations
 
+from core.store.reports import fingerprint_sql
 from core.store.studies import STUDY_MIGRATIONS
 from core.store.training import TRAINING_MIGRATIONS
 
@@ -175,6 +176,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             actor VARCHAR,
             created_at TIMESTAMP NOT NULL,
             finished_at TIMESTAMP
+        );
+        """,
+    ),
+    (
+        4,
+        ("report imports staged in chunks and published in one short transaction; stored "
+         "content fingerprints"),
+        f"""
+        -- The content fingerprint (core.store.reports.fingerprint_sql), stored once per report:
+        -- computed over every report at each import it took seconds inside the import's
+        -- transaction.
+        ALTER TABLE reports ADD COLUMN fingerprint VARCHAR;
+        UPDATE reports SET fingerprint = {fingerprint_sql('reports')};
+        -- One row per import being staged: its owner (host, pid) and last sign of life, so
+        -- the next import removes what a killed one left.
+        CREATE TABLE report_stages (
+            stage_id VARCHAR PRIMARY KEY,
+            file VARCHAR NOT NULL,
+            format VARCHAR NOT NULL,
+            n_rows INTEGER NOT NULL,
+            actor VARCHAR,
+            host VARCHAR NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            touched_at TIMESTAMP NOT NULL
+        );
+        -- Staged reports: invisible to everything but the import that wrote them.
+        CREATE TABLE report_staging (
+            stage_id VARCHAR NOT NULL,
+            k INTEGER NOT NULL,
+            source VARCHAR NOT NULL,
+            external_id VARCHAR NOT NULL,
+            findings VARCHAR NOT NULL,
+            impression VARCHAR,
+            indication VARCHAR,
+            comparison VARCHAR,
+            author VARCHAR,
+            extra JSON,
+            fingerprint VARCHAR
         );
         """,
     ),

@@ -5,81 +5,215 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import uuid
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from core import util
-from core.errors import NotFound
+from core.errors import NotFound, StoreError
 
 
-def _fingerprint_sql(alias: str) -> str:
+def fingerprint_sql(alias: str) -> str:
     """SQL for the content fingerprint of the report row ``alias``: md5 of its findings and
-    impression, lower-cased with runs of whitespace collapsed (see ``content_duplicates``)."""
+    impression, lower-cased with runs of whitespace collapsed (see ``content_duplicates``;
+    stored in ``reports.fingerprint`` since migration 4)."""
     def norm(column: str) -> str:
         return rf"regexp_replace(lower(trim({alias}.{column})), '\s+', ' ', 'g')"
 
     return f"md5({norm('findings')} || chr(10) || coalesce({norm('impression')}, ''))"
 
 
+# Reports written per staging transaction of an import (see ``ReportQueries.import_reports``).
+STAGE_ROWS = 2_000
+# A stage untouched this long belongs to an import that died (a live one touches it per chunk).
+STALE_STAGE_S = 600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _fingerprints(frame) -> list[str]:
+    """``fingerprint_sql`` of each row of ``frame`` (findings, impression), computed by a private
+    in-memory DuckDB (the same SQL, so the same values as the stored ones) without the file."""
+    import duckdb  # on first use, as in core.store.connection
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("rows", frame[["k", "findings", "impression"]])
+        return [fp for (fp,) in con.execute(
+            f"SELECT {fingerprint_sql('r')} FROM (SELECT k::BIGINT AS k, findings::VARCHAR AS "
+            f"findings, impression::VARCHAR AS impression FROM rows) r ORDER BY r.k").fetchall()]
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class StagedImport:
+    """What :meth:`ReportQueries.import_reports_staged` published."""
+
+    import_id: int
+    imported: int
+    skipped: int  # already imported (same source and external id)
+    duplicates: dict[int, str]  # index in the records -> source of the stored report it repeats
+
+
 class ReportQueries:
-    """The ``imports``, ``reports`` and ``generations`` tables (mixed into
-    :class:`core.store.database.Store`)."""
+    """The ``imports``, ``reports`` and ``generations`` tables, and the staging of report imports
+    (mixed into :class:`core.store.database.Store`)."""
 
     def import_reports(self, records: Iterable[Any], file: str, fmt: str,
                        actor: str | None = None) -> tuple[int, int]:
-        """Insert report records in ONE transaction; already known (source, external_id) skip.
+        """Import report records all or nothing; already known (source, external_id) skip.
+
+        Staged in short transactions and published in one (see :meth:`import_reports_staged`).
 
         Args:
             records: objects with the fields of ``core.ingest.common.ReportRecord``.
         Returns:
             (imported, skipped_as_duplicates)
         """
+        result = self.import_reports_staged(records, file, fmt, actor, check_duplicates=False)
+        return result.imported, result.skipped
+
+    def import_reports_staged(self, records: Iterable[Any], file: str, fmt: str,
+                              actor: str | None = None, check_duplicates: bool = True,
+                              chunk_rows: int | None = None) -> StagedImport:
+        """Import report records without holding the database in one long transaction.
+
+        The records are written to ``report_staging`` under a fresh stage id, ``chunk_rows``
+        per transaction (invisible to every reader: nothing queries that table but this), then
+        published by ONE short transaction (``INSERT ... SELECT`` into ``reports``, the
+        ``imports`` and audit rows, the staging rows deleted). So a file is visible whole or not
+        at all: a failure removes its stage; a killed import leaves one that the next import
+        removes (its process is gone, or it was untouched for ``STALE_STAGE_S``).
+
+        Args:
+            records: objects with the fields of ``core.ingest.common.ReportRecord``.
+            check_duplicates: leave out records whose content (``fingerprint_sql``) repeats a
+                stored report of another source (checked in the publishing transaction).
+            chunk_rows: records per staging transaction (default ``STAGE_ROWS``).
+        """
+        records = list(records)
+        chunk_rows = max(1, chunk_rows or STAGE_ROWS)
+        stage_id = self._begin_stage(file, fmt, len(records), actor)
+        try:
+            for start in range(0, len(records), chunk_rows):
+                self._stage_chunk(stage_id, start, records[start:start + chunk_rows])
+            return self._publish_stage(stage_id, file, fmt, len(records), actor,
+                                       check_duplicates)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the original error
+                self._drop_stage(stage_id)
+            raise
+
+    def _begin_stage(self, file: str, fmt: str, n_rows: int, actor: str | None) -> str:
+        """A new stage (one short transaction that first removes stages of dead imports)."""
+        stage_id, host, now = uuid.uuid4().hex, socket.gethostname(), util.now()
+        with self.tx() as con:
+            stages = con.execute("SELECT stage_id, host, pid, touched_at FROM report_stages"
+                                 ).fetchall()
+            dead = [sid for sid, h, pid, touched in stages
+                    if (h == host and not _pid_alive(pid))
+                    or (now - touched).total_seconds() > STALE_STAGE_S]
+            con.execute("DELETE FROM report_staging WHERE stage_id IN (SELECT unnest(?)) OR "
+                        "stage_id NOT IN (SELECT stage_id FROM report_stages)", [dead])
+            con.execute("DELETE FROM report_stages WHERE stage_id IN (SELECT unnest(?))", [dead])
+            con.execute("INSERT INTO report_stages (stage_id, file, format, n_rows, actor, host, "
+                        "pid, started_at, touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [stage_id, file, fmt, n_rows, actor, host, os.getpid(), now, now])
+        return stage_id
+
+    def _stage_chunk(self, stage_id: str, start: int, chunk: Sequence[Any]) -> None:
+        """Write one chunk of records to the stage: one transaction."""
         import pandas as pd  # on first use: pandas takes ~0.5 s to import, most verbs never need it
 
-        records = list(records)
         frame = pd.DataFrame({
-            "source": [r.source for r in records],
-            "external_id": [r.external_id for r in records],
-            "findings": [r.findings for r in records],
-            "impression": [r.impression for r in records],
-            "indication": [r.indication for r in records],
-            "comparison": [r.comparison for r in records],
-            "author": [r.author for r in records],
-            "extra": [json.dumps(r.extra or {}) for r in records],
+            "k": range(start, start + len(chunk)),
+            "source": [r.source for r in chunk],
+            "external_id": [r.external_id for r in chunk],
+            "findings": [r.findings for r in chunk],
+            "impression": [r.impression for r in chunk],
+            "indication": [r.indication for r in chunk],
+            "comparison": [r.comparison for r in chunk],
+            "author": [r.author for r in chunk],
+            "extra": [json.dumps(r.extra or {}) for r in chunk],
         }, dtype=object)
+        frame["fingerprint"] = _fingerprints(frame)  # before the transaction: it is CPU work
         with self.tx() as con:
-            con.execute(
-                "INSERT INTO imports (file, format, n_rows, n_imported, n_skipped, actor, "
-                "created_at) VALUES (?, ?, ?, 0, 0, ?, ?)",
-                [file, fmt, len(records), actor, util.now()])
-            import_id = con.execute("SELECT currval('imports_id_seq')").fetchall()[0][0]
             con.register("incoming", frame)
             try:
-                before = con.execute("SELECT count(*) FROM reports").fetchall()[0][0]
                 con.execute(
-                    "INSERT INTO reports (source, external_id, findings, impression, indication, "
-                    "comparison, author, extra, import_id, created_at) "
-                    "SELECT i.source, i.external_id, i.findings, i.impression, i.indication, "
-                    "i.comparison, i.author, i.extra::JSON, ?, ? FROM incoming i "
-                    "WHERE NOT EXISTS (SELECT 1 FROM reports r WHERE r.source = i.source "
-                    "AND r.external_id = i.external_id)", [import_id, util.now()])
-                after = con.execute("SELECT count(*) FROM reports").fetchall()[0][0]
+                    "INSERT INTO report_staging (stage_id, k, source, external_id, findings, "
+                    "impression, indication, comparison, author, extra, fingerprint) "
+                    "SELECT ?, i.k::INTEGER, i.source, i.external_id, i.findings, i.impression, "
+                    "i.indication, i.comparison, i.author, i.extra::JSON, i.fingerprint "
+                    "FROM incoming i", [stage_id])
             finally:
                 with contextlib.suppress(Exception):  # keep the original error
                     con.unregister("incoming")
-            imported = after - before
-            skipped = len(records) - imported
+            con.execute("UPDATE report_stages SET touched_at = ? WHERE stage_id = ?",
+                        [util.now(), stage_id])
+
+    def _publish_stage(self, stage_id: str, file: str, fmt: str, n_rows: int,
+                       actor: str | None, check_duplicates: bool) -> StagedImport:
+        """Make a staged import visible: ONE transaction of a few set statements."""
+        now = util.now()
+        with self.tx() as con:
+            if not con.execute("SELECT 1 FROM report_stages WHERE stage_id = ?",
+                               [stage_id]).fetchall():
+                raise StoreError(f"{file}: the staged reports of this import were removed (idle "
+                                 f"for more than {STALE_STAGE_S:.0f} s?); nothing was imported. "
+                                 f"Run the import again")
+            dups: dict[int, str] = {}
+            if check_duplicates:
+                dups = {int(k): src for k, src in con.execute(
+                    "SELECT s.k, min(r.source) FROM report_staging s JOIN reports r ON "
+                    "r.fingerprint = s.fingerprint AND r.source <> s.source WHERE s.stage_id = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM reports x WHERE x.source = s.source AND "
+                    "x.external_id = s.external_id) GROUP BY s.k", [stage_id]).fetchall()}
+            kept = n_rows - len(dups)
+            con.execute(
+                "INSERT INTO imports (file, format, n_rows, n_imported, n_skipped, actor, "
+                "created_at) VALUES (?, ?, ?, 0, 0, ?, ?)", [file, fmt, kept, actor, now])
+            import_id = con.execute("SELECT currval('imports_id_seq')").fetchall()[0][0]
+            before = con.execute("SELECT count(*) FROM reports").fetchall()[0][0]
+            con.execute(
+                "INSERT INTO reports (source, external_id, findings, impression, indication, "
+                "comparison, author, extra, fingerprint, import_id, created_at) "
+                "SELECT s.source, s.external_id, s.findings, s.impression, s.indication, "
+                "s.comparison, s.author, s.extra, s.fingerprint, ?, ? FROM report_staging s "
+                "WHERE s.stage_id = ? AND s.k NOT IN (SELECT unnest(?::INTEGER[])) AND NOT "
+                "EXISTS (SELECT 1 FROM reports r WHERE r.source = s.source AND "
+                "r.external_id = s.external_id) ORDER BY s.k",
+                [import_id, now, stage_id, sorted(dups)])
+            imported = con.execute("SELECT count(*) FROM reports").fetchall()[0][0] - before
+            skipped = kept - imported
             con.execute("UPDATE imports SET n_imported = ?, n_skipped = ? WHERE id = ?",
                         [imported, skipped, import_id])
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
-                        "(?, ?, ?, ?)", [util.now(), actor, "import", json.dumps(
+                        "(?, ?, ?, ?)", [now, actor, "import", json.dumps(
                             {"file": os.path.basename(file), "format": fmt,
                              "imported": imported, "skipped": skipped})])
-        return imported, skipped
+            self._drop_stage(stage_id)
+        return StagedImport(import_id, imported, skipped, dups)
+
+    def _drop_stage(self, stage_id: str) -> None:
+        with self.tx() as con:
+            con.execute("DELETE FROM report_staging WHERE stage_id = ?", [stage_id])
+            con.execute("DELETE FROM report_stages WHERE stage_id = ?", [stage_id])
 
     def content_duplicates(self, records: Sequence[Any]) -> dict[int, str]:
         """Records that repeat a stored report of *another* source, by content fingerprint.
 
-        The fingerprint (``_fingerprint_sql``) hashes the lower-cased, whitespace-collapsed
+        The fingerprint (``fingerprint_sql``) hashes the lower-cased, whitespace-collapsed
         findings and impression, so the same reports imported through a second format (a
         MIMIC-CXR folder, then a CSV export of it) are recognised. Reports of the same source
         are not compared: two studies of one file may well share a templated normal text, and
@@ -104,7 +238,7 @@ class ReportQueries:
             try:
                 rows = con.execute(
                     "SELECT i.idx, min(r.source) FROM incoming_fp i JOIN reports r "
-                    f"ON {_fingerprint_sql('r')} = {_fingerprint_sql('i')} "
+                    f"ON r.fingerprint = {fingerprint_sql('i')} "
                     "AND r.source <> i.source WHERE NOT EXISTS (SELECT 1 FROM reports s "
                     "WHERE s.source = i.source AND s.external_id = i.external_id) "
                     "GROUP BY i.idx").fetchall()
@@ -117,7 +251,8 @@ class ReportQueries:
         return self._scalar("SELECT count(*) FROM reports")
 
     def get_report(self, report_id: int) -> dict:
-        row = self._one("SELECT * FROM reports WHERE id = ?", [report_id])
+        row = self._one("SELECT * EXCLUDE (fingerprint) FROM reports WHERE id = ?",
+                        [report_id])
         if row is None:
             raise NotFound(f"no report with id {report_id}")
         return row

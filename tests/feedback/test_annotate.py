@@ -1,7 +1,7 @@
 import pytest
 
 from core.feedback import annotate
-from core.errors import ValidationError
+from core.errors import PermissionDenied, ValidationError
 
 
 def test_rate_edit_undo_flow(store, users, cases):
@@ -61,3 +61,66 @@ def test_blind_order_is_stable_and_mixed():
     orders = {annotate.blind_order(1, rid) for rid in range(40)}
     assert orders == {("ai", "original"), ("original", "ai")}
     assert annotate.blind_order(5, 7) == annotate.blind_order(5, 7)
+
+
+def test_each_hot_path_is_one_transaction(store, users, cases):
+    """Under load every transaction is a wait for the one connection (and, with another process
+    waiting, a hand-over of the file): the next case and a save are ONE transaction each,
+    account check included (issue 16)."""
+    from core.adapters import registry
+
+    rad = users["rad1"]
+    store.add_adapter(rad.id, 1, "/nowhere/rad1/v1", None, "dpo", None, None, "promoted")
+    store.set_active_adapter(rad.id, 1, "promote", "admin")
+    own = store.add_generations([{"report_id": cases[0]["id"], "model": "m", "text": "Own draft.",
+                                  "adapter": "rad1", "adapter_version": 1}])[0]
+    assert registry.active_adapter(store, rad.id).version == 1
+
+    def transactions(call):
+        before = store.stats["transactions"]
+        result = call()
+        return result, store.stats["transactions"] - before
+
+    case, n = transactions(lambda: annotate.next_case(store, rad))
+    assert (n, case.generation_id, case.adapter_version) == (1, own, 1)  # their own draft
+    fid, n = transactions(lambda: annotate.submit_rating(
+        store, rad, case, annotate.Rating(rating=1, edited_text="Edited."), client_token="t-1"))
+    assert n == 1 and store.get_feedback(fid)["edited_text"] == "Edited."
+    case, n = transactions(lambda: annotate.next_case(store, rad))
+    assert n == 1 and case.report_id == cases[1]["id"]
+    _, n = transactions(lambda: annotate.skip(store, rad, case, client_token="t-2"))
+    assert n == 1
+    _, n = transactions(lambda: annotate.undo_last(store, rad))
+    assert n == 1
+    # the account check is still in that one transaction: a disabled account is refused
+    store.set_reader_active("rad1", False)
+    with pytest.raises(PermissionDenied):
+        annotate.next_case(store, rad)
+    with pytest.raises(PermissionDenied):
+        annotate.submit_rating(store, rad, case, annotate.Rating(rating=0), client_token="t-3")
+    assert store.count_feedback(rad.id) == 3
+
+
+def test_the_queue_never_serves_a_case_the_reader_rated(store, users, cases):
+    """The narrow queue query against the rule it replaced: rated, skipped, revised and undone
+    cases in random order; every served case is one this reader has no standing rating of, and
+    it is the first such report."""
+    import random
+
+    rng = random.Random(7)
+    rad = users["rad2"]
+    for _ in range(40):
+        case = annotate.next_case(store, rad)
+        standing = set(store.df("SELECT report_id FROM current_feedback WHERE reader_id = ? AND "
+                                "study_id IS NULL", [rad.id])["report_id"])
+        expected = [r["id"] for r in cases if r["id"] not in standing]
+        assert (case.report_id if case else None) == (expected[0] if expected else None)
+        if case is None:
+            break
+        roll = rng.random()
+        if roll < 0.6:
+            annotate.submit_rating(store, rad, case, annotate.Rating(rating=0))
+        elif roll < 0.8:
+            annotate.skip(store, rad, case)
+        else:
+            annotate.undo_last(store, rad)

@@ -218,6 +218,53 @@ def test_kill9_import_half_way_writes_nothing_then_reimport_works(store, users, 
     assert [a["action"] for a in store.audit_log(limit=5)][0] == "import"
 
 
+# A child that stops between two committed staging chunks of a report import.
+STAGED_IMPORT = textwrap.dedent("""
+    import sys, time
+    from core.store.database import Store
+    from core.ingest.reports import import_file
+    import core.store.reports as reports
+
+    reports.STAGE_ROWS = 500
+    _orig = Store._stage_chunk
+    done = []
+
+    def _stage_chunk(self, *args):
+        _orig(self, *args)
+        done.append(1)
+        if len(done) == 2:  # two chunks committed, the publish not begun
+            print("HOOK", flush=True)
+            time.sleep(300)
+
+    Store._stage_chunk = _stage_chunk
+    store = Store(sys.argv[1])
+    import_file(store, sys.argv[2], fmt="csv", actor="fault-test")
+    print("DONE", flush=True)
+""")
+
+
+def test_kill9_between_staged_import_chunks_shows_nothing_and_the_next_import_cleans_up(
+        store, users, tmp_path):
+    from core.ingest.reports import import_file
+
+    f = _csv(tmp_path / "big.csv", 3000)
+    proc = _spawn(STAGED_IMPORT, store.path, str(f))
+    try:
+        _wait_line(proc, "HOOK")  # 1,000 reports staged and committed, none published
+        _kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert store.count_reports() == 0 and store.imports() == []
+    staged = store.df("SELECT count(*) AS n FROM report_staging")["n"][0]
+    assert staged == 1000  # committed, and invisible to every reader of reports
+    result = import_file(store, f, fmt="csv", actor="fault-test")
+    assert (result.imported, store.count_reports()) == (3000, 3000)
+    # the dead import's stage (its process is gone) went with the next import's first step
+    assert store.df("SELECT (SELECT count(*) FROM report_staging) + (SELECT count(*) FROM "
+                    "report_stages) AS n")["n"][0] == 0
+
+
 FEEDBACK_IMPORT = STOP_AFTER_SQL + textwrap.dedent("""
     from core.feedback.importing import import_feedback
     store = Store(sys.argv[1])
