@@ -103,10 +103,13 @@ class ReportQueries:
         """
         records = list(records)
         chunk_rows = max(1, chunk_rows or STAGE_ROWS)
-        stage_id = self._begin_stage(file, fmt, len(records), actor)
+        stage_id = uuid.uuid4().hex
         try:
-            for start in range(0, len(records), chunk_rows):
-                self._stage_chunk(stage_id, start, records[start:start + chunk_rows])
+            for start in range(0, max(len(records), 1), chunk_rows):
+                # the stage itself is created by the first chunk's transaction (one fewer
+                # hand-over of the file while the app waits)
+                self._stage_chunk(stage_id, start, records[start:start + chunk_rows],
+                                  (file, fmt, len(records), actor) if start == 0 else None)
             return self._publish_stage(stage_id, file, fmt, len(records), actor,
                                        check_duplicates)
         except BaseException:
@@ -114,9 +117,11 @@ class ReportQueries:
                 self._drop_stage(stage_id)
             raise
 
-    def _begin_stage(self, file: str, fmt: str, n_rows: int, actor: str | None) -> str:
-        """A new stage (one short transaction that first removes stages of dead imports)."""
-        stage_id, host, now = uuid.uuid4().hex, socket.gethostname(), util.now()
+    def _begin_stage(self, stage_id: str, file: str, fmt: str, n_rows: int,
+                     actor: str | None) -> None:
+        """A new stage (in the first chunk's transaction), after removing the stages of dead
+        imports."""
+        host, now = socket.gethostname(), util.now()
         with self.tx() as con:
             stages = con.execute("SELECT stage_id, host, pid, touched_at FROM report_stages"
                                  ).fetchall()
@@ -129,10 +134,11 @@ class ReportQueries:
             con.execute("INSERT INTO report_stages (stage_id, file, format, n_rows, actor, host, "
                         "pid, started_at, touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [stage_id, file, fmt, n_rows, actor, host, os.getpid(), now, now])
-        return stage_id
 
-    def _stage_chunk(self, stage_id: str, start: int, chunk: Sequence[Any]) -> None:
-        """Write one chunk of records to the stage: one transaction."""
+    def _stage_chunk(self, stage_id: str, start: int, chunk: Sequence[Any],
+                     begin: tuple | None = None) -> None:
+        """Write one chunk of records to the stage: one transaction (with ``begin``, the
+        arguments of :meth:`_begin_stage`, it creates the stage first)."""
         import pandas as pd  # on first use: pandas takes ~0.5 s to import, most verbs never need it
 
         frame = pd.DataFrame({
@@ -146,8 +152,16 @@ class ReportQueries:
             "author": [r.author for r in chunk],
             "extra": [json.dumps(r.extra or {}) for r in chunk],
         }, dtype=object)
-        frame["fingerprint"] = _fingerprints(frame)  # before the transaction: it is CPU work
+        if chunk:
+            frame["fingerprint"] = _fingerprints(frame)  # before the transaction: CPU work
         with self.tx() as con:
+            if begin is not None:
+                self._begin_stage(stage_id, *begin)
+            else:
+                con.execute("UPDATE report_stages SET touched_at = ? WHERE stage_id = ?",
+                            [util.now(), stage_id])
+            if not chunk:
+                return
             con.register("incoming", frame)
             try:
                 con.execute(
@@ -159,8 +173,6 @@ class ReportQueries:
             finally:
                 with contextlib.suppress(Exception):  # keep the original error
                     con.unregister("incoming")
-            con.execute("UPDATE report_stages SET touched_at = ? WHERE stage_id = ?",
-                        [util.now(), stage_id])
 
     def _publish_stage(self, stage_id: str, file: str, fmt: str, n_rows: int,
                        actor: str | None, check_duplicates: bool) -> StagedImport:
