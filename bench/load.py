@@ -130,6 +130,9 @@ def run_app(db: str, usernames: list[str], password: str, seconds: float, think_
         t.start()
     for t in threads:
         t.join()
+    # the hand-over as this process saw it: opens, waits for the file, longest transaction
+    log["store_stats"] = {k: round(v, 3) if isinstance(v, float) else v
+                          for k, v in store.stats.items()}
     store.close()
     return log
 
@@ -368,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                          "p99": round(pct(log["next_ms"], 99), 1),
                          "max": round(max(log["next_ms"], default=float("nan")), 1)},
         "undo_ms_p99": round(pct(log["undo_ms"], 99), 1),
+        "app_store": log["store_stats"],
         "errors": len(log["errors"]), "error_kinds": dict(errors),
         "error_samples": log["errors"][:5], "tracebacks": log["tracebacks"][:2],
         "queue_empty": log["queue_empty"],
