@@ -229,14 +229,17 @@ class Migrations:
 
     def migrate(self) -> int:
         """Apply pending migrations in order, each in its own transaction. Returns the version."""
+        # One transaction when nothing is pending (every CLI command starts here: each extra
+        # transaction is one more hand-over of the file while the app waits).
         with self.tx() as con:
             con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                 "description VARCHAR, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-        done = {r["version"] for r in self._rows("SELECT version FROM schema_migrations")}
-        for version, description, sql in sorted(MIGRATIONS):
-            if version in done:
-                continue
+            done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+            pending = [m for m in sorted(MIGRATIONS) if m[0] not in done]
+            if not pending:
+                return max(done, default=0)
+        for version, description, sql in pending:
             with self.tx() as con:
                 con.execute(sql)
                 con.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
