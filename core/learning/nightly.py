@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import os
 import shutil
@@ -179,9 +180,10 @@ class NightlyConfig:
         return self.threads or self.train.threads or max(1, len(os.sched_getaffinity(0)) - 1)
 
     def to_dict(self) -> dict:
+        """The settings as JSON values (for the run's row and the adapter's manifest)."""
         d = asdict(self)
         d["train"] = self.train.to_dict()
-        return d
+        return json.loads(json.dumps(d, default=str))  # a Path given as model_path, say
 
 
 @dataclass
@@ -577,7 +579,8 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
         if personal and config.refresh_per_reader > 0:
             if drafter is None:  # the model only when some adapter has LoRA weights to apply
                 lora = any(getattr(active_adapter(store, u), "has_lora", False) for u in personal)
-                drafter = load_drafter(store, config.draft, generator, model_path=config.model_path, with_model=lora)
+                drafter = load_drafter(store, config.draft, generator, with_model=lora,
+                                       model_path=config.model_path)
             refreshed = refresh_drafts(store, drafter, personal, config.refresh_per_reader,
                                        progress=progress)
     return NightlyReport(outcomes, abandoned, time.perf_counter() - t0, refreshed)

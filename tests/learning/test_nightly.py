@@ -206,7 +206,7 @@ def test_nightly_prefills_the_queue_with_the_readers_adapter(store, users, tiny)
     from core.generation.personal import refresh_drafts
     from core.generation.personal import load_drafter
 
-    drafter = load_drafter(store, _config(tiny), with_model=False)
+    drafter = load_drafter(store, _config(tiny).draft, with_model=False)
     n = refresh_drafts(store, drafter, ["rad1"], per_reader=5)
     assert n == 5
     case = annotate.next_case(store, rad, adapter="rad1")
