@@ -30,8 +30,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
+# Two workers (pytest-xdist): most tests wait on subprocesses, the database file or a model on
+# one core. `make test-fast` leaves out the tests marked slow (training, kill -9, subprocess CLIs,
+# the browser): a minute or two, for the edit-test loop.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests
+
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not slow" tests
 
 bench: setup
 	$(PY) bench/app_latency.py

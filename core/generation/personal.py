@@ -27,9 +27,9 @@ from core.clinical.labeler import label, positive_findings
 from core.config import settings
 from core.errors import AdapterError, ImpressionistError, RetrievalError, ValidationError
 from core.evaluation.metrics import rouge
+from core.generation.check import checked_text
 from core.generation.models import ModelSpec, load_generator
 from core.generation.pipeline import C2FConfig, CoarseToFine
-from core.generation.check import checked_text
 from core.generation.retrieval import RetrievalIndex, index_for_store, tidy
 
 
