@@ -40,6 +40,7 @@ def test_styles_are_consistent_and_keep_findings():
         simulate.normalize_header("XRAY CHEST PA AND LATERAL")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["styles", "real"])
 def test_simulator_end_to_end_without_model(tmp_path, kind):
     # a tiny run: 24 items leave ~5 held-out reports, so the gate's evidence rule is set to match

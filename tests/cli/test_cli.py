@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=dict(os.environ), timeout=120)
 
 
+@pytest.mark.slow
 def test_users_add_reads_password_from_stdin(store):
     store.close()  # the CLI is another process; let it have the file
     result = run("users", "add", "dr_cli", "--role", "radiologist", stdin="Str0ng-password\n")
@@ -26,6 +29,7 @@ def test_users_add_reads_password_from_stdin(store):
     assert weak.returncode == 2 and "at least 8" in weak.stderr
 
 
+@pytest.mark.slow
 def test_import_counts_and_reimport_adds_nothing(tmp_path, store):
     store.close()
     f = tmp_path / "reports.jsonl"
@@ -87,6 +91,7 @@ def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
     s.close()
 
 
+@pytest.mark.slow
 def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
     """`generate --in/--out` retrieves from the store; `--llm always` makes the model draft too."""
     import csv

@@ -45,6 +45,7 @@ def _promote_versions(db: str, reader: str, n: int, monkeypatch) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys):
     """Two databases in one folder: each one's reports feed its own drafts, and its adapters,
     retrieval cache and nightly lock live in its own home; the default database is untouched."""
@@ -103,6 +104,7 @@ def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys)
         p.name for p in settings().data_dir.glob("*")}
 
 
+@pytest.mark.slow
 def test_every_verb_closes_its_database_and_bad_input_exits_2(tmp_path):
     """Each cheap verb in its own process, as from a shell or cron: the right exit status, one
     clear line for bad input, and never a ``nanobind: leaked`` report or a traceback at exit."""

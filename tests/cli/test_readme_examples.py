@@ -15,6 +15,8 @@ and the test checks the mark is in the README next to it. Every other example ru
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import os
 import re
@@ -160,6 +162,7 @@ def rate_the_study(db: Path) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_every_readme_example_runs(tmp_path, monkeypatch):
     from core.generation.checkpoint import make_tiny_model
 

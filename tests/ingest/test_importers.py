@@ -767,6 +767,7 @@ def test_admin_import_checkboxes(store, users):
     assert {"Skip reports without findings", "Accept reports without an impression"} <= labels
 
 
+@pytest.mark.slow
 def test_cli_import_flags(store, tmp_path):
     import os
     import subprocess

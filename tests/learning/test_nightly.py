@@ -20,6 +20,9 @@ from core.learning.gate import GateResult, gate
 from core.learning.nightly import NightlyConfig, run_nightly
 from core.learning.train import TrainConfig
 
+# Each test trains or runs the nightly job on a tiny model: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

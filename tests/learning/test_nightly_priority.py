@@ -50,6 +50,7 @@ def _run(db: str, env: dict | None = None, **config) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_nightly_job_runs_at_low_priority_with_a_thread_budget(store):
     store.close()
     seen = _run(store.path)

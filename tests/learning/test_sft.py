@@ -13,6 +13,9 @@ from core.errors import ConfigError
 from core.learning.sft_trainer import SFTTrainConfig, train_sft
 from core.learning.train import TrainError, lora_snapshot
 
+# Each test trains or runs the nightly job on a tiny model: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 FAST = dict(max_steps=3, batch_size=4, learning_rate=5e-3, progress=False, warmup_steps=0)
 
 

@@ -21,6 +21,9 @@ from core.learning.train import (
     preference_accuracy,
 )
 
+# Each test trains or runs the nightly job on a tiny model: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 FINDINGS = "The heart is normal in size. The lungs are clear."
 
 

@@ -226,6 +226,7 @@ def test_arm_validation(store, people):
     assert set(store.study_units(sid)["arm"]) == {"original", "adapter:dr_lee"}
 
 
+@pytest.mark.slow
 def test_external_arm_rates_reports_of_the_other_source(store, people):
     store.import_reports(make_reports(40), file="t", fmt="test")
     store.import_reports(make_reports(20, source="chexpert-plus"), file="c", fmt="test")
@@ -670,6 +671,7 @@ def run(*args) -> subprocess.CompletedProcess:
                           text=True, env=dict(os.environ), timeout=180)
 
 
+@pytest.mark.slow
 def test_cli_study_flow(store, users, cases, tmp_path):
     store.close()  # the CLI is another process
     created = run("study", "--as", "coord", "create", "--name", "CLI study", "--arms",

@@ -187,6 +187,7 @@ def test_study_page_create_pause_extend_close(store, users, cases):
     assert len(store.list_studies()) == 1
 
 
+@pytest.mark.slow
 def test_results_page_after_close_with_exports(store, users, study_setup):
     sid = study_setup
     coord = users["coord"]
