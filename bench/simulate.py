@@ -50,6 +50,8 @@ from core.ingest.reports import import_file
 from core.learning.nightly import NightlyConfig, run_nightly
 from core.learning.train import TrainConfig
 from core.store.database import Store
+from core.studies.figures import FigureSpec, Series, plotly_figure
+from core.studies.report import svg
 
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "reports.csv"
 READER_PASSWORD = "Simulated-Passw0rd"
@@ -567,72 +569,33 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_curve(results: dict, folder: Path) -> None:
-    """Learning curve (macro ROUGE-L vs feedback items): plotly HTML and a plain SVG."""
+def curve_spec(results: dict) -> FigureSpec:
+    """The learning curve (macro ROUGE-L over readers vs mean feedback items per reader), one
+    spec drawn with plotly (``learning_curve.html``) and as SVG (``learning_curve.svg``)."""
     curve = results["curve"]
     points = sorted({c["point"] for c in curve})
     personal = [_macro([c["rougeL"] for c in curve if c["point"] == p]) for p in points]
     shared = [_macro([c["shared_rougeL"] for c in curve if c["point"] == p]) for p in points]
-    items = [_macro([c["items"] for c in curve if c["point"] == p]) for p in points]
-    try:
-        import plotly.graph_objects as go
+    items = tuple(_macro([c["items"] for c in curve if c["point"] == p]) or 0.0 for p in points)
+    values = [v for v in personal + shared if v is not None] or [0.0, 100.0]
 
-        fig = go.Figure()
-        fig.add_trace(go.Scatter(x=items, y=personal, mode="lines+markers",
-                                 name="personalised (active adapter)"))
-        fig.add_trace(go.Scatter(x=items, y=shared, mode="lines", name="shared model",
-                                 line={"dash": "dash"}))
-        readers = sorted({c["reader"] for c in curve})
-        for r in readers:
-            rs = [c for c in curve if c["reader"] == r]
-            fig.add_trace(go.Scatter(x=[c["items"] for c in rs], y=[c["rougeL"] for c in rs],
-                                     mode="lines", name=r, opacity=0.35, line={"width": 1}))
-        fig.update_layout(title=f"Personalization learning curve ({results['bench']})",
-                          xaxis_title="feedback items per reader (mean)",
-                          yaxis_title="ROUGE-L (test part, macro over readers)")
-        fig.write_html(folder / "learning_curve.html", include_plotlyjs="cdn")
-    except ImportError:
-        pass
-    (folder / "learning_curve.svg").write_text(_svg(items, personal, shared, results["bench"]))
+    def series(name: str, ys: list, color: str) -> Series:
+        return Series(name, tuple(float("nan") if y is None else y for y in ys), color=color,
+                      x=items)
+
+    return FigureSpec("learning_curve", "lines", f"ROUGE-L vs feedback items ({results['bench']})",
+                      (), (series("personalised (active adapter)", personal, "#175cd3"),
+                           series("shared model", shared, "#b42318")),
+                      x_range=(max(0.0, min(values) - 5), min(100.0, max(values) + 5)),
+                      percent=False, x_title="feedback items per reader (mean)",
+                      y_title="ROUGE-L (test part, macro over readers)")
 
 
-def _svg(xs: list, personal: list, shared: list, title: str) -> str:
-    w, h, pad = 640, 400, 60
-    vals = [v for v in personal + shared if v is not None] or [0, 100]
-    lo, hi = max(0.0, min(vals) - 5), min(100.0, max(vals) + 5)
-    xmax = max([x for x in xs if x is not None] or [1])
-
-    def px(x):
-        return pad + (w - 2 * pad) * (x / xmax if xmax else 0)
-
-    def py(y):
-        return h - pad - (h - 2 * pad) * ((y - lo) / (hi - lo) if hi > lo else 0)
-
-    def line(ys, color, dash=""):
-        pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys) if y is not None)
-        dots = "".join(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>'
-                       for x, y in zip(xs, ys) if y is not None)
-        return (f'<polyline fill="none" stroke="{color}" stroke-width="2" '
-                f'stroke-dasharray="{dash}" points="{pts}"/>{dots}')
-
-    ticks = "".join(f'<text x="{px(x):.1f}" y="{h - pad + 18}" font-size="11" '
-                    f'text-anchor="middle">{x:.0f}</text>' for x in xs if x is not None)
-    yt = "".join(f'<text x="{pad - 8}" y="{py(v):.1f}" font-size="11" text-anchor="end">'
-                 f'{v:.0f}</text><line x1="{pad}" x2="{w - pad}" y1="{py(v):.1f}" '
-                 f'y2="{py(v):.1f}" stroke="#eee"/>' for v in
-                 [lo + (hi - lo) * i / 4 for i in range(5)])
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-            f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>{yt}'
-            f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="14">'
-            f'ROUGE-L vs feedback items ({title})</text>'
-            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>'
-            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>{ticks}'
-            f'{line(personal, "#1f77b4")}{line(shared, "#d62728", "6,4")}'
-            f'<text x="{w - pad}" y="{pad}" text-anchor="end" font-size="12" fill="#1f77b4">'
-            f'personalised</text><text x="{w - pad}" y="{pad + 16}" text-anchor="end" '
-            f'font-size="12" fill="#d62728">shared</text>'
-            f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle" font-size="12">feedback items '
-            f'per reader</text></svg>')
+def write_curve(results: dict, folder: Path) -> None:
+    """Write the learning curve's one spec as plotly HTML and as a plain SVG."""
+    spec = curve_spec(results)
+    plotly_figure(spec).write_html(folder / "learning_curve.html", include_plotlyjs="cdn")
+    (folder / "learning_curve.svg").write_text(svg(spec))
 
 
 # ---------------------------------------------------------------------------------------------

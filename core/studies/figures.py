@@ -4,7 +4,7 @@ summary (inline SVG, :mod:`core.studies.report`), so the two always show the sam
 A :class:`FigureSpec` is plain data: rows (categories, top to bottom), series of values with
 their interval, axis range, percent or not, a reference line. :func:`plotly_figure` draws any
 spec; the SVG renderer draws the kinds the HTML summary uses (``intervals``, ``stacked``,
-``grouped``).
+``grouped``) and ``lines`` (the personalization benchmark's learning curve).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class FigureSpec:
 
     kind: ``intervals`` (a bar, or a point when the range is signed, per row with its
     interval), ``stacked`` (100% stacked bars per row), ``grouped`` (one thin bar per series
-    in each row), ``heatmap`` (``matrix`` over rows x ``columns``) or ``scatter``.
+    in each row), ``heatmap`` (``matrix`` over rows x ``columns``), ``scatter``, or ``lines``
+    (each series' values over its ``x``, e.g. a learning curve; ``x_range`` is the y axis).
     """
     key: str
     kind: str
@@ -205,6 +206,9 @@ def plotly_figure(spec: FigureSpec):
         if spec.kind == "scatter":
             fig.add_scatter(x=list(s.x or ()), y=list(s.values), mode="markers", name=s.name,
                             opacity=0.7)
+        elif spec.kind == "lines":
+            fig.add_scatter(x=list(s.x or ()), y=list(s.values), mode="lines+markers",
+                            name=s.name, line=dict(color=s.color))
         elif spec.kind == "intervals" and spec.signed:
             fig.add_scatter(x=list(s.values), y=rows, mode="markers", name=s.name,
                             marker=dict(size=10, color=s.color), error_x=error)
@@ -220,7 +224,7 @@ def plotly_figure(spec: FigureSpec):
     layout = dict(title=spec.title, margin=dict(t=50, b=30),
                   height=max(300, 120 + 32 * len(rows)),
                   barmode={"stacked": "stack", "grouped": "group"}.get(spec.kind),
-                  showlegend=spec.kind in ("stacked", "grouped", "scatter"))
+                  showlegend=spec.kind in ("stacked", "grouped", "scatter", "lines"))
     if spec.kind in ("intervals", "stacked", "grouped"):
         layout["xaxis"] = dict(range=list(spec.x_range),
                                tickformat=".0%" if spec.percent else None)

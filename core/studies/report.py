@@ -189,7 +189,42 @@ def svg_grouped(spec: FigureSpec) -> str:
     return "".join(parts)
 
 
-SVG_RENDERERS = {"intervals": svg_intervals, "stacked": svg_stacked, "grouped": svg_grouped}
+def svg_lines(spec: FigureSpec) -> str:
+    """Each series as a line with markers over its ``x``; the y axis is ``spec.x_range``."""
+    height, bottom = 276, 220
+    xs = [v for s in spec.series for v in (s.x or ())] or [0.0, 1.0]
+    x_min, x_max = min(xs), max(xs)
+    y_min, y_max = spec.x_range
+
+    def px(v: float) -> float:
+        return LEFT + (v - x_min) / ((x_max - x_min) or 1) * (WIDTH - LEFT - RIGHT)
+
+    def py(v: float) -> float:
+        return bottom - (min(max(v, y_min), y_max) - y_min) / ((y_max - y_min) or 1) * (bottom - TOP)
+
+    parts = _open(spec, height)
+    for i in range(5):
+        v = y_min + (y_max - y_min) * i / 4
+        parts.append(f'<line x1="{LEFT}" y1="{py(v):.1f}" x2="{WIDTH - RIGHT}" y2="{py(v):.1f}" '
+                     f'stroke="#eaecf0"/>')
+        parts.append(_row_label(f"{100 * v:.0f}%" if spec.percent else f"{v:.3g}", py(v) + 4))
+    for v in sorted(set(xs)):
+        parts.append(f'<text x="{px(v):.1f}" y="{bottom + 14}" font-size="10" '
+                     f'text-anchor="middle" fill="#475467">{v:.3g}</text>')
+    for s in spec.series:
+        pts = [(px(x), py(y)) for x, y in zip(s.x or (), s.values) if not math.isnan(y)]
+        parts.append(f'<polyline fill="none" stroke="{s.color}" stroke-width="2" points="'
+                     + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{s.color}"/>' for a, b in pts]
+    parts.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{bottom + 28}" font-size="10" '
+                 f'text-anchor="middle">{_esc(spec.x_title)}</text>')
+    parts += _legend(spec.series, height - 6)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+SVG_RENDERERS = {"intervals": svg_intervals, "stacked": svg_stacked, "grouped": svg_grouped,
+                 "lines": svg_lines}
 
 
 def svg(spec: FigureSpec | None) -> str:
