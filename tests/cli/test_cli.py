@@ -92,17 +92,16 @@ def test_iu_xray_import_and_broken_copy(tmp_path, iu_csv, store):
 
 
 @pytest.mark.slow
-def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store):
+def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store, tiny):
     """`generate --in/--out` retrieves from the store; `--llm always` makes the model draft too."""
     import csv
     import json
 
-    from core.generation.checkpoint import make_tiny_model
     from core.ingest.demo import synthetic_reports
 
     store.import_reports(synthetic_reports(30, seed=4), file="s", fmt="demo")
     store.close()
-    model = make_tiny_model(tmp_path / "tiny")
+    model = tiny
     cases = tmp_path / "cases.csv"
     cases.write_text("uid,findings,indication\nq1,Small left pleural effusion. No pneumothorax.,Cough\n"
                      "q2,Heart size normal. Lungs are clear.,\n")

@@ -163,13 +163,11 @@ def rate_the_study(db: Path) -> None:
 
 
 @pytest.mark.slow
-def test_every_readme_example_runs(tmp_path, monkeypatch):
-    from core.generation.checkpoint import make_tiny_model
+def test_every_readme_example_runs(tmp_path, monkeypatch, tiny):
 
     work = tmp_path / "work"
     work.mkdir()
     write_inputs(work)
-    tiny = make_tiny_model(tmp_path / "tiny")
     shims = tmp_path / "bin"
     shims.mkdir()
     (shims / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')

@@ -706,14 +706,13 @@ def test_cli_study_flow(store, users, cases, tmp_path):
     assert "closed" in listed.stdout and "CLI study" in listed.stdout
 
 
-def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path):
+def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path, tiny):
     """The CLI's seam: a (tiny, random) local model fills base and typo arms; style arms are
     the base text rendered by core.generation.styles."""
     from core.generation.models import ModelSpec, load_generator
-    from core.generation.checkpoint import make_tiny_model
     from core.generation.styles import apply_style
 
-    path = make_tiny_model(tmp_path / "tiny", seed=0)
+    path = tiny
     gen = load_generator(ModelSpec(path, dtype="float32", device="cpu", name="tiny"))
     model = texts.model_text_maker(gen, batch_size=4, max_new_tokens=6)
     assert model.model_name == "tiny"
