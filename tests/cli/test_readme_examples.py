@@ -164,7 +164,6 @@ def rate_the_study(db: Path) -> None:
 
 @pytest.mark.slow
 def test_every_readme_example_runs(tmp_path, monkeypatch, tiny):
-
     work = tmp_path / "work"
     work.mkdir()
     write_inputs(work)
