@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from core.accounts.auth import User, authorize
-from core.errors import NotFound, StudyClosed, StudyError
+from core.errors import NotFound, StudyClosed, StudyDesignError, StudyError
 from core.store.database import Store
 from core.studies.access import COORDINATORS, RATER_ROLE, get_study
 from core.studies.design import Assignment, assign, seeded_key
@@ -38,6 +38,45 @@ def resolve_raters(store: Store, usernames: Sequence[str], what: str = "raters")
                              f"{reader.role}; study raters must be active radiologists")
         out.append(reader)
     return out
+
+
+def seen_on_annotate(store: Store, reader_ids: Sequence[int]) -> dict[int, set[int]]:
+    """The reports each reader has already rated or skipped on Annotate (outside any study).
+
+    Annotate shows the AI impression and the original impression under their names, so a
+    report seen there would not be blind in a study: sampling and assignment leave them out
+    for that reader (issue 14.3). Retracted and imported ratings count too: the text was seen.
+
+    Returns:
+        reader id -> report ids (an empty set for a reader who has seen none).
+    """
+    out: dict[int, set[int]] = {int(r): set() for r in reader_ids}
+    for reader_id in out:
+        seen = store.feedback_history(reader_id=reader_id, kinds=("rating", "skip"))
+        if len(seen):
+            general = seen[seen["study_id"].isna()]
+            out[reader_id] = {int(x) for x in general["report_id"]}
+    return out
+
+
+def unseen_exclusions(store: Store, study_id: int, readers: Sequence) -> set[tuple[str, int, str]]:
+    """(username, slot, arm) units of a study whose report the reader has seen on Annotate:
+    :func:`core.studies.design.assign` must not give them to that reader."""
+    seen = seen_on_annotate(store, [r.id for r in readers])
+    if not any(seen.values()):
+        return set()
+    units = store.study_units(study_id)
+    return {(r.username, int(u.slot), u.arm) for r in readers
+            for u in units.itertuples() if int(u.report_id) in seen[r.id]}
+
+
+def _assign(items, arms, names, k, seed, exclude):
+    """:func:`core.studies.design.assign` with its refusal as a :class:`StudyError`."""
+    try:
+        return assign(items, arms, names, k, seed, exclude=exclude)
+    except StudyDesignError as exc:
+        raise StudyError(f"cannot assign without showing raters reports they already rated "
+                         f"on Annotate: {exc}") from None
 
 
 def effective_k(store: Store, study_id: int) -> int | None:
@@ -78,8 +117,8 @@ def assign_raters(store: Store, user: User, study_id: int, raters: Sequence[str]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(readers):
         raise StudyError(f"k={k!r}: must be between 1 and the number of raters ({len(readers)})")
     ids = {r.username: r.id for r in readers}
-    plan = assign(list(range(study["n_items"])), study["arms"], [r.username for r in readers],
-                  k, study["seed"])
+    plan = _assign(list(range(study["n_items"])), study["arms"], [r.username for r in readers],
+                   k, study["seed"], unseen_exclusions(store, study_id, readers))
     frame = _plan_frame(plan, ids)
     return store.add_study_tasks(study_id, frame, [r.id for r in readers], 0, "assigned",
                                  user.username, {"k": k, "raters": [r.username for r in readers],
@@ -116,11 +155,15 @@ def extend(store: Store, user: User, study_id: int, raters: Sequence[str],
             if extra_k > len(readers):
                 raise StudyError(f"extra_k={extra_k}: at most the number of new raters "
                                  f"({len(readers)})")
-            plan = assign(list(range(study["n_items"])), study["arms"], names, extra_k,
-                          f"{study['seed']}:extend:{batch}")
+            plan = _assign(list(range(study["n_items"])), study["arms"], names, extra_k,
+                           f"{study['seed']}:extend:{batch}",
+                           unseen_exclusions(store, study_id, readers))
             frame, withdraw = _plan_frame(plan, ids), []
         else:
-            frame, withdraw = _rebalance(store.study_tasks(study_id), ids, study["seed"], batch)
+            banned = {(ids[name], slot, arm) for name, slot, arm
+                      in unseen_exclusions(store, study_id, readers)}
+            frame, withdraw = _rebalance(store.study_tasks(study_id), ids, study["seed"], batch,
+                                         banned)
         return store.add_study_tasks(
             study_id, frame, [r.id for r in readers], batch, "extended", user.username,
             {"raters": names, "extra_k": extra_k, "n_tasks": len(frame),
@@ -140,8 +183,10 @@ def _new_raters(store: Store, study_id: int, raters: Sequence[str]) -> list:
 
 
 
-def _rebalance(tasks, new_ids: dict[str, int], seed: int, batch: int):
-    """Move pending tasks to new raters until remaining loads differ by at most 1.
+def _rebalance(tasks, new_ids: dict[str, int], seed: int, batch: int,
+               banned: set[tuple[int, int, str]] = frozenset()):
+    """Move pending tasks to new raters until remaining loads differ by at most 1, never a
+    (reader id, slot, arm) in ``banned`` (a report the new rater saw on Annotate).
 
     Returns:
         (frame of new tasks: slot, arm, reader_id, position; ids of tasks to withdraw).
@@ -181,7 +226,8 @@ def _rebalance(tasks, new_ids: dict[str, int], seed: int, batch: int):
         for low in sorted(raters, key=lambda r: (load[r], tie[r])):
             if load[top] - load[low] <= 1:
                 break
-            options = [t for t in pending[top] if low not in holders[(t[1], t[2])]]
+            options = [t for t in pending[top] if low not in holders[(t[1], t[2])]
+                       and (low, t[1], t[2]) not in banned]
             if not options:
                 continue
             pick = max(options, key=lambda t: (arm_count(top, t[2]) - arm_count(low, t[2]),

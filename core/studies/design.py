@@ -150,6 +150,7 @@ def assign(
     raters: Sequence[str],
     k: int,
     seed: int | str,
+    exclude: Iterable[tuple[Any, Any, str]] = (),
 ) -> list[Assignment]:
     """Assign every (item, arm) unit to exactly ``k`` distinct raters, balanced.
 
@@ -171,12 +172,17 @@ def assign(
         raters: rater ids (distinct, non-empty).
         k: raters per unit, 1 <= k <= len(raters).
         seed: study seed.
+        exclude: (rater, item, arm) units a rater must never get (e.g. the report was shown
+            to them unblinded before). Empty: the design is exactly the unconstrained one.
 
     Returns:
         Assignments sorted by (rater, position).
+    Raises:
+        StudyDesignError: the exclusions leave no balanced assignment this greedy finds.
     """
     items, arms, raters = list(items), list(arms), list(raters)
     _check_assign(items, arms, raters, k)
+    banned = {(str(r), str(i), a) for r, i, a in exclude}
     base, extra = divmod(len(items) * k, len(raters))
     # Seeded rater cycle; arm a's `extra` extra tasks go to the next `extra` raters in
     # the cycle, continuing where the previous arm stopped, so totals also balance.
@@ -188,7 +194,7 @@ def assign(
         start = (a_idx * extra) % len(raters)
         lucky = {cycle[(start + t) % len(raters)] for t in range(extra)}
         quota = {r: base + (1 if r in lucky else 0) for r in raters}
-        units += _assign_arm(arm, items, raters, k, seed, quota, pair_count)
+        units += _assign_arm(arm, items, raters, k, seed, quota, pair_count, banned)
     return _queues(units, raters, seed)
 
 
@@ -211,21 +217,32 @@ def _check_assign(items: list, arms: list, raters: list, k: int) -> None:
 
 
 def _assign_arm(arm: str, items: list, raters: list, k: int, seed: int | str,
-                remaining: dict[str, int], pair_count: Counter) -> list[tuple[str, Any, str]]:
+                remaining: dict[str, int], pair_count: Counter,
+                banned: set[tuple[str, str, str]] = frozenset()) -> list[tuple[str, Any, str]]:
     """Give each of an arm's units k raters within their quotas (``remaining``), pairing
-    raters who have shared fewest units so far (``pair_count`` is updated)."""
+    raters who have shared fewest units so far (``pair_count`` is updated); never a
+    (rater, item, arm) in ``banned``."""
     units = []
     unit_order = sorted(items, key=lambda it: (_key(seed, "unit", arm, it), str(it)))
-    for u_left, item in zip(range(len(items), 0, -1), unit_order):
-        chosen: list[str] = []
-        # Raters whose remaining quota equals the units left must take this unit,
-        # otherwise they could not reach their quota with distinct units.
-        chosen.extend(sorted((r for r in raters if remaining[r] == u_left), key=str))
+    if banned:  # the most constrained units first: they have the fewest raters to choose from
+        unit_order.sort(key=lambda it: -sum((str(r), str(it), arm) in banned for r in raters))
+    # open_left[r]: units still to place in this arm that r may take (this one included)
+    open_left = {r: sum((str(r), str(it), arm) not in banned for it in items) for r in raters}
+    for item in unit_order:
+        allowed = [r for r in raters if (str(r), str(item), arm) not in banned]
+        # Raters whose remaining quota equals the units left they may take must take this
+        # unit, otherwise they could not reach their quota with distinct units.
+        chosen = sorted((r for r in allowed if remaining[r] >= open_left[r] > 0), key=str)
         while len(chosen) < k:
-            candidates = [r for r in raters if remaining[r] > 0 and r not in chosen]
+            candidates = [r for r in allowed if remaining[r] > 0 and r not in chosen]
+            if not candidates:
+                raise StudyDesignError(
+                    f"unit ({item!r}, {arm!r}) cannot get {k} raters: the raters left with "
+                    f"room for it have already seen it (choose other raters or a lower k)")
             best = min(
                 candidates,
                 key=lambda r: (
+                    open_left[r] - remaining[r] if banned else 0,
                     sum(pair_count[_pair(r, c)] for c in chosen),
                     -remaining[r],
                     _key(seed, "pick", arm, item, r),
@@ -233,12 +250,22 @@ def _assign_arm(arm: str, items: list, raters: list, k: int, seed: int | str,
                 ),
             )
             chosen.append(best)
+        if len(chosen) > k:
+            raise StudyDesignError(
+                f"unit ({item!r}, {arm!r}): {len(chosen)} raters would have to take it to keep "
+                f"the loads balanced, but k={k}; some raters have already seen too many of the "
+                f"study's reports (choose other raters)")
+        for r in allowed:
+            open_left[r] -= 1
         for r in chosen:
             remaining[r] -= 1
             units.append((r, item, arm))
         for r1, r2 in combinations(chosen, 2):
             pair_count[_pair(r1, r2)] += 1
-    assert all(v == 0 for v in remaining.values()), remaining
+    if any(v != 0 for v in remaining.values()):
+        short = sorted((str(r) for r, v in remaining.items() if v), key=str)
+        raise StudyDesignError(f"arm {arm!r}: raters {short} have seen too many of the study's "
+                               f"reports to take their share (choose other raters)")
     return units
 
 

@@ -23,7 +23,7 @@ from core.errors import StudyClosed, StudyError
 from core.feedback.annotate import clean_text
 from core.store.database import Store
 from core.studies.access import COORDINATORS, RATER_ROLE, get_study
-from core.studies.assignment import assign_raters, resolve_raters
+from core.studies.assignment import assign_raters, resolve_raters, seen_on_annotate
 from core.studies.design import blind_label, sample_reports, seeded_key
 from core.studies.protocol import (
     DEFAULT_GUIDELINE,
@@ -150,18 +150,32 @@ def _check_design(store: Store, design: StudyDesign) -> _Checked:
     return _Checked(name, arms, scale, questions, guideline, strata)
 
 
+def _unseen(rows: list[dict], seen: set[int], n: int) -> list[dict]:
+    """The candidates none of the study's raters has rated on Annotate, where at least ``n``
+    are left; else all of them (assignment then keeps each rater off the reports they saw)."""
+    unseen = [r for r in rows if r["id"] not in seen]
+    return unseen if len(unseen) >= n else rows
+
+
 def _units(store: Store, design: StudyDesign, checked: _Checked,
            make_texts: MakeTexts | None, model_name: str):
-    """The study's units (one row per item and arm), with their texts, labels and case numbers."""
+    """The study's units (one row per item and arm), with their texts, labels and case numbers.
+
+    Reports a named rater already rated on Annotate (AI and original shown by name) are left
+    out of the sample while enough others remain (issue 14.3)."""
     import pandas as pd  # deferred: pandas takes a second to import and most commands never need it
 
+    seen = set().union(*seen_on_annotate(
+        store, [r.id for r in resolve_raters(store, design.raters)]).values())
     exclude = [design.external_source] if design.external_source else None
-    reports = _sample(store.study_candidate_reports(design.sources, exclude), design.n_items,
+    reports = _sample(_unseen(store.study_candidate_reports(design.sources, exclude), seen,
+                              design.n_items), design.n_items,
                       design.seed, checked.strata,
                       f"sources {list(design.sources) if design.sources else 'all'}")
     ext_reports: list[dict] = []
     if any(not arm.paired for arm in checked.arms):
-        ext_reports = _sample(store.study_candidate_reports([design.external_source]),
+        ext_reports = _sample(_unseen(store.study_candidate_reports([design.external_source]),
+                                      seen, design.n_items),
                               design.n_items, design.seed,
                               [s for s in checked.strata if s == "normal"],
                               f"external source {design.external_source!r}")

@@ -888,3 +888,50 @@ def test_page_and_summary_draw_the_same_figure_specs(store, people, hand_study):
     assert list(shares.series[0].values) == list(res.shares["share"])
     for spec in (figures.pairwise_kappa(res), figures.metric_scatter(res, "mean_rating")):
         assert figures.plotly_figure(spec).layout.title.text == spec.title
+
+
+def _rate_on_annotate(store, user, report_ids):
+    from core.feedback import annotate
+
+    for rid in report_ids:
+        annotate.save_rating(store, user, int(rid), None, None, annotate.Rating(rating=1))
+
+
+def _reports_of(store, sid, username):
+    tasks = store.study_tasks(sid)
+    units = store.study_units(sid).set_index("unit_id")
+    mine = tasks[(tasks["rater"] == username) & tasks["active"]]
+    return {int(units.loc[u, "report_id"]) for u in mine["unit_id"]}
+
+
+def test_reports_rated_on_annotate_stay_out_of_that_raters_study(store, people):
+    """Issue 14.3: a report a rater saw on Annotate (AI and original by name) never reaches
+    them in a blinded study: left out of the sample while enough others remain, else kept
+    off that rater's queue by the assignment (create, draft assignment, both extensions)."""
+    store.import_reports(make_reports(40), file="t", fmt="test")
+    seen_r0, seen_r3 = set(range(1, 11)), set(range(5, 21))
+    _rate_on_annotate(store, people["r0"], seen_r0)
+    _rate_on_annotate(store, people["r3"], seen_r3)
+    assert assignment.seen_on_annotate(store, [people["r0"].id])[people["r0"].id] == seen_r0
+    # enough unseen reports: none of r0's is sampled at all
+    sid = _create(store, people, n=20, raters=("r0", "r1"), k=1)
+    assert not set(store.study_units(sid)["report_id"]) & seen_r0
+    # every report is needed: they are sampled, but r0 gets none of them
+    sid = _create(store, people, n=40, raters=("r0", "r1", "r2"), k=1)
+    assert set(store.study_units(sid)["report_id"]) & seen_r0
+    assert _reports_of(store, sid, "r0") and not _reports_of(store, sid, "r0") & seen_r0
+    # a draft assigned later, and raters added by extension (more overlap, or rebalanced)
+    sid = _create(store, people, n=40, raters=())
+    assignment.assign_raters(store, people["coord"], sid, ["r0", "r1"], 1)
+    assert not _reports_of(store, sid, "r0") & seen_r0
+    assignment.extend(store, people["coord"], sid, ["r3", "r4"], extra_k=1)
+    assert _reports_of(store, sid, "r3") and not _reports_of(store, sid, "r3") & seen_r3
+    sid = _create(store, people, n=40, raters=("r1", "r2"), k=1)
+    assignment.extend(store, people["coord"], sid, ["r3"])
+    assert _reports_of(store, sid, "r3") and not _reports_of(store, sid, "r3") & seen_r3
+    # a rater who saw every report cannot be given any of them: refused, nothing assigned
+    _rate_on_annotate(store, people["r5"], range(1, 41))
+    sid = _create(store, people, n=40, raters=())
+    with pytest.raises(StudyError, match="already rated on Annotate"):
+        assignment.assign_raters(store, people["coord"], sid, ["r5", "r6"], 1)
+    assert store.get_study(sid)["status"] == "draft"

@@ -123,6 +123,20 @@ def test_assign_errors():
         assign([1, 2, 1], ["a"], ["x"], 1, seed=0)
 
 
+def test_assign_keeps_excluded_units_off_their_rater():
+    """A rater never gets a unit they saw unblinded (issue 14.3); the design stays balanced,
+    and no exclusions give exactly the unconstrained design."""
+    items, arms, raters = list(range(30)), ["a", "b", "c"], _names("r", 4)
+    exclude = {("r0", i, arm) for i in range(12) for arm in arms} | {("r2", i, "b")
+                                                                     for i in range(20, 30)}
+    plan = assign(items, arms, raters, 2, 5, exclude=exclude)
+    validate_assignments(plan, items, arms, raters, 2)
+    assert not {(a.rater, a.item_id, a.arm) for a in plan} & exclude
+    assert assign(items, arms, raters, 2, 5, exclude=()) == assign(items, arms, raters, 2, 5)
+    with pytest.raises(StudyDesignError, match="seen"):
+        assign(items, arms, raters, 2, 5, exclude={("r0", i, "a") for i in items})
+
+
 def test_validate_assignments_catches_broken_designs():
     items, arms, raters = [1, 2, 3, 4], ["a"], ["x", "y", "z"]
     good = assign(items, arms, raters, 2, seed=0)
