@@ -493,11 +493,21 @@ def test_corrupt_adapter_file_is_a_clear_error_and_drafting_falls_back(store, us
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    yield from _tmpfs(tmp_path, "3m")
+
+
+@pytest.fixture
+def roomier_disk(tmp_path):
+    """An 8 MiB tmpfs: room for the database's first checkpoint (~4.4 MB)."""
+    yield from _tmpfs(tmp_path, "8m")
+
+
+def _tmpfs(tmp_path, size: str):
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
@@ -859,13 +869,16 @@ def test_the_lock_file_deleted_while_held_costs_a_wait_not_a_second_writer(store
     assert {r["actor"] for r in store.audit_log(action="tick")} == {"first", "second"}
 
 
-def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_disk):
+# On 3 MiB the database's first checkpoint (at the hand-over to the holder, ~4.4 MB) filled the
+# disk before the filler did, and the save after the filler was gone passed only while the
+# WAL's last page had room left: 8 MiB.
+def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(roomier_disk):
     """Issue 16.6: waiting for another process on a full disk never raises a raw OSError."""
     from core.accounts import auth
     from core.ingest.demo import synthetic_reports
     from core.store.database import Store
 
-    db = small_disk / "db.duckdb"
+    db = roomier_disk / "db.duckdb"
     s = Store(db)
     try:
         s.migrate()
@@ -878,7 +891,7 @@ def test_disk_full_while_waiting_for_the_file_is_a_nothing_saved_error(small_dis
         holder = _spawn_io(HOLDER, str(db))
         try:
             _wait_line(holder, "HOLD")
-            filler = small_disk / "filler"
+            filler = roomier_disk / "filler"
             with filler.open("wb") as fh:  # fill the disk to the last byte
                 with contextlib.suppress(OSError):
                     while True:
