@@ -123,3 +123,20 @@ def require_user(*roles: str) -> User:
         st.error("You do not have access to this page.")
         st.stop()
     return user
+
+
+def kept(key: str, default):
+    """The key of a widget whose value survives leaving the page and coming back (Streamlit
+    forgets a widget's state once a run does not draw it): seeds the widget from its kept copy
+    (or ``default``); call :func:`keep` after drawing the page's widgets. Pass the widget no
+    default of its own."""
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(f"kept:{key}", default)
+    return key
+
+
+def keep(*keys: str) -> None:
+    """Copy these widgets' values where a page change does not clear them (see :func:`kept`)."""
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[f"kept:{key}"] = st.session_state[key]

@@ -236,7 +236,7 @@ def test_my_feedback_shows_only_own_rows(store, users, cases):
     at.session_state["user"] = r2
     at.run()
     frame = at.dataframe[0].value
-    assert list(frame["comment"]) == ["theirs"]
+    assert list(frame["Comment"]) == ["theirs"]
 
 
 def test_admin_imports_file_and_broken_file_imports_nothing(store, users, tmp_path):

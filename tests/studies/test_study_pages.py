@@ -267,4 +267,5 @@ def test_general_rater_pages_do_not_unblind_a_running_study(store, users, cases)
     lifecycle.close(store, users["coord"], sid)
     at = _app(rad, "pages/my_feedback.py")
     frame = at.dataframe[0].value
-    assert list(frame["comment"]) == ["study comment"] * 3          # unblinded after close
+    assert list(frame["Comment"]) == ["study comment"] * 3          # unblinded after close
+    assert set(frame["Where"]) == {f"Study {sid}: Blind"}
