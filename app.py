@@ -13,6 +13,7 @@ from core.accounts import auth
 from ui import current_user, end_session, get_store, sync_session_cookie
 
 st.set_page_config(page_title="Impressionist", page_icon=":material/radiology:", layout="wide")
+st.session_state["routed"] = True  # this session runs through the router (ui._router_only)
 
 # (file, title, icon, roles)
 PAGES = [
@@ -58,7 +59,9 @@ else:
              st.Page(_no_access, title=title, url_path=_url(path), visibility="hidden")
              for path, title, icon, roles in PAGES]
     pages += [st.Page("pages/sign_out.py", title="Sign out", icon=":material/logout:")]
-    home = pages[[path for path, *_ in PAGES].index(home_file)]
+    mine = {_url(path): page for (path, *_, roles), page in zip(PAGES, pages)
+            if user.role in roles}
+    home = mine[_url(home_file)]
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
 
@@ -68,8 +71,8 @@ if user is None and page.url_path:
 if user is not None and st.session_state.pop("just_signed_in", False):
     # The browser still points at the sign-in page (or the page asked for before signing in).
     path, query = st.session_state.pop("wanted", ("", {}))
-    target = next((p for p in pages if p.url_path == path and p.visibility == "visible"), home)
-    st.switch_page(target, query_params=query if target is not home else None)
+    target = mine.get(path, home)
+    st.switch_page(target, query_params=query if path in mine else None)
 with st.sidebar:
     sync_session_cookie(user)
 page.run()

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from core.accounts import sessions
 from core.accounts.auth import User, revalidate
@@ -30,7 +31,18 @@ def _store(path: str) -> Store:
 
 def get_store() -> Store:
     """The process-wide store for the configured database (one connection per process)."""
+    _router_only()
     return _store(str(settings().db_path))
+
+
+def _router_only() -> None:
+    """The first browser session after the server starts may ask for ``/<page>``: Streamlit then
+    runs ``pages/<page>.py`` on its own, as in apps without ``st.navigation`` (it only learns
+    that this app routes when app.py first calls it). Rerun through app.py instead, so the
+    router (sign-in, the session cookie, roles) always decides."""
+    if PagesManager.uses_pages_directory and not st.session_state.get("routed"):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def _restore_from_cookie() -> None:
@@ -55,6 +67,7 @@ def _restore_from_cookie() -> None:
 def current_user() -> User | None:
     """The signed-in user, or None: also when the session has expired, or an admin has
     disabled the account or changed its role since sign-in (checked on every run)."""
+    _router_only()
     _restore_from_cookie()
     user = st.session_state.get("user")
     if user is None:
@@ -76,7 +89,7 @@ def end_session(flash: str | None, why: str = "signed out") -> None:
         sessions.revoke(get_store(), user.username, sid, why)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
-    st.session_state.update(cookie_checked=True, clear_cookie=True)
+    st.session_state.update(cookie_checked=True, clear_cookie=True, routed=True)
     if flash:
         st.session_state["flash"] = flash
 
