@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.studies import exports, figures, lifecycle, results
+from core.studies import exports, figures, lifecycle, report, results
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -43,6 +43,11 @@ st.caption(f"{s['n_items']} items × {len(arms)} arms · k = {s['k']} · {len(s[
            f"· {s['n_ratings']:,} ratings · {res.scale.name} scale · seed {s['seed']}")
 for note in res.notes:
     st.warning(note)
+if not s["n_ratings"]:
+    st.info("No ratings yet: this study was closed before any of its texts was rated, so "
+            "there are no results to show.")
+    st.stop()
+MEAN = f"mean ({res.scale.mean_unit})"
 
 PCT = st.column_config.NumberColumn(format="percent")
 
@@ -69,9 +74,11 @@ with tab_arms:
     left, right = st.columns(2)
     _chart(left, figures.shares(res))
     _chart(right, figures.distribution(res))
-    st.dataframe(res.shares, hide_index=True, use_container_width=True,
+    st.dataframe(results.on_keys(res.scale, res.shares).rename(columns={"mean": MEAN}),
+                 hide_index=True, use_container_width=True,
                  column_config=_cols(pct=("share", "lo", "hi", "boot_lo", "boot_hi"),
-                                     dec2=("mean",)))
+                                     dec2=(MEAN,)))
+    st.caption(res.scale.mean_note)
     _chart(st, figures.error_rates(res))
     if not res.by_stratum.empty:
         st.markdown("**Neutral or better by normal / abnormal report**")
@@ -79,12 +86,15 @@ with tab_arms:
                      column_config=_cols(pct=("share", "lo", "hi")))
 with tab_cmp:
     if res.paired.empty:
-        st.info("A comparison needs two arms with ratings.")
+        st.info(report.no_comparison(res))
     else:
         _chart(st, figures.differences(res))
-        st.dataframe(res.paired, hide_index=True, use_container_width=True,
-                     column_config=_cols(dec2=("mean_a", "mean_b", "mean_diff", "lo", "hi",
-                                               "effect")))
+        unit = res.scale.mean_unit
+        st.dataframe(results.on_keys(res.scale, res.paired).rename(
+                         columns={"mean_a": f"mean_a ({unit})", "mean_b": f"mean_b ({unit})"}),
+                     hide_index=True, use_container_width=True,
+                     column_config=_cols(dec2=(f"mean_a ({unit})", f"mean_b ({unit})",
+                                               "mean_diff", "lo", "hi", "effect")))
         st.caption("Paired arms: Wilcoxon signed-rank on per-item mean ratings; effect = "
                    "rank-biserial (positive: A rated higher); p (Holm) adjusts for the number "
                    "of comparisons. External arm: Mann-Whitney U (different reports).")
@@ -100,10 +110,12 @@ with tab_auto:
     else:
         names = list(res.correlations["metric"])
         st.markdown("**Mean per arm** (each text against the report's original impression)")
-        st.dataframe(res.unit_metrics.groupby("arm", sort=False)[["mean_rating", *names]]
-                     .mean().reindex([a for a in arms if a in set(res.unit_metrics["arm"])])
-                     .reset_index(), hide_index=True, use_container_width=True,
-                     column_config=_cols(dec2=("mean_rating",), dec3=tuple(names)))
+        um = results.on_keys(res.scale, res.unit_metrics)
+        st.dataframe(um.groupby("arm", sort=False)[["mean_rating", *names]]
+                     .mean().reindex([a for a in arms if a in set(um["arm"])])
+                     .reset_index().rename(columns={"mean_rating": MEAN}), hide_index=True,
+                     use_container_width=True, column_config=_cols(dec2=(MEAN,),
+                                                                   dec3=tuple(names)))
         st.markdown("**How well each metric tracks the human ratings** (Spearman, per text)")
         st.dataframe(res.correlations, hide_index=True, use_container_width=True,
                      column_config=_cols(dec3=("rho",)))

@@ -13,12 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from core.studies.results import StudyResults
+from core.studies.results import StudyResults, on_keys
 
 PALETTE = ["#b42318", "#e17b54", "#d0d5dd", "#6ca6d9", "#175cd3"]  # worst .. best
 ARM_COLOR = "#175cd3"
 ERROR_DIMENSIONS = {"factual_error": ("factual error", "#b42318"),
-                    "omission": ("omission", "#e17b54"), "style_issue": ("style", "#6ca6d9")}
+                    "omission": ("omission", "#e17b54"), "style_issue": ("style", "#6ca6d9"),
+                    "critical_missed": ("missed critical finding", "#6941c6")}
 
 
 @dataclass(frozen=True)
@@ -177,16 +178,19 @@ def pairwise_kappa(res: StudyResults) -> FigureSpec | None:
 
 def metric_scatter(res: StudyResults, metric: str) -> FigureSpec:
     """An automatic metric against the mean human rating, one point per text, by arm."""
-    um = res.unit_metrics
+    um = on_keys(res.scale, res.unit_metrics)
     series = tuple(Series(arm, _floats(part["mean_rating"]), x=_floats(part[metric]))
                    for arm in res.study["arms"]
                    if len(part := um[um["arm"] == arm]))
     return FigureSpec(f"metric_{metric}", "scatter", f"{metric} vs mean human rating (per text)",
-                      (), series, percent=False, x_title=metric, y_title="mean rating")
+                      (), series, percent=False, x_title=metric,
+                      y_title=f"mean rating ({res.scale.mean_unit})")
 
 
 def summary_figures(res: StudyResults) -> list[FigureSpec]:
-    """The figures of the HTML summary, in its order."""
+    """The figures of the HTML summary, in its order (none for a study without ratings)."""
+    if not res.study.get("n_ratings"):
+        return []
     return [f for f in (shares(res), distribution(res), error_rates(res), differences(res),
                         rater_offsets(res)) if f is not None]
 

@@ -109,6 +109,32 @@ class Scale:
     def label_of(self, value: int) -> str:
         return dict(zip(self.values, self.labels)).get(int(value), str(value))
 
+    @property
+    def key_offset(self) -> int | None:
+        """What turns a stored value into the key a rater pressed (1 for the first label,
+        ``len(values)`` for the last), or None when the values are not consecutive (no shift
+        maps them; means then stay on the stored -2..2 values)."""
+        first = self.values[0]
+        consecutive = list(self.values) == list(range(first, first + len(self.values)))
+        return 1 - first if consecutive else None
+
+    @property
+    def mean_unit(self) -> str:
+        """How a mean rating is read: "1–5" (the keys raters pressed) or the stored range."""
+        if self.key_offset is None:
+            return f"stored value {self.values[0]}..{self.values[-1]}"
+        return f"1–{len(self.values)}"
+
+    @property
+    def mean_note(self) -> str:
+        """A sentence that says what a mean rating's numbers mean."""
+        if self.key_offset is None:
+            pairs = ", ".join(f"{v} = {lab}" for v, lab in zip(self.values, self.labels))
+            return f"Means are on the stored values ({pairs})."
+        n = len(self.values)
+        return (f"Means are on the keys raters pressed: 1 = {self.labels[0]} … {n} = "
+                f"{self.labels[-1]}; differences and offsets are in the same units.")
+
     @classmethod
     def from_dict(cls, data: dict) -> "Scale":
         return cls(data["name"], tuple(int(v) for v in data["values"]), tuple(data["labels"]),

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from core.studies.figures import FigureSpec, summary_figures
-from core.studies.results import StudyResults
+from core.studies.results import StudyResults, on_keys
 
 
 def _esc(value: Any) -> str:
@@ -265,11 +265,12 @@ svg { max-width: 100%; height: auto; }
 
 def _share_table(res: StudyResults) -> str:
     return _table(
-        ["Arm", "Ratings", "Items", "Mean", "Neutral or better", "Wilson 95% CI",
-         "Item bootstrap 95% CI"],
+        ["Arm", "Ratings", "Items", f"Mean ({_esc(res.scale.mean_unit)})", "Neutral or better",
+         "Wilson 95% CI", "Item bootstrap 95% CI"],
         [[_esc(r["arm"]), str(r["n_ratings"]), str(r["n_items"]), _num(r["mean"]),
           _pct(r["share"]), f"{_pct(r['lo'])} – {_pct(r['hi'])}",
-          f"{_pct(r['boot_lo'])} – {_pct(r['boot_hi'])}"] for r in res.shares.to_dict("records")])
+          f"{_pct(r['boot_lo'])} – {_pct(r['boot_hi'])}"]
+         for r in on_keys(res.scale, res.shares).to_dict("records")])
 
 
 def _error_table(res: StudyResults) -> str:
@@ -288,12 +289,24 @@ def _error_table(res: StudyResults) -> str:
     return _table(["Arm", *[err[err["question"] == d]["text"].iloc[0] for d in dims]], rows)
 
 
+def no_comparison(res: StudyResults) -> str:
+    """Why there is no comparison between arms: one arm, or too few arms with ratings."""
+    arms = list(res.study["arms"])
+    if len(arms) < 2:
+        return "Only one arm: no comparisons."
+    rated = set(res.ratings["arm"]) if len(res.ratings) and "arm" in res.ratings else set()
+    return (f"No comparisons: {len(arms)} arms, {len(rated)} of them with ratings (a "
+            f"comparison needs two arms with ratings of common items).")
+
+
 def _pair_table(res: StudyResults) -> str:
-    paired = res.paired.to_dict("records")
+    paired = on_keys(res.scale, res.paired).to_dict("records")
     if not paired:
-        return "<p>Only one arm: no comparisons.</p>"
+        return f"<p>{_esc(no_comparison(res))}</p>"
+    unit = _esc(res.scale.mean_unit)
     return _table(
-        ["A", "B", "Test", "n", "Mean A", "Mean B", "Diff (95% CI)", "p", "p (Holm)", "Effect"],
+        ["A", "B", "Test", "n", f"Mean A ({unit})", f"Mean B ({unit})", "Diff (95% CI)", "p",
+         "p (Holm)", "Effect"],
         [[_esc(r["arm_a"]), _esc(r["arm_b"]), _esc(r["test"]), str(r["n"]), _num(r["mean_a"]),
           _num(r["mean_b"]), f"{_num(r['mean_diff'])} ({_num(r['lo'])}, {_num(r['hi'])})",
           _p(r["p_value"]), _p(r["p_holm"]), _num(r["effect"])] for r in paired], left=3)
@@ -329,32 +342,19 @@ def _metric_table(res: StudyResults) -> str:
     return _table(["Arm (vs original impression)", *names], rows)
 
 
-def summary_html(res: StudyResults) -> str:
-    """The one-page HTML summary of a closed study's results.
+NO_RATINGS = ("No ratings yet: this study was closed before any of its texts was rated, so "
+              "there is nothing to summarise.")
 
-    Args:
-        res: :class:`core.studies.results.StudyResults`.
-    Returns:
-        A complete, self-contained HTML document (no scripts, no external resources).
-    """
-    s = res.study
-    arms = list(s["arms"])
-    fig = {spec.key: svg(spec) for spec in summary_figures(res)}
+
+def _body(res: StudyResults, fig: dict[str, str], notes: str) -> str:
+    """The summary's tables and figures (a plain message for a study without ratings)."""
+    if not res.study.get("n_ratings"):
+        return f'<p class="notes"><b>{_esc(NO_RATINGS)}</b></p>'
     agree_table, bias_table = _agreement_tables(res)
-    notes = "".join(f"<li>{_esc(n)}</li>" for n in res.notes)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Study {s['id']}: {_esc(s['name'])}</title><style>{_CSS}</style></head>
-<body>
-<h1>Study {s['id']}: {_esc(s['name'])}</h1>
-<div class="meta">{len(arms)} arms ({_esc(', '.join(arms))}) · {s['n_items']} items ·
-k = {_esc(s.get('k'))} raters per unit · {len(s['raters'])} raters · {s['n_ratings']} ratings ·
-{_esc(res.scale.name)} scale ({_esc(' / '.join(res.scale.labels))}) · seed {s['seed']} ·
-status {_esc(s['status'])} · summary written {when}</div>
-<div class="grid">
+    return f"""<div class="grid">
 <div>{fig['shares']}</div><div>{fig['distribution']}</div>
-<div><h2>Share rated neutral or better</h2>{_share_table(res)}</div>
+<div><h2>Share rated neutral or better</h2>{_share_table(res)}
+<p class="small">{_esc(res.scale.mean_note)}</p></div>
 <div><h2>Error rates per dimension (Wilson 95% CI)</h2>{_error_table(res)}
 {fig.get('errors', '')}</div>
 <div><h2>Comparisons between arms</h2>{_pair_table(res)}
@@ -367,8 +367,35 @@ status {_esc(s['status'])} · summary written {when}</div>
 {fig.get('bias', '')}
 {f'<h2>Notes</h2><ul class="notes">{notes}</ul>' if notes else ''}</div>
 </div>
+"""
+
+
+def summary_html(res: StudyResults) -> str:
+    """The one-page HTML summary of a closed study's results.
+
+    Args:
+        res: :class:`core.studies.results.StudyResults`.
+    Returns:
+        A complete, self-contained HTML document (no scripts, no external resources).
+    """
+    s = res.study
+    arms = list(s["arms"])
+    fig = {spec.key: svg(spec) for spec in summary_figures(res)}
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in res.notes)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Study {s['id']}: {_esc(s['name'])}</title><style>{_CSS}</style></head>
+<body>
+<h1>Study {s['id']}: {_esc(s['name'])}</h1>
+<div class="meta">{len(arms)} arms ({_esc(', '.join(arms))}) · {s['n_items']} items ·
+k = {_esc(s.get('k'))} raters per unit · {len(s['raters'])} raters · {s['n_ratings']} ratings ·
+{_esc(res.scale.name)} scale ({_esc(' / '.join(res.scale.labels))}) · seed {s['seed']} ·
+status {_esc(s['status'])} · summary written {when}</div>
+{_body(res, fig, notes)}
 </body></html>
 """
+
 
 def summary_text(res: StudyResults) -> str:
     """The results as plain text for the terminal (``python -m core study report``)."""
@@ -393,7 +420,10 @@ def summary_text(res: StudyResults) -> str:
                 out.append(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         out.append("")
 
-    block("Share neutral-or-better (Wilson 95% CI; item-bootstrap CI)", res.shares,
+    if not s["n_ratings"]:
+        return "\n".join(out + [NO_RATINGS])
+    block(f"Share neutral-or-better (Wilson 95% CI; item-bootstrap CI; mean on "
+          f"{res.scale.mean_unit})", on_keys(res.scale, res.shares),
           ["arm", "n_ratings", "n_items", "mean", "share", "lo", "hi", "boot_lo", "boot_hi"])
     dist = res.distribution.pivot(index="arm", columns="label", values="n") \
         if not res.distribution.empty else res.distribution

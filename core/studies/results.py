@@ -356,6 +356,19 @@ def compute_results(study: dict, ratings, n_boot: int = 1000, seed: int = 0,
                         agree, pairwise, rater_bias(r), unit_metrics, correlations, notes)
 
 
+MEAN_COLUMNS = ("mean", "mean_a", "mean_b", "mean_rating")
+
+
+def on_keys(scale: Scale, frame):
+    """``frame`` with its mean ratings (:data:`MEAN_COLUMNS`) on the keys raters pressed
+    (1..n, see :attr:`Scale.key_offset`); differences are unchanged by the shift."""
+    offset = scale.key_offset
+    if not offset or frame is None or frame.empty:
+        return frame
+    return frame.assign(**{c: frame[c].astype(float) + offset
+                           for c in MEAN_COLUMNS if c in frame})
+
+
 def results(store: Store, user: User, study_id: int, n_boot: int = 1000, seed: int = 0,
             metrics: Sequence[str] = ("rouge_l", "label_f1"),
             metric_fns: dict[str, MetricFn] | None = None) -> StudyResults:

@@ -660,9 +660,41 @@ def test_results_of_an_empty_closed_study(store, people):
     assert res.shares["n_ratings"].tolist() == [0, 0]
     assert res.paired.empty and res.agreement.empty
     assert exports.ratings_table(store, people["coord"], sid).empty
+    from core.studies.report import summary_html, summary_text
+
+    html = summary_html(res)
+    assert "No ratings yet" in html and "<svg" not in html      # no empty charts (issue 14.11)
+    assert "No ratings yet" in summary_text(res)
+
+
+def test_three_arms_without_comparisons_are_not_called_one_arm(store, people):
+    from core.studies.report import no_comparison
+
+    sid = _create(store, people, n=4, arms=("original", "base", "typos"))
+    lifecycle.close(store, people["coord"], sid)
+    res = results.results(store, people["coord"], sid, n_boot=20, metric_fns={})
+    assert no_comparison(res).startswith("No comparisons: 3 arms, 0 of them with ratings")
+
+
+def test_means_read_on_the_keys_raters_pressed(store, people, hand_study):
+    """Raters press 1-5; means are shown on 1-5 (stored -2..2 + 3), labelled, differences
+    unchanged; the error-rate chart has the critical-finding series (issue 14.11)."""
+    from core.studies import figures
     from core.studies.report import summary_html
 
-    assert "<svg" in summary_html(res)
+    res = results.results(store, people["coord"], hand_study, n_boot=20, metric_fns={})
+    assert res.scale.key_offset == 3 and res.scale.mean_unit == "1–5"
+    keyed = results.on_keys(res.scale, res.shares)
+    assert list(keyed["mean"]) == pytest.approx(list(res.shares["mean"] + 3))
+    assert list(results.on_keys(res.scale, res.paired)["mean_diff"]) == list(
+        res.paired["mean_diff"])
+    html = summary_html(res)
+    assert "Mean (1–5)" in html and "Mean A (1–5)" in html and "1 = Unacceptable" in html
+    assert f"{keyed['mean'].iloc[0]:.2f}" in html
+    names = [s.name for s in figures.error_rates(res).series]
+    assert "missed critical finding" in names
+    assert protocol.scale_of("acceptability").key_offset == 2
+    assert protocol.Scale("gappy", (-2, 0, 2), ("a", "b", "c"), "?").key_offset is None
 
 
 # ------------------------------------------------------------------------------- CLI

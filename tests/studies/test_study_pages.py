@@ -223,6 +223,15 @@ def test_results_page_after_close_with_exports(store, users, study_setup):
     assert "do not have access" in at.error[0].value
 
 
+def test_results_page_of_a_study_closed_without_ratings(store, users, study_setup):
+    """Issue 14.11: a clear "no ratings yet", not empty charts with a 400% axis."""
+    lifecycle.close(store, users["coord"], study_setup)
+    at = _page("results.py", users["coord"]).run()
+    assert not at.exception, at.exception
+    assert any("No ratings yet" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
 def test_forbidden_words_check_is_not_vacuous(store, users, study_setup):
     """The page_text helper does see widget labels and texts (so the blinding test can fail)."""
     at = _page("study_annotate.py", users["rad1"]).run()
