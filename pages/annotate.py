@@ -60,13 +60,24 @@ def _fail(exc: ImpressionistError) -> None:
     st.session_state["annotate_error"] = str(exc)
 
 
-def _submit(tag: str, blind: bool) -> None:
-    """Save the rating of the case rendered with ``tag`` (only while it is the current one)."""
+def _submit(tag: str, blind: bool, shown: int | None) -> None:
+    """Save the rating of the case rendered with ``tag`` (only while it is the current one).
+
+    ``shown`` is the rating selected on the page the Submit belongs to. Keys that reach the
+    server together (typed while a run was in progress) arrive in one run in no known order:
+    when a rating key came with the Submit, the selection on screen is not known, so nothing is
+    saved and the reader checks the rating and submits again.
+    """
     chosen = st.session_state.get(f"rating_{tag}")
     if not _current(tag):
         return
     if chosen is None:
         st.session_state["annotate_flash"] = "Choose a rating (keys 1-5) first."
+        return
+    if chosen != shown:
+        st.session_state["annotate_flash"] = ("A rating key arrived together with Submit: "
+                                              "nothing was saved. Check the rating and submit "
+                                              "again.")
         return
     case = st.session_state["case"]
     get = st.session_state.get
@@ -212,7 +223,7 @@ def _form(case, tag: str, blind: bool) -> None:
 
     b1, b2, b3 = st.columns(3)
     b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
-              on_click=_submit, args=(tag, blind), use_container_width=True)
+              on_click=_submit, args=(tag, blind, current), use_container_width=True)
     b2.button("Skip", key=f"skip_{tag}", shortcut="Alt+S", on_click=_skip, args=(tag,),
               use_container_width=True)
     b3.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,

@@ -41,13 +41,17 @@ def _set_rating(tag: str, value: int) -> None:
         st.session_state[f"sa_rating_{tag}"] = value
 
 
-def _submit(tag: str, keys: dict) -> None:
-    """Save the rating of the task rendered with ``tag`` (only while it is the current one)."""
+def _submit(tag: str, keys: dict, shown) -> None:
+    """Save the rating of the task rendered with ``tag`` (only while it is the current one);
+    ``shown``: the rating selected on that page (see pages/annotate.py: a rating key that
+    arrives together with Submit saves nothing)."""
     chosen = st.session_state.get(f"sa_rating_{tag}")
     if not _current(tag):
         return
-    if chosen is None:
-        st.session_state["sa_flash"] = "Choose a rating first."
+    if chosen is None or chosen != shown:
+        st.session_state["sa_flash"] = ("Choose a rating first." if chosen is None else
+                                        "A rating key arrived together with Submit: nothing "
+                                        "was saved. Check the rating and submit again.")
         return
     get = st.session_state.get
     answers = {q: (get(k) or None) if kind == "text" else get(k) for q, (k, kind) in keys.items()}
@@ -135,7 +139,8 @@ def task_panel(rs: rating.RaterStudy) -> None:
         st.text_input("Comment (optional)", key=f"sa_comment_{tag}")
         b1, b2 = st.columns(2)
         b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
-                  type="primary", on_click=_submit, args=(tag, keys), use_container_width=True)
+                  type="primary", on_click=_submit, args=(tag, keys, current),
+                  use_container_width=True)
         b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
                   on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
         st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in

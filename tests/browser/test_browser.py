@@ -46,6 +46,21 @@ def _wait(driver, cond, timeout: float = 60, what: str = "condition"):
         raise
 
 
+def _settle(driver, quiet_s: float = 1.5) -> str:
+    """Wait until the page text has not changed for ``quiet_s`` (every pending run is drawn,
+    no stale element left); returns that text."""
+    last = [None, 0.0]
+
+    def settled(d):
+        text = _body(d)
+        if text != last[0]:
+            last[:] = [text, time.monotonic()]
+        return time.monotonic() - last[1] > quiet_s and "Running" not in text
+
+    _wait(driver, settled, what="the page to settle")
+    return last[0]
+
+
 def _shown(driver) -> str | None:
     m = CASE.search(_body(driver))
     return m.group(1) if m else None
@@ -111,16 +126,7 @@ def test_type_ahead_never_lands_on_another_case(app, browser):
             _keys(browser, Keys.CONTROL, Keys.ENTER)
             time.sleep(0.15)
             rounds += 1
-    # settle: the page stops changing once the last key has been handled
-    last = [None, 0.0]
-
-    def settled(d):
-        text = _body(d)
-        if text != last[0]:
-            last[:] = [text, time.monotonic()]
-        return time.monotonic() - last[1] > 1.5 and "Running" not in text
-
-    _wait(browser, settled, what="the page to settle")
+    _settle(browser)  # the page stops changing once the last key has been handled
     log = browser.execute_script("return window.__keys")
     rows = _ratings(app, "rad1")
     rated = rows[(rows["kind"] == "rating") & ~rows["retracted"].astype(bool)]
@@ -142,10 +148,11 @@ def test_blind_mode_shows_nothing_that_says_which_text_is_the_ai(app, browser):
 
     _sign_in(browser, app, "rad2")
     _wait(browser, _shown, what="a case")
-    browser.find_element(By.XPATH, "//label[contains(., 'Blind A/B')]").click()
+    _toggle = "//label[contains(., 'Blind A/B')]"
+    _wait(browser, lambda d: d.find_elements(By.XPATH, _toggle), what="the toggle")[0].click()
     _wait(browser, lambda d: "Impression A" in _body(d), what="the blinded view")
     for _ in range(2):  # two cases: one with a clinical-check message, one without
-        text = _body(browser)
+        text = _settle(browser)
         for word in ("AI impression", "Original impression", "Clinical check", "AI check",
                      "clinical check changed"):
             assert word not in text
@@ -160,7 +167,7 @@ def test_blind_mode_shows_nothing_that_says_which_text_is_the_ai(app, browser):
         _keys(browser, "n")
         _wait(browser, lambda d, b=before: _shown(d) not in (None, b) and
               "Impression A" in _body(d), what="the next blinded case")
-    browser.find_element(By.XPATH, "//label[contains(., 'Blind A/B')]").click()
+    _wait(browser, lambda d: d.find_elements(By.XPATH, _toggle), what="the toggle")[0].click()
     _wait(browser, lambda d: "AI impression" in _body(d), what="blinding off")
 
 
