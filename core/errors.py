@@ -31,6 +31,7 @@ message. Modules raise these classes; none defines its own.
     │   ├── AdapterError              a LoRA adapter is missing or malformed
     │   └── BackendUnavailable
     ├── AdapterRegistryError          an adapter version cannot be promoted or rolled back
+    │   └── GateRejected              the gate rejected it; promoting needs an explicit override
     ├── RetrievalError                the retrieval index cannot be built or used
     ├── GenerationError               a report cannot be generated for
     ├── PairsError                    pairs cannot be built or exported
@@ -169,6 +170,10 @@ class BackendUnavailable(ModelError):
 
 class AdapterRegistryError(ImpressionistError):
     """An adapter version is missing, malformed, or cannot be promoted/rolled back."""
+
+
+class GateRejected(AdapterRegistryError):
+    """A version the nightly gate rejected, promoted without an explicit override."""
 
 
 class UnknownVersion(AdapterRegistryError, ValidationError):

@@ -32,16 +32,24 @@ with tab_active:
         if with_adapter:
             who = st.selectbox("Roll back a radiologist to their previous version",
                                with_adapter, key="ad_rollback_reader")
-            if st.button("Roll back", key="ad_rollback", icon=":material/undo:"):
-                try:
-                    old, new = adapters.rollback(store, who, user=user)
-                except ImpressionistError as exc:
-                    st.error(str(exc))
-                else:
-                    st.session_state["adapters_flash"] = (
-                        f"{who}: rolled back from v{old} to "
-                        f"{'v' + str(new) if new else 'the shared model'}.")
-                    st.rerun()
+            plan = adapters.rollback_preview(store, who, user)
+            if plan is not None:
+                old_v, new_v = plan
+                target = f"v{new_v}" if new_v else "the shared model"
+                sure = st.checkbox(f"Yes, roll {who} back from v{old_v} to {target}",
+                                   key=f"ad_rollback_confirm_{who}_{old_v}",
+                                   help="Their next drafts are written with that version.")
+                if st.button("Roll back", key="ad_rollback", icon=":material/undo:",
+                             disabled=not sure):
+                    try:
+                        old, new = adapters.rollback(store, who, user=user)
+                    except ImpressionistError as exc:
+                        st.error(str(exc))
+                    else:
+                        st.session_state["adapters_flash"] = (
+                            f"{who}: rolled back from v{old} to "
+                            f"{'v' + str(new) if new else 'the shared model'}.")
+                        st.rerun()
 
 with tab_runs:
     runs = adapters.runs_table(store, user)
@@ -70,9 +78,17 @@ with tab_metrics:
                                   "critical recall", "pairs"],
                       title="Candidate ROUGE-L on each radiologist's held-out feedback")
         st.plotly_chart(fig, use_container_width=True, key="ad_metrics_chart")
-        fig2 = px.bar(done.sort_values("finished"), x="run", y="pairs/s", color="reader",
-                      title="Training speed of each run (pairs/s)")
-        st.plotly_chart(fig2, use_container_width=True, key="ad_speed_chart")
+        trained = done[done["pairs/s"].fillna(0) > 0]  # memory-only runs train no weights
+        if trained.empty:
+            st.caption("No run has trained weights yet: memory-only runs have no training "
+                       "speed to show.")
+        else:
+            fig2 = px.bar(trained.sort_values("run").assign(run=lambda f: "run " + f["run"]
+                                                            .astype(int).astype(str)),
+                          x="run", y="pairs/s", color="reader",
+                          title="Training speed of each run that trained weights (pairs/s)")
+            fig2.update_xaxes(type="category", title="run")
+            st.plotly_chart(fig2, use_container_width=True, key="ad_speed_chart")
 
 with tab_versions:
     names = [r.username for r in store.list_readers() if r.role in ("radiologist", "admin")]
@@ -92,13 +108,25 @@ with tab_versions:
                 "label F1": (v["metrics"] or {}).get("label_f1"),
                 "created": v["created_at"], "path": v["path"]} for v in versions]),
                 hide_index=True, use_container_width=True)
+            by_version = {v["version"]: v for v in versions}
             choice = st.selectbox("Version to make active",
                                   [v["version"] for v in reversed(versions)],
-                                  format_func=lambda v: f"v{v}", key="ad_promote_version")
-            if st.button("Promote", key="ad_promote", icon=":material/publish:", type="primary"):
+                                  format_func=lambda v: f"v{v} ({by_version[v]['state']})",
+                                  key="ad_promote_version")
+            rejected = by_version[choice]["status"] == "rejected"
+            override = False
+            if rejected:
+                st.warning(f"The nightly gate rejected v{choice}: it did not beat the version "
+                           f"that was active on {who}'s held-out feedback, or it lost critical "
+                           f"findings. Promote it only if you know why.")
+                override = st.checkbox(f"Promote v{choice} anyway, overriding the gate",
+                                       key=f"ad_override_{who}_{choice}")
+            if st.button("Promote", key="ad_promote", icon=":material/publish:", type="primary",
+                         disabled=rejected and not override):
                 try:
                     prev = adapters.promote(store, who, int(choice), user=user,
-                                            reason="promoted on the Adapters page")
+                                            reason="promoted on the Adapters page",
+                                            override_gate=override)
                 except ImpressionistError as exc:
                     st.error(str(exc))
                 else:

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.accounts import admin
-
-from core.accounts import auth
+from core.accounts import admin, auth
 from core.errors import ImpressionistError
 from ui import get_store, require_user
 
@@ -58,7 +56,7 @@ with tab_import:
 
 with tab_users:
     accounts = admin.users(store, user)
-    st.dataframe(accounts, hide_index=True, use_container_width=True)
+    table = st.empty()          # drawn after the forms below: it shows their action at once
     with st.form("add_user", clear_on_submit=True):
         st.markdown("**Add a user**")
         name = st.text_input("Username", key="admin_new_name")
@@ -87,16 +85,30 @@ with tab_users:
                 st.error(str(exc))
             else:
                 st.success(f"{target} {'enabled' if enable else 'disabled'}.")
+    table.dataframe(admin.users(store, user), hide_index=True, width="stretch")
+
+
+
+def _progress() -> None:
+    """The runs started from this server (progress read from the database) and the counts."""
+    status = admin.generation_status(store, user)
+    c1, c2 = st.columns(2)
+    c1.metric("Reports", f"{status['reports']:,}")
+    c2.metric("Reports with an AI impression ready", f"{status['ready']:,}")
+    for run in admin.generation_progress(store, user)[:3]:
+        st.progress(run.fraction, text=run.text)
+    st.dataframe(status["by_model"], hide_index=True, width="stretch")
+
 
 with tab_gen:
-    status = admin.generation_status(store, user)
-    st.metric("Reports", f"{status['reports']:,}")
-    st.metric("Reports with an AI impression ready", f"{status['ready']:,}")
-    st.dataframe(status["by_model"], hide_index=True, use_container_width=True)
+    box = st.container()
     st.markdown("Generation runs as its own process so that the app stays responsive; the "
                 "queue only shows cases whose AI impression is ready.")
     limit = st.number_input("Reports to generate", 1, 100_000, 200, key="admin_gen_limit")
     if st.button("Start generation in the background", key="admin_gen_start"):
-        log = admin.start_generation(store, user, limit=int(limit))
-        st.info(f"Started. Progress is written to {log}.")
+        run = admin.start_generation(store, user, limit=int(limit))
+        st.info(f"Generation {run.id} started: up to {run.target:,} impressions.")
     st.code("python -m core generate --limit 200", language="bash")
+    with box:  # above the button, drawn after it: a run just started shows at once
+        running = any(r.running for r in admin.generation_progress(store, user))
+        st.fragment(_progress, run_every=2.0 if running else None)()

@@ -41,6 +41,7 @@ from core.accounts.auth import User, authorize
 from core.config import settings
 from core.errors import (  # noqa: F401 (defined in core.errors)
     AdapterRegistryError,
+    GateRejected,
     ImpressionistError,
     NotFound,
     PermissionDenied,
@@ -49,9 +50,9 @@ from core.errors import (  # noqa: F401 (defined in core.errors)
 )
 from core.store.accounts import Reader
 
-__all__ = ["AdapterRegistryError", "UnknownVersion", "AdapterVersion", "reader_dir",
-           "active_adapter", "get_version", "list_versions", "allocate_version", "commit_version",
-           "promote", "rollback", "sync_pointers", "cleanup_partial", "read_memory",
+__all__ = ["AdapterRegistryError", "GateRejected", "UnknownVersion", "AdapterVersion",
+           "reader_dir", "active_adapter", "get_version", "list_versions", "allocate_version",
+           "commit_version", "promote", "rollback", "sync_pointers", "cleanup_partial", "read_memory",
            "write_memory", "DraftConfig", "Drafter", "DraftOutput", "shared_adapter_dir"]
 
 MANAGERS = ("coordinator", "admin")
@@ -272,7 +273,8 @@ def _actor(store, user: User | None, actor: str | None) -> str:
 
 
 def promote(store, reader: str | int, version: int, *, user: User | None = None,
-            actor: str | None = None, reason: str | None = None) -> int | None:
+            actor: str | None = None, reason: str | None = None,
+            override_gate: bool = False) -> int | None:
     """Make ``version`` the reader's active adapter (atomic). Returns the previous version.
 
     Args:
@@ -282,18 +284,39 @@ def promote(store, reader: str | int, version: int, *, user: User | None = None,
         user: the signed-in coordinator/admin (checked), or None for the nightly job / CLI.
         actor: who to record when ``user`` is None.
         reason: recorded in the event log.
+        override_gate: promote a version the nightly gate rejected (it did not beat the
+            active one on held-out feedback, or lost critical findings); recorded in the log.
 
     Raises:
+        GateRejected: the gate rejected this version and ``override_gate`` is False.
         AdapterRegistryError: the version does not exist or its files are missing.
     """
     who = _actor(store, user, actor)
     av = get_version(store, reader, version)
+    if av.status == "rejected":
+        if not override_gate:
+            raise GateRejected(
+                f"{av.reader} v{version} was rejected by the nightly gate (it did not beat "
+                f"the active version on held-out feedback, or it lost critical findings); "
+                f"promoting it needs an explicit override")
+        reason = f"{reason or 'promoted'} (overriding the gate's rejection)"
     if not av.path.is_dir():
         raise AdapterRegistryError(f"adapter folder {av.path} is missing; cannot promote "
                                    f"{av.reader} v{version}")
     previous = store.set_active_adapter(av.reader_id, version, "promote", who, reason)
     _write_pointer(av.reader, version)
     return previous
+
+
+def rollback_preview(store, reader: str | int, user: User) -> tuple[int, int | None] | None:
+    """What :func:`rollback` would do now: (from_version, to_version; None: the shared
+    model), or None when the reader has no active adapter. For a confirmation prompt."""
+    authorize(store, user, *MANAGERS)
+    r = _reader(store, reader)
+    current = store.active_adapter_row(r.id)
+    if current is None:
+        return None
+    return current["version"], store.version_before(r.id, current["version"])
 
 
 def rollback(store, reader: str | int, to_version: int | None = None, *,
@@ -379,7 +402,12 @@ def runs_table(store, user: User, reader: str | None = None, limit: int = 500):
             "ROUGE-L": m.get("rougeL"), "ROUGE-L before": b.get("rougeL"),
             "label F1": m.get("label_f1"), "critical recall": m.get("critical_recall"),
             "pref. acc.": m.get("pref_acc"), "reason": r["reason"] or r["error"]})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # whole numbers stay whole (a missing version must not turn every other one into 3.0)
+    return frame.astype({c: "Int64" for c in ("run", "version", "pairs", "held-out pairs",
+                                              "steps")})
 
 
 def active_table(store, user: User):

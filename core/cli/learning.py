@@ -76,7 +76,8 @@ def cmd_adapters(args) -> int:
                           r["method"] or "-", rouge, r["path"]))
         print(table(lines, ("reader", "version", "state", "method", "ROUGE-L", "path")))
     elif args.adapters_cmd == "promote":
-        prev = promote(store, args.reader, args.version, actor="cli", reason="promoted by hand")
+        prev = promote(store, args.reader, args.version, actor="cli", reason="promoted by hand",
+                       override_gate=args.override_gate)
         print(f"{args.reader}: v{args.version} is active (was "
               f"{'v' + str(prev) if prev else 'the shared model'})")
     elif args.adapters_cmd == "rollback":
@@ -133,6 +134,8 @@ def add_adapters(sub) -> None:
     a = ad.add_parser("promote", help="make a version active")
     a.add_argument("reader")
     a.add_argument("version", type=positive_int)
+    a.add_argument("--override-gate", action="store_true",
+                   help="promote a version the nightly gate rejected (recorded in the log)")
     a = ad.add_parser("rollback", help="back to the version active before the current one")
     a.add_argument("reader")
     a.add_argument("--to", type=positive_int, help="a specific version instead")

@@ -18,7 +18,7 @@ from core.adapters import registry as adapters
 
 from core.accounts import admin
 
-from core.feedback import annotate
+from core.feedback import annotate, history
 
 from core.accounts import auth
 
@@ -26,8 +26,8 @@ from core.studies import assignment, exports, lifecycle, progress, rating, resul
 from core.errors import AuthError, ImpressionistError, PermissionDenied
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE_MODULES = (annotate, admin, adapters, lifecycle, assignment, rating, progress, results,
-                exports)
+PAGE_MODULES = (annotate, history, admin, adapters, lifecycle, assignment, rating, progress,
+                results, exports)
 
 
 # -- sign-in --------------------------------------------------------------------------------------
@@ -229,6 +229,8 @@ ROLE_CASES = [
     (admin.add_user, ["rad1", "coord"]), (admin.start_generation, ["rad1", "coord"]),
     (admin.set_user_active, ["rad1", "coord"]),
     (admin.recent_imports, ["rad1"]), (admin.generation_status, ["rad1"]),
+    (admin.generation_progress, ["rad1"]), (adapters.rollback_preview, ["rad1"]),
+    (history.all_feedback, ["rad1"]), (history.correct, ["coord"]),
     (adapters.list_versions, ["rad1"]), (adapters.promote, ["rad1"]),
     (adapters.rollback, ["rad1"]), (adapters.runs_table, ["rad1"]),
     (adapters.active_table, ["rad1"]),

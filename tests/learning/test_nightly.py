@@ -386,6 +386,7 @@ def test_adapters_page_lists_runs_and_promotes_and_rolls_back(store, users, tiny
     assert not at.exception, at.exception
     assert adapters.active_adapter(store, "rad1").version == v2.version
     at.selectbox(key="ad_rollback_reader").select("rad1").run()
+    at.checkbox(key=f"ad_rollback_confirm_rad1_{v2.version}").check().run()   # confirm first
     at.button(key="ad_rollback").click().run()
     assert not at.exception, at.exception
     active = adapters.active_adapter(store, "rad1")
