@@ -34,10 +34,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 # one core. `make test-fast` leaves out the tests marked slow (training, kill -9, subprocess CLIs,
 # the browser): a minute or two, for the edit-test loop.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m "not slow" tests
 
 bench: setup
 	$(PY) bench/app_latency.py

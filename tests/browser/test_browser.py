@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# one app and one browser for the session: under pytest-xdist (make test) every browser test
+# runs on the same worker (--dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 CASE = re.compile(r"Report (\S+) · source")
 # Logs every key as the page shows it at that moment (capture phase, before Streamlit's own
