@@ -6,6 +6,7 @@ Kept out of ``core`` because it imports streamlit; it holds no SQL and no model 
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from datetime import UTC, datetime
@@ -115,18 +116,108 @@ def sync_session_cookie(user: User | None) -> None:
             "(location.protocol === 'https:' ? '; Secure' : '');")
 
 
-def keyboard_guard() -> None:
-    """Keep modified shortcuts (Alt+S: skip) from firing while the focus is in a text box:
-    Streamlit lets Alt/Ctrl shortcuts through there, and a skip throws the typed edit away.
-    Ctrl+Enter (submit) still works from a text box."""
-    _script("""if (!window.__impKeyGuard) { window.__impKeyGuard = true;
+def keyboard_guard(shortcuts: list[tuple[str, str]] | None = None,
+                   ticks: dict[str, str] | None = None) -> None:
+    """The keyboard of a rating page, one capture-phase listener per browser tab:
+
+    - modified shortcuts (Alt+S: skip) do not fire while the focus is in a text box (Streamlit
+      lets Alt/Ctrl shortcuts through there, and a skip throws the typed edit away); Ctrl+Enter
+      (submit) still works from a text box;
+    - Escape leaves a text box (the focus goes back to the page, so number keys work again);
+    - a key pressed while a checkbox or radio button has the focus (Streamlit ignores its
+      shortcuts there) is handed to the page as if nothing had the focus;
+    - ``ticks`` ({key: checkbox label}) ticks or unticks that checkbox on the page;
+    - ``?`` shows (and ``?`` or Escape hides) an overlay listing ``shortcuts`` ((keys, what)).
+
+    The page's ``shortcuts`` and ``ticks`` travel in a hidden element beside the script and are
+    read at each key press, so a page without it gets none of the page-specific keys. Ticks
+    click the checkbox on screen: like every key, it acts on the case that is shown.
+    """
+    config = html.escape(json.dumps({"shortcuts": shortcuts or [], "ticks": ticks or {}}),
+                         quote=True)
+    st.html(f"<span hidden data-imp-keys=\"{config}\"></span><script>{_KEYS_JS}</script>",
+            unsafe_allow_javascript=True, width="content")
+
+
+_KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
+  var cfg = function () {
+    var el = document.querySelector('[data-imp-keys]');
+    try { return el ? JSON.parse(el.getAttribute('data-imp-keys')) : null; } catch (x) { return null; }
+  };
+  var overlay = function (show, conf) {
+    var old = document.getElementById('imp-keys-overlay');
+    if (old) { old.remove(); }
+    if (!show || !conf) { return; }
+    var box = document.createElement('div');
+    box.id = 'imp-keys-overlay'; box.setAttribute('role', 'dialog');
+    box.setAttribute('aria-label', 'Keyboard shortcuts');
+    box.style.cssText = 'position:fixed;inset:0;z-index:1000100;background:rgba(0,0,0,.45);' +
+      'display:flex;align-items:center;justify-content:center;';
+    var card = document.createElement('div');
+    card.style.cssText = 'background:#fff;color:#111;border-radius:8px;padding:20px 28px;' +
+      'max-width:560px;font:15px/1.5 sans-serif;box-shadow:0 8px 30px rgba(0,0,0,.3);';
+    var h = document.createElement('h3'); h.textContent = 'Keyboard shortcuts';
+    h.style.margin = '0 0 10px'; card.appendChild(h);
+    var table = document.createElement('table');
+    conf.shortcuts.forEach(function (row) {
+      var tr = document.createElement('tr'), k = document.createElement('td'),
+          w = document.createElement('td');
+      k.textContent = row[0]; w.textContent = row[1];
+      k.style.cssText = 'font-family:monospace;font-weight:bold;padding:2px 18px 2px 0;' +
+        'white-space:nowrap;vertical-align:top;';
+      tr.appendChild(k); tr.appendChild(w); table.appendChild(tr);
+    });
+    card.appendChild(table);
+    var foot = document.createElement('div'); foot.textContent = '? or Escape closes this.';
+    foot.style.cssText = 'margin-top:10px;color:#555;font-size:13px;'; card.appendChild(foot);
+    box.appendChild(card);
+    box.addEventListener('click', function () { box.remove(); });
+    document.body.appendChild(box);
+  };
+  var tick = function (label) {
+    var boxes = document.querySelectorAll('[data-testid="stCheckbox"]');
+    for (var i = 0; i < boxes.length; i++) {
+      var lab = boxes[i].innerText.trim();
+      if (lab === label || lab.indexOf(label + ' ') === 0) {
+        var input = boxes[i].querySelector('input');
+        if (input && !input.disabled) { input.click(); input.blur(); return true; }
+      }
+    }
+    return false;
+  };
   window.addEventListener('keydown', function (e) {
     var t = e.target, tag = t && t.tagName;
-    var typing = t && (t.isContentEditable || tag === 'TEXTAREA' ||
+    var typing = t && (t.isContentEditable || tag === 'TEXTAREA' || tag === 'SELECT' ||
                        (tag === 'INPUT' && !/^(checkbox|radio|button|submit|range)$/.test(t.type)));
-    if (typing && e.altKey && !e.ctrlKey && !e.metaKey) { e.stopImmediatePropagation(); }
+    var plain = !e.ctrlKey && !e.altKey && !e.metaKey;
+    if (typing) {
+      if (e.altKey && !e.ctrlKey && !e.metaKey) { e.stopImmediatePropagation(); }
+      if (e.key === 'Escape' && plain) { t.blur(); }
+      return;
+    }
+    var open = document.getElementById('imp-keys-overlay');
+    if (open && (e.key === 'Escape' || e.key === '?')) {
+      open.remove(); e.preventDefault(); e.stopImmediatePropagation(); return;
+    }
+    var conf = cfg();
+    if (!conf || !plain || e.key.length !== 1) { return; }
+    if (tag === 'INPUT' && /^(checkbox|radio)$/.test(t.type) && e.key !== ' ') {
+      // Streamlit ignores shortcuts while an input has the focus: hand the key to the page.
+      e.preventDefault(); e.stopImmediatePropagation(); t.blur();
+      var again = new KeyboardEvent('keydown', {key: e.key, code: e.code, shiftKey: e.shiftKey,
+                                                bubbles: true, cancelable: true});
+      ['keyCode', 'which'].forEach(function (p) {
+        Object.defineProperty(again, p, {get: function () { return e.keyCode; }}); });
+      document.body.dispatchEvent(again);
+      return;
+    }
+    if (e.key === '?') {
+      e.preventDefault(); e.stopImmediatePropagation(); overlay(true, conf); return;
+    }
+    var label = conf.ticks[e.key.toLowerCase()];
+    if (label && !e.shiftKey && tick(label)) { e.preventDefault(); e.stopImmediatePropagation(); }
   }, true);
-}""")
+}"""
 
 
 def require_user(*roles: str) -> User:

@@ -21,7 +21,41 @@ user = require_user("radiologist", "admin")
 store = get_store()
 
 SHORTCUTS = {-2: "1", -1: "2", 0: "3", 1: "4", 2: "5"}
-FIELDS = ("factual", "omission", "style", "critical", "edit", "comment")
+# the four error ticks: widget field -> (key, label)
+TICKS = {"factual": ("f", "Factually wrong"), "omission": ("o", "Omission"),
+         "style": ("s", "Style"), "critical": ("c", "Missed critical finding")}
+FIELDS = (*TICKS, "edit", "comment")
+MAX_COMMENT = 5_000  # core.feedback.annotate.save_rating's limit for a comment
+KEYS = [("1 – 5", "rate: " + " · ".join(f"{SHORTCUTS[v]} {label}"
+                                          for v, label in annotate.RATING_SCALE.items())),
+        *[(k.upper(), f"tick or untick “{label}”") for k, label in TICKS.values()],
+        ("Ctrl+Enter", "submit and go to the next case (also from a text box)"),
+        ("Alt+S", "skip this case (not while typing)"),
+        ("Alt+Z", "undo the last rating or skip (the case comes back filled in)"),
+        ("N", "next case, after a blinded rating's reveal"),
+        ("Esc", "leave the edit or comment box, so the keys above work again"),
+        ("?", "show or hide this list")]
+GUIDELINES = """**Rating** — the AI draft against the original (blinded: B against A), as you
+would sign it:
+
+1. **Much worse**: a clinically important error or omission; you would not sign it.
+2. **Worse**: needs a correction before signing; less accurate or complete.
+3. **Equivalent**: the same clinical content; only the wording differs.
+4. **Better**: clearer or more complete than the original, nothing wrong.
+5. **Much better**: gets right something clinically important the original missed or misstated.
+
+**Ticks** (any number; about the AI draft, or B when blinded):
+
+- **Factually wrong (F)**: states something the findings do not support (wrong side, size,
+  finding or certainty).
+- **Omission (O)**: leaves out a finding that belongs in the impression.
+- **Style (S)**: wording, length, order or format you would change; the content is right.
+- **Missed critical finding (C)**: an urgent finding (e.g. pneumothorax, free air, a new mass)
+  is absent or understated; tick Omission or Factually wrong as well.
+
+**Edit** the AI text into what you would sign (optional); whitespace and punctuation-only
+changes are not counted as an edit. **Skip** a case you cannot judge (it is not counted as
+rated)."""
 STALE = "A key pressed before the next case appeared was ignored (nothing was saved for it)."
 
 
@@ -92,12 +126,10 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     except ImpressionistError as exc:
         return _fail(exc)
     st.session_state.get("drafts", {}).pop(tag, None)
-    order = annotate.blind_order(user.id, case.report_id)
     _load()
     st.session_state["annotate_flash"] = "Rating saved"
     if blind:
-        st.session_state["revealed"] = (
-            f"Saved. Impression {'A' if order[0] == 'ai' else 'B'} was the AI's.")
+        st.session_state["revealed"] = _reveal(case)
 
 
 def _skip(tag: str) -> None:
@@ -163,64 +195,62 @@ def _keep_drafts(tag: str) -> None:
         f: st.session_state[f"{f}_{tag}"] for f in FIELDS if f"{f}_{tag}" in st.session_state}
 
 
-def _texts(case, blind: bool) -> None:
-    left, right = st.columns([5, 6], gap="large")
-    with left:
-        st.subheader("Findings")
-        st.markdown(f"**Indication:** {case.indication or '—'}  \n"
-                    f"**Comparison:** {case.comparison or '—'}")
-        st.text(case.findings)
-        st.caption(f"Report {case.external_id} · source {case.source}")
-    with right:
-        texts = {"ai": case.ai_text, "original": case.impression or "(no original impression)"}
-        order = annotate.blind_order(user.id, case.report_id) if blind else ("ai", "original")
-        labels = ("Impression A", "Impression B") if blind else ("AI impression",
-                                                                  "Original impression")
-        a, b = st.columns(2)
-        for col, label, key in ((a, labels[0], order[0]), (b, labels[1], order[1])):
-            with col:
-                st.markdown(f"**{label}**")
-                with st.container(border=True):
-                    st.text(texts[key])
-        # In blind mode nothing may say which text is the AI's, the clinical check included.
-        if not blind and case.flags.get("messages"):
-            st.warning("Clinical check: " + "; ".join(case.flags["messages"]))
-        if not blind and (case.flags.get("removed") or case.flags.get("repaired")):
-            changes = [f"removed “{x}” (this report's findings do not state it)"
-                       for x in case.flags.get("removed") or []]
-            changes += [f"added “{x}” from the findings" for x in case.flags.get("repaired") or []]
-            st.info("The clinical check changed the AI draft: " + "; ".join(changes) + ".")
+def _impressions(case, blind: bool) -> None:
+    """The two impressions side by side (blinded: as A and B in this reader's order)."""
+    texts = {"ai": case.ai_text, "original": case.impression or "(no original impression)"}
+    order = annotate.blind_order(user.id, case.report_id) if blind else ("ai", "original")
+    labels = ("Impression A", "Impression B") if blind else ("AI impression",
+                                                              "Original impression")
+    for col, label, key in zip(st.columns(2), labels, order):
+        with col:
+            st.markdown(f"**{label}**")
+            st.container(border=True).text(texts[key])
+    # In blind mode nothing may say which text is the AI's, the clinical check included.
+    if not blind and case.flags.get("messages"):
+        st.warning("Clinical check: " + "; ".join(case.flags["messages"]))
+    if not blind and (case.flags.get("removed") or case.flags.get("repaired")):
+        changes = [f"removed “{x}” (this report's findings do not state it)"
+                   for x in case.flags.get("removed") or []]
+        changes += [f"added “{x}” from the findings" for x in case.flags.get("repaired") or []]
+        st.info("The clinical check changed the AI draft: " + "; ".join(changes) + ".")
 
 
-def _form(case, tag: str, blind: bool) -> None:
-    _restore_drafts(tag)
-    question = ("How does **B** compare with **A**?" if blind else
+def _reveal(case) -> dict:
+    """What the reveal screen shows after a blinded rating: both texts under their labels."""
+    order = annotate.blind_order(user.id, case.report_id)
+    texts = {"ai": case.ai_text, "original": case.impression or "(no original impression)"}
+    names = {"ai": "the AI's", "original": "the original"}
+    return {"message": f"Saved. Impression {'A' if order[0] == 'ai' else 'B'} was the AI's.",
+            "texts": [(f"Impression {ab} — {names[k]}", texts[k]) for ab, k in zip("AB", order)],
+            "report": case.external_id}
+
+
+def _show_reveal(revealed: dict, tag: str) -> None:
+    st.success(revealed["message"])
+    for col, (label, text) in zip(st.columns(2), revealed["texts"]):
+        with col:
+            st.markdown(f"**{label}**")
+            st.container(border=True).text(text)
+    st.caption(f"Report {revealed['report']} (rated)")
+    st.button("Next case", key=f"next_after_reveal_{tag}", shortcut="N", type="primary",
+              on_click=_next)
+
+
+def _rating_buttons(tag: str, blind: bool):
+    st.markdown("How does **B** compare with **A**?" if blind else
                 "How does the **AI impression** compare with the original?")
-    st.markdown(question)
     current = st.session_state.get(f"rating_{tag}")
-    cols = st.columns(5)
-    for col, (value, label) in zip(cols, annotate.RATING_SCALE.items()):
-        col.button(f"{label}", key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
+    for col, (value, label) in zip(st.columns(5), annotate.RATING_SCALE.items()):
+        col.button(label, key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
                    type="primary" if current == value else "secondary",
+                   icon=":material/check:" if current == value else None,
                    on_click=_set_rating, args=(tag, value), use_container_width=True)
-    c1, c2, c3, c4 = st.columns(4)
-    c1.checkbox("Factually wrong", key=f"factual_{tag}")
-    c2.checkbox("Omission", key=f"omission_{tag}")
-    c3.checkbox("Style", key=f"style_{tag}")
-    c4.checkbox("Missed critical finding", key=f"critical_{tag}")
-    if blind:
-        # An edit box holding the AI's text would say which of A and B it is.
-        st.caption("Blinded: rate and comment only; switch blinding off to edit the AI text.")
-    else:
-        st.session_state.setdefault(f"edit_{tag}", case.ai_text)
-        edited = st.text_area("Edit the AI impression (optional)", key=f"edit_{tag}",
-                              height=110)
-        if edited.strip() != case.ai_text.strip():
-            st.markdown("Your edit: " + annotate.diff_html(case.ai_text, edited),
-                        unsafe_allow_html=True)
-    st.text_input("Comment (optional)", key=f"comment_{tag}")
-    _keep_drafts(tag)
+    for col, field in zip(st.columns(4), TICKS):
+        col.checkbox(f"{TICKS[field][1]} ({TICKS[field][0].upper()})", key=f"{field}_{tag}")
+    return current
 
+
+def _actions(tag: str, blind: bool, current) -> None:
     b1, b2, b3 = st.columns(3)
     b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
               on_click=_submit, args=(tag, blind, current), use_container_width=True)
@@ -228,8 +258,44 @@ def _form(case, tag: str, blind: bool) -> None:
               use_container_width=True)
     b3.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
               args=(tag,), use_container_width=True)
-    st.caption("Keys: 1–5 rate · Ctrl+Enter submit · Alt+S skip (not while typing) · "
-               "Alt+Z undo")
+    st.caption("Keys: 1–5 rate · F O S C tick · Ctrl+Enter submit · Alt+S skip · Alt+Z undo · "
+               "Esc leaves a text box · ? all keys")
+
+
+def _edit_box(case, tag: str, blind: bool) -> None:
+    if blind:
+        # An edit box holding the AI's text would say which of A and B it is.
+        st.caption("Blinded: rate and comment only; switch blinding off to edit the AI text.")
+    else:
+        st.session_state.setdefault(f"edit_{tag}", case.ai_text)
+        edited = st.text_area("Edit the AI impression (optional)", key=f"edit_{tag}",
+                              height=110, max_chars=annotate.MAX_TEXT)
+        st.caption(f"{len(edited):,} / {annotate.MAX_TEXT:,} characters")
+        if edited.strip() != case.ai_text.strip():
+            # Verbatim: st.html shows the escaped diff as it is (st.markdown would render
+            # "**", "#" or "1." in the text as Markdown).
+            st.html("<div style='white-space:pre-wrap'>Your edit: "
+                    f"{annotate.diff_html(case.ai_text, edited)}</div>")
+    st.text_input("Comment (optional)", key=f"comment_{tag}", max_chars=MAX_COMMENT)
+
+
+def _case_view(case, tag: str, blind: bool) -> None:
+    """Findings on the left; on the right the impressions, then the rating, the ticks and
+    Submit/Skip/Undo (above the fold at 1000 px), then the edit box and the comment."""
+    _restore_drafts(tag)
+    left, right = st.columns([5, 7], gap="large")
+    with left:
+        st.markdown("**Findings**  \n"
+                    f"**Indication:** {case.indication or '—'}  \n"
+                    f"**Comparison:** {case.comparison or '—'}")
+        st.text(case.findings)
+        st.caption(f"Report {case.external_id} · source {case.source}")
+    with right:
+        _impressions(case, blind)
+        current = _rating_buttons(tag, blind)
+        _actions(tag, blind, current)
+        _edit_box(case, tag, blind)
+    _keep_drafts(tag)
 
 
 @st.fragment
@@ -242,8 +308,10 @@ def case_panel() -> None:
     if case is not None and st.query_params.get("case") != str(case.report_id):
         st.query_params["case"] = str(case.report_id)  # a refresh or a link reopens this case
         st.session_state["case_link"] = str(case.report_id)  # ours, not a link to follow
-    done, total = annotate.progress(store, user)
-    st.progress(done / total if total else 0.0, text=f"{done} of {total} cases rated")
+    rated, skipped, total = annotate.queue_counts(store, user)
+    st.progress(rated / total if total else 0.0,
+                text=f"{rated} of {total} cases rated" + (f" · {skipped} skipped"
+                                                          if skipped else ""))
 
     if (msg := st.session_state.pop("annotate_flash", None)) is not None:
         st.toast(msg)
@@ -252,25 +320,20 @@ def case_panel() -> None:
 
     revealed = st.session_state.get("revealed")
     if revealed:
-        st.success(revealed)
-        st.button("Next case", key=f"next_after_reveal_{tag}", shortcut="N", type="primary",
-                  on_click=_next)
-        return
+        return _show_reveal(revealed, tag)
     if case is None:
         st.success("Your queue is empty: every case with an AI impression ready is rated. "
                    "New cases appear after the next generation run.")
         st.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
                   args=(tag,))
         return
-
-    blind = st.session_state.get("blind", False)
-    _texts(case, blind)
-    st.divider()
-    _form(case, tag, blind)
+    _case_view(case, tag, st.session_state.get("blind", False))
 
 
 st.title("Annotate")
-keyboard_guard()
+keyboard_guard(KEYS, {k: label for k, label in TICKS.values()})
+with st.sidebar.expander("Guidelines: ratings and ticks", expanded=True):
+    st.markdown(GUIDELINES)
 pending = [s for s in rating.my_studies(store, user) if s.status == "running" and s.done < s.total]
 if pending:
     with st.container(border=True):

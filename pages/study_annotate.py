@@ -145,11 +145,15 @@ def task_panel(rs: rating.RaterStudy) -> None:
                   on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
         st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
                                          enumerate(rs.scale.labels))
-                   + " · Ctrl+Enter submit · Alt+Z undo")
+                   + " · Ctrl+Enter submit · Alt+Z undo · ? all keys")
 
 
 st.title("Study queue")
-keyboard_guard()
+keyboard_guard([("1 – 5", "rate on the study's scale (the buttons, left to right)"),
+                ("Ctrl+Enter", "submit and go to the next text (also from a text box)"),
+                ("Alt+Z", "undo the last rating"),
+                ("Esc", "leave a text box, so the keys above work again"),
+                ("?", "show or hide this list")])
 mine = rating.my_studies(store, user)
 if not mine:
     st.info("You have no study tasks. Studies appear here when a coordinator assigns you.")

@@ -114,6 +114,15 @@ def progress(store: Store, user: User) -> tuple[int, int]:
         return store.queue_progress(user.id)
 
 
+def queue_counts(store: Store, user: User) -> tuple[int, int, int]:
+    """(rated, skipped, total) of the reader's Annotate queue: what the progress bar shows
+    (a skip moves the queue on but is not a rating)."""
+    require(user, *RATERS)
+    with store.tx():
+        authorize(store, user, *RATERS)
+        return store.queue_counts(user.id)
+
+
 @dataclass(frozen=True)
 class Rating:
     """What a radiologist submits for one case."""

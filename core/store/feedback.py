@@ -131,6 +131,15 @@ class FeedbackQueries:
             "reader_id = ? AND study_id IS NULL) AS done", [reader_id])
         return row["done"], row["total"]
 
+    def queue_counts(self, reader_id: int) -> tuple[int, int, int]:
+        """(rated, skipped, total) for a reader's general queue: a skipped case is not rated."""
+        row = self._one(
+            "SELECT (SELECT count(DISTINCT report_id) FROM generations WHERE style = 'default') "
+            "AS total, count(DISTINCT report_id) FILTER (WHERE kind = 'rating') AS rated, "
+            "count(DISTINCT report_id) FILTER (WHERE kind = 'skip') AS skipped "
+            "FROM current_feedback WHERE reader_id = ? AND study_id IS NULL", [reader_id])
+        return row["rated"], row["skipped"], row["total"]
+
     # -- feedback (append-only) ------------------------------------------------------------------
     FEEDBACK_FIELDS = ("reader_id", "report_id", "generation_id", "kind", "rating",
                        "factual_error", "omission", "style_issue", "critical_missed", "comment",

@@ -166,6 +166,9 @@ def test_blind_mode_shows_nothing_that_says_which_text_is_the_ai(app, browser):
                                                  "[data-testid='stBaseButton-primary']"))
         _keys(browser, Keys.CONTROL, Keys.ENTER)
         _wait(browser, lambda d: "was the AI" in _body(d), what="the reveal")
+        revealed = _settle(browser)  # after the rating, both texts under their labels
+        assert "— the AI's" in revealed and "— the original" in revealed
+        assert "AI draft" in revealed and f"Report {before} (rated)" in revealed
         _keys(browser, "n")
         _wait(browser, lambda d, b=before: _shown(d) not in (None, b) and
               "Impression A" in _body(d), what="the next blinded case")
@@ -206,7 +209,8 @@ def test_undo_restores_the_answer_and_alt_s_does_not_fire_in_the_edit_box(app, b
 
     _sign_in(browser, app, "rad2")
     first = _wait(browser, _shown, what="a case")
-    box = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label*='Edit the AI impression']")
+    box = _wait(browser, lambda d: d.find_elements(
+        By.CSS_SELECTOR, "textarea[aria-label*='Edit the AI impression']"), what="the edit box")[0]
     box.send_keys(Keys.END, " Edited in the box.")
     _keys(browser, Keys.ALT, "s")  # skip must not fire while typing (focus in the box)
     comment = browser.find_element(By.CSS_SELECTOR, "input[aria-label='Comment (optional)']")

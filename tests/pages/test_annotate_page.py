@@ -1,0 +1,93 @@
+"""Annotate (issue 14.8 and 14.2): guidelines, the key overlay's list, the tick keys, progress
+that counts ratings only, the character counter, a verbatim diff, and the blinded reveal."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.pages.test_pages import _button, _signed_in
+
+
+def _keys_config(at) -> dict:
+    for h in at.get("html"):
+        m = re.search(r'data-imp-keys="([^"]*)"', h.proto.body)
+        if m:
+            import html
+
+            return json.loads(html.unescape(m.group(1)))
+    raise AssertionError("no key configuration on the page")
+
+
+def test_guidelines_keys_and_ticks_are_on_the_page(store, users, cases):
+    at = _signed_in(users["rad1"])
+    assert not at.exception, at.exception
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    for words in ("Much worse", "Equivalent", "Factually wrong", "Omission", "Style",
+                  "Missed critical finding"):
+        assert words in side
+    conf = _keys_config(at)
+    assert conf["ticks"] == {"f": "Factually wrong", "o": "Omission", "s": "Style",
+                             "c": "Missed critical finding"}
+    listed = " ".join(k for k, _ in conf["shortcuts"])
+    for key in ("1 – 5", "F", "O", "S", "C", "Ctrl+Enter", "Alt+S", "Alt+Z", "Esc", "?"):
+        assert key in listed
+    tag = at.session_state["case_tag"]
+    labels = {c.key: c.label for c in at.checkbox}
+    assert labels[f"factual_{tag}"] == "Factually wrong (F)"
+    # the JS ticks a checkbox whose label starts with the configured label
+    for key, label in conf["ticks"].items():
+        assert labels[f"{ {'f': 'factual', 'o': 'omission', 's': 'style', 'c': 'critical'}[key]}_{tag}"] \
+            .startswith(label + " ")
+    # Submit, Skip and Undo come before the edit box (above the fold)
+    order = [b.key.split("_")[0] for b in at.button if b.key]
+    assert order.index("submit") < order.index("skip") < order.index("undo")
+
+
+def test_progress_counts_ratings_not_skips(store, users, cases):
+    at = _signed_in(users["rad1"])
+    _button(at, "skip_").click().run()
+    assert "0 of 12 cases rated · 1 skipped" in at.get("progress")[0].proto.text
+    _button(at, "rate_0_").click().run()
+    _button(at, "submit_").click().run()
+    assert "1 of 12 cases rated · 1 skipped" in at.get("progress")[0].proto.text
+
+
+def test_edit_counter_limit_and_verbatim_diff(store, users, cases):
+    from core.feedback.annotate import MAX_TEXT
+
+    at = _signed_in(users["rad1"])
+    tag = at.session_state["case_tag"]
+    box = at.text_area(key=f"edit_{tag}")
+    assert box.proto.max_chars == MAX_TEXT
+    text = "**Bold** claim\n# heading\n1. <b>x</b>"
+    box.input(text).run()
+    assert any(f"{len(text):,} / {MAX_TEXT:,} characters" == c.value for c in at.caption)
+    bodies = [h.proto.body for h in at.get("html") if "Your edit" in h.proto.body]
+    assert bodies and "**Bold**" in bodies[0] and "&lt;b&gt;x&lt;/b&gt;" in bodies[0]
+    assert "white-space:pre-wrap" in bodies[0]
+    assert not [m for m in at.markdown if "Bold" in m.value]  # not rendered as Markdown
+    assert at.text_input(key=f"comment_{tag}").proto.max_chars == 5_000
+
+
+def test_blinded_reveal_shows_both_texts_with_their_labels(store, users, cases):
+    from core.feedback.annotate import blind_order
+
+    rad = users["rad1"]
+    at = _signed_in(rad)
+    at.toggle(key="blind").set_value(True).run()
+    case = at.session_state["case"]
+    _button(at, "rate_1_").click().run()
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    ai_first = blind_order(rad.id, case.report_id)[0] == "ai"
+    labels = [m.value for m in at.markdown]
+    assert ("**Impression A — the AI's**" in labels) == ai_first
+    assert ("**Impression B — the AI's**" in labels) != ai_first
+    assert any("the original" in m for m in labels)
+    shown = [t.value for t in at.text]
+    assert case.ai_text in shown and case.impression in shown
+    assert "was the AI" in at.success[0].value
+    _button(at, "next_after_reveal_").click().run()
+    assert "Impression A" in [m.value.strip("*") for m in at.markdown]
+    assert at.session_state["case"].report_id != case.report_id
