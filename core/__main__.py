@@ -1,3 +1,3 @@
 from core.cli.main import main
 
-raise SystemExit(main())
+raise SystemExit(main(process=True))

@@ -13,6 +13,7 @@ and a few knobs, each checked when read (a bad value is a :class:`core.errors.Co
 naming the variable, exit 2 on the command line):
 
     IMPRESSIONIST_NIGHTLY_NICE     the nightly job's CPU priority, nice 0-19       (default 10)
+    IMPRESSIONIST_IMPORT_NICE      CLI imports' CPU priority, nice 0-19            (default 10)
     IMPRESSIONIST_NIGHTLY_THREADS  the nightly job's torch threads (default: every core but one)
     IMPRESSIONIST_BCRYPT_ROUNDS    password hashing cost, 4-31 (default 12; tests use 4)
     IMPRESSIONIST_IDLE_MINUTES     a session with no page run for this long ends
@@ -116,6 +117,8 @@ class Settings:
     backend: str = field(default_factory=_backend)
     nightly_nice: int = field(default_factory=lambda: _number(
         "IMPRESSIONIST_NIGHTLY_NICE", int, 10, lambda v: 0 <= v <= 19, "a whole number 0-19"))
+    import_nice: int = field(default_factory=lambda: _number(
+        "IMPRESSIONIST_IMPORT_NICE", int, 10, lambda v: 0 <= v <= 19, "a whole number 0-19"))
     nightly_threads: int | None = field(default_factory=lambda: _number(
         "IMPRESSIONIST_NIGHTLY_THREADS", int, None, lambda v: v >= 1, "a whole number >= 1"))
     bcrypt_rounds: int = field(default_factory=lambda: _number(

@@ -37,6 +37,7 @@ import traceback
 from pathlib import Path
 
 from core.cli import accounts, data, demo, generation, learning, store, studies
+from core.config import settings
 from core.errors import AuthError, ImpressionistError, NotFound, ValidationError
 
 # The verbs, in the order `python -m core --help` lists them: each adds its sub-parser.
@@ -107,13 +108,26 @@ def _exit_status(exc: Exception) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+# Verbs that read and check whole files on the CPU while radiologists may be rating on the
+# same server: as a process of their own they run at IMPRESSIONIST_IMPORT_NICE (default 10),
+# so the app's threads get the cores first (the nightly job lowers its own priority too).
+BACKGROUND_VERBS = ("import", "feedback")
+
+
+def main(argv: list[str] | None = None, process: bool = False) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 anything else).
 
     The one place that turns errors into exit statuses, and that closes what the command
     opened (databases, progress bars), on success and on every error.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        process: this is a process of its own (``python -m core``): a background verb may
+            lower the process's CPU priority (never done to a caller's process, e.g. a test).
     """
     args = build_parser().parse_args(argv)  # a bad option exits 2 here, before anything loads
+    if process and args.command in BACKGROUND_VERBS:
+        os.nice(max(0, settings().import_nice - os.nice(0)))
     with _database(args.db), contextlib.ExitStack() as cleanup:
         args.cleanup = cleanup
         try:

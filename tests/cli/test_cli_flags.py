@@ -4,6 +4,7 @@ naming the flag or the IMPRESSIONIST_* setting, before anything loads."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(var, value, monkeypatch, 
     assert main(["users", "list"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {var}={value!r}"), err
+
+
+@pytest.mark.parametrize("nice", ["10", "3"])
+def test_an_import_process_runs_at_the_import_priority_and_a_caller_keeps_its_own(tmp_path, nice):
+    """`python -m core import` lowers its own priority (IMPRESSIONIST_IMPORT_NICE) so the app's
+    threads get the cores first; main() called from another program leaves that program's
+    priority alone."""
+    import os
+    import subprocess
+    import sys
+
+    csv_file = tmp_path / "r.csv"
+    csv_file.write_text("uid,findings,impression\n1,Lungs are clear.,Normal chest.\n")
+    probe = ("import os, sys; from core.cli.main import main; "
+             "rc = main(['import', sys.argv[1], '--format', 'csv'], process=sys.argv[2] == '1'); "
+             "print('nice', os.nice(0), 'rc', rc)")
+    env = dict(os.environ, IMPRESSIONIST_IMPORT_NICE=nice,
+               IMPRESSIONIST_DB=str(tmp_path / f"db{nice}.duckdb"))
+    root = Path(__file__).resolve().parents[2]
+    own = subprocess.run([sys.executable, "-c", probe, str(csv_file), "1"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert f"nice {max(int(nice), os.nice(0))} rc 0" in own.stdout, own.stderr
+    called = subprocess.run([sys.executable, "-c", probe, str(csv_file), "0"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert f"nice {os.nice(0)} rc 0" in called.stdout, called.stderr
