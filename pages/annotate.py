@@ -25,6 +25,8 @@ SHORTCUTS = {-2: "1", -1: "2", 0: "3", 1: "4", 2: "5"}
 TICKS = {"factual": ("f", "Factually wrong"), "omission": ("o", "Omission"),
          "style": ("s", "Style"), "critical": ("c", "Missed critical finding")}
 FIELDS = (*TICKS, "edit", "comment")
+# Findings longer than this scroll in a box of this height, so the rating stays above the fold.
+FINDINGS_LONG, FINDINGS_PX = 700, 230
 MAX_COMMENT = 5_000  # core.feedback.annotate.save_rating's limit for a comment
 KEYS = [("1 – 5", "rate: " + " · ".join(f"{SHORTCUTS[v]} {label}"
                                           for v, label in annotate.RATING_SCALE.items())),
@@ -280,21 +282,23 @@ def _edit_box(case, tag: str, blind: bool) -> None:
 
 
 def _case_view(case, tag: str, blind: bool) -> None:
-    """Findings on the left; on the right the impressions, then the rating, the ticks and
-    Submit/Skip/Undo (above the fold at 1000 px), then the edit box and the comment."""
+    """Findings beside the impressions; under them, full width, the rating, the ticks and
+    Submit/Skip/Undo (above the fold at 1000 px: long findings scroll in their own box), then
+    the edit box and the comment."""
     _restore_drafts(tag)
-    left, right = st.columns([5, 7], gap="large")
+    left, right = st.columns([5, 6], gap="large")
     with left:
         st.markdown("**Findings**  \n"
                     f"**Indication:** {case.indication or '—'}  \n"
                     f"**Comparison:** {case.comparison or '—'}")
-        st.text(case.findings)
+        box = st.container(height=FINDINGS_PX) if len(case.findings) > FINDINGS_LONG else left
+        box.text(case.findings)
         st.caption(f"Report {case.external_id} · source {case.source}")
     with right:
         _impressions(case, blind)
-        current = _rating_buttons(tag, blind)
-        _actions(tag, blind, current)
-        _edit_box(case, tag, blind)
+    current = _rating_buttons(tag, blind)
+    _actions(tag, blind, current)
+    _edit_box(case, tag, blind)
     _keep_drafts(tag)
 
 

@@ -85,7 +85,7 @@ def _questions(rs: rating.RaterStudy, tag: str) -> dict:
     keys = {q.key: (f"sa_q_{q.key}_{tag}", q.kind) for q in rs.questions}
     yesno = [q for q in rs.questions if q.kind == "yesno"]
     if yesno:
-        qcols = st.columns(min(len(yesno), 2))
+        qcols = st.columns(min(len(yesno), 4))  # one row: Submit stays near the fold
         for i, q in enumerate(yesno):
             qcols[i % len(qcols)].checkbox(q.text, key=keys[q.key][0])
     for q in rs.questions:
@@ -128,24 +128,26 @@ def task_panel(rs: rating.RaterStudy) -> None:
         st.markdown(f"**Impression to rate** (text {task.label})")
         # Verbatim, not Markdown: "- ", "1." or "*" in a text must look the same for every arm.
         st.container(border=True).text(task.text)
-        st.markdown(rs.scale.question)
-        current = st.session_state.get(f"sa_rating_{tag}")
-        cols = st.columns(len(rs.scale.values))
-        for i, (col, value, label) in enumerate(zip(cols, rs.scale.values, rs.scale.labels)):
-            col.button(label, key=f"sa_rate_{i}_{tag}", shortcut=SHORTCUT_KEYS[i],
-                       type="primary" if current == value else "secondary",
-                       on_click=_set_rating, args=(tag, value), use_container_width=True)
-        keys = _questions(rs, tag)
-        st.text_input("Comment (optional)", key=f"sa_comment_{tag}")
-        b1, b2 = st.columns(2)
-        b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
-                  type="primary", on_click=_submit, args=(tag, keys, current),
-                  use_container_width=True)
-        b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
-                  on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
-        st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
-                                         enumerate(rs.scale.labels))
-                   + " · Ctrl+Enter submit · Alt+Z undo · ? all keys")
+    # Full width under the texts, so the scale's labels are not cut off.
+    st.markdown(rs.scale.question)
+    current = st.session_state.get(f"sa_rating_{tag}")
+    cols = st.columns(len(rs.scale.values))
+    for i, (col, value, label) in enumerate(zip(cols, rs.scale.values, rs.scale.labels)):
+        col.button(label, key=f"sa_rate_{i}_{tag}", shortcut=SHORTCUT_KEYS[i],
+                   type="primary" if current == value else "secondary",
+                   icon=":material/check:" if current == value else None,
+                   on_click=_set_rating, args=(tag, value), use_container_width=True)
+    keys = _questions(rs, tag)
+    b1, b2 = st.columns(2)
+    b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
+              type="primary", on_click=_submit, args=(tag, keys, current),
+              use_container_width=True)
+    b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
+              on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
+    st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
+                                     enumerate(rs.scale.labels))
+               + " · Ctrl+Enter submit · Alt+Z undo · ? all keys")
+    st.text_input("Comment (optional)", key=f"sa_comment_{tag}", max_chars=5_000)
 
 
 st.title("Study queue")
