@@ -50,6 +50,20 @@ def test_skip_removes_case_from_queue(store, users, cases):
     assert annotate.next_case(store, rad).report_id != case.report_id
 
 
+def test_queue_counts_rated_and_skipped_apart(store, users, cases):
+    rad = users["rad1"]
+    assert annotate.queue_counts(store, rad) == (0, 0, 12)
+    annotate.skip(store, rad, annotate.next_case(store, rad))
+    annotate.submit_rating(store, rad, annotate.next_case(store, rad), annotate.Rating(rating=0))
+    annotate.submit_rating(store, rad, annotate.next_case(store, rad), annotate.Rating(rating=1))
+    assert annotate.queue_counts(store, rad) == (2, 1, 12)
+    annotate.undo_last(store, rad)  # a retracted rating no longer counts
+    assert annotate.queue_counts(store, rad) == (1, 1, 12)
+    assert annotate.queue_counts(store, users["rad2"]) == (0, 0, 12)
+    with pytest.raises(PermissionDenied):
+        annotate.queue_counts(store, users["coord"])
+
+
 def test_word_diff_and_html_escape():
     assert annotate.word_diff("No acute disease.", "No acute cardiopulmonary disease.") == [
         ("=", "No acute"), ("+", "cardiopulmonary"), ("=", "disease.")]
