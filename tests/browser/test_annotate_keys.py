@@ -72,6 +72,10 @@ def test_annotate_keys_and_layout(app, browser):
     browser.find_element(By.XPATH, "//*[@data-testid='stCheckbox'][contains(., 'Style')]"
                                    "//label").click()
     _wait(browser, lambda d: _checked(d, "Style"), what="Style ticked by a click")
+    _settle(browser)
+    browser.execute_script("arguments[0].focus()", browser.find_element(
+        By.XPATH, "//*[@data-testid='stCheckbox'][contains(., 'Style')]//input"))
+    assert browser.execute_script("return document.activeElement.type") == "checkbox"
     _keys(browser, "2")
     _wait(browser, lambda d: _selected(d, "Worse"), what="Worse selected from a checkbox")
     for key, label in (("f", "Factually wrong"), ("o", "Omission"), ("c", "Missed critical")):
