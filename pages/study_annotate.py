@@ -109,6 +109,8 @@ def task_panel(rs: rating.RaterStudy) -> None:
         st.error(err)
 
     if task is None:
+        if done != rs.done:  # the selector above still shows the count of the page's last full run
+            st.rerun(scope="app")
         st.success("You have rated every text assigned to you in this study. Thank you!")
         st.button("Undo last rating", key=f"sa_undo_empty_{tag}", shortcut="Alt+Z",
                   on_click=_undo, args=(tag, rs.study_id))
