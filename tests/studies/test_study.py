@@ -728,7 +728,9 @@ def test_cli_study_flow(store, users, cases, tmp_path):
     report = run("study", "report", "1", "--n-boot", "20", "--metrics", "",
                  "--html", str(tmp_path / "s.html"))
     assert report.returncode == 0, report.stderr
-    assert "Share neutral-or-better" in report.stdout and (tmp_path / "s.html").exists()
+    # closed before anyone rated: the report says so instead of empty tables (issue 14.11)
+    assert "nothing to summarise" in report.stdout and "Share neutral-or-better" not in report.stdout
+    assert "No ratings yet" in (tmp_path / "s.html").read_text()
     out = tmp_path / "r.csv"
     exported = run("study", "export", "1", "--out", str(out))
     assert exported.returncode == 0, exported.stderr and out.exists()
