@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import util
 from core.accounts import admin
@@ -23,19 +22,6 @@ TIMEOUT = 60
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _show_errors():
-    from streamlit import config
-
-    config.set_option("client.showErrorDetails", "full")
-
-
-def _page(name: str, user) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=TIMEOUT)
-    at.session_state["user"] = user
-    return at.run()
-
-
 def _version(store, reader, status="candidate"):
     version, tmp = adapters.allocate_version(store, reader)
     adapters.write_memory(tmp, [{"report_id": 1, "findings": "f", "impression": "x"}])
@@ -43,8 +29,8 @@ def _version(store, reader, status="candidate"):
                                    status=status)
 
 
-def test_users_table_shows_the_action_just_taken(store, users):
-    at = _page("admin.py", users["admin"])
+def test_users_table_shows_the_action_just_taken(store, users, open_page):
+    at = open_page("admin.py", users["admin"])
     at.selectbox(key="admin_access_user").select("rad2")
     next(b for b in at.button if b.label == "Disable").click().run()
     assert not at.exception, at.exception
@@ -53,7 +39,7 @@ def test_users_table_shows_the_action_just_taken(store, users):
 
 
 def test_generation_progress_without_paths_and_the_child_is_reaped(store, users, cases,
-                                                                    monkeypatch):
+                                                                    monkeypatch, open_page):
     import subprocess
 
     real = subprocess.Popen
@@ -71,18 +57,18 @@ def test_generation_progress_without_paths_and_the_child_is_reaped(store, users,
         os.waitpid(run.pid, os.WNOHANG)
     shown = admin.generation_progress(store, users["admin"])[0]
     assert not shown.running and "finished" in shown.text and "/" not in shown.text
-    at = _page("admin.py", users["admin"])
+    at = open_page("admin.py", users["admin"])
     assert not at.exception, at.exception
     bars = at.get("progress")
     assert bars and all("log" not in b.proto.text and "/" not in b.proto.text for b in bars)
 
 
-def test_a_gate_rejected_version_needs_an_explicit_override(store, users):
+def test_a_gate_rejected_version_needs_an_explicit_override(store, users, open_page):
     _version(store, "rad1")
     rejected = _version(store, "rad1", status="rejected")
     with pytest.raises(GateRejected, match="rejected by the nightly gate"):
         adapters.promote(store, "rad1", rejected.version, user=users["coord"])
-    at = _page("adapters.py", users["coord"])
+    at = open_page("adapters.py", users["coord"])
     at.selectbox(key="ad_versions_reader").select("rad1").run()
     at.selectbox(key="ad_promote_version").select(rejected.version).run()
     assert any("rejected" in w.value for w in at.warning)
@@ -95,12 +81,12 @@ def test_a_gate_rejected_version_needs_an_explicit_override(store, users):
     assert "overriding the gate" in event["reason"]
 
 
-def test_rollback_asks_for_confirmation(store, users):
+def test_rollback_asks_for_confirmation(store, users, open_page):
     _version(store, "rad1")
     _version(store, "rad1")
     adapters.promote(store, "rad1", 1, actor="test")
     adapters.promote(store, "rad1", 2, actor="test")
-    at = _page("adapters.py", users["coord"])
+    at = open_page("adapters.py", users["coord"])
     at.selectbox(key="ad_rollback_reader").select("rad1").run()
     assert at.button(key="ad_rollback").disabled
     box = at.checkbox(key="ad_rollback_confirm_rad1_2")
@@ -111,13 +97,13 @@ def test_rollback_asks_for_confirmation(store, users):
     assert adapters.active_adapter(store, "rad1").version == 1
 
 
-def test_speed_chart_has_whole_run_numbers_and_no_memory_only_runs(store, users):
+def test_speed_chart_has_whole_run_numbers_and_no_memory_only_runs(store, users, open_page):
     rid = users["rad1"].id
     for method, speed in (("memory", None), ("dpo", 12.5), ("dpo", 14.0)):
         run = store.start_run(rid, method)
         store.update_run(run, status="succeeded", decision="rejected", pairs_per_s=speed,
                          metrics={"rougeL": 0.4}, finished_at=util.now())
-    at = _page("adapters.py", users["coord"])
+    at = open_page("adapters.py", users["coord"])
     assert not at.exception, at.exception
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     speed = next(s for s in specs if "Training speed" in s["layout"]["title"]["text"])

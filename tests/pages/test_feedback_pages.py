@@ -15,29 +15,16 @@ TIMEOUT = 60
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _show_errors():
-    from streamlit import config
-
-    config.set_option("client.showErrorDetails", "full")
-
-
-def _page(name: str, user) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=TIMEOUT)
-    at.session_state["user"] = user
-    return at.run()
-
-
 def _rate(store, user, value, comment=None):
     return annotate.submit_rating(store, user, annotate.next_case(store, user),
                                   annotate.Rating(rating=value, comment=comment))
 
 
-def test_my_feedback_reads_as_words_and_keeps_its_filters(store, users, cases):
+def test_my_feedback_reads_as_words_and_keeps_its_filters(store, users, cases, open_page):
     rad = users["rad1"]
     _rate(store, rad, 2, "good")
     _rate(store, rad, -1, "meh")
-    at = _page("my_feedback.py", rad)
+    at = open_page("my_feedback.py", rad)
     assert not at.exception, at.exception
     frame = at.dataframe[0].value
     assert {"When", "Rating", "Status", "Where", "AI impression", "Comment"} <= set(frame.columns)
@@ -65,10 +52,10 @@ def test_filters_survive_navigating_away_through_the_app(store, users, cases):
     assert at.text_input(key="mf_search").value == "nothing matches this"
 
 
-def test_a_past_rating_is_corrected_by_a_new_entry(store, users, cases):
+def test_a_past_rating_is_corrected_by_a_new_entry(store, users, cases, open_page):
     rad = users["rad1"]
     first = _rate(store, rad, -2, "too harsh")
-    at = _page("my_feedback.py", rad)
+    at = open_page("my_feedback.py", rad)
     assert at.selectbox(key="mf_fix").value == first
     at.radio(key=f"mf_fix_rating_{first}").set_value("Equivalent")
     at.text_area(key=f"mf_fix_comment_{first}").input("on second thought, fine")
@@ -88,10 +75,10 @@ def test_a_past_rating_is_corrected_by_a_new_entry(store, users, cases):
         history.correct(store, users["rad2"], int(new["id"]), annotate.Rating(rating=1))
 
 
-def test_all_feedback_shows_every_reader_with_filters_and_labels(store, users, cases):
+def test_all_feedback_shows_every_reader_with_filters_and_labels(store, users, cases, open_page):
     _rate(store, users["rad1"], 2, "one")
     _rate(store, users["rad2"], -2, "two")
-    at = _page("feedback_all.py", users["coord"])
+    at = open_page("feedback_all.py", users["coord"])
     assert not at.exception, at.exception
     frame = at.dataframe[0].value
     assert sorted(frame["Reader"]) == ["rad1", "rad2"]

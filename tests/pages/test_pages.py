@@ -11,14 +11,6 @@ TIMEOUT = 30
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _show_errors():
-    """.streamlit/config.toml hides error details from users; page tests need them."""
-    from streamlit import config
-
-    config.set_option("client.showErrorDetails", "full")
-
-
 def _app() -> AppTest:
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
 
