@@ -376,7 +376,9 @@ def load_generator(spec: ModelSpec | None = None) -> Generator:
         spec: which checkpoint and how; the prepared default model on the best device when None.
 
     Returns:
-        The cached :class:`Generator` for this spec.
+        The cached :class:`Generator` for this spec. One model per checkpoint is kept in memory:
+        a later load of the same checkpoint under another ``name`` gets the first load's
+        Generator, and its name.
 
     Raises:
         ModelNotPrepared: the checkpoint directory is missing (for the default: run make setup).

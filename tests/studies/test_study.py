@@ -749,14 +749,14 @@ def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path, t
     path = tiny
     gen = load_generator(ModelSpec(path, dtype="float32", device="cpu", name="tiny"))
     model = texts.model_text_maker(gen, batch_size=4, max_new_tokens=6)
-    assert model.model_name == "tiny"
+    assert model.model_name == gen.name  # what the generator is called (its first load's name)
     store.import_reports(make_reports(12), file="t", fmt="test")
     sid = lifecycle.create_study(store, people["coord"], StudyDesign(
         "Model study", ["original", "base", "typos", "style:bullets"], n_items=4,
         raters=["r0"], k=1), make_texts=texts.stored_style_maker(store, model))
     units = store.study_units(sid)
     made = units[units["arm"] != "original"]
-    assert len(made) == 12 and (made["model"] == "tiny").all()
+    assert len(made) == 12 and (made["model"] == gen.name).all()
     assert made["text"].str.len().min() > 0
     assert set(made["style"]) == {"default", "typos-0.03", "bullets"}
     base = units[units["arm"] == "base"].set_index("slot")
@@ -781,7 +781,7 @@ def test_model_text_maker_generates_missing_arm_texts(store, people, tmp_path, t
         "Adapter study", ["base", "adapter:r0"], n_items=3, raters=["r1"], k=1),
         make_texts=texts.stored_style_maker(store, model))
     made = store.study_units(sid).query("arm == 'adapter:r0'")
-    assert len(made) == 3 and (made["adapter"] == "r0").all() and (made["model"] == "tiny").all()
+    assert len(made) == 3 and (made["adapter"] == "r0").all() and (made["model"] == gen.name).all()
     assert made["text"].str.len().min() > 0
     assert "r0" in gen.adapters
 
