@@ -32,6 +32,7 @@ read as "x-ray".
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -217,6 +218,14 @@ def extract(text: str) -> list[Mention]:
         return []
     if not isinstance(text, str):
         raise ClinicalError(f"text must be a str, got {type(text).__name__}")
+    return list(_extract(text))
+
+
+# The same texts are labelled again and again (a draft is checked against its findings, its
+# neighbours' impressions are voted on, a gate scores every version on the same references):
+# mentions are immutable, so each text is read once per process.
+@functools.lru_cache(maxsize=1 << 15)
+def _extract(text: str) -> tuple[Mention, ...]:
     out: list[Mention] = []
     for sent in sentences(text):
         sent_norm = normalise(sent)
@@ -250,7 +259,7 @@ def extract(text: str) -> list[Mention]:
                         if not re.search(r"\b(?:may|possibl\w+|probabl\w+|likely|questionabl\w+)\b", c[:s]):
                             lateral = bool(_LATERAL_NORMAL.search(c) or _QUALIFIER.search(m.group(0)))
                             out.append(Mention(name, Label.NEGATIVE, m.group(0), clause, sent, s, e, False, "normal", lateral))
-    return out
+    return tuple(out)
 
 
 def aggregate(mentions: list[Mention]) -> dict[str, Label]:
@@ -278,13 +287,19 @@ def label(text: str) -> dict[str, Label]:
         in ``OBSERVATION_NAMES`` order. ``No Finding`` is POSITIVE when a global normal statement
         or a negated observation is present and nothing but Support Devices is positive/uncertain.
     """
-    mentions = extract(text)
-    res = aggregate(mentions)
+    if text is not None and not isinstance(text, str):
+        raise ClinicalError(f"text must be a str, got {type(text).__name__}")
+    return dict(_label(text or ""))
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _label(text: str) -> tuple[tuple[str, Label], ...]:
+    res = aggregate(_extract(text))
     abnormal = any(v in PRESENT for k, v in res.items() if k != "No Finding")
     normal_stmt = bool(text) and is_normal_statement(text)
     if not abnormal and (normal_stmt or any(v is Label.NEGATIVE for v in res.values())):
         res["No Finding"] = Label.POSITIVE
-    return {k: res[k] for k in OBSERVATION_NAMES if k in res}
+    return tuple((k, res[k]) for k in OBSERVATION_NAMES if k in res)
 
 
 def is_normal(text: str | None) -> bool:
