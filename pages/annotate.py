@@ -64,11 +64,14 @@ STALE = "A key pressed before the next case appeared was ignored (nothing was sa
 def _load(case=None, answer: dict | None = None) -> None:
     """Make ``case`` (or the next in the queue) current, with fresh per-case widget state;
     ``answer`` (a previous answer, e.g. after undo) is filled in."""
-    case = case if case is not None else annotate.next_case(store, user)
+    counts = None
+    if case is None:
+        view = annotate.queue_view(store, user)  # the case and the progress bar: one transaction
+        case, counts = view.case, (view.rated, view.skipped, view.total)
     nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
     tag = f"{case.report_id}_{case.generation_id}_{nonce}" if case is not None else nonce
     st.session_state.update(case=case, case_nonce=nonce, case_tag=tag, revealed=None,
-                            case_started=time.monotonic())
+                            case_started=time.monotonic(), counts=counts)
     if case is not None and answer:
         blind = st.session_state.get("blind", False)
         shown = screen.shown_rating(answer["rating"], blind, user.id, case.report_id)
@@ -312,7 +315,11 @@ def case_panel() -> None:
     if case is not None and st.query_params.get("case") != str(case.report_id):
         st.query_params["case"] = str(case.report_id)  # a refresh or a link reopens this case
         st.session_state["case_link"] = str(case.report_id)  # ours, not a link to follow
-    rated, skipped, total = annotate.queue_counts(store, user)
+    # The counts change only with a save, skip or undo (each loads a case): a rating key or a
+    # tick reruns this fragment without asking the database again.
+    if st.session_state.get("counts") is None:
+        st.session_state["counts"] = annotate.queue_counts(store, user)
+    rated, skipped, total = st.session_state["counts"]
     st.progress(rated / total if total else 0.0,
                 text=f"{rated} of {total} cases rated" + (f" · {skipped} skipped"
                                                           if skipped else ""))
