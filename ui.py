@@ -244,3 +244,22 @@ def keep(*keys: str) -> None:
     for key in keys:
         if key in st.session_state:
             st.session_state[f"kept:{key}"] = st.session_state[key]
+
+
+# Findings longer than this scroll in a box of this height, so the rating stays above the fold.
+FINDINGS_LONG, FINDINGS_PX = 700, 230
+
+
+def report_context(indication: str | None, comparison: str | None) -> None:
+    """The report's indication and comparison under bold labels, verbatim: a report's "*", "#",
+    "1." or ":red[...]" is shown as typed, never read as Markdown or HTML."""
+    lines = [f"<b>{label}:</b> {html.escape(value) if value and value.strip() else '—'}"
+             for label, value in (("Indication", indication), ("Comparison", comparison))]
+    st.html("<div style='white-space:pre-wrap'>" + "<br>".join(lines) + "</div>")
+
+
+def findings_text(findings: str) -> None:
+    """The findings verbatim; long ones scroll in their own box of fixed height, so the
+    rating and Submit below them stay above the fold of a 1000 px window."""
+    box = st.container(height=FINDINGS_PX) if len(findings) > FINDINGS_LONG else st.container()
+    box.text(findings)

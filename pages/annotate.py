@@ -15,7 +15,8 @@ import streamlit as st
 from core.errors import ImpressionistError
 from core.feedback import annotate, screen
 from core.studies import rating
-from ui import get_store, keyboard_guard, require_user, sync_session_cookie
+from ui import (findings_text, get_store, keyboard_guard, report_context, require_user,
+                sync_session_cookie)
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -25,8 +26,6 @@ SHORTCUTS = {-2: "1", -1: "2", 0: "3", 1: "4", 2: "5"}
 TICKS = {"factual": ("f", "Factually wrong"), "omission": ("o", "Omission"),
          "style": ("s", "Style"), "critical": ("c", "Missed critical finding")}
 FIELDS = (*TICKS, "edit", "comment")
-# Findings longer than this scroll in a box of this height, so the rating stays above the fold.
-FINDINGS_LONG, FINDINGS_PX = 700, 230
 MAX_COMMENT = 5_000  # core.feedback.annotate.save_rating's limit for a comment
 KEYS = [("1 – 5", "rate: " + " · ".join(f"{SHORTCUTS[v]} {label}"
                                           for v, label in annotate.RATING_SCALE.items())),
@@ -291,11 +290,9 @@ def _case_view(case, tag: str, blind: bool) -> None:
     _restore_drafts(tag)
     left, right = st.columns([5, 6], gap="large")
     with left:
-        st.markdown("**Findings**  \n"
-                    f"**Indication:** {case.indication or '—'}  \n"
-                    f"**Comparison:** {case.comparison or '—'}")
-        box = st.container(height=FINDINGS_PX) if len(case.findings) > FINDINGS_LONG else left
-        box.text(case.findings)
+        st.markdown("**Findings**")
+        report_context(case.indication, case.comparison)
+        findings_text(case.findings)
         st.caption(f"Report {case.external_id} · source {case.source}")
     with right:
         _impressions(case, blind)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.errors import ImpressionistError
 from core.studies import rating
-from ui import get_store, keyboard_guard, require_user
+from ui import findings_text, get_store, keyboard_guard, report_context, require_user
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -119,10 +119,9 @@ def task_panel(rs: rating.RaterStudy) -> None:
     left, right = st.columns([5, 6], gap="large")
     with left:
         st.subheader(f"Case {task.case_number}")
-        st.markdown(f"**Indication:** {task.indication or '—'}  \n"
-                    f"**Comparison:** {task.comparison or '—'}")
+        report_context(task.indication, task.comparison)
         st.markdown("**Findings**")
-        st.text(task.findings)
+        findings_text(task.findings)
     with right:
         if task.reference is not None:
             st.markdown("**Reference impression**")

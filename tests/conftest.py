@@ -40,27 +40,67 @@ def iu_csv() -> Path:
     return SHARED_IU
 
 
+USERS = [("rad1", "radiologist"), ("rad2", "radiologist"), ("coord", "coordinator"),
+         ("admin", "admin")]
+
+
+def _add_users(store) -> None:
+    from core.accounts import auth
+
+    for name, role in USERS:
+        auth.create_user(store, name, role, f"{name}-Passw0rd")
+
+
+def _add_cases(store) -> None:
+    from core.ingest.demo import synthetic_reports
+
+    store.import_reports(synthetic_reports(12, seed=3), file="synthetic", fmt="demo")
+    store.add_generations({"report_id": r["id"], "model": "test-model",
+                           "text": f"AI impression for report {r['id']}.", "latency_ms": 5.0}
+                          for r in store.reports())
+
+
 @pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty database at the current schema, built once per worker: migrating a new file
-    takes ~0.4 s, copying this one ~10 ms (the migration tests in tests/store/test_store.py migrate for real)."""
+def seeded_db(tmp_path_factory):
+    """``seeded_db(users, cases)``: a database at the current schema, with the accounts of
+    :func:`users` and the reports of :func:`cases` when asked, built once per worker and kind.
+    Migrating a new file and making the accounts and reports takes ~0.35 s a test, through
+    ~90 small transactions; copying a file ~10 ms (the migration tests migrate for real)."""
     from core.store.database import Store
 
-    path = tmp_path_factory.mktemp("template") / "migrated.duckdb"
-    s = Store(path)
-    s.migrate()
-    s.close()
+    made: dict[tuple[bool, bool], Path] = {}
+
+    def path(users: bool, cases: bool) -> Path:
+        if (users, cases) not in made:
+            p = tmp_path_factory.mktemp("template") / "seeded.duckdb"
+            s = Store(p)
+            try:
+                s.migrate()
+                if users:
+                    _add_users(s)
+                if cases:
+                    _add_cases(s)
+            finally:
+                s.close()
+            made[users, cases] = p
+        return made[users, cases]
+
     return path
 
 
 @pytest.fixture
-def store(migrated_db):
+def store(seeded_db, request):
+    """A fresh database for this test; already holding the accounts and reports of the
+    ``users`` and ``cases`` fixtures when the test uses them (those fixtures then only sign in
+    and read)."""
     from core.store.database import Store
 
+    kind = ("users" in request.fixturenames, "cases" in request.fixturenames)
     path = Path(os.environ["IMPRESSIONIST_DB"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_db, path)
+    shutil.copyfile(seeded_db(*kind), path)
     s = Store(path)
+    s.seeded = kind  # type: ignore[attr-defined]  # what users and cases find already made
     s.migrate()  # nothing pending: one check, as every process that opens the store does
     yield s
     s.close()
@@ -71,22 +111,14 @@ def users(store):
     """One user per role, plus a second radiologist (passwords: '<name>-Passw0rd')."""
     from core.accounts import auth
 
-    out = {}
-    for name, role in [("rad1", "radiologist"), ("rad2", "radiologist"),
-                       ("coord", "coordinator"), ("admin", "admin")]:
-        auth.create_user(store, name, role, f"{name}-Passw0rd")
-        out[name] = auth.sign_in(store, name, f"{name}-Passw0rd")
-    return out
+    if not getattr(store, "seeded", (False, False))[0]:
+        _add_users(store)
+    return {name: auth.sign_in(store, name, f"{name}-Passw0rd") for name, _ in USERS}
 
 
 @pytest.fixture
 def cases(store):
     """Twelve synthetic reports, each with a stored AI impression (no model needed)."""
-    from core.ingest.demo import synthetic_reports
-
-    store.import_reports(synthetic_reports(12, seed=3), file="synthetic", fmt="demo")
-    reports = store.reports()
-    store.add_generations({"report_id": r["id"], "model": "test-model",
-                           "text": f"AI impression for report {r['id']}.", "latency_ms": 5.0}
-                          for r in reports)
-    return reports
+    if not getattr(store, "seeded", (False, False))[1]:
+        _add_cases(store)
+    return store.reports()

@@ -91,3 +91,25 @@ def test_blinded_reveal_shows_both_texts_with_their_labels(store, users, cases):
     _button(at, "next_after_reveal_").click().run()
     assert "Impression A" in [m.value.strip("*") for m in at.markdown]
     assert at.session_state["case"].report_id != case.report_id
+
+
+def test_indication_and_comparison_are_shown_verbatim(store, users):
+    """Issue 14: a report's own "**", "#", "1." or ":red[...]" is text, never Markdown or HTML."""
+    import dataclasses
+    import html
+
+    from core.ingest.demo import synthetic_reports
+
+    raw_ind = "**Cough** # 1. :red[fever] <b>x</b> $5"
+    raw_cmp = "_prior_ 2024-01-01 `none`"
+    report = dataclasses.replace(synthetic_reports(1, seed=5)[0], indication=raw_ind,
+                                 comparison=raw_cmp)
+    store.import_reports([report], file="markup", fmt="demo")
+    rid = store.reports()[0]["id"]
+    store.add_generations([{"report_id": rid, "model": "m", "text": "No acute disease.",
+                            "latency_ms": 1.0}])
+    at = _signed_in(users["rad1"])
+    assert not at.exception, at.exception
+    bodies = " ".join(h.proto.body for h in at.get("html"))
+    assert html.escape(raw_ind) in bodies and html.escape(raw_cmp) in bodies
+    assert not any("Cough" in m.value for m in at.markdown)  # not passed through Markdown
