@@ -165,9 +165,9 @@ by_id = {s.study_id: s for s in mine}
 open_first = sorted(mine, key=lambda s: (s.status != "running", s.done >= s.total, -s.study_id))
 if st.session_state.get("sa_study") not in by_id:
     st.session_state["sa_study"] = open_first[0].study_id
-st.selectbox("Study", list(by_id), key="sa_study",
-             format_func=lambda i: f"{by_id[i].name} — {by_id[i].done}/{by_id[i].total} "
-                                   f"rated ({by_id[i].status})")
+# Names only: the selector's text box keeps the label it showed when its options change but
+# the choice does not, so a count in it went stale; the queue's progress bar counts instead.
+st.selectbox("Study", list(by_id), key="sa_study", format_func=lambda i: by_id[i].name)
 rs = rating.rater_study(store, user, st.session_state["sa_study"])
 with st.expander("Guideline", expanded=rs.done == 0):
     st.markdown(rs.guideline or "No guideline was given for this study.")

@@ -283,3 +283,34 @@ def test_a_double_create_study_makes_one_study(app, browser):
     _wait(browser, studies, what="the study")
     _wait(browser, lambda d: "Running" not in _body(d) and "Create study" in _body(d))
     assert len(studies(None)) == 1
+
+
+def test_the_study_queue_never_shows_a_stale_count(app, browser):
+    """Issue 14: after a rater's last text the page says 3 of 3, and the study selector shows
+    no count of its own (its text box kept the label of the page before: "0/3 rated")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from core.accounts import auth
+    from core.studies import lifecycle
+
+    store = app.store()
+    try:
+        coord = auth.sign_in(store, "coord", app.passwords["coord"])
+        lifecycle.create_study(store, coord, lifecycle.StudyDesign(
+            name="Selector study", arms=["original"], n_items=3, raters=["rad2"], k=1))
+    finally:
+        store.close()
+    _sign_in(browser, app, "rad2", "study_annotate")
+    for _ in range(3):
+        _wait(browser, lambda d: "Impression to rate" in _body(d), what="a study text")
+        _settle(browser, 0.5)
+        _keys(browser, "3")
+        _wait(browser, lambda d: d.find_elements(
+            By.XPATH, "//button[@data-testid='stBaseButton-primary'][contains(., 'Acceptable')]"),
+              what="the rating to be selected")
+        _keys(browser, Keys.CONTROL, Keys.ENTER)
+    _wait(browser, lambda d: "rated every text" in _body(d), what="the end of the queue")
+    _wait(browser, lambda d: "3 of 3 texts rated" in _body(d), what="the progress bar")
+    shown = browser.find_element(By.CSS_SELECTOR, "input[aria-label='Study']")
+    assert shown.get_attribute("value") == "Selector study"
