@@ -118,9 +118,9 @@ def task_panel(rs: rating.RaterStudy) -> None:
 
     left, right = st.columns([5, 6], gap="large")
     with left:
-        st.subheader(f"Case {task.case_number}")
+        # One bold line, no heading: Submit stays above the fold of a 1000 px window.
+        st.markdown(f"**Case {task.case_number}: findings**")
         report_context(task.indication, task.comparison)
-        st.markdown("**Findings**")
         findings_text(task.findings)
     with right:
         if task.reference is not None:
