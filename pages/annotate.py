@@ -60,12 +60,13 @@ rated)."""
 STALE = "A key pressed before the next case appeared was ignored (nothing was saved for it)."
 
 
-def _load(case=None, answer: dict | None = None) -> None:
-    """Make ``case`` (or the next in the queue) current, with fresh per-case widget state;
-    ``answer`` (a previous answer, e.g. after undo) is filled in."""
+def _load(case=None, answer: dict | None = None, view: annotate.QueueView | None = None) -> None:
+    """Make ``case`` (or the next in the queue: ``view``, or asked for now) current, with fresh
+    per-case widget state; ``answer`` (a previous answer, e.g. after undo) is filled in."""
     counts = None
     if case is None:
-        view = annotate.queue_view(store, user)  # the case and the progress bar: one transaction
+        # the case and the progress bar: one transaction (with the save, when there was one)
+        view = view or annotate.queue_view(store, user)
         case, counts = view.case, (view.rated, view.skipped, view.total)
     nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
     tag = f"{case.report_id}_{case.generation_id}_{nonce}" if case is not None else nonce
@@ -121,7 +122,7 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     get = st.session_state.get
     edited = case.ai_text if blind else get(f"edit_{tag}", case.ai_text)
     try:
-        annotate.submit_rating(store, user, case, annotate.Rating(
+        _, view = annotate.submit_and_next(store, user, case, annotate.Rating(
             rating=screen.stored_rating(chosen, blind, user.id, case.report_id),
             factual_error=bool(get(f"factual_{tag}")), omission=bool(get(f"omission_{tag}")),
             style_issue=bool(get(f"style_{tag}")), critical_missed=bool(get(f"critical_{tag}")),
@@ -130,7 +131,7 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     except ImpressionistError as exc:
         return _fail(exc)
     st.session_state.get("drafts", {}).pop(tag, None)
-    _load()
+    _load(view=view)
     st.session_state["annotate_flash"] = "Rating saved"
     if blind:
         st.session_state["revealed"] = _reveal(case)
@@ -140,13 +141,13 @@ def _skip(tag: str) -> None:
     if not _current(tag):
         return
     try:
-        annotate.skip(store, user, st.session_state["case"],
-                      client_token=f"{st.session_state['case_nonce']}-skip",
-                      time_spent_ms=_spent())
+        _, view = annotate.skip_and_next(store, user, st.session_state["case"],
+                                         client_token=f"{st.session_state['case_nonce']}-skip",
+                                         time_spent_ms=_spent())
     except ImpressionistError as exc:
         return _fail(exc)
     st.session_state.get("drafts", {}).pop(tag, None)
-    _load()
+    _load(view=view)
 
 
 def _undo(tag: str) -> None:
