@@ -4,7 +4,8 @@ the app uses, while the nightly job trains and an import runs in other processes
 * "the app": one process, one shared :class:`core.store.database.Store` (as ``ui.get_store`` gives every
   Streamlit session), one thread per radiologist. Each loops as the Annotate page does:
   ``annotate.submit_and_next`` (mostly with an edit; the save and the next case in one
-  transaction), sometimes ``skip_and_next`` or ``undo_last`` (then ``queue_view``), with a
+  transaction; the page adds one to its counts), sometimes ``skip_and_next`` or ``undo_last``
+  (then ``queue_view``: the next case and the counts), with a
   random think time. Every call that returns is an *acknowledged* save (the page would say
   "Rating saved"); its client token, returned id and latency are recorded. The latency of a
   save is also that of the next case it brings; "next case" also counts the ``queue_view``
@@ -62,16 +63,17 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
 
     rng = random.Random(seed)
     k = 0
-    view = None  # what the page shows next: after a save or skip it comes with the save
+    ask = object()  # sign-in, or after an undo: the page asks for the next case and counts
+    upcoming = ask  # after a save or skip, the next case came with it
     while time.monotonic() < deadline:
         k += 1
         try:
-            if view is None:  # sign-in, or after an undo: the page asks for the next case
+            if upcoming is ask:
                 t = time.perf_counter()
-                view = annotate.queue_view(store, user)
+                upcoming = annotate.queue_view(store, user).case
                 with lock:
                     log["next_ms"].append((time.perf_counter() - t) * 1000)
-            case, view = view.case, None
+            case, upcoming = upcoming, ask
             if case is None:
                 with lock:
                     log["queue_empty"] += 1
@@ -82,8 +84,8 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
             token = f"{user.username}-{k}"
             t = time.perf_counter()
             if roll < 0.08:
-                fid, view = annotate.skip_and_next(store, user, case, client_token=token,
-                                                   time_spent_ms=rng.randint(1000, 9000))
+                fid, upcoming = annotate.skip_and_next(store, user, case, client_token=token,
+                                                       time_spent_ms=rng.randint(1000, 9000))
                 kind = "skip"
             elif roll < 0.13:
                 last = annotate.undo_last(store, user)
@@ -93,7 +95,7 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                 if roll < 0.75:  # most ratings come with an edit
                     edit = (f"{case.ai_text} Follow-up in {rng.randint(1, 12)} weeks. "
                             f"<b>x</b> '; DROP TABLE feedback; -- {rng.random():.6f}")
-                fid, view = annotate.submit_and_next(store, user, case, annotate.Rating(
+                fid, upcoming = annotate.submit_and_next(store, user, case, annotate.Rating(
                     rating=rng.randint(-2, 2), factual_error=rng.random() < 0.1,
                     omission=rng.random() < 0.2, comment="load test" if roll < 0.3 else None,
                     edited_text=edit, time_spent_ms=rng.randint(2000, 60000)),

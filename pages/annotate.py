@@ -60,18 +60,19 @@ rated)."""
 STALE = "A key pressed before the next case appeared was ignored (nothing was saved for it)."
 
 
-def _load(case=None, answer: dict | None = None, view: annotate.QueueView | None = None) -> None:
-    """Make ``case`` (or the next in the queue: ``view``, or asked for now) current, with fresh
-    per-case widget state; ``answer`` (a previous answer, e.g. after undo) is filled in."""
-    counts = None
-    if case is None:
-        # the case and the progress bar: one transaction (with the save, when there was one)
-        view = view or annotate.queue_view(store, user)
-        case, counts = view.case, (view.rated, view.skipped, view.total)
+def _load(case=None, answer: dict | None = None, queued: bool = False,
+          counts: tuple | None = None) -> None:
+    """Make ``case`` (or the next in the queue) current, with fresh per-case widget state;
+    ``answer`` (a previous answer, e.g. after undo) is filled in. ``queued``: ``case`` came
+    from the queue (so it is not rated yet); ``counts``: the progress counts, when known."""
+    if case is None and not queued:
+        # the case and the progress bar: one transaction
+        view = annotate.queue_view(store, user)
+        case, queued, counts = view.case, True, (view.rated, view.skipped, view.total)
     nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
     tag = f"{case.report_id}_{case.generation_id}_{nonce}" if case is not None else nonce
     st.session_state.update(case=case, case_nonce=nonce, case_tag=tag, revealed=None,
-                            case_started=time.monotonic(), counts=counts)
+                            case_started=time.monotonic(), counts=counts, queued=queued)
     if case is not None and answer:
         blind = st.session_state.get("blind", False)
         shown = screen.shown_rating(answer["rating"], blind, user.id, case.report_id)
@@ -122,7 +123,7 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     get = st.session_state.get
     edited = case.ai_text if blind else get(f"edit_{tag}", case.ai_text)
     try:
-        _, view = annotate.submit_and_next(store, user, case, annotate.Rating(
+        _, after = annotate.submit_and_next(store, user, case, annotate.Rating(
             rating=screen.stored_rating(chosen, blind, user.id, case.report_id),
             factual_error=bool(get(f"factual_{tag}")), omission=bool(get(f"omission_{tag}")),
             style_issue=bool(get(f"style_{tag}")), critical_missed=bool(get(f"critical_{tag}")),
@@ -131,7 +132,7 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     except ImpressionistError as exc:
         return _fail(exc)
     st.session_state.get("drafts", {}).pop(tag, None)
-    _load(view=view)
+    _load(after, queued=True, counts=_counted(rated=1))
     st.session_state["annotate_flash"] = "Rating saved"
     if blind:
         st.session_state["revealed"] = _reveal(case)
@@ -141,13 +142,23 @@ def _skip(tag: str) -> None:
     if not _current(tag):
         return
     try:
-        _, view = annotate.skip_and_next(store, user, st.session_state["case"],
-                                         client_token=f"{st.session_state['case_nonce']}-skip",
-                                         time_spent_ms=_spent())
+        _, after = annotate.skip_and_next(store, user, st.session_state["case"],
+                                          client_token=f"{st.session_state['case_nonce']}-skip",
+                                          time_spent_ms=_spent())
     except ImpressionistError as exc:
         return _fail(exc)
     st.session_state.get("drafts", {}).pop(tag, None)
-    _load(view=view)
+    _load(after, queued=True, counts=_counted(skipped=1))
+
+
+def _counted(rated: int = 0, skipped: int = 0) -> tuple | None:
+    """The progress counts after saving the case on screen, without asking the database: a
+    case served by the queue was neither rated nor skipped, so one more of either (a linked or
+    undone case may have been: None, counted again)."""
+    counts = st.session_state.get("counts")
+    if counts is None or not st.session_state.get("queued"):
+        return None
+    return counts[0] + rated, counts[1] + skipped, counts[2]
 
 
 def _undo(tag: str) -> None:

@@ -145,20 +145,22 @@ def test_submit_and_next_saves_and_brings_the_next_case_in_one_transaction(store
     rad = users["rad1"]
     first = annotate.queue_view(store, rad)
     assert (first.rated, first.skipped, first.total) == (0, 0, len(cases))
-    fid, view = annotate.submit_and_next(store, rad, first.case, annotate.Rating(rating=1),
-                                         client_token="t-1")
+    fid, after = annotate.submit_and_next(store, rad, first.case, annotate.Rating(rating=1),
+                                          client_token="t-1")
     assert store.get_feedback(fid)["report_id"] == first.case.report_id
-    assert view.case.report_id != first.case.report_id and view.rated == 1
-    fid2, view2 = annotate.skip_and_next(store, rad, view.case, client_token="t-2")
-    assert store.get_feedback(fid2)["kind"] == "skip" and (view2.rated, view2.skipped) == (1, 1)
+    assert after.report_id != first.case.report_id
+    fid2, view2 = annotate.skip_and_next(store, rad, after, client_token="t-2")
+    assert store.get_feedback(fid2)["kind"] == "skip" and view2.report_id not in (
+        first.case.report_id, after.report_id)
+    assert annotate.queue_counts(store, rad) == (1, 1, len(cases))
     # all or nothing: when the next case cannot be read, the save is not kept either
     before = store.count_feedback(rad.id)
 
     def broken(*_args, **_kw):
         raise RuntimeError("the queue query failed")
 
-    monkeypatch.setattr(store, "queue_counts", broken)
+    monkeypatch.setattr(store, "next_case", broken)
     with pytest.raises(RuntimeError):
-        annotate.submit_and_next(store, rad, view2.case, annotate.Rating(rating=0),
+        annotate.submit_and_next(store, rad, view2, annotate.Rating(rating=0),
                                  client_token="t-3")
     assert store.count_feedback(rad.id) == before
