@@ -2,14 +2,10 @@
 the app uses, while the nightly job trains and an import runs in other processes.
 
 * "the app": one process, one shared :class:`core.store.database.Store` (as ``ui.get_store`` gives every
-  Streamlit session), one thread per radiologist. Each loops as the Annotate page does:
-  ``annotate.submit_and_next`` (mostly with an edit; the save and the next case in one
-  transaction; the page adds one to its counts), sometimes ``skip_and_next`` or ``undo_last``
-  (then ``queue_view``: the next case and the counts), with a
-  random think time. Every call that returns is an *acknowledged* save (the page would say
-  "Rating saved"); its client token, returned id and latency are recorded. The latency of a
-  save is also that of the next case it brings; "next case" also counts the ``queue_view``
-  calls at sign-in and after an undo.
+  Streamlit session), one thread per radiologist. Each loops: ``annotate.next_case`` ->
+  ``annotate.submit_rating`` (mostly with an edit), sometimes ``skip`` or ``undo_last``, with a
+  short random think time. Every call that returns is an *acknowledged* save (the page would
+  say "Rating saved"); its client token, returned id and latency are recorded.
 * optionally a second app process (``--second-app N``: N more radiologists, same loop), as when
   two Streamlit servers share one database;
 * ``python -m core nightly`` in a loop (DPO training on the tiny test model by default, or the
@@ -63,17 +59,14 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
 
     rng = random.Random(seed)
     k = 0
-    ask = object()  # sign-in, or after an undo: the page asks for the next case and counts
-    upcoming = ask  # after a save or skip, the next case came with it
     while time.monotonic() < deadline:
         k += 1
         try:
-            if upcoming is ask:
-                t = time.perf_counter()
-                upcoming = annotate.queue_view(store, user).case
-                with lock:
-                    log["next_ms"].append((time.perf_counter() - t) * 1000)
-            case, upcoming = upcoming, ask
+            t = time.perf_counter()
+            case = annotate.next_case(store, user)
+            next_ms = (time.perf_counter() - t) * 1000
+            with lock:
+                log["next_ms"].append(next_ms)
             if case is None:
                 with lock:
                     log["queue_empty"] += 1
@@ -84,8 +77,8 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
             token = f"{user.username}-{k}"
             t = time.perf_counter()
             if roll < 0.08:
-                fid, upcoming = annotate.skip_and_next(store, user, case, client_token=token,
-                                                       time_spent_ms=rng.randint(1000, 9000))
+                fid = annotate.skip(store, user, case, client_token=token,
+                                    time_spent_ms=rng.randint(1000, 9000))
                 kind = "skip"
             elif roll < 0.13:
                 last = annotate.undo_last(store, user)
@@ -95,7 +88,7 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                 if roll < 0.75:  # most ratings come with an edit
                     edit = (f"{case.ai_text} Follow-up in {rng.randint(1, 12)} weeks. "
                             f"<b>x</b> '; DROP TABLE feedback; -- {rng.random():.6f}")
-                fid, upcoming = annotate.submit_and_next(store, user, case, annotate.Rating(
+                fid = annotate.submit_rating(store, user, case, annotate.Rating(
                     rating=rng.randint(-2, 2), factual_error=rng.random() < 0.1,
                     omission=rng.random() < 0.2, comment="load test" if roll < 0.3 else None,
                     edited_text=edit, time_spent_ms=rng.randint(2000, 60000)),
@@ -107,10 +100,9 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                     if fid is not None:
                         log["undone"].append(fid)
                     log["undo_ms"].append(ms)
-                else:  # the save is acknowledged with the next case: both took ``ms``
+                else:
                     log["acked"].append((token, int(fid), kind, user.id))
                     log["save_ms"].append(ms)
-                    log["next_ms"].append(ms)
         except Exception as exc:  # every error is counted; the load goes on
             with lock:
                 log["errors"].append(f"{user.username}: {type(exc).__name__}: {exc}"[:500])

@@ -212,23 +212,6 @@ def save_rating(store: Store, user: User, report_id: int, generation_id: int | N
             client_token=client_token)
 
 
-def submit_and_next(store: Store, user: User, case: Case, rating: Rating,
-                    client_token: str | None = None) -> tuple[int, Case | None]:
-    """:func:`submit_rating`, then the reader's next case (:func:`next_case`), in ONE
-    transaction: the save and the next case never wait twice for the file, e.g. when another
-    process takes it between them. Returns the feedback id and the next case (None: the queue
-    is done); nothing is saved when either part fails."""
-    with _saving("rating"), store.tx():
-        return submit_rating(store, user, case, rating, client_token), next_case(store, user)
-
-
-def skip_and_next(store: Store, user: User, case: Case, client_token: str | None = None,
-                  time_spent_ms: int | None = None) -> tuple[int, Case | None]:
-    """:func:`skip`, then :func:`next_case`, in one transaction (as :func:`submit_and_next`)."""
-    with _saving("skip"), store.tx():
-        return skip(store, user, case, client_token, time_spent_ms), next_case(store, user)
-
-
 def skip(store: Store, user: User, case: Case, client_token: str | None = None,
          time_spent_ms: int | None = None) -> int:
     require(user, *RATERS)

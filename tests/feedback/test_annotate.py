@@ -140,27 +140,14 @@ def test_the_queue_never_serves_a_case_the_reader_rated(store, users, cases):
             annotate.undo_last(store, rad)
 
 
-def test_submit_and_next_saves_and_brings_the_next_case_in_one_transaction(store, users, cases,
-                                                                          monkeypatch):
+
+def test_queue_view_is_the_next_case_and_the_counts(store, users, cases):
     rad = users["rad1"]
     first = annotate.queue_view(store, rad)
     assert (first.rated, first.skipped, first.total) == (0, 0, len(cases))
-    fid, after = annotate.submit_and_next(store, rad, first.case, annotate.Rating(rating=1),
-                                          client_token="t-1")
-    assert store.get_feedback(fid)["report_id"] == first.case.report_id
-    assert after.report_id != first.case.report_id
-    fid2, view2 = annotate.skip_and_next(store, rad, after, client_token="t-2")
-    assert store.get_feedback(fid2)["kind"] == "skip" and view2.report_id not in (
-        first.case.report_id, after.report_id)
-    assert annotate.queue_counts(store, rad) == (1, 1, len(cases))
-    # all or nothing: when the next case cannot be read, the save is not kept either
-    before = store.count_feedback(rad.id)
-
-    def broken(*_args, **_kw):
-        raise RuntimeError("the queue query failed")
-
-    monkeypatch.setattr(store, "next_case", broken)
-    with pytest.raises(RuntimeError):
-        annotate.submit_and_next(store, rad, view2, annotate.Rating(rating=0),
-                                 client_token="t-3")
-    assert store.count_feedback(rad.id) == before
+    annotate.submit_rating(store, rad, first.case, annotate.Rating(rating=1))
+    annotate.skip(store, rad, annotate.next_case(store, rad))
+    view = annotate.queue_view(store, rad)
+    assert (view.rated, view.skipped) == (1, 1)
+    assert view.case == annotate.next_case(store, rad)
+    assert view.case.report_id != first.case.report_id
