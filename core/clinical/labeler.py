@@ -223,8 +223,9 @@ def extract(text: str) -> list[Mention]:
 
 # The same texts are labelled again and again (a draft is checked against its findings, its
 # neighbours' impressions are voted on, a gate scores every version on the same references):
-# mentions are immutable, so each text is read once per process.
-@functools.lru_cache(maxsize=1 << 15)
+# mentions are immutable, so each text is read once per process (the 8,192 most recently used texts:
+# tens of MB at most).
+@functools.lru_cache(maxsize=1 << 13)
 def _extract(text: str) -> tuple[Mention, ...]:
     out: list[Mention] = []
     for sent in sentences(text):
@@ -292,7 +293,7 @@ def label(text: str) -> dict[str, Label]:
     return dict(_label(text or ""))
 
 
-@functools.lru_cache(maxsize=1 << 15)
+@functools.lru_cache(maxsize=1 << 13)
 def _label(text: str) -> tuple[tuple[str, Label], ...]:
     res = aggregate(_extract(text))
     abnormal = any(v in PRESENT for k, v in res.items() if k != "No Finding")
