@@ -223,8 +223,8 @@ def extract(text: str) -> list[Mention]:
 
 # The same texts are labelled again and again (a draft is checked against its findings, its
 # neighbours' impressions are voted on, a gate scores every version on the same references):
-# mentions are immutable, so each text is read once per process (the 8,192 most recently used texts:
-# tens of MB at most).
+# mentions are immutable, so each text is read once per process (the 8,192 most recently used
+# texts: tens of MB at most).
 @functools.lru_cache(maxsize=1 << 13)
 def _extract(text: str) -> tuple[Mention, ...]:
     out: list[Mention] = []
