@@ -91,16 +91,15 @@ def seeded_db(tmp_path_factory):
 @pytest.fixture
 def store(seeded_db, request):
     """A fresh database for this test; already holding the accounts and reports of the
-    ``users`` and ``cases`` fixtures when the test uses them (those fixtures then only sign in
-    and read)."""
+    ``users`` and ``cases`` fixtures when the test uses them (those fixtures only sign in and
+    read: a test that uses them always has them in ``request.fixturenames``)."""
     from core.store.database import Store
 
-    kind = ("users" in request.fixturenames, "cases" in request.fixturenames)
     path = Path(os.environ["IMPRESSIONIST_DB"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(seeded_db(*kind), path)
+    shutil.copyfile(seeded_db("users" in request.fixturenames, "cases" in request.fixturenames),
+                    path)
     s = Store(path)
-    s.seeded = kind  # type: ignore[attr-defined]  # what users and cases find already made
     s.migrate()  # nothing pending: one check, as every process that opens the store does
     yield s
     s.close()
@@ -108,17 +107,15 @@ def store(seeded_db, request):
 
 @pytest.fixture
 def users(store):
-    """One user per role, plus a second radiologist (passwords: '<name>-Passw0rd')."""
+    """One user per role, plus a second radiologist (passwords: '<name>-Passw0rd'), signed in;
+    the accounts come with the store (:func:`store`)."""
     from core.accounts import auth
 
-    if not getattr(store, "seeded", (False, False))[0]:
-        _add_users(store)
     return {name: auth.sign_in(store, name, f"{name}-Passw0rd") for name, _ in USERS}
 
 
 @pytest.fixture
 def cases(store):
-    """Twelve synthetic reports, each with a stored AI impression (no model needed)."""
-    if not getattr(store, "seeded", (False, False))[1]:
-        _add_cases(store)
+    """Twelve synthetic reports, each with a stored AI impression (no model needed); they come
+    with the store (:func:`store`)."""
     return store.reports()

@@ -214,11 +214,14 @@ def extract(text: str) -> list[Mention]:
     Returns:
         A list of ``Mention``; normal statements give NEGATIVE mentions with source "normal".
     """
-    if text is None:
-        return []
-    if not isinstance(text, str):
+    return list(_extract(_text(text)))
+
+
+def _text(text: str | None) -> str:
+    """``text``, or "" for None; anything else is a ClinicalError."""
+    if text is not None and not isinstance(text, str):
         raise ClinicalError(f"text must be a str, got {type(text).__name__}")
-    return list(_extract(text))
+    return text or ""
 
 
 # The same texts are labelled again and again (a draft is checked against its findings, its
@@ -288,9 +291,7 @@ def label(text: str) -> dict[str, Label]:
         in ``OBSERVATION_NAMES`` order. ``No Finding`` is POSITIVE when a global normal statement
         or a negated observation is present and nothing but Support Devices is positive/uncertain.
     """
-    if text is not None and not isinstance(text, str):
-        raise ClinicalError(f"text must be a str, got {type(text).__name__}")
-    return dict(_label(text or ""))
+    return dict(_label(_text(text)))
 
 
 @functools.lru_cache(maxsize=1 << 13)

@@ -109,7 +109,8 @@ def case_of(store: Store, user: User, report_id: int) -> Case:
 
 @dataclass(frozen=True)
 class QueueView:
-    """What the Annotate page shows after each save: the next case and the progress counts."""
+    """What the Annotate page shows when it asks the store (at sign-in, after an undo): the next
+    case and the progress counts."""
 
     case: Case | None
     rated: int
@@ -119,7 +120,8 @@ class QueueView:
 
 def queue_view(store: Store, user: User) -> QueueView:
     """The reader's next case (as :func:`next_case`) and the counts of :func:`queue_counts`, in
-    one transaction: one wait for the connection per save instead of two."""
+    one transaction: one wait for the connection instead of two. (After a save the page asks for
+    :func:`next_case` only and counts the saved case itself.)"""
     require(user, *RATERS)
     with store.tx():
         case = next_case(store, user)
