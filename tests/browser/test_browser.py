@@ -302,8 +302,11 @@ def test_the_study_queue_never_shows_a_stale_count(app, browser):
     finally:
         store.close()
     _sign_in(browser, app, "rad2", "study_annotate")
-    for _ in range(3):
-        _wait(browser, lambda d: "Impression to rate" in _body(d), what="a study text")
+    for done in range(3):
+        # The count moves only when the previous submit has been drawn: waiting for it keeps
+        # the next key off the page that is being replaced.
+        _wait(browser, lambda d: f"{done} of 3 texts rated" in _body(d)
+              and "Impression to rate" in _body(d), what=f"study text {done + 1}")
         _settle(browser, 0.5)
         _keys(browser, "3")
         _wait(browser, lambda d: d.find_elements(
