@@ -53,32 +53,49 @@ def pct(values: list[float], q: float) -> float:
 
 # -- one simulated radiologist -------------------------------------------------------------------
 def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: dict,
-                lock: threading.Lock) -> None:
-    """Rate/edit/skip/undo until ``deadline``; append every acknowledged action to ``log``."""
+                lock: threading.Lock, prefetch: bool = True) -> None:
+    """Rate/edit/skip/undo until ``deadline``; append every acknowledged action to ``log``.
+
+    As the Annotate page does: with ``prefetch`` the case after the one on screen is fetched
+    while the reader thinks (``prefetch_ms``, off the reader's path), the save checks it in its
+    own transaction, and the reader waits for the queue (``next_ms``) only when that check
+    fails, after an undo, or at the start. ``wait_ms`` is what the reader waits from pressing
+    Submit/Skip to the next case: the save plus any queue query after it.
+    """
     from core.feedback import annotate
 
     rng = random.Random(seed)
     k = 0
+    case = None
     while time.monotonic() < deadline:
         k += 1
         try:
-            t = time.perf_counter()
-            case = annotate.next_case(store, user)
-            next_ms = (time.perf_counter() - t) * 1000
-            with lock:
-                log["next_ms"].append(next_ms)
             if case is None:
+                t = time.perf_counter()
+                case = annotate.next_case(store, user)
+                next_ms = (time.perf_counter() - t) * 1000
                 with lock:
-                    log["queue_empty"] += 1
-                time.sleep(0.5)
-                continue
+                    log["next_ms"].append(next_ms)
+                if case is None:
+                    with lock:
+                        log["queue_empty"] += 1
+                    time.sleep(0.5)
+                    continue
+            ahead = None
+            if prefetch:  # the page, once the case is drawn
+                t = time.perf_counter()
+                ahead = annotate.next_case(store, user, besides=case.report_id)
+                with lock:
+                    log["prefetch_ms"].append((time.perf_counter() - t) * 1000)
             time.sleep(rng.expovariate(1000 / think_ms) if think_ms > 0 else 0)
             roll = rng.random()
             token = f"{user.username}-{k}"
             t = time.perf_counter()
+            upcoming = None
             if roll < 0.08:
-                fid = annotate.skip(store, user, case, client_token=token,
-                                    time_spent_ms=rng.randint(1000, 9000))
+                fid, upcoming = annotate.skip_and_next(store, user, case, ahead,
+                                                       client_token=token,
+                                                       time_spent_ms=rng.randint(1000, 9000))
                 kind = "skip"
             elif roll < 0.13:
                 last = annotate.undo_last(store, user)
@@ -88,11 +105,11 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                 if roll < 0.75:  # most ratings come with an edit
                     edit = (f"{case.ai_text} Follow-up in {rng.randint(1, 12)} weeks. "
                             f"<b>x</b> '; DROP TABLE feedback; -- {rng.random():.6f}")
-                fid = annotate.submit_rating(store, user, case, annotate.Rating(
+                fid, upcoming = annotate.submit_and_next(store, user, case, annotate.Rating(
                     rating=rng.randint(-2, 2), factual_error=rng.random() < 0.1,
                     omission=rng.random() < 0.2, comment="load test" if roll < 0.3 else None,
                     edited_text=edit, time_spent_ms=rng.randint(2000, 60000)),
-                    client_token=token)
+                    ahead, client_token=token)
                 kind = "rating"
             ms = (time.perf_counter() - t) * 1000
             with lock:
@@ -103,16 +120,30 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                 else:
                     log["acked"].append((token, int(fid), kind, user.id))
                     log["save_ms"].append(ms)
+                    log["served_ahead"] += upcoming is not None
+            case = upcoming  # None: the queue is asked at the top of the loop
+            if kind != "undo" and case is None:
+                t2 = time.perf_counter()
+                case = annotate.next_case(store, user)
+                next_ms = (time.perf_counter() - t2) * 1000
+                with lock:
+                    log["next_ms"].append(next_ms)
+                if case is None:
+                    continue
+            if kind != "undo":
+                with lock:
+                    log["wait_ms"].append((time.perf_counter() - t) * 1000)
         except Exception as exc:  # every error is counted; the load goes on
             with lock:
                 log["errors"].append(f"{user.username}: {type(exc).__name__}: {exc}"[:500])
                 if len(log["errors"]) <= 3:
                     log["tracebacks"].append(traceback.format_exc()[-2000:])
+            case = None
             time.sleep(0.1)
 
 
 def run_app(db: str, usernames: list[str], password: str, seconds: float, think_ms: float,
-            seed: int) -> dict:
+            seed: int, prefetch: bool = True) -> dict:
     """One "app process": one Store shared by one thread per signed-in radiologist."""
     from core.accounts import auth
     from core.store.database import Store
@@ -120,11 +151,13 @@ def run_app(db: str, usernames: list[str], password: str, seconds: float, think_
     store = Store(db)
     users = [auth.sign_in(store, name, password) for name in usernames]
     log = {"acked": [], "undone": [], "save_ms": [], "next_ms": [], "undo_ms": [],
+           "prefetch_ms": [], "wait_ms": [], "served_ahead": 0,
            "errors": [], "tracebacks": [], "queue_empty": 0}
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=radiologist, args=(store, u, deadline, think_ms,
-                                                          seed + i, log, lock), daemon=True)
+                                                          seed + i, log, lock, prefetch),
+                                daemon=True)
                for i, u in enumerate(users)]
     for t in threads:
         t.start()
@@ -198,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-nightly", action="store_true", help="no nightly job (baseline)")
     ap.add_argument("--no-import", action="store_true", help="no import loop (baseline)")
     ap.add_argument("--no-backup", action="store_true", help="no backup half way")
+    ap.add_argument("--no-prefetch", action="store_true",
+                    help="the page before issue 16's prefetch: the reader waits for the save, "
+                         "then for the next case (a second transaction)")
     ap.add_argument("--json", help="write the full result here")
     args = ap.parse_args(argv)
     os.environ.setdefault("IMPRESSIONIST_BCRYPT_ROUNDS", "4")
@@ -283,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     bt = threading.Thread(target=backup_later)
     bt.start()
     t0 = time.monotonic()
-    log = run_app(db, names[:args.readers], password, args.seconds, args.think_ms, seed=1)
+    log = run_app(db, names[:args.readers], password, args.seconds, args.think_ms, seed=1,
+                  prefetch=not args.no_prefetch)
     app_s = time.monotonic() - t0
     bt.join()
     outs = {}
@@ -296,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             outs[name + "_stderr"] = err[-2000:]
     if args.second_app:
         log2 = json.loads(outs["app2"])
-        for k in ("acked", "undone", "save_ms", "next_ms", "undo_ms", "errors", "tracebacks"):
+        for k in ("acked", "undone", "save_ms", "next_ms", "undo_ms", "prefetch_ms", "wait_ms",
+                  "errors", "tracebacks"):
             log[k] += [tuple(x) if k == "acked" else x for x in log2[k]]
         log["queue_empty"] += log2["queue_empty"]
+        log["served_ahead"] += log2["served_ahead"]
     nightly_runs = json.loads(outs["nightly"]) if outs.get("nightly") else []
     import_runs = json.loads(outs["import"]) if outs.get("import") else []
 
@@ -370,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         "next_case_ms": {"p50": round(pct(log["next_ms"], 50), 1),
                          "p99": round(pct(log["next_ms"], 99), 1),
                          "max": round(max(log["next_ms"], default=float("nan")), 1)},
+        "submit_to_next_case_ms": {"p50": round(pct(log["wait_ms"], 50), 1),
+                                   "p99": round(pct(log["wait_ms"], 99), 1),
+                                   "max": round(max(log["wait_ms"], default=float("nan")), 1)},
+        "prefetch_ms": {"p50": round(pct(log["prefetch_ms"], 50), 1),
+                        "p99": round(pct(log["prefetch_ms"], 99), 1)},
+        "served_ahead": log["served_ahead"],
         "undo_ms_p99": round(pct(log["undo_ms"], 99), 1),
         "app_store": log["store_stats"],
         "errors": len(log["errors"]), "error_kinds": dict(errors),

@@ -96,7 +96,7 @@ def _set_rating(tag: str, value: int) -> None:
         st.session_state[f"rating_{tag}"] = value
 
 
-def _fail(exc: ImpressionistError) -> None:
+def _fail(exc: ImpressionistError | str) -> None:
     st.session_state["annotate_error"] = str(exc)
 
 
@@ -123,18 +123,17 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
     get = st.session_state.get
     edited = case.ai_text if blind else get(f"edit_{tag}", case.ai_text)
     try:
-        annotate.submit_rating(store, user, case, annotate.Rating(
+        _, upcoming = annotate.submit_and_next(store, user, case, annotate.Rating(
             rating=screen.stored_rating(chosen, blind, user.id, case.report_id),
             factual_error=bool(get(f"factual_{tag}")), omission=bool(get(f"omission_{tag}")),
             style_issue=bool(get(f"style_{tag}")), critical_missed=bool(get(f"critical_{tag}")),
             comment=get(f"comment_{tag}"), edited_text=edited, time_spent_ms=_spent(),
-            blinded=blind), client_token=f"{st.session_state['case_nonce']}-rate")
+            blinded=blind), upcoming=_upcoming(case),
+            client_token=f"{st.session_state['case_nonce']}-rate")
     except ImpressionistError as exc:
         return _fail(exc)
-    st.session_state.get("drafts", {}).pop(tag, None)
-    # The next case in a transaction of its own: measured under load (bench/load.py), one
-    # transaction for the save and the next case made both slower (p50 21 -> 64 ms).
-    _load(annotate.next_case(store, user), queued=True, counts=_counted(rated=1))
+    if not _advance(tag, upcoming, rated=1):
+        return
     st.session_state["annotate_flash"] = "Rating saved"
     if blind:
         st.session_state["revealed"] = _reveal(case)
@@ -143,14 +142,49 @@ def _submit(tag: str, blind: bool, shown: int | None) -> None:
 def _skip(tag: str) -> None:
     if not _current(tag):
         return
+    case = st.session_state["case"]
     try:
-        annotate.skip(store, user, st.session_state["case"],
-                      client_token=f"{st.session_state['case_nonce']}-skip",
-                      time_spent_ms=_spent())
+        _, upcoming = annotate.skip_and_next(
+            store, user, case, _upcoming(case), time_spent_ms=_spent(),
+            client_token=f"{st.session_state['case_nonce']}-skip")
     except ImpressionistError as exc:
         return _fail(exc)
+    _advance(tag, upcoming, skipped=1)
+
+
+def _advance(tag: str, upcoming, rated: int = 0, skipped: int = 0) -> bool:
+    """After a save: show the case fetched ahead (checked in the save's transaction), else the
+    queue's next. If the queue cannot be read, the saved case stays on screen with its save key:
+    submitting again stores nothing twice and tries the next case again."""
+    if upcoming is None:
+        try:
+            upcoming = annotate.next_case(store, user)
+        except ImpressionistError as exc:
+            _fail(f"Saved, but the next case could not be loaded: {exc}. Submit (or skip) "
+                  f"again to load it: nothing is saved twice.")
+            return False
     st.session_state.get("drafts", {}).pop(tag, None)
-    _load(annotate.next_case(store, user), queued=True, counts=_counted(skipped=1))
+    _load(upcoming, queued=True, counts=_counted(rated=rated, skipped=skipped))
+    return True
+
+
+def _upcoming(case):
+    """The case fetched ahead while ``case`` was on screen (None: none yet, or none left)."""
+    ahead = st.session_state.get("upcoming")
+    return ahead[1] if ahead is not None and ahead[0] == case.report_id else None
+
+
+def _fetch_ahead(case) -> None:
+    """After the case is drawn, fetch the one after it while the reader reads (Prodigy-style):
+    Submit then waits for the save alone, which checks this case is still queued."""
+    ahead = st.session_state.get("upcoming")
+    if ahead is not None and ahead[0] == case.report_id:
+        return
+    try:
+        st.session_state["upcoming"] = (case.report_id,
+                                        annotate.next_case(store, user, besides=case.report_id))
+    except ImpressionistError:
+        st.session_state.pop("upcoming", None)  # Submit asks the queue itself
 
 
 def _counted(rated: int = 0, skipped: int = 0) -> tuple | None:
@@ -342,14 +376,16 @@ def case_panel() -> None:
 
     revealed = st.session_state.get("revealed")
     if revealed:
-        return _show_reveal(revealed, tag)
-    if case is None:
+        _show_reveal(revealed, tag)
+    elif case is None:
         st.success("Your queue is empty: every case with an AI impression ready is rated. "
                    "New cases appear after the next generation run.")
         st.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
                   args=(tag,))
-        return
-    _case_view(case, tag, st.session_state.get("blind", False))
+    else:
+        _case_view(case, tag, st.session_state.get("blind", False))
+    if case is not None:
+        _fetch_ahead(case)  # after the page is drawn
 
 
 st.title("Annotate")

@@ -86,28 +86,47 @@ class FeedbackQueries:
 
     def next_case(self, reader_id: int, adapter: str | None = None,
                   after_report: int | None = None,
-                  adapter_version: int | None = None) -> Case | None:
+                  adapter_version: int | None = None,
+                  besides: int | None = None) -> Case | None:
         """The first report with a ready AI impression that this reader has not rated or skipped.
 
         Only reports whose AI impression is ready are queued: the app never generates while a
         radiologist waits. With ``adapter`` (and ``adapter_version``) a report's draft by that
         adapter (version) is served when there is one, the shared draft otherwise.
-        ``after_report`` lets a caller step past a case (e.g. prefetching). One transaction
+        ``after_report`` lets a caller step past a case; ``besides`` leaves one report out (the
+        case on screen, when the page fetches the one after it ahead of time). One transaction
         (joins the caller's).
         """
         ready = [adapter, adapter_version, adapter_version]
         with self.tx():
             while True:
-                after = [] if after_report is None else [after_report]
-                report_id = self._scalar(self._NEXT_ID_SQL.format(
-                    after="AND g.report_id > ?" if after else ""),
-                    [*ready, reader_id, reader_id, *after])
+                where, args = [], []
+                if after_report is not None:
+                    where, args = ["AND g.report_id > ?"], [after_report]
+                if besides is not None:
+                    where, args = [*where, "AND g.report_id <> ?"], [*args, besides]
+                report_id = self._scalar(self._NEXT_ID_SQL.format(after=" ".join(where)),
+                                         [*ready, reader_id, reader_id, *args])
                 if report_id is None:
                     return None
                 row = self._one(self._CASE_SQL, [report_id, *ready, adapter])
                 if row is not None:
                     return self._case(row)
                 after_report = report_id  # a draft whose report is gone: step past it
+
+    def queued_case(self, reader_id: int, report_id: int, adapter: str | None = None,
+                    adapter_version: int | None = None) -> Case | None:
+        """One report as :meth:`next_case` would serve it now, if it is still in this reader's
+        queue (not rated or skipped since, not one of their tasks in an open study), else None:
+        the check of a case fetched ahead of time, by report id (one point lookup). One
+        transaction (joins the caller's)."""
+        ready = [adapter, adapter_version, adapter_version]
+        with self.tx():
+            if self._scalar(self._NEXT_ID_SQL.format(after="AND g.report_id = ?"),
+                            [*ready, reader_id, reader_id, report_id]) is None:
+                return None
+            row = self._one(self._CASE_SQL, [report_id, *ready, adapter])
+            return None if row is None else self._case(row)
 
     def case(self, report_id: int, adapter: str | None = None,
              adapter_version: int | None = None) -> Case:

@@ -151,3 +151,47 @@ def test_queue_view_is_the_next_case_and_the_counts(store, users, cases):
     assert (view.rated, view.skipped) == (1, 1)
     assert view.case == annotate.next_case(store, rad)
     assert view.case.report_id != first.case.report_id
+
+
+def test_a_case_fetched_ahead_is_served_only_while_still_queued(store, users, cases):
+    """The Annotate page fetches the next case while the reader reads this one; the save checks
+    it in its own transaction: served as it is now, or None once it left the queue (rated in
+    another tab, or assigned to this reader in a study, whose blinding the general page would
+    break)."""
+    from core.studies import lifecycle
+
+    rad = users["rad1"]
+    case = first = annotate.next_case(store, rad)
+    ahead = annotate.next_case(store, rad, besides=case.report_id)
+    assert ahead.report_id == cases[1]["id"] != case.report_id
+    before = store.stats["transactions"]
+    fid, upcoming = annotate.submit_and_next(store, rad, case, annotate.Rating(rating=1),
+                                             ahead, client_token="a-1")
+    assert store.stats["transactions"] - before == 1  # one wait for the reader, not two
+    assert store.get_feedback(fid)["report_id"] == case.report_id
+    assert upcoming == ahead
+    # a newer draft of the case fetched ahead: the check serves the newer one
+    newer = store.add_generations([{"report_id": cases[2]["id"], "model": "m",
+                                    "text": "A newer draft."}])[0]
+    ahead = annotate.next_case(store, rad, besides=upcoming.report_id)
+    assert ahead.report_id == cases[2]["id"]
+    _, checked = annotate.skip_and_next(store, rad, upcoming, ahead, client_token="a-2")
+    assert (checked.report_id, checked.generation_id, checked.ai_text) == (
+        cases[2]["id"], newer, "A newer draft.")
+    # rated in another tab meanwhile: not served again
+    ahead = annotate.next_case(store, rad, besides=checked.report_id)
+    annotate.submit_rating(store, rad, ahead, annotate.Rating(rating=0), client_token="tab-2")
+    _, upcoming = annotate.submit_and_next(store, rad, checked, annotate.Rating(rating=0), ahead)
+    assert upcoming is None
+    # assigned to this reader in a study meanwhile: not served on the unblinded page
+    case = annotate.next_case(store, rad)
+    ahead = annotate.next_case(store, rad, besides=case.report_id)
+    lifecycle.create_study(store, users["coord"], lifecycle.StudyDesign(
+        name="Ahead", arms=["original"], n_items=len(cases) - 4, raters=["rad1"], k=1))
+    _, upcoming = annotate.submit_and_next(store, rad, case, annotate.Rating(rating=0), ahead)
+    assert upcoming is None and annotate.next_case(store, rad) is None
+    # nothing fetched ahead: None (the page asks the queue); a repeated save key stores nothing
+    assert annotate.submit_and_next(store, rad, first, annotate.Rating(rating=1), None,
+                                    client_token="a-1") == (fid, None)
+    with pytest.raises(PermissionDenied):
+        annotate.skip_and_next(store, users["coord"], case, None)

@@ -113,3 +113,34 @@ def test_indication_and_comparison_are_shown_verbatim(store, users):
     bodies = " ".join(h.proto.body for h in at.get("html"))
     assert html.escape(raw_ind) in bodies and html.escape(raw_cmp) in bodies
     assert not any("Cough" in m.value for m in at.markdown)  # not passed through Markdown
+
+
+def test_the_next_case_is_fetched_while_the_reader_reads(store, users, cases):
+    """Issue 16: after the case is drawn the page fetches the one after it; Submit then waits for
+    one transaction (the save, with the check of that case: tests/feedback/test_annotate.py)
+    and shows it. A case rated in another tab meanwhile is not shown: the page asks the queue
+    instead."""
+    from core.feedback import annotate
+
+    rad = users["rad1"]
+    at = _signed_in(rad)
+    assert not at.exception, at.exception
+    shown = at.session_state["case"]
+    assert at.session_state["upcoming"][0] == shown.report_id
+    ahead = at.session_state["upcoming"][1]
+    assert ahead.report_id == cases[1]["id"] != shown.report_id
+    _button(at, "rate_1_").click().run()
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["case"] == ahead
+    assert at.session_state["upcoming"][0] == ahead.report_id  # and the one after it
+    assert store.df("SELECT report_id FROM feedback")["report_id"].tolist() == [shown.report_id]
+    # rated in another tab: the case fetched ahead is not served again
+    tab = at.session_state["upcoming"][1]
+    annotate.submit_rating(store, rad, tab, annotate.Rating(rating=0), client_token="tab")
+    _button(at, "rate_0_").click().run()
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["case"].report_id not in {shown.report_id, ahead.report_id,
+                                                      tab.report_id}
+    assert "2 of 12 cases rated" in at.get("progress")[0].proto.text
