@@ -178,7 +178,7 @@ class Drafter:
     def draft(self, reports: Sequence[dict], adapters: Sequence[AdapterVersion | None],
               use_lora: bool = True, use_memory: bool = True, style: str = "default",
               batch_size: int = 8, progress: bool = False,
-              memory_bonus: float | None = None) -> list[DraftOutput]:
+              memory_bonus: float | None = None, model: bool = True) -> list[DraftOutput]:
         """Draft one impression per report with that row's reader adapter.
 
         Args:
@@ -191,6 +191,8 @@ class Drafter:
             progress: show a progress bar over generation batches.
             memory_bonus: use this bonus for every row's memory (tuning); None: each version's
                 own (its ``draft.json``), else ``DraftConfig.memory_bonus``.
+            model: False: the verified coarse draft alone, no language model (tuning what
+                retrieval proposes; implies ``use_lora=False``).
 
         Returns:
             One :class:`DraftOutput` per report, in order; ``flags`` are the pipeline's flags plus
@@ -207,7 +209,8 @@ class Drafter:
         broken: dict[int, str] = {}
         for i, (r, av) in enumerate(zip(reports, adapters)):
             name = None
-            if av is not None and use_lora and av.has_lora and self.generator is not None:
+            if av is not None and use_lora and model and av.has_lora and \
+                    self.generator is not None:
                 try:
                     if self.generator.adapters.get(av.gen_name) != av.path.resolve():
                         self.generator.load_adapter(av.gen_name, av.path)
@@ -226,7 +229,8 @@ class Drafter:
                             self.config.memory_bonus if memory_bonus is None else memory_bonus,
                             {} if memory_bonus is not None else self._bonuses)
         pipeline = CoarseToFine(index if (self.shared_index is not None or index.memories)
-                                else None, self.generator, self.c2f,
+                                else None, self.generator if model else None,
+                                replace(self.c2f, llm="off") if not model else self.c2f,
                                 base_adapter=self.shared_adapter)
         t0 = time.perf_counter()
         outputs = pipeline.generate(rows, style=style, reader=readers, adapter=names,
@@ -322,7 +326,10 @@ def tune_memory_bonus(drafter: Drafter, av: AdapterVersion, grid: Sequence[float
     refs = [m["impression"] for m in mem]
     scores: dict[float, float] = {}
     for bonus in grid:
-        outs = drafter.draft(rows, [av] * len(rows), use_lora=False, memory_bonus=bonus)
+        # The bonus decides what retrieval proposes (the draft and the examples): judged on the
+        # coarse draft, without the model (6 x 200 model drafts were minutes of a CPU night).
+        outs = drafter.draft(rows, [av] * len(rows), use_lora=False, memory_bonus=bonus,
+                             model=False)
         scores[float(bonus)] = rouge([o.text for o in outs], refs)["rougeL"]
     best = max(sorted(scores), key=lambda b: (round(scores[b], 6), -b))
     return {"memory_bonus": best, "loo_rougeL": {str(b): round(v, 3) for b, v in scores.items()},

@@ -9,7 +9,10 @@ mistake is dangerous. Batches are grouped by length (:func:`length_grouped_order
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,6 +150,28 @@ def _weighted_dpo_trainer():
                                  f"shorten the prompt")
             return dataset
 
+        ref_cache: RefLogpCache | None = None
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            # TRL computes every row's reference log-probs before training; rows whose
+            # reference, prompt and completions were seen before come from the cache.
+            cache = self.ref_cache
+            if cache is None or name != "train":
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            keys = [cache.key(p, c, r) for p, c, r in zip(
+                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+            missing = [i for i, k in enumerate(keys) if k not in cache]
+            if missing:
+                fresh = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
+                for i, c, r in zip(missing, fresh["ref_chosen_logps"],
+                                   fresh["ref_rejected_logps"]):
+                    cache[keys[i]] = (float(c), float(r))
+                cache.save()
+            self.ref_cache_hits = len(keys) - len(missing)
+            values = [cache[k] for k in keys]
+            dataset = dataset.add_column("ref_chosen_logps", [v[0] for v in values])
+            return dataset.add_column("ref_rejected_logps", [v[1] for v in values])
+
         def compute_ref_log_probs(self, model, inputs):
             # the reference forward passes every other key to the model
             return super().compute_ref_log_probs(
@@ -177,6 +202,66 @@ def _weighted_dpo_trainer():
 
     return WeightedDPOTrainer
 
+
+
+class RefLogpCache:
+    """Reference log-probs of preference pairs, kept across training runs in one JSON file per
+    reference (:meth:`for_reference`): the nightly job re-trains each reader on their recent
+    pairs, most of them seen the night before, and the reference (base model + the shared
+    base adapter) changes only when the base adapter does.
+
+    Keys hash the exact token ids TRL feeds the model (after its truncation to
+    ``max_length``), so a changed prompt, tokenizer or cap is a new key.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._values: dict[str, tuple[float, float]] = {}
+        if path.exists():
+            try:
+                self._values = {k: (float(v[0]), float(v[1]))
+                                for k, v in json.loads(path.read_text()).items()}
+            except (OSError, ValueError, TypeError, IndexError, AttributeError):
+                self._values = {}  # a damaged cache is only a slower night
+
+    @classmethod
+    def for_reference(cls, cache_dir: str | Path, model_path: str | Path,
+                      adapter: str | Path | None, max_length: int) -> RefLogpCache:
+        """The cache file of one reference: the base checkpoint's files and the starting
+        adapter's weights (by size and content hash), and the length cap."""
+        h = hashlib.sha256(f"{Path(model_path).resolve()}|{max_length}".encode())
+        for d in [Path(model_path), *([Path(adapter)] if adapter else [])]:
+            for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.json")):
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
+                if f.parent != Path(model_path) or f.suffix == ".json":
+                    h.update(f.read_bytes())  # adapters and configs: small, read whole
+                else:
+                    h.update(str(f.stat().st_mtime_ns).encode())  # the base weights: large
+        return cls(Path(cache_dir) / f"ref-logps-{h.hexdigest()[:16]}.json")
+
+    @staticmethod
+    def key(prompt_ids, chosen_ids, rejected_ids) -> str:
+        return hashlib.sha256(json.dumps([list(prompt_ids), list(chosen_ids),
+                                          list(rejected_ids)]).encode()).hexdigest()[:32]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def __getitem__(self, key: str) -> tuple[float, float]:
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: tuple[float, float]) -> None:
+        self._values[key] = value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def save(self) -> None:
+        """Write atomically (a temporary file renamed over the old one)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self._values))
+        os.replace(tmp, self.path)
 
 
 def pair_beta(example: dict, config: TrainConfig) -> float:
@@ -220,12 +305,19 @@ def build_dpo_trainer(model_path: str | Path, examples: Sequence[dict], out_dir:
     loss_type, loss_weights = ["sigmoid"], [1.0]
     if config.sft_weight > 0:
         loss_type, loss_weights = ["sigmoid", "sft"], [1.0, config.sft_weight]
+    # The reference log-probs once up front (not once per epoch), from the cache where a pair
+    # was trained on before against the same reference.
+    cache = (RefLogpCache.for_reference(config.ref_cache_dir, model_path, init_adapter,
+                                        config.max_length) if config.ref_cache_dir else None)
     args = DPOConfig(**_common_args(config, out, len(rows)), beta=config.beta,
                      max_length=config.max_length, loss_type=loss_type, loss_weights=loss_weights,
-                     precompute_ref_log_probs=config.epochs > 1, remove_unused_columns=False)
-    trainer = _weighted_dpo_trainer()(model=model, args=args, train_dataset=dataset,
-                                      processing_class=tok, peft_config=peft_config,
-                                      callbacks=list(callbacks) or None)
+                     precompute_ref_log_probs=config.epochs > 1 or cache is not None,
+                     remove_unused_columns=False)
+    trainer_cls = _weighted_dpo_trainer()
+    trainer_cls.ref_cache = cache  # read in DPOTrainer.__init__ (the precompute runs there)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
+                          processing_class=tok, peft_config=peft_config,
+                          callbacks=list(callbacks) or None)
     _quiet(trainer, config)
     return trainer
 

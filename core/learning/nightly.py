@@ -37,7 +37,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -202,6 +202,8 @@ class ReaderOutcome:
     pairs_per_s: float = 0.0
     metrics: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
+    # where the reader's wall time went: memory (and its bonus tuning), prompts, train, gate
+    phases_s: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -232,6 +234,9 @@ class NightlyReport:
                 f"{o.n_train_pairs} pairs, train {o.train_s:.0f} s ({o.pairs_per_s:.2f} pairs/s), "
                 f"wall {o.wall_s:.0f} s; ROUGE-L {b.get('rougeL', float('nan')):.1f} -> "
                 f"{m.get('rougeL', float('nan')):.1f}")
+            if o.phases_s:
+                lines.append(f"{'':20} time: " + ", ".join(f"{k} {v:.0f} s"
+                                                          for k, v in o.phases_s.items()))
         lines.append(f"nightly finished in {self.wall_s:.0f} s; {self.drafts_refreshed} drafts "
                      f"pre-generated")
         return "\n".join(lines)
@@ -313,7 +318,10 @@ def _train_weights(drafter: Drafter, reader, pairs, train_pairs: list, config: N
                                                       settings().model_path),
             "examples": _trl_rows(drafter, train_pairs, reader.username),
             "out": str(tmp),
-            "train": config.train, "init": str(init) if init else None,
+            # the reference log-probs of pairs trained on before: kept beside the database
+            "train": config.train if config.train.ref_cache_dir else replace(
+                config.train, ref_cache_dir=str(settings().db_home / "ref-logps")),
+            "init": str(init) if init else None,
             "style_texts": [m["impression"] for m in pairs.memory]}
     # under `accelerate launch` the other ranks train the same run with this process
     distributed.broadcast(task)
@@ -343,22 +351,35 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
     version, tmp = allocate_version(store, reader.id)
     outcome = ReaderOutcome(reader.username, "failed", run_id=run_id, version=version,
                             n_pairs=len(pairs.train) + len(pairs.heldout))
+    phases = outcome.phases_s
+
+    def lap(name: str, since: float) -> float:
+        now_s = time.perf_counter()
+        phases[name] = round(phases.get(name, 0.0) + now_s - since, 1)
+        return now_s
+
     try:
+        t = time.perf_counter()
         candidate, draft_settings = _memory_version(drafter, reader, pairs, config, version, tmp)
+        t = lap("memory", t)
         train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
         outcome.n_train_pairs = len(train_pairs)
         init = shared_adapter_dir()
         current = active_adapter(store, reader.id)
         result = _train_weights(drafter, reader, pairs, train_pairs, config, tmp, current, init)
+        t = lap("weights", t)
         if result is not None:
             outcome.train_s = result.train_s
+            phases["train"] = round(result.train_s, 1)  # of which the trainer's loop
             # pairs actually trained on (steps * batch_size over-counts a partial last batch)
             seen = min(len(train_pairs) * config.train.epochs,
                        result.steps * config.train.batch_size)
             outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
         decision, cand_m, cur_m = _judge(drafter, reader, pairs, config, candidate, current)
+        lap("gate", t)
         outcome.metrics = {k: v for k, v in cand_m.items() if k != "drafts"}
         outcome.metrics["memory_bonus"] = draft_settings["memory_bonus"]
+        outcome.metrics["phases_s"] = dict(phases)
         outcome.baseline = {k: v for k, v in cur_m.items() if k != "drafts"}
         write_manifest(tmp, reader=reader.username, version=version, run_id=run_id,
                        method=config.method, metrics=outcome.metrics, baseline=outcome.baseline,

@@ -79,6 +79,9 @@ class TrainConfig:
         num_generations / max_completion_length / temperature: GRPO sampling.
         seed: seeds data order, LoRA init and sampling.
         threads: torch threads (None: leave as is).
+        ref_cache_dir: DPO keeps each pair's reference log-probs here, keyed by the reference
+            (base model and starting adapter) and the pair's tokens: a pair trained on again
+            the next night skips the reference forward pass (None: no cache).
         progress: show TRL's progress bar.
     """
     method: str = field(default="dpo", metadata={"help": "dpo or grpo",
@@ -111,6 +114,8 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seeds data order, LoRA init and sampling"})
     threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads (default: leave as is)"})
+    ref_cache_dir: str | None = field(default=None, metadata={
+        "help": "DPO: cache the pairs' reference log-probs here across runs (default: none)"})
     progress: bool = field(default=True, metadata={"help": "show TRL's progress bar"})
 
     def __post_init__(self) -> None:

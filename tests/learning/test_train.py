@@ -312,3 +312,45 @@ def test_grpo_anchor_is_the_reference_policys_own_impression(tiny, start_adapter
     for key, anchor in seen:
         assert anchor and anchor == want[key]
         assert anchor not in rejected
+
+
+def test_reference_log_probs_are_cached_across_runs(tiny, tmp_path):
+    """Issue 12: the nightly job re-trains a reader on pairs it saw the night before; their
+    reference log-probs come from the cache (the same values TRL computes), and another
+    reference (a different starting adapter) is another cache."""
+    from core.learning.dpo import RefLogpCache
+
+    items = [FeedbackItem(id=i, reader_id=1, report_id=i, rating=-2,
+                          edited_text=f"No acute abnormality {i}.", findings=f"{FINDINGS} {i}.",
+                          original="Normal chest x-ray.", ai_text=f"Mild cardiomegaly {i}.")
+             for i in range(1, 6)]
+    pairs = [to_trl(p) for p in build_pairs(items, heldout_fraction=0).train]
+    cached = TrainConfig(epochs=1, batch_size=2, progress=False,
+                         ref_cache_dir=str(tmp_path / "cache"))
+
+    def ref_logps(trainer):
+        return list(zip(trainer.train_dataset["ref_chosen_logps"],
+                        trainer.train_dataset["ref_rejected_logps"]))
+
+    trl_own = build_dpo_trainer(tiny, pairs, tmp_path / "trl",
+                                TrainConfig(epochs=2, batch_size=2, progress=False))
+    first = build_dpo_trainer(tiny, pairs, tmp_path / "first", cached)
+    assert first.ref_cache_hits == 0
+    assert torch.allclose(torch.tensor(ref_logps(first)), torch.tensor(ref_logps(trl_own)),
+                          atol=1e-5)
+    again = build_dpo_trainer(tiny, pairs[:3] + [pairs[0]], tmp_path / "again", cached)
+    assert again.ref_cache_hits == 4
+    assert ref_logps(again) == ref_logps(first)[:3] + ref_logps(first)[:1]
+    # another reference: a starting adapter of its own, so nothing is reused
+    adapter = train_dpo(tiny, pairs, tmp_path / "adapter",
+                        TrainConfig(epochs=1, batch_size=2, progress=False, learning_rate=5e-2))
+    other = build_dpo_trainer(tiny, pairs, tmp_path / "other", cached,
+                              init_adapter=adapter.adapter_dir)
+    assert other.ref_cache_hits == 0
+    assert len(list((tmp_path / "cache").glob("ref-logps-*.json"))) == 2
+    assert ref_logps(other) != ref_logps(first)
+    # a damaged cache file is only a slower run
+    for f in (tmp_path / "cache").glob("*.json"):
+        f.write_text("{not json")
+    assert build_dpo_trainer(tiny, pairs, tmp_path / "damaged", cached).ref_cache_hits == 0
+    assert len(RefLogpCache.for_reference(tmp_path / "cache", tiny, None, 512)) == len(pairs)
