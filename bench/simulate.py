@@ -250,6 +250,30 @@ def _score(preds: list[str], refs: list[str]) -> dict:
     return {"rougeL": rouge(preds, refs)["rougeL"], "label_f1": 100 * label_f1(preds, refs)["micro_f1"]}
 
 
+NEAR = 0.8  # issue 12: a test report "has a near neighbour" at TF-IDF cosine >= 0.8
+
+
+def near_neighbour_split(readers, newest, test_owner, test_rows) -> list[bool]:
+    """Per test row: does the reader's memory (their newest version's) hold a report whose
+    findings are within TF-IDF cosine ``NEAR`` of it (the retrieval's own vectors)?"""
+    from core.generation.retrieval import RetrievalIndex
+
+    by_name = dict(zip(test_owner, newest))
+    out = []
+    k = 0
+    for sr in readers:
+        rows = test_rows[k:k + len(sr.test)]
+        av = by_name.get(sr.name)
+        mem = [m for m in (av.memory() if av is not None else []) if m.get("findings")]
+        if rows and mem:
+            index = RetrievalIndex.build([{**m, "uid": f"m{j}"} for j, m in enumerate(mem)])
+            out += [bool(x >= NEAR) for x in index.similarities(rows).max(axis=1)]
+        else:
+            out += [False] * len(rows)
+        k += len(sr.test)
+    return out
+
+
 def leak_check(store, readers: list[SimReader]) -> dict:
     """Count what of each reader's test part reached training: their feedback rows on test
     reports (pairs are built only from feedback), the items of any adapter version's memory on
@@ -349,7 +373,7 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
         given = {sr.name: 0 for sr in readers}
         train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
                             learning_rate=cfg.learning_rate, lora_layers=cfg.lora_layers,
-                            threads=cfg.threads, max_length=256, progress=False)
+                            threads=cfg.threads, progress=False)  # the nightly's max_length
         for point in sorted(cfg.points):
             # feedback through the app's save path
             t0 = time.perf_counter()
@@ -370,7 +394,7 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
             ncfg = NightlyConfig(method=method, force=True, min_pairs=4,
                                  min_heldout_reports=cfg.min_heldout,
                                  max_pairs=cfg.max_pairs, eval_max_reports=cfg.eval_reports,
-                                 refresh_per_reader=0, model_path=cfg.model, train=train,
+                                 model_path=cfg.model, train=train,  # pre-drafts included
                                  draft=draft_cfg, readers=[sr.name for sr in readers])
             report = run_nightly(store, ncfg, generator=generator, progress=False)
             nights.append({"point": point, "method": method, "wall_s": report.wall_s,
@@ -427,6 +451,7 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
         variants = {"memory_only": dict(use_lora=False, use_memory=True),
                     "lora_only": dict(use_lora=True, use_memory=False),
                     "both": dict(use_lora=True, use_memory=True)}
+        texts = {"shared": [o.text for o in shared_out]}
         for vname, kw in variants.items():
             if vname != "memory_only" and not any(v is not None and v.has_lora for v in newest):
                 continue
@@ -445,12 +470,37 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
             else:
                 outs = drafter.draft(test_rows, newest, **kw)
             log(f"[{kind}] ablation {vname}: {time.perf_counter() - t0:.1f} s")
+            texts[vname] = [o.text for o in outs]
             k = 0
             for sr in readers:
                 preds = [o.text for o in outs[k:k + len(sr.test)]]
                 ablation.setdefault(sr.name, {"shared": shared_scores[sr.name]})[vname] = \
                     _score(preds, [sr.target(r) for r in sr.test])
                 k += len(sr.test)
+
+        near = near_neighbour_split(readers, newest, test_owner, test_rows)
+        split_scores = {}
+        for part in ("near", "far"):
+            per = {}
+            for vname, preds in texts.items():
+                k = 0
+                for sr in readers:
+                    idx = [k + j for j in range(len(sr.test)) if near[k + j] == (part == "near")]
+                    if idx:
+                        per.setdefault(sr.name, {})[vname] = _score(
+                            [preds[i] for i in idx], [sr.target(sr.test[i - k]) for i in idx])
+                        per[sr.name]["n"] = len(idx)
+                    k += len(sr.test)
+            split_scores[part] = {
+                "reports": sum(near) if part == "near" else len(near) - sum(near),
+                "macro": {v: {m: _macro([r.get(v, {}).get(m) for r in per.values()])
+                              for m in ("rougeL", "label_f1")} for v in texts},
+                "readers": per}
+        same = {f"{a}=={b}": sum(x == y for x, y in zip(texts[a], texts[b])) for a, b in
+                (("memory_only", "lora_only"), ("lora_only", "both"), ("shared", "lora_only"),
+                 ("memory_only", "both")) if a in texts and b in texts}
+        log(f"[{kind}] near-neighbour split (cosine >= {NEAR}): {sum(near)} near, "
+            f"{len(near) - sum(near)} far; identical texts between variants: {same}")
 
         final = [c for c in curve if c["point"] == max(cfg.points)]
         # feedback items behind each version: the items given when its night ran
@@ -491,6 +541,9 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
             "leak_check": leaks,
             "test_uids": {sr.name: [r["external_id"] for r in sr.test] for sr in readers},
             "ablation": ablation,
+            "ablation_split": split_scores,
+            "ablation_identical_texts": same,
+            "ablation_texts": texts,
             "ablation_macro": {v: {m: _macro([a.get(v, {}).get(m) for a in ablation.values()])
                                    for m in ("rougeL", "label_f1")}
                                for v in ("shared", "memory_only", "lora_only", "both")},
@@ -552,6 +605,17 @@ def markdown(results: dict) -> str:
               "| variant | ROUGE-L | label F1 |", "|---|---:|---:|"]
     for v, s in results["ablation_macro"].items():
         lines.append(f"| {v} | {_f(s['rougeL'])} | {_f(s['label_f1'])} |")
+    if results.get("ablation_split"):
+        lines += ["", f"Split by whether the reader's memory holds a near neighbour (TF-IDF "
+                      f"cosine >= {NEAR}); macro over readers, ROUGE-L / label F1:", "",
+                  "| variant | near | far |", "|---|---:|---:|"]
+        sp = results["ablation_split"]
+        for v in sp["near"]["macro"]:
+            cells = [f"{_f(sp[p]['macro'][v]['rougeL'])} / {_f(sp[p]['macro'][v]['label_f1'])}"
+                     for p in ("near", "far")]
+            lines.append(f"| {v} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| reports | {sp['near']['reports']} | {sp['far']['reports']} |")
+        lines += ["", f"Identical texts between variants: {results['ablation_identical_texts']}"]
     lt = results["lora_training"]
     lines += ["", f"LoRA (DPO) nights: {lt['runs']} reader runs, {lt['pairs']} pairs, "
               f"training {_f(lt['train_s'], 0)} s ({_f(lt['pairs_per_s'], 2)} pairs/s), "

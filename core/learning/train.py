@@ -86,7 +86,9 @@ class TrainConfig:
     """
     method: str = field(default="dpo", metadata={"help": "dpo or grpo",
                                                   "choices": ("dpo", "grpo")})
-    epochs: float = field(default=2.0, metadata={
+    # One pass by default: each night trains from the shared base adapter on the reader's most
+    # recent pairs again (and the gate judges the result), so a pair is seen once a night.
+    epochs: float = field(default=1.0, metadata={
         "help": "passes over the pairs (DPO) or prompts (GRPO)"})
     max_steps: int = field(default=-1, metadata={
         "help": "cap on optimizer steps (-1: from epochs)"})
