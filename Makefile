@@ -34,7 +34,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 # one core. `make test-fast` leaves out the tests marked slow (training, kill -9, subprocess CLIs,
 # the browser): a minute or two, for the edit-test loop.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m "not slow" tests

@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from core.config import BACKENDS
 from core.errors import (
@@ -173,11 +173,12 @@ class VLLMGenerator:
 
     def generate(self, prompts: list[str] | list[list[dict]], adapters: list[str | None] | None = None,
                  max_new_tokens: int = 64, batch_size: int = 32, temperature: float = 0.0,
-                 progress: bool = False, seed: int | None = None) -> list[GenerationResult]:
+                 progress: bool = False, seed: int | None = None,
+                 length_hint: Sequence[int] | None = None) -> list[GenerationResult]:
         """One completion per prompt, each with its own adapter, in one vLLM call.
 
-        Same contract as :meth:`core.generation.models.Generator.generate`; ``batch_size`` is ignored
-        (vLLM batches continuously). ``latency_s`` of every row is the call's wall time.
+        Same contract as :meth:`core.generation.models.Generator.generate`; ``batch_size`` and
+        ``length_hint`` are ignored (vLLM batches continuously). ``latency_s`` of every row is the call's wall time.
         """
         adapters = check_generate_args(prompts, adapters, max_new_tokens, temperature)
         if not prompts:

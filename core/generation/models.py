@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from core.adapters.files import check_adapter_files
 from core.errors import (  # noqa: F401 (defined in core.errors)
@@ -225,11 +225,13 @@ class Generator:
         temperature: float = 0.0,
         progress: bool = False,
         seed: int | None = None,
+        length_hint: Sequence[int] | None = None,
     ) -> list[GenerationResult]:
         """Generate one completion per prompt, batched, with a possibly different adapter per row.
 
-        Prompts are sorted by length before batching (less padding) and results returned in input
-        order. Rows of one batch may use different adapters; PEFT applies each row's LoRA weights
+        Prompts are sorted by length before batching (less padding; with ``length_hint``, by the
+        expected completion length first: a batch decodes until its longest row ends) and
+        results returned in input order. Rows of one batch may use different adapters; PEFT applies each row's LoRA weights
         to that row only. Decoding is greedy unless ``temperature > 0``; it stops at end-of-turn.
 
         Args:
@@ -242,6 +244,8 @@ class Generator:
             temperature: 0 for greedy decoding, otherwise sampling temperature.
             progress: show a tqdm bar over batches.
             seed: seeds torch before sampling (only used when temperature > 0).
+            length_hint: per prompt, a guess of its completion's length (e.g. the words of the
+                draft it edits); only the batching order uses it.
 
         Returns:
             One :class:`GenerationResult` per prompt, in order; text stripped of special tokens and
@@ -257,7 +261,10 @@ class Generator:
         with self._lock:
             check_loaded(adapters, self._adapters)
             ids = self._token_ids(prompts, max_new_tokens)
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+            if length_hint is not None and len(length_hint) != len(prompts):
+                raise ValueError(f"{len(length_hint)} length hints for {len(prompts)} prompts")
+            hint = length_hint if length_hint is not None else [0] * len(ids)
+            order = sorted(range(len(ids)), key=lambda i: (-hint[i], -len(ids[i])))
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             if progress:
                 from tqdm.auto import tqdm  # deferred: only a progress bar needs it

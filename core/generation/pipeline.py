@@ -323,8 +323,11 @@ class CoarseToFine:
                 prompts.append(draft_messages(reports[i], neighbours[i], cfg.shots,
                                               draft=votes[i]["text"] if cfg.draft_in_prompt else None))
                 names.append(adapters[i] or self.base_adapter)
+            # the model keeps or edits the draft: its length is the best guess of the answer's
+            hints = [len(votes[i]["text"].split()) if cfg.draft_in_prompt else 0 for i in want]
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
-                                              batch_size=batch_size, progress=progress)
+                                              batch_size=batch_size, progress=progress,
+                                              length_hint=hints)
             tok = self.generator.tokenizer
             for i, p, res in zip(want, prompts, results):
                 drafts[i] = res

@@ -167,7 +167,8 @@ class _Drafts:
     def format_chat(self, messages):
         return " ".join(m["content"] for m in messages)
 
-    def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False):
+    def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False,
+                 length_hint=None):
         return [SimpleNamespace(text=self.text, new_tokens=3, truncated=False) for _ in prompts]
 
 

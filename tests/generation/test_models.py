@@ -147,6 +147,18 @@ def test_greedy_output_independent_of_batch_size(gen, batch_size):
     assert [r.text for r in gen.generate(prompts, max_new_tokens=MAX_NEW, batch_size=batch_size)] == ref
 
 
+def test_length_hints_change_the_batches_not_the_answers(gen):
+    """Rows batched by expected completion length come back in input order, each with the
+    answer it gets alone; a hint per prompt is required."""
+    prompts = _prompts(6)
+    ref = [r.text for r in gen.generate(prompts, max_new_tokens=MAX_NEW, batch_size=2)]
+    hinted = gen.generate(prompts, max_new_tokens=MAX_NEW, batch_size=2,
+                          length_hint=[1, 9, 2, 8, 3, 7])
+    assert [r.text for r in hinted] == ref
+    with pytest.raises(ValueError, match="2 length hints for 6 prompts"):
+        gen.generate(prompts, max_new_tokens=MAX_NEW, length_hint=[1, 2])
+
+
 def test_raw_string_prompt_equals_chat_messages(gen):
     msgs = _prompts(1)[0]
     raw = gen.generate([gen.format_chat(msgs)], max_new_tokens=MAX_NEW)[0]

@@ -33,7 +33,8 @@ class _Recorder:
     def format_chat(self, messages):
         return json.dumps(messages)
 
-    def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False):
+    def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False,
+                 length_hint=None):
         self.prompts += prompts
         return [SimpleNamespace(text="Small right effusion.", new_tokens=3, truncated=False) for _ in prompts]
 
