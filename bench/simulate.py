@@ -407,6 +407,7 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
                                      "reason": o.reason, "version": o.version,
                                      "n_train_pairs": o.n_train_pairs, "train_s": o.train_s,
                                      "pairs_per_s": o.pairs_per_s, "wall_s": o.wall_s,
+                                     "phases_s": o.phases_s,
                                      "heldout": {k: o.metrics.get(k) for k in
                                                  ("n", "rougeL", "label_f1", "pref_acc",
                                                   "critical_recall")},
@@ -414,8 +415,8 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
                                                           ("rougeL", "label_f1", "pref_acc",
                                                            "critical_recall")}})
             log(f"[{kind}] nightly ({method}) at {point}: {report.wall_s:.0f} s; " + "; ".join(
-                f"{o.reader} v{o.version} {'promoted' if o.promoted else o.status}"
-                for o in report.outcomes))
+                f"{o.reader} v{o.version} {'promoted' if o.promoted else o.status} "
+                f"({o.n_train_pairs} pairs; {o.phases_s})" for o in report.outcomes))
             # the readers' active adapters on their test parts, all readers in one mixed batch
             avs = [active_adapter(store, name) for name in test_owner]
             t0 = time.perf_counter()
