@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-model-alone", action="store_true", help="skip the model-alone ablation")
+    ap.add_argument("--no-length-hint", action="store_true",
+                    help="ablation: batch the model's rows by prompt length only (as before "
+                         "2026-12-07), not by the draft's length first")
     ap.add_argument("--llm", choices=("auto", "always"), default=C2FConfig().llm,
                     help="the default's llm mode (default: the shipped one)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "c2f_quality.json")
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     index = RetrievalIndex.build(index_rows, config.retrieval)
     gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))
     base = use_base_adapter(gen)
+    if args.no_length_hint:
+        plain = gen.generate
+        gen.generate = lambda *a, length_hint=None, **kw: plain(*a, **kw)
     adapter_dir = os.environ.get("IMPRESSIONIST_BASE_ADAPTER", "the shared base adapter")
     print(f"# Coarse to fine on the IU X-ray test split: {len(test)} reports ({len(novel)} whose findings "
           f"are not verbatim in the index); {time.strftime('%Y-%m-%d %H:%M')}, load "

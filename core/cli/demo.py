@@ -10,6 +10,7 @@ from core.cli.generation import pipeline
 from core.config import settings
 from core.errors import StoreError, ValidationError
 from core.generation.checkpoint import prepare_default_model
+from core.generation.models import BATCH_SIZE
 from core.generation.pipeline import C2FConfig, fill_missing
 from core.ingest.demo import synthetic_reports
 
@@ -59,7 +60,7 @@ def _draft_demo(store, limit: int, model: str | None = None) -> None:
     """AI impressions (retrieval and vote; the model drafts with --model) for at most ``limit``
     demo reports that have none yet."""
     made = pipeline(store, C2FConfig(), model, needs_model=bool(model))
-    n = fill_missing(store, made.generator, limit=limit, batch_size=8, pipeline=made)
+    n = fill_missing(store, made.generator, limit=limit, batch_size=BATCH_SIZE, pipeline=made)
     print(f"generated {n} AI impressions for the demo queue")
 
 

@@ -14,6 +14,7 @@ from core.config import BACKENDS, settings
 from core.errors import ModelNotPrepared, RetrievalError, StyleError, ValidationError
 from core.generation.backends import load_backend
 from core.generation.csvfile import generate_csv, read_reports_csv, write_predictions_csv
+from core.generation.models import BATCH_SIZE
 from core.generation.pipeline import C2FConfig, fill_missing, pipeline_for
 from core.generation.styles import ALIASES, STYLES, resolve_style
 
@@ -124,7 +125,7 @@ def add_generate(sub) -> None:
             "when it drafts (--llm auto/always, --reader, --model).", 92),
         epilog=_styles_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=positive_int, help="at most this many reports")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--model", help="local Hugging Face checkpoint (default: embedded model)")
     p.add_argument("--in", dest="inp", metavar="CSV",
                    help="UTF-8 CSV with columns uid, findings[, indication, comparison, author]")

@@ -11,6 +11,7 @@ from core.cli.common import cli_user, open_store
 from core.cli.flags import comma_list, fraction, nonnegative_float, nonnegative_int, positive_int
 from core.cli.generation import generator
 from core.errors import NotFound, ValidationError
+from core.generation.models import BATCH_SIZE
 from core.studies.assignment import assign_raters, extend
 from core.studies.exports import export_html, export_preferences, export_ratings
 from core.studies.lifecycle import StudyDesign, close, create_study, list_studies, pause, resume
@@ -179,7 +180,7 @@ def _add_create(st) -> None:
     c.add_argument("--generate", action="store_true",
                    help="generate missing arm texts with the local model")
     c.add_argument("--model", help="checkpoint for --generate (default: embedded model)")
-    c.add_argument("--batch-size", type=positive_int, default=8)
+    c.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
 
 
 def _add_lifecycle(st) -> None:

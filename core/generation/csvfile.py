@@ -14,6 +14,7 @@ from typing import Sequence
 
 from core.config import settings
 from core.errors import ImportValidationError, ImpressionistError, ValidationError
+from core.generation.models import BATCH_SIZE
 from core.generation.personal import reader_adapter, reader_drafts
 from core.generation.pipeline import C2FConfig, GenerationOutput, pipeline_for
 from core.generation.styles import resolve_style
@@ -22,7 +23,7 @@ from core.store.database import Store
 
 
 def generate_csv(inp: str | Path, out: str | Path, generator=None, style: str = "default",
-                 reader: str | None = None, batch_size: int = 8, store=None,
+                 reader: str | None = None, batch_size: int = BATCH_SIZE, store=None,
                  config: C2FConfig | None = None) -> int:
     """``python -m core generate --in X.csv --out Y.csv``: impressions for the rows of a CSV.
 

@@ -57,6 +57,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in mixed-adapter batches
+# Rows per generation batch. On 2 CPU cores with SmolLM2-135M, the model writing every IU test
+# impression: batch 8 2.59, 16 3.07, 32 3.19 impressions/s end to end, the same texts
+# (BENCHMARKS.md, "Coarse to fine ... speed"); decoding is per-step overhead at small batches.
+BATCH_SIZE = 32
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -221,7 +225,7 @@ class Generator:
         prompts: list[str] | list[list[dict]],
         adapters: list[str | None] | None = None,
         max_new_tokens: int = 64,
-        batch_size: int = 8,
+        batch_size: int = BATCH_SIZE,
         temperature: float = 0.0,
         progress: bool = False,
         seed: int | None = None,

@@ -28,7 +28,7 @@ from core.config import settings
 from core.errors import AdapterError, ImpressionistError, RetrievalError, ValidationError
 from core.evaluation.metrics import rouge
 from core.generation.check import checked_text
-from core.generation.models import ModelSpec, load_generator
+from core.generation.models import BATCH_SIZE, ModelSpec, load_generator
 from core.generation.pipeline import C2FConfig, CoarseToFine
 from core.generation.retrieval import RetrievalIndex, index_for_store, tidy
 
@@ -177,7 +177,7 @@ class Drafter:
 
     def draft(self, reports: Sequence[dict], adapters: Sequence[AdapterVersion | None],
               use_lora: bool = True, use_memory: bool = True, style: str = "default",
-              batch_size: int = 8, progress: bool = False,
+              batch_size: int = BATCH_SIZE, progress: bool = False,
               memory_bonus: float | None = None, model: bool = True) -> list[DraftOutput]:
         """Draft one impression per report with that row's reader adapter.
 

@@ -49,6 +49,7 @@ from core.errors import (
     GenerationError,  # noqa: F401 (defined in core.errors)
 )
 from core.generation.check import checked_text, fails
+from core.generation.models import BATCH_SIZE
 from core.generation.prompts import PRIOR_WORDS, clean_output, draft_messages, has_prior
 from core.generation.retrieval import (
     RetrievalConfig,
@@ -269,7 +270,7 @@ class CoarseToFine:
 
     # -- the pipeline --------------------------------------------------------------------------------
     def generate(self, reports: Sequence[dict], style: str = "default", reader: str | Sequence | None = None,
-                 adapter: str | Sequence | None = None, batch_size: int = 8, progress: bool = False,
+                 adapter: str | Sequence | None = None, batch_size: int = BATCH_SIZE, progress: bool = False,
                  exclude_self: bool = True) -> list[GenerationOutput]:
         """Impressions for report dicts, coarse to fine.
 
@@ -324,7 +325,8 @@ class CoarseToFine:
                                               draft=votes[i]["text"] if cfg.draft_in_prompt else None))
                 names.append(adapters[i] or self.base_adapter)
             # the model keeps or edits the draft: its length is the best guess of the answer's
-            hints = [len(votes[i]["text"].split()) if cfg.draft_in_prompt else 0 for i in want]
+            hints = [len((votes[i]["text"] or "").split()) if cfg.draft_in_prompt else 0
+                     for i in want]
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=batch_size, progress=progress,
                                               length_hint=hints)
@@ -519,7 +521,7 @@ def pipeline_for(store=None, generator=None, config: C2FConfig | None = None, ba
     return _PIPELINES[key]
 
 
-def impressions_for(generator, reports: list[dict], batch_size: int = 8, max_new_tokens: int = 64,
+def impressions_for(generator, reports: list[dict], batch_size: int = BATCH_SIZE, max_new_tokens: int = 64,
                     progress: bool = False, style: str = "default", adapter: str | Sequence | None = None,
                     reader: str | Sequence | None = None, store=None,
                     pipeline: CoarseToFine | None = None) -> list[GenerationOutput]:
@@ -548,7 +550,7 @@ def impressions_for(generator, reports: list[dict], batch_size: int = 8, max_new
                              progress=progress)
 
 
-def fill_missing(store, generator, limit: int | None = None, batch_size: int = 8,
+def fill_missing(store, generator, limit: int | None = None, batch_size: int = BATCH_SIZE,
                  chunk: int = 64, progress: bool = True, style: str = "default",
                  pipeline: CoarseToFine | None = None) -> int:
     """Generate and store impressions for reports that have none yet. Returns how many.

@@ -1,4 +1,5 @@
-"""Rank awareness for the nightly job under ``accelerate launch`` (or ``torchrun``).
+"""Where the nightly job runs: its ranks under ``accelerate launch`` (or ``torchrun``), and its
+share of the CPU (:func:`lower_priority`).
 
 Several processes run ``python -m core nightly``, one per GPU. Only rank 0 (the *main* process)
 touches the database, the nightly lock and the adapter folders; it decides which readers to
@@ -14,9 +15,11 @@ so the same command works on one GPU, several GPUs, or (for tests) several CPU p
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-__all__ = ["world_size", "rank", "is_main", "init", "broadcast", "barrier", "finish"]
+__all__ = ["world_size", "rank", "is_main", "init", "broadcast", "barrier", "finish",
+           "lower_priority"]
 
 
 def world_size() -> int:
@@ -73,3 +76,39 @@ def finish() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def lower_priority(nice: int, threads: int):
+    """Make this process yield the CPU to the app: raise its nice value to ``nice`` (never
+    lower it: that needs root) and cap torch at ``threads`` threads (through
+    ``OMP_NUM_THREADS`` before torch is imported, and on torch itself when it already is).
+
+    Returns:
+        A function that puts the thread settings back (for callers in a longer-lived process:
+        tests, ``core.simulate``); the priority stays lowered.
+    """
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
+    saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved_torch = None
+    for key in saved_env:
+        os.environ[key] = str(threads)
+    if "torch" in sys.modules:
+        import torch  # deferred: torch takes seconds to import; only model work needs it
+
+        saved_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+
+    def restore() -> None:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if saved_torch is not None:
+            import torch  # deferred: torch takes seconds to import; only model work needs it
+
+            torch.set_num_threads(saved_torch)
+
+    return restore

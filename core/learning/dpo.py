@@ -155,22 +155,12 @@ def _weighted_dpo_trainer():
         def _precompute_ref_logps(self, dataset, name, batch_size):
             # TRL computes every row's reference log-probs before training; rows whose
             # reference, prompt and completions were seen before come from the cache.
-            cache = self.ref_cache
-            if cache is None or name != "train":
+            if self.ref_cache is None or name != "train":
                 return super()._precompute_ref_logps(dataset, name, batch_size)
-            keys = [cache.key(p, c, r) for p, c, r in zip(
-                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-            missing = [i for i, k in enumerate(keys) if k not in cache]
-            if missing:
-                fresh = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
-                for i, c, r in zip(missing, fresh["ref_chosen_logps"],
-                                   fresh["ref_rejected_logps"]):
-                    cache[keys[i]] = (float(c), float(r))
-                cache.save()
-            self.ref_cache_hits = len(keys) - len(missing)
-            values = [cache[k] for k in keys]
-            dataset = dataset.add_column("ref_chosen_logps", [v[0] for v in values])
-            return dataset.add_column("ref_rejected_logps", [v[1] for v in values])
+            dataset, self.ref_cache_hits = _cached_ref_logps(
+                self.ref_cache, dataset, lambda part: _ref_logps(self, part, batch_size),
+                save=self.accelerator.is_main_process)
+            return dataset
 
         def compute_ref_log_probs(self, model, inputs):
             # the reference forward passes every other key to the model
@@ -202,6 +192,45 @@ def _weighted_dpo_trainer():
 
     return WeightedDPOTrainer
 
+
+
+def _ref_logps(trainer, part, batch_size: int) -> tuple[list[float], list[float]]:
+    """The reference log-probs of ``part``'s rows (tokenized pairs), every row in this process:
+    TRL's precompute shares them between ranks through a datasets cache file in a per-process
+    temporary folder, which the other ranks cannot open."""
+    import torch  # deferred: heavy, and only a training process needs it
+
+    model = trainer.ref_model or trainer.model
+    chosen, rejected = [], []
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size,
+                                         collate_fn=trainer.data_collator, shuffle=False)
+    for batch in loader:
+        batch = {k: v.to(trainer.accelerator.device) if hasattr(v, "to") else v
+                 for k, v in batch.items()}
+        c, r = trainer.compute_ref_log_probs(model, batch)
+        chosen += c.float().cpu().tolist()
+        rejected += r.float().cpu().tolist()
+    return chosen, rejected
+
+
+def _cached_ref_logps(cache: RefLogpCache, dataset, compute, save: bool = True):
+    """``dataset`` (tokenized pairs) with TRL's ``ref_chosen_logps`` / ``ref_rejected_logps``
+    columns: from ``cache`` where a row is known, from ``compute(rows) -> (chosen, rejected)``
+    on the others, which are then cached (written when ``save``: rank 0). Returns (dataset,
+    rows from the cache)."""
+    keys = [cache.key(p, c, r) for p, c, r in zip(
+        dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    missing = [i for i, k in enumerate(keys) if k not in cache]
+    if missing:
+        chosen, rejected = compute(dataset.select(missing))
+        for i, c, r in zip(missing, chosen, rejected):
+            cache[keys[i]] = (float(c), float(r))
+        if save:
+            cache.save()
+    values = [cache[k] for k in keys]
+    dataset = dataset.add_column("ref_chosen_logps", [v[0] for v in values])
+    dataset = dataset.add_column("ref_rejected_logps", [v[1] for v in values])
+    return dataset, len(keys) - len(missing)
 
 
 class RefLogpCache:

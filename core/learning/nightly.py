@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -344,6 +343,13 @@ def _judge(drafter: Drafter, reader, pairs, config: NightlyConfig, candidate: Ad
     return gate(cand_m, cur_m, config), cand_m, cur_m
 
 
+def _lap(outcome: ReaderOutcome, phase: str, since: float) -> float:
+    """Add the seconds since ``since`` to the outcome's ``phase``; returns now."""
+    now_s = time.perf_counter()
+    outcome.phases_s[phase] = round(outcome.phases_s.get(phase, 0.0) + now_s - since, 1)
+    return now_s
+
+
 def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig, run_id: int,
                   progress: bool) -> ReaderOutcome:
     """One reader's night: memory, weights, the gate, then commit (and promote or reject)."""
@@ -351,35 +357,27 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
     version, tmp = allocate_version(store, reader.id)
     outcome = ReaderOutcome(reader.username, "failed", run_id=run_id, version=version,
                             n_pairs=len(pairs.train) + len(pairs.heldout))
-    phases = outcome.phases_s
-
-    def lap(name: str, since: float) -> float:
-        now_s = time.perf_counter()
-        phases[name] = round(phases.get(name, 0.0) + now_s - since, 1)
-        return now_s
-
     try:
         t = time.perf_counter()
         candidate, draft_settings = _memory_version(drafter, reader, pairs, config, version, tmp)
-        t = lap("memory", t)
+        t = _lap(outcome, "memory", t)
         train_pairs = sorted(pairs.train, key=lambda p: max(p.feedback_ids))[-config.max_pairs:]
         outcome.n_train_pairs = len(train_pairs)
         init = shared_adapter_dir()
         current = active_adapter(store, reader.id)
         result = _train_weights(drafter, reader, pairs, train_pairs, config, tmp, current, init)
-        t = lap("weights", t)
+        t = _lap(outcome, "weights", t)
         if result is not None:
-            outcome.train_s = result.train_s
-            phases["train"] = round(result.train_s, 1)  # of which the trainer's loop
+            outcome.train_s = outcome.phases_s["train"] = round(result.train_s, 1)
             # pairs actually trained on (steps * batch_size over-counts a partial last batch)
             seen = min(len(train_pairs) * config.train.epochs,
                        result.steps * config.train.batch_size)
             outcome.pairs_per_s = seen / result.train_s if result.train_s else 0.0
         decision, cand_m, cur_m = _judge(drafter, reader, pairs, config, candidate, current)
-        lap("gate", t)
+        _lap(outcome, "gate", t)
         outcome.metrics = {k: v for k, v in cand_m.items() if k != "drafts"}
         outcome.metrics["memory_bonus"] = draft_settings["memory_bonus"]
-        outcome.metrics["phases_s"] = dict(phases)
+        outcome.metrics["phases_s"] = dict(outcome.phases_s)
         outcome.baseline = {k: v for k, v in cur_m.items() if k != "drafts"}
         write_manifest(tmp, reader=reader.username, version=version, run_id=run_id,
                        method=config.method, metrics=outcome.metrics, baseline=outcome.baseline,
@@ -445,42 +443,6 @@ def grpo_prompts(examples: Sequence[dict]) -> list[dict]:
              "references": [e["chosen"][0]["content"]]} for e in examples]
 
 
-def lower_priority(nice: int, threads: int):
-    """Make this process yield the CPU to the app: raise its nice value to ``nice`` (never
-    lower it: that needs root) and cap torch at ``threads`` threads (through
-    ``OMP_NUM_THREADS`` before torch is imported, and on torch itself when it already is).
-
-    Returns:
-        A function that puts the thread settings back (for callers in a longer-lived process:
-        tests, ``core.simulate``); the priority stays lowered.
-    """
-    current = os.nice(0)
-    if nice > current:
-        os.nice(nice - current)
-    saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    saved_torch = None
-    for key in saved_env:
-        os.environ[key] = str(threads)
-    if "torch" in sys.modules:
-        import torch  # deferred: torch takes seconds to import; only model work needs it
-
-        saved_torch = torch.get_num_threads()
-        torch.set_num_threads(threads)
-
-    def restore() -> None:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if saved_torch is not None:
-            import torch  # deferred: torch takes seconds to import; only model work needs it
-
-            torch.set_num_threads(saved_torch)
-
-    return restore
-
-
 def follow() -> int:
     """A rank other than 0 under ``accelerate launch``: train every task rank 0 sends, until
     it sends None. Never opens the database. Returns how many tasks were trained."""
@@ -521,7 +483,7 @@ def run_nightly(store, config: NightlyConfig | None = None, generator=None,
     config.train.progress = progress and config.train.progress
     if not distributed.is_main():
         raise ImpressionistError("run_nightly runs on rank 0 only; other ranks call follow()")
-    restore = lower_priority(config.nice, config.thread_budget())
+    restore = distributed.lower_priority(config.nice, config.thread_budget())
     t0 = time.perf_counter()
     try:
         return _run_nightly(store, config, generator, progress, t0)

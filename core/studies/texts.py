@@ -13,6 +13,7 @@ from typing import Any, Callable
 from core.errors import StudyError
 from core.evaluation.metrics import inject_typos
 from core.generation import pipeline
+from core.generation.models import BATCH_SIZE
 from core.generation.personal import reader_adapter
 from core.generation.styles import apply_style
 from core.store.database import Store
@@ -141,7 +142,7 @@ def _styled_from_base(store: Store, arm: Arm, reports: list[dict],
     return out
 
 
-def model_text_maker(generator, batch_size: int = 8, max_new_tokens: int = 96,
+def model_text_maker(generator, batch_size: int = BATCH_SIZE, max_new_tokens: int = 96,
                      progress: bool = False, store: Store | None = None) -> MakeTexts:
     """``make_texts`` backed by a loaded :class:`core.generation.models.Generator`.
 
