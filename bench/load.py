@@ -64,6 +64,14 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
     """
     from core.feedback import annotate
 
+    def ask_queue():
+        """The queue query a reader waits for (``next_ms``)."""
+        t = time.perf_counter()
+        found = annotate.next_case(store, user)
+        with lock:
+            log["next_ms"].append((time.perf_counter() - t) * 1000)
+        return found
+
     rng = random.Random(seed)
     k = 0
     case = None
@@ -71,11 +79,7 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
         k += 1
         try:
             if case is None:
-                t = time.perf_counter()
-                case = annotate.next_case(store, user)
-                next_ms = (time.perf_counter() - t) * 1000
-                with lock:
-                    log["next_ms"].append(next_ms)
+                case = ask_queue()
                 if case is None:
                     with lock:
                         log["queue_empty"] += 1
@@ -123,11 +127,7 @@ def radiologist(store, user, deadline: float, think_ms: float, seed: int, log: d
                     log["served_ahead"] += upcoming is not None
             case = upcoming  # None: the queue is asked at the top of the loop
             if kind != "undo" and case is None:
-                t2 = time.perf_counter()
-                case = annotate.next_case(store, user)
-                next_ms = (time.perf_counter() - t2) * 1000
-                with lock:
-                    log["next_ms"].append(next_ms)
+                case = ask_queue()
                 if case is None:
                     continue
             if kind != "undo":
