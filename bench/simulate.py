@@ -31,7 +31,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -479,6 +479,22 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
                     _score(preds, [sr.target(r) for r in sr.test])
                 k += len(sr.test)
 
+        # Control: the shared model writing every row. A reader's adapter always writes, the
+        # shared model only where the neighbours disagree (llm="auto"): this arm has the
+        # writing without any reader's LoRA or memory.
+        shown_c2f = drafter.c2f
+        drafter.c2f = replace(shown_c2f, llm="always")
+        try:
+            outs = drafter.draft(test_rows, [None] * len(test_rows))
+        finally:
+            drafter.c2f = shown_c2f
+        texts["shared_model_writes"] = [o.text for o in outs]
+        k = 0
+        for sr in readers:
+            ablation.setdefault(sr.name, {"shared": shared_scores[sr.name]})[
+                "shared_model_writes"] = _score([o.text for o in outs[k:k + len(sr.test)]],
+                                                [sr.target(r) for r in sr.test])
+            k += len(sr.test)
         near = near_neighbour_split(readers, newest, test_owner, test_rows)
         split_scores = {}
         for part in ("near", "far"):
@@ -499,7 +515,8 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
                 "readers": per}
         same = {f"{a}=={b}": sum(x == y for x, y in zip(texts[a], texts[b])) for a, b in
                 (("memory_only", "lora_only"), ("lora_only", "both"), ("shared", "lora_only"),
-                 ("memory_only", "both")) if a in texts and b in texts}
+                 ("memory_only", "both"), ("shared_model_writes", "lora_only"),
+                 ("shared", "shared_model_writes")) if a in texts and b in texts}
         log(f"[{kind}] near-neighbour split (cosine >= {NEAR}): {sum(near)} near, "
             f"{len(near) - sum(near)} far; identical texts between variants: {same}")
 
@@ -547,7 +564,8 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
             "ablation_texts": texts,
             "ablation_macro": {v: {m: _macro([a.get(v, {}).get(m) for a in ablation.values()])
                                    for m in ("rougeL", "label_f1")}
-                               for v in ("shared", "memory_only", "lora_only", "both")},
+                               for v in ("shared", "shared_model_writes", "memory_only",
+                                         "lora_only", "both")},
             "curve": curve,
             "nightly": nightly_runs,
             "nights": nights,
