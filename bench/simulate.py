@@ -31,7 +31,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -482,12 +482,7 @@ def _run_bench(kind: str, cfg: SimConfig, generator, log, workdir: Path, t_start
         # Control: the shared model writing every row. A reader's adapter always writes, the
         # shared model only where the neighbours disagree (llm="auto"): this arm has the
         # writing without any reader's LoRA or memory.
-        shown_c2f = drafter.c2f
-        drafter.c2f = replace(shown_c2f, llm="always")
-        try:
-            outs = drafter.draft(test_rows, [None] * len(test_rows))
-        finally:
-            drafter.c2f = shown_c2f
+        outs = drafter.draft(test_rows, [None] * len(test_rows), llm="always")
         texts["shared_model_writes"] = [o.text for o in outs]
         k = 0
         for sr in readers:

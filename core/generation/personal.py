@@ -178,7 +178,7 @@ class Drafter:
     def draft(self, reports: Sequence[dict], adapters: Sequence[AdapterVersion | None],
               use_lora: bool = True, use_memory: bool = True, style: str = "default",
               batch_size: int = BATCH_SIZE, progress: bool = False,
-              memory_bonus: float | None = None, model: bool = True) -> list[DraftOutput]:
+              memory_bonus: float | None = None, llm: str | None = None) -> list[DraftOutput]:
         """Draft one impression per report with that row's reader adapter.
 
         Args:
@@ -191,8 +191,9 @@ class Drafter:
             progress: show a progress bar over generation batches.
             memory_bonus: use this bonus for every row's memory (tuning); None: each version's
                 own (its ``draft.json``), else ``DraftConfig.memory_bonus``.
-            model: False: the verified coarse draft alone, no language model (tuning what
-                retrieval proposes; implies ``use_lora=False``).
+            llm: the pipeline's ``llm`` mode for this call (None: the drafter's own). "off":
+                the verified coarse draft alone, no model and no LoRA (tuning what retrieval
+                proposes); "always": the model writes every row (an ablation's control).
 
         Returns:
             One :class:`DraftOutput` per report, in order; ``flags`` are the pipeline's flags plus
@@ -207,6 +208,7 @@ class Drafter:
         readers: list[str | None] = []
         memories: list[str] = []
         broken: dict[int, str] = {}
+        model = llm != "off"
         for i, (r, av) in enumerate(zip(reports, adapters)):
             name = None
             if av is not None and use_lora and model and av.has_lora and \
@@ -230,7 +232,7 @@ class Drafter:
                             {} if memory_bonus is not None else self._bonuses)
         pipeline = CoarseToFine(index if (self.shared_index is not None or index.memories)
                                 else None, self.generator if model else None,
-                                replace(self.c2f, llm="off") if not model else self.c2f,
+                                self.c2f if llm is None else replace(self.c2f, llm=llm),
                                 base_adapter=self.shared_adapter)
         t0 = time.perf_counter()
         outputs = pipeline.generate(rows, style=style, reader=readers, adapter=names,
@@ -329,7 +331,7 @@ def tune_memory_bonus(drafter: Drafter, av: AdapterVersion, grid: Sequence[float
         # The bonus decides what retrieval proposes (the draft and the examples): judged on the
         # coarse draft, without the model (6 x 200 model drafts were minutes of a CPU night).
         outs = drafter.draft(rows, [av] * len(rows), use_lora=False, memory_bonus=bonus,
-                             model=False)
+                             llm="off")
         scores[float(bonus)] = rouge([o.text for o in outs], refs)["rougeL"]
     best = max(sorted(scores), key=lambda b: (round(scores[b], 6), -b))
     return {"memory_bonus": best, "loo_rougeL": {str(b): round(v, 3) for b, v in scores.items()},

@@ -259,13 +259,14 @@ class RefLogpCache:
         """The cache file of one reference: the base checkpoint's files and the starting
         adapter's weights (by size and content hash), and the length cap."""
         h = hashlib.sha256(f"{Path(model_path).resolve()}|{max_length}".encode())
-        for d in [Path(model_path), *([Path(adapter)] if adapter else [])]:
-            for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.json")):
-                h.update(f"{f.name}:{f.stat().st_size}".encode())
-                if f.parent != Path(model_path) or f.suffix == ".json":
-                    h.update(f.read_bytes())  # adapters and configs: small, read whole
-                else:
-                    h.update(str(f.stat().st_mtime_ns).encode())  # the base weights: large
+        # the base weights are large: their size and time; adapters and configs: their bytes
+        folders = [(Path(model_path), False), *([(Path(adapter), True)] if adapter else [])]
+        for folder, whole in folders:
+            for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
+                stat = f.stat()
+                h.update(f"{f.name}:{stat.st_size}".encode())
+                h.update(f.read_bytes() if whole or f.suffix == ".json"
+                         else str(stat.st_mtime_ns).encode())
         return cls(Path(cache_dir) / f"ref-logps-{h.hexdigest()[:16]}.json")
 
     @staticmethod

@@ -368,7 +368,8 @@ def _train_reader(store, drafter: Drafter, reader, pairs, config: NightlyConfig,
         result = _train_weights(drafter, reader, pairs, train_pairs, config, tmp, current, init)
         t = _lap(outcome, "weights", t)
         if result is not None:
-            outcome.train_s = outcome.phases_s["train"] = round(result.train_s, 1)
+            outcome.train_s = result.train_s
+            outcome.phases_s["train"] = round(result.train_s, 1)  # of "weights"
             # pairs actually trained on (steps * batch_size over-counts a partial last batch)
             seen = min(len(train_pairs) * config.train.epochs,
                        result.steps * config.train.batch_size)
