@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from core.generation.models import BATCH_SIZE  # noqa: E402
 from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
 from core.evaluation.metrics import label_f1, rouge  # noqa: E402
 from core.generation.retrieval import RetrievalIndex, tidy  # noqa: E402
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=IU_CSV)
     ap.add_argument("--n", type=int, default=0, help="first N test reports (0: all)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-model-alone", action="store_true", help="skip the model-alone ablation")
     ap.add_argument("--no-length-hint", action="store_true",

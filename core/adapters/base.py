@@ -254,6 +254,8 @@ def write_model_card(folder: str | Path, manifest: dict) -> Path:
         f"- format: {data.get('format')}",
         "",
         "## Training",
+        *[f"- went on from run {i} of {len(m['lineage'])}: `{c}`"
+          for i, c in enumerate(m.get("lineage") or [], 1)],
         f"- command: `{m.get('command')}`",
         f"- seed {cfg.get('seed')}, batch {cfg.get('batch_size')}, learning rate "
         f"{cfg.get('learning_rate')} (linear decay, {cfg.get('warmup_steps')} warm-up steps), "
@@ -269,31 +271,39 @@ def write_model_card(folder: str | Path, manifest: dict) -> Path:
         lines.append(f"- train loss {first:.3f} (step 1) -> {sum(last) / len(last):.3f} "
                      f"(mean of the last {len(last)} logged steps)")
     if m.get("eval_loss_before") is not None:
-        lines.append(f"- dev completion loss {m['eval_loss_before']:.3f} (fresh LoRA = base "
-                     f"model) -> {m['eval_loss_after']:.3f}")
-    scores = m.get("scores") or {}
-    if scores:
-        lines += ["", "## Scores", ""]
-        if scores.get("note"):
-            lines += [scores["note"], ""]
-        lines += ["| measure | base model | with this adapter |", "|---|---|---|"]
-        for key, label in (("draft_rougeL", "ROUGE-L, model draft alone"),
-                           ("pipeline_rougeL", "ROUGE-L, full pipeline (llm=always)"),
-                           ("draft_label_f1", "label micro-F1, model draft alone"),
-                           ("pipeline_label_f1", "label micro-F1, full pipeline")):
-            if key in scores.get("base", {}):
-                lines.append(f"| {label} | {scores['base'][key]:.1f} | "
-                             f"{scores['adapter'][key]:.1f} |")
-        if scores.get("command"):
-            lines += ["", f"Measured with `{scores['command']}`."]
+        start = (f"the adapter it went on from, {cfg['init_adapter']}" if cfg.get("init_adapter")
+                 else "fresh LoRA = base model")
+        lines.append(f"- dev completion loss {m['eval_loss_before']:.3f} ({start}) -> "
+                     f"{m['eval_loss_after']:.3f}")
+    lines += _score_lines(m.get("scores") or {})
     if m.get("reproduce"):
         lines += ["", m["reproduce"]]
-    lines += ["", "Reproduce: run the command above on the same reports (the split and the "
+    lines += ["", f"Reproduce: run the command{'s above, in order,' if m.get('lineage') else ' above'} on the same reports (the split and the "
               "example order are seeded; CPU float32 training is deterministic up to thread "
               "scheduling of reductions).", ""]
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _score_lines(scores: dict) -> list[str]:
+    """The model card's ``## Scores`` section (empty when nothing was measured)."""
+    if not scores:
+        return []
+    lines = ["", "## Scores", ""]
+    if scores.get("note"):
+        lines += [scores["note"], ""]
+    lines += ["| measure | base model | with this adapter |", "|---|---|---|"]
+    for key, label in (("draft_rougeL", "ROUGE-L, model draft alone"),
+                       ("pipeline_rougeL", "ROUGE-L, full pipeline (llm=always)"),
+                       ("draft_label_f1", "label micro-F1, model draft alone"),
+                       ("pipeline_label_f1", "label micro-F1, full pipeline")):
+        if key in scores.get("base", {}):
+            lines.append(f"| {label} | {scores['base'][key]:.1f} | "
+                         f"{scores['adapter'][key]:.1f} |")
+    if scores.get("command"):
+        lines += ["", f"Measured with `{scores['command']}`."]
+    return lines
 
 
 

@@ -154,7 +154,8 @@ def add_train_sft(sub) -> None:
                    help="dev reports for the before/after completion loss (0: none)")
     add_config_flags(p, SFTTrainConfig, {
         "max_length": None, "lora_r": None, "lora_alpha": None, "lora_layers": None,
-        "dtype": None, "seed": None, "threads": None, "max_minutes": None})
+        "dtype": None, "seed": None, "threads": None, "max_minutes": None,
+        "init_adapter": None})
     p.add_argument("--source", help="only reports of this source (e.g. iu-xray)")
     p.add_argument("--model", help="base checkpoint (default: the embedded model)")
     p.add_argument("--out", help="also copy the adapter here (e.g. core/assets/base-adapter)")

@@ -24,6 +24,7 @@ point and the reference), and the shared model drafts with it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shlex
@@ -183,7 +184,8 @@ def _manifest(version: int, run_id: int, model_path: Path, source: str | None,
                            f"vote over train neighbours, self excluded) and {shots} "
                            f"retrieved train examples -> impression; loss on the "
                            f"completion only"},
-        "command": cmd, "config": config.to_dict(), "shots": shots,
+        "command": cmd, "lineage": _lineage(config.init_adapter), "config": config.to_dict(),
+        "shots": shots,
         "steps": result.steps, "epochs_done": result.epochs_done,
         "partial_epoch": result.epochs_done < config.epochs - 1e-6, "stopped_early": result.stopped_early,
         "train_s": round(result.train_s, 1), "wall_s": round(wall_s, 1),
@@ -192,6 +194,19 @@ def _manifest(version: int, run_id: int, model_path: Path, source: str | None,
         "eval_loss_before": result.eval_loss_before, "eval_loss_after": result.eval_loss_after,
         "scores": {}, "host": socket.gethostname(),
     }
+
+
+def _lineage(init_adapter: str | None) -> list[str]:
+    """The commands that made the adapter a run goes on from (``init_adapter``), oldest first:
+    with the run's own command, what reproduces the adapter from the base model."""
+    if not init_adapter:
+        return []
+    path = Path(init_adapter) / "manifest.json"
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"(an adapter without a readable manifest.json: {init_adapter})"]
+    return [*(earlier.get("lineage") or []), str(earlier.get("command"))]
 
 
 def _examples(by_split: dict, train_reports: list, max_examples: int | None, eval_examples: int,

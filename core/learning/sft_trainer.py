@@ -52,6 +52,8 @@ class SFTTrainConfig:
         progress: show the trainer's tqdm progress bar.
         max_minutes: stop after this much training wall time (None: no limit); the steps done
             are recorded, so a time-limited run is honest but not bit-reproducible.
+        init_adapter: go on training this saved LoRA adapter (its shape wins over ``lora_*``)
+            instead of a fresh one: a second epoch without redoing the first.
     """
     epochs: float = field(default=1.0, metadata={"help": "passes over the examples"})
     max_steps: int = field(default=-1, metadata={
@@ -78,8 +80,13 @@ class SFTTrainConfig:
     progress: bool = field(default=True, metadata={"help": "show the trainer's progress bar"})
     max_minutes: float | None = field(default=None, metadata={
         "help": "stop training after this wall time"})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "go on training this saved adapter folder (e.g. core/assets/base-adapter) "
+                "instead of a fresh LoRA"})
 
     def __post_init__(self) -> None:
+        if self.init_adapter is not None:
+            self._shape_of(self.init_adapter)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
         problems = []
@@ -107,6 +114,18 @@ class SFTTrainConfig:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if problems:
             raise ConfigError("SFTTrainConfig: " + "; ".join(problems))
+
+    def _shape_of(self, folder: str) -> None:
+        """Take the LoRA shape of the adapter training goes on from (what the run records)."""
+        try:
+            saved = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"SFTTrainConfig: init_adapter {folder!r} is not an adapter folder "
+                              f"(no readable adapter_config.json in it: {exc})") from None
+        layers = saved.get("layers_to_transform")
+        self.lora_r, self.lora_alpha = saved.get("r", self.lora_r), saved.get("lora_alpha")
+        self.lora_dropout = saved.get("lora_dropout", self.lora_dropout)
+        self.lora_layers = len(layers) if isinstance(layers, list) else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +191,8 @@ class _TimeLimit:
 def train_sft(model_path: str | Path, examples: Sequence[dict], out_dir: str | Path,
               config: SFTTrainConfig | None = None, eval_examples: Sequence[dict] = (),
               callbacks: Sequence[Any] = ()) -> SFTResult:
-    """Supervised fine-tuning of a fresh LoRA adapter (TRL ``SFTTrainer``), saved to ``out_dir``.
+    """Supervised fine-tuning of a LoRA adapter (TRL ``SFTTrainer``; fresh, or
+    ``config.init_adapter`` trained further), saved to ``out_dir``.
 
     The rows are conversational prompt-completion pairs, so TRL tokenizes the prompt with the
     assistant turn opened (exactly what :meth:`core.generation.models.Generator.generate` feeds the model)
@@ -211,7 +231,13 @@ def train_sft(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = _base_model(model_path)
-    peft_config = _lora_config(model, config)  # type: ignore[arg-type]
+    if config.init_adapter:
+        from peft import PeftModel  # deferred: peft pulls in torch
+
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        peft_config = None
+    else:
+        peft_config = _lora_config(model, config)  # type: ignore[arg-type]
     common = _common_args(config, out, len(rows))  # type: ignore[arg-type]
     common.update(lr_scheduler_type="linear", warmup_steps=config.warmup_steps,
                   gradient_accumulation_steps=1, bf16=config.dtype == "bfloat16",

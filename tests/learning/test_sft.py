@@ -71,6 +71,30 @@ def test_train_sft_moves_lora_only_and_loss_is_on_the_completion(tiny, tmp_path)
     assert not (tmp_path / "a" / "trainer").exists()
 
 
+def test_a_second_epoch_goes_on_from_the_saved_adapter(tiny, tmp_path):
+    """``init_adapter`` trains the saved LoRA further: it starts where the first run ended (same
+    dev loss as that adapter's), keeps its shape, and a missing folder is refused up front."""
+    from core.learning.sft import sft_examples
+
+    rows = [r | {"uid": str(i)} for i, r in enumerate(_reports(12))]
+    examples = sft_examples(rows, shots=0)
+    first = train_sft(tiny, examples, tmp_path / "a", SFTTrainConfig(**FAST, lora_r=4),
+                      eval_examples=examples[:4])
+    watch = WeightWatch()
+    second = train_sft(tiny, examples, tmp_path / "b",
+                       SFTTrainConfig(**FAST, init_adapter=str(tmp_path / "a")),
+                       eval_examples=examples[:4], callbacks=[watch])
+    assert second.eval_loss_before == pytest.approx(first.eval_loss_after, rel=1e-4)
+    assert second.eval_loss_after < second.eval_loss_before
+    moved = [n for n in watch.lora0 if not torch.equal(watch.lora0[n], watch.lora1[n])]
+    assert moved and all("lora_" in n for n in moved)
+    assert [n for n in watch.base0 if not torch.equal(watch.base0[n], watch.base1[n])] == []
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["r"] == 4
+    assert SFTTrainConfig(init_adapter=str(tmp_path / "a")).lora_r == 4  # recorded as trained
+    with pytest.raises(ConfigError, match="not an adapter folder"):
+        SFTTrainConfig(init_adapter=str(tmp_path / "nowhere"))
+
+
 def test_completion_mask_covers_the_impression_only(tiny, tmp_path):
     """What TRL trains on: the labels are the impression (and the end of turn), nothing else."""
     from datasets import Dataset
@@ -227,3 +251,26 @@ def test_cli_train_sft(iu_like, tiny, capsys):
         main(["train-sft", "--batch-size", "0", "--model", str(tiny), "--quiet"])
     err = capsys.readouterr().err
     assert bad.value.code == 2 and "--batch-size" in err and "batch_size must be >= 1" in err
+
+
+def test_a_continued_adapter_names_every_command_that_made_it(tmp_path):
+    """The model card of an adapter trained on from another lists the earlier runs' commands,
+    oldest first, so the chain is reproducible from the base model."""
+    from core.adapters.base import write_model_card
+    from core.learning.sft import _lineage
+
+    first, second = tmp_path / "ep1", tmp_path / "ep2"
+    first.mkdir()
+    second.mkdir()
+    (first / "manifest.json").write_text(json.dumps({"command": "train-sft --seed 0"}))
+    (second / "manifest.json").write_text(json.dumps(
+        {"command": "train-sft --init-adapter ep1 --seed 1", "lineage": _lineage(str(first))}))
+    chain = _lineage(str(second))
+    assert chain == ["train-sft --seed 0", "train-sft --init-adapter ep1 --seed 1"]
+    assert _lineage(None) == []
+    assert "without a readable manifest" in _lineage(str(tmp_path))[0]
+    card = write_model_card(tmp_path, {"command": "train-sft --init-adapter ep2 --seed 2",
+                                       "lineage": chain, "config": {}}).read_text()
+    assert "went on from run 1 of 2: `train-sft --seed 0`" in card
+    assert card.index("--seed 1") < card.index("command: `train-sft --init-adapter ep2")
+    assert "run the commands above, in order," in card
