@@ -4,7 +4,8 @@ Index = train + dev; the test reports are only queried. Systems, all through the
 
 * ``TF-IDF 1-NN``: plain word TF-IDF over the findings, copy the nearest impression (the baseline);
 * ``coarse draft alone``: retrieval + vote, verified (``llm="off"``: the ablation without a model);
-* ``model alone``: the model under the base adapter, no draft in its prompt (``draft_in_prompt=False``);
+* ``model alone``: the model under the base adapter writing every impression with no draft in its
+  prompt (``llm="always", draft_in_prompt=False``);
 * ``shipped default``: :class:`core.generation.pipeline.C2FConfig` defaults (``llm="auto"``): the model
   under the base adapter writes from the findings and the coarse draft where the neighbours
   disagree, the verified coarse draft stands elsewhere; a model text that fails the check falls
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     texts["coarse draft alone (llm off)"] = [o.text for o in coarse.generate(test)]
     _, neighbours, _ = coarse.coarse(test)
     if not args.no_model_alone:
-        alone = CoarseToFine(index, gen, replace(config, draft_in_prompt=False), base_adapter=base)
+        # the model writes every impression, without the draft (under "auto" it would write only
+        # where the neighbours disagree and the drafts would stand elsewhere)
+        alone = CoarseToFine(index, gen, replace(config, llm="always", draft_in_prompt=False),
+                             base_adapter=base)
         texts["model alone (no draft in prompt)"] = [o.text for o in alone.generate(test, batch_size=args.batch_size)]
     full = CoarseToFine(index, gen, config, base_adapter=base)
     t0 = time.perf_counter()
