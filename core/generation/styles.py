@@ -283,8 +283,8 @@ def default(impression: str) -> str:
     """The impression with whitespace, numbering ("1. 2.") and stray periods tidied.
 
     A numbered impression stays numbered, even with one item: "1. No acute disease." is how many
-    radiologists dictate, and the draft keeps their convention (dev split: +1.1 ROUGE-L against
-    their own impressions, bench/c2f_quality.py).
+    radiologists dictate, and the draft keeps their convention (IU X-ray dev split: the verified
+    coarse draft 66.08 -> 67.16 ROUGE-L against their own impressions; BENCHMARKS.md).
 
     >>> default("1. No acute disease. .")
     '1. No acute disease.'
