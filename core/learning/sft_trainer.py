@@ -19,7 +19,6 @@ from typing import Any, Sequence
 from core.errors import ConfigError, TrainError
 from core.learning.train import (
     TrainResult,
-    _base_model,
     _common_args,
     _lora_config,
     _losses,
@@ -27,6 +26,7 @@ from core.learning.train import (
     _save_adapter,
     _set_threads,
     _tokenizer,
+    load_policy,
 )
 
 
@@ -230,14 +230,8 @@ def train_sft(model_path: str | Path, examples: Sequence[dict], out_dir: str | P
     eval_rows = _rows(tok, eval_examples, "eval", config.max_length)[0] if eval_examples else []
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = _base_model(model_path)
-    if config.init_adapter:
-        from peft import PeftModel  # deferred: peft pulls in torch
-
-        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
-        peft_config = None
-    else:
-        peft_config = _lora_config(model, config)  # type: ignore[arg-type]
+    model = load_policy(model_path, config.init_adapter, trainable=True)[0]
+    peft_config = None if config.init_adapter else _lora_config(model, config)  # type: ignore[arg-type]
     common = _common_args(config, out, len(rows))  # type: ignore[arg-type]
     common.update(lr_scheduler_type="linear", warmup_steps=config.warmup_steps,
                   gradient_accumulation_steps=1, bf16=config.dtype == "bfloat16",
