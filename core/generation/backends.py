@@ -200,5 +200,6 @@ class VLLMGenerator:
         for out, adapter in zip(outs, adapters):
             best = out.outputs[0]
             results.append(GenerationResult(best.text.strip(), len(best.token_ids), latency, adapter,
-                                            truncated=best.finish_reason == "length"))
+                                            truncated=best.finish_reason == "length",
+                                            prompt_tokens=len(out.prompt_token_ids or ())))
         return results

@@ -102,6 +102,7 @@ class GenerationResult:
     latency_s: float  # wall time of the batch this row was generated in
     adapter: str | None = None  # the adapter the row was generated with; None = base model
     truncated: bool = False  # True when max_new_tokens was reached before an end-of-turn token
+    prompt_tokens: int = 0  # tokens of the prompt the row was generated from
 
 
 def _resolve_device(device: str) -> str:
@@ -346,7 +347,7 @@ class Generator:
             truncated = not bool(is_stop.any())
             n = len(row) if truncated else int(is_stop.nonzero()[0, 0]) + 1
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-            results.append(GenerationResult(text, n, latency, adapters[i], truncated))
+            results.append(GenerationResult(text, n, latency, adapters[i], truncated, len(ids[i])))
         return results
 
 

@@ -330,11 +330,10 @@ class CoarseToFine:
             results = self.generator.generate(prompts, adapters=names, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=batch_size, progress=progress,
                                               length_hint=hints)
-            tok = self.generator.tokenizer
-            for i, p, res in zip(want, prompts, results):
+            for i, res in zip(want, results):
                 drafts[i] = res
                 stats.llm_new_tokens += res.new_tokens
-                stats.llm_prompt_tokens += len(tok(self.generator.format_chat(p), add_special_tokens=False)["input_ids"])
+                stats.llm_prompt_tokens += res.prompt_tokens
             stats.n_llm = len(want)
         stats.llm_s = time.perf_counter() - t0
 

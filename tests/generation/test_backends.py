@@ -43,7 +43,7 @@ class _FakeLLM:
         for text, req in zip(texts, lora_request):
             who = req.lora_name if req else "base"
             length = params.max_tokens if "long" in text else 3
-            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(
+            outs.append(types.SimpleNamespace(prompt_token_ids=list(text), outputs=[types.SimpleNamespace(
                 text=f" {who}: {text} ", token_ids=list(range(length)),
                 finish_reason="length" if "long" in text else "stop")]))
         return outs
@@ -90,6 +90,7 @@ def test_each_prompt_gets_its_own_adapter_in_one_call(fake_vllm, tmp_path):
     assert [o.text for o in out] == ["dr_b: p1", "base: p2|assistant:", "dr_a: long p3"]
     assert [o.adapter for o in out] == ["dr_b", None, "dr_a"]
     assert [o.truncated for o in out] == [False, False, True] and out[2].new_tokens == 7
+    assert [o.prompt_tokens for o in out] == [len(t) for t in texts]
 
 
 def test_a_new_version_gets_a_new_id_and_same_path_is_a_no_op(fake_vllm, tmp_path):

@@ -136,8 +136,9 @@ def test_generate_one_result_per_prompt_in_order(gen):
     alone = [gen.generate([p], max_new_tokens=MAX_NEW)[0] for p in prompts]
     assert [r.text for r in batched] == [r.text for r in alone]
     assert [r.new_tokens for r in batched] == [r.new_tokens for r in alone]
-    for r in batched:
+    for p, r in zip(prompts, batched):
         assert 1 <= r.new_tokens <= MAX_NEW and r.latency_s > 0 and r.adapter is None
+        assert r.prompt_tokens == len(gen.tokenizer(gen.format_chat(p), add_special_tokens=False)["input_ids"])
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 4, 16])
