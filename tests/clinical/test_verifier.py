@@ -169,7 +169,7 @@ class _Drafts:
 
     def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False,
                  length_hint=None):
-        return [SimpleNamespace(text=self.text, new_tokens=3, truncated=False) for _ in prompts]
+        return [SimpleNamespace(text=self.text, new_tokens=3, truncated=False, prompt_tokens=9) for _ in prompts]
 
 
 def test_a_model_draft_never_clears_a_review_flag():

@@ -36,7 +36,7 @@ class _Recorder:
     def generate(self, prompts, adapters=None, max_new_tokens=48, batch_size=8, progress=False,
                  length_hint=None):
         self.prompts += prompts
-        return [SimpleNamespace(text="Small right effusion.", new_tokens=3, truncated=False) for _ in prompts]
+        return [SimpleNamespace(text="Small right effusion.", new_tokens=3, truncated=False, prompt_tokens=9) for _ in prompts]
 
 
 @pytest.mark.parametrize("shots", [0, 2])
