@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                          "2026-12-07), not by the draft's length first")
     ap.add_argument("--llm", choices=("auto", "always"), default=C2FConfig().llm,
                     help="the default's llm mode (default: the shipped one)")
+    ap.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="the model's dtype (auto: bfloat16 on a CPU with native bf16, else float32)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "c2f_quality.json")
     args = ap.parse_args(argv)
     if not args.csv.exists():
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     novel = [i for i, r in enumerate(test) if _norm(r["findings"]) not in verbatim_index]
     config = C2FConfig(llm=args.llm)
     index = RetrievalIndex.build(index_rows, config.retrieval)
-    gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))
+    gen = load_generator(ModelSpec(path=settings().model_path, device="cpu", dtype=args.dtype))
     base = use_base_adapter(gen)
     if args.no_length_hint:
         plain = gen.generate
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter_dir = os.environ.get("IMPRESSIONIST_BASE_ADAPTER", "the shared base adapter")
     print(f"# Coarse to fine on the IU X-ray test split: {len(test)} reports ({len(novel)} whose findings "
           f"are not verbatim in the index); {time.strftime('%Y-%m-%d %H:%M')}, load "
-          f"{os.getloadavg()[0]:.1f}; base adapter: {adapter_dir if base else 'none (bare model)'}\n")
+          f"{os.getloadavg()[0]:.1f}; base adapter: {adapter_dir if base else 'none (bare model)'}; "
+          f"model {str(gen.dtype).removeprefix('torch.')}\n")
 
     texts: dict[str, list[str]] = {"TF-IDF 1-NN": TfidfNN(index_rows).predict(test)}
     coarse = CoarseToFine(index, None, replace(config, llm="off"))
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     default = texts[name]
 
     result: dict = {"n": len(test), "n_novel": len(novel), "base_adapter": adapter_dir if base else None,
-                    "systems": {}}
+                    "dtype": str(gen.dtype).removeprefix("torch."), "systems": {}}
     print("| system | ROUGE-L | ROUGE-L, findings not in index | label micro-F1 | label micro-F1, not in index |")
     print("|---|---:|---:|---:|---:|")
     for name, preds in texts.items():

@@ -488,7 +488,8 @@ def llm_section(args, index, nn: TfidfNN, test: list[dict], bert: bool) -> dict:
              "examples": [{"uid": r["uid"], "text": o.text, "from": o.flags.get("from")}
                           for r, o in zip(subset, outs) if o.flags.get("llm")][:5]}
         which = "all test reports" if mode == "auto" else f"first {len(subset)} test reports (file order)"
-        print(f"\n## (d) LLM drafting, llm={mode}: {which}; SmolLM2-135M-Instruct float32 on CPU, "
+        dtype = str(gen.dtype).removeprefix("torch.")
+        print(f"\n## (d) LLM drafting, llm={mode}: {which}; SmolLM2-135M-Instruct {dtype} on CPU, "
               f"{args.threads} torch threads, batch {args.batch_size}, adapter: {base_adapter or 'none (bare model)'}\n")
         print(table(rows))
         pt = f"{s['prompt_tokens_per_s']:.0f}" if s["prompt_tokens_per_s"] else "-"

@@ -6,11 +6,12 @@ where the vote agreement is below t and the verified coarse draft elsewhere (wha
 ``C2FConfig(llm="auto", llm_threshold=t)`` shows). t = 0 is retrieval only, t = 2 the model
 everywhere.
 
-    IMPRESSIONIST_BASE_ADAPTER=core/assets/base-adapter .venv/bin/python bench/tune_writer.py
+    IMPRESSIONIST_BASE_ADAPTER=core/assets/base-adapter .venv/bin/python bench/tune_writer.py [--dtype float32]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -32,8 +33,13 @@ from quality import IU_CSV  # noqa: E402
 GRID = (0.0, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8, 2.0)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="the model's dtype (auto: bfloat16 on a CPU with native bf16, else float32)")
+    args = ap.parse_args(argv)
 
     from core.config import settings
     from core.generation.models import ModelSpec, load_generator
@@ -45,11 +51,11 @@ def main() -> int:
     config = C2FConfig()
     index = RetrievalIndex.build(train, config.retrieval)
     c_out = CoarseToFine(index, None, replace(config, llm="off")).generate(dev)
-    gen = load_generator(ModelSpec(path=settings().model_path, device="cpu"))
+    gen = load_generator(ModelSpec(path=settings().model_path, device="cpu", dtype=args.dtype))
     base = use_base_adapter(gen)
     t0 = time.perf_counter()
     m_out = CoarseToFine(index, gen, replace(config, llm="always"), base_adapter=base).generate(dev)
-    print(f"# dev split {len(dev)} reports, index train {len(train)}; model pass "
+    print(f"# dev split {len(dev)} reports, index train {len(train)}; model ({gen.dtype}) pass "
           f"{time.perf_counter() - t0:.0f} s; {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| threshold t | model texts | ROUGE-L | label micro-F1 |\n|---:|---:|---:|---:|")
     rows = []
@@ -60,7 +66,7 @@ def main() -> int:
                "rougeL": rouge(texts, refs)["rougeL"], "label_f1": label_f1(texts, refs)["micro_f1"]}
         rows.append(row)
         print(f"| {t} | {row['model']} | {row['rougeL']:.2f} | {row['label_f1']:.3f} |")
-    out = ROOT / "bench" / "out" / "tune_writer.json"
+    out = ROOT / "bench" / "out" / f"tune_writer-{str(gen.dtype).removeprefix('torch.')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

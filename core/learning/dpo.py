@@ -255,10 +255,12 @@ class RefLogpCache:
 
     @classmethod
     def for_reference(cls, cache_dir: str | Path, model_path: str | Path,
-                      adapter: str | Path | None, max_length: int) -> RefLogpCache:
+                      adapter: str | Path | None, max_length: int, bf16: bool = False) -> RefLogpCache:
         """The cache file of one reference: the base checkpoint's files and the starting
-        adapter's weights (by size and content hash), and the length cap."""
+        adapter's weights (by size and content hash), the length cap and the precision."""
         h = hashlib.sha256(f"{Path(model_path).resolve()}|{max_length}".encode())
+        if bf16:  # float32 keys stay as they were
+            h.update(b"|bf16")
         # the base weights are large: their size and time; adapters and configs: their bytes
         folders = [(Path(model_path), False), *([(Path(adapter), True)] if adapter else [])]
         for folder, whole in folders:
@@ -337,9 +339,11 @@ def build_dpo_trainer(model_path: str | Path, examples: Sequence[dict], out_dir:
         loss_type, loss_weights = ["sigmoid", "sft"], [1.0, config.sft_weight]
     # The reference log-probs once up front (not once per epoch), from the cache where a pair
     # was trained on before against the same reference.
+    common = _common_args(config, out, len(rows))
     cache = (RefLogpCache.for_reference(config.ref_cache_dir, model_path, init_adapter,
-                                        config.max_length) if config.ref_cache_dir else None)
-    args = DPOConfig(**_common_args(config, out, len(rows)), beta=config.beta,
+                                        config.max_length, common["bf16"])
+             if config.ref_cache_dir else None)
+    args = DPOConfig(**common, beta=config.beta,
                      max_length=config.max_length, loss_type=loss_type, loss_weights=loss_weights,
                      precompute_ref_log_probs=config.epochs > 1 or cache is not None,
                      remove_unused_columns=False)

@@ -13,7 +13,8 @@ import pytest
 
 from core.errors import ValidationError
 from core.errors import AdapterError
-from core.generation.models import (GenerationResult, ModelError, ModelNotPrepared, ModelSpec, default_lora_config, load_generator)
+from core.generation.models import (BASE_ADAPTER, GenerationResult, ModelError, ModelNotPrepared, ModelSpec,
+                                    common_prefix, cpu_has_bf16, default_lora_config, load_generator)
 from core.generation.checkpoint import is_prepared, make_tiny_model, prepare_default_model
 from core.generation.prompts import SYSTEM_PROMPT, impression_messages, report_text
 
@@ -249,6 +250,50 @@ def test_mixed_adapter_batch_equals_rows_alone(gen_with_adapters):
     alone = [g.generate([p], adapters=[a], max_new_tokens=MAX_NEW)[0] for p, a in zip(prompts, adapters)]
     assert [r.text for r in mixed] == [r.text for r in alone]
     assert [r.adapter for r in mixed] == adapters
+
+
+def test_shared_prefix_cache_gives_the_answers_of_plain_left_padding(gen_with_adapters, monkeypatch):
+    """The rows' shared prompt prefix runs once per adapter and its cache is shared; every row
+    (ragged lengths, mixed adapters) gets exactly the text and length it gets without that cache."""
+    import core.generation.models as models
+
+    g = gen_with_adapters
+    prompts = _prompts(5)
+    adapters = ["A", None, "B", "A", None]
+    ids = g._token_ids(prompts, MAX_NEW)
+    assert common_prefix(ids) >= models.MIN_SHARED_PREFIX and len({len(i) for i in ids}) > 1
+    calls = []
+    real = models.Generator._prefix_cache
+    monkeypatch.setattr(models.Generator, "_prefix_cache",
+                        lambda self, *a: calls.append(a[2]) or real(self, *a))
+    cached = g.generate(prompts, adapters=adapters, max_new_tokens=MAX_NEW, batch_size=5)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(a or BASE_ADAPTER for a in adapters)
+    monkeypatch.setattr(models, "MIN_SHARED_PREFIX", 10**6)
+    plain = g.generate(prompts, adapters=adapters, max_new_tokens=MAX_NEW, batch_size=5)
+    assert len(calls) == 1
+    assert [(r.text, r.new_tokens) for r in cached] == [(r.text, r.new_tokens) for r in plain]
+
+
+def test_common_prefix_leaves_each_row_a_token():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix([[7, 8]]) == 1
+    assert common_prefix([[1, 2], [3, 4]]) == 0 and common_prefix([]) == 0
+
+
+def test_auto_dtype_is_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
+    import torch
+
+    import core.generation.models as models
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\n")
+    assert cpu_has_bf16(amx) and not cpu_has_bf16(plain) and not cpu_has_bf16(tmp_path / "missing")
+    for has, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda has=has: has)
+        assert models._resolve_dtype("auto", "cpu") is want
+        assert models._resolve_dtype("float32", "cpu") is torch.float32
 
 
 def test_load_adapter_is_idempotent_and_validates(gen_with_adapters, adapter_dirs, tmp_path):

@@ -18,6 +18,7 @@ from core.learning.train import (
     TrainError,
     load_policy,
     lora_snapshot,
+    mixed_bf16,
     preference_accuracy,
 )
 
@@ -353,4 +354,7 @@ def test_reference_log_probs_are_cached_across_runs(tiny, tmp_path):
     for f in (tmp_path / "cache").glob("*.json"):
         f.write_text("{not json")
     assert build_dpo_trainer(tiny, pairs, tmp_path / "damaged", cached).ref_cache_hits == 0
-    assert len(RefLogpCache.for_reference(tmp_path / "cache", tiny, None, 512)) == len(pairs)
+    assert len(RefLogpCache.for_reference(tmp_path / "cache", tiny, None, 512, mixed_bf16())) == len(pairs)
+    # the other precision is another file
+    assert RefLogpCache.for_reference(tmp_path / "cache", tiny, None, 512, not mixed_bf16()).path.name not in {
+        f.name for f in (tmp_path / "cache").glob("*.json")}
