@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     index = RetrievalIndex.build(index_rows, config.retrieval)
     gen = load_generator(ModelSpec(path=settings().model_path, device="cpu", dtype=args.dtype))
     base = use_base_adapter(gen)
+    dtype = str(gen.dtype).removeprefix("torch.")
     if args.no_length_hint:
         plain = gen.generate
         gen.generate = lambda *a, length_hint=None, **kw: plain(*a, **kw)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Coarse to fine on the IU X-ray test split: {len(test)} reports ({len(novel)} whose findings "
           f"are not verbatim in the index); {time.strftime('%Y-%m-%d %H:%M')}, load "
           f"{os.getloadavg()[0]:.1f}; base adapter: {adapter_dir if base else 'none (bare model)'}; "
-          f"model {str(gen.dtype).removeprefix('torch.')}\n")
+          f"model {dtype}\n")
 
     texts: dict[str, list[str]] = {"TF-IDF 1-NN": TfidfNN(index_rows).predict(test)}
     coarse = CoarseToFine(index, None, replace(config, llm="off"))
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     default = texts[name]
 
     result: dict = {"n": len(test), "n_novel": len(novel), "base_adapter": adapter_dir if base else None,
-                    "dtype": str(gen.dtype).removeprefix("torch."), "systems": {}}
+                    "dtype": dtype, "systems": {}}
     print("| system | ROUGE-L | ROUGE-L, findings not in index | label micro-F1 | label micro-F1, not in index |")
     print("|---|---:|---:|---:|---:|")
     for name, preds in texts.items():

@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     c_out = CoarseToFine(index, None, replace(config, llm="off")).generate(dev)
     gen = load_generator(ModelSpec(path=settings().model_path, device="cpu", dtype=args.dtype))
     base = use_base_adapter(gen)
+    dtype = str(gen.dtype).removeprefix("torch.")
     t0 = time.perf_counter()
     m_out = CoarseToFine(index, gen, replace(config, llm="always"), base_adapter=base).generate(dev)
-    print(f"# dev split {len(dev)} reports, index train {len(train)}; model ({gen.dtype}) pass "
+    print(f"# dev split {len(dev)} reports, index train {len(train)}; model ({dtype}) pass "
           f"{time.perf_counter() - t0:.0f} s; {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| threshold t | model texts | ROUGE-L | label micro-F1 |\n|---:|---:|---:|---:|")
     rows = []
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                "rougeL": rouge(texts, refs)["rougeL"], "label_f1": label_f1(texts, refs)["micro_f1"]}
         rows.append(row)
         print(f"| {t} | {row['model']} | {row['rougeL']:.2f} | {row['label_f1']:.3f} |")
-    out = ROOT / "bench" / "out" / f"tune_writer-{str(gen.dtype).removeprefix('torch.')}.json"
+    out = ROOT / "bench" / "out" / f"tune_writer-{dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -20,7 +20,7 @@ Batch 8-16 gives 2.3-3.3x the throughput of batch 1, so callers should hand whol
 one ``generate`` call. Each row's ``latency_s`` is its batch's wall time.
 
 The pipeline's serving prompts are the other way round: ~160 prompt tokens for ~10 new ones, so
-the prompt's forward pass dominates. Two things halve it (BENCHMARKS.md, "bfloat16 on the CPU"):
+the prompt's forward pass dominates. Two things halve it (BENCHMARKS.md, "The model writes 1.5x faster on the CPU"):
 bfloat16 on a CPU with native bf16 (``dtype="auto"``), and running the rows' shared prefix (the
 system prompt, ~60 tokens) once per batch and adapter.
 
@@ -33,6 +33,7 @@ system prompt, ~60 tokens) once per batch and adapter.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -130,13 +131,15 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
         # CPU: bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX), else float32 (an
         # emulated bf16 matmul is slower than fp32). A serving prompt is ~160 tokens for ~10 new
         # ones, so the prompt's forward pass dominates: on the 2-core target (AMX) it runs 2.3x
-        # faster in bf16 (BENCHMARKS.md, "bfloat16 on the CPU"), with the same test-split quality.
+        # faster in bf16 (BENCHMARKS.md, "The model writes 1.5x faster on the CPU"), with the same test-split quality.
         return torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32
     return getattr(torch, dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has native bfloat16 instructions (Linux ``flags``; False where unknown)."""
+    """Whether the CPU has native bfloat16 instructions (Linux ``flags``; False where unknown).
+    Read once per file: every model load and every trainer asks."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:

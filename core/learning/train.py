@@ -234,7 +234,7 @@ def _set_threads(config: TrainConfig) -> None:
 def mixed_bf16() -> bool:
     """Whether training runs in bf16 mixed precision (float32 weights, bf16 autocast): on a GPU,
     and on a CPU with native bf16 (AVX512-BF16/AMX), where a DPO step on SmolLM2-135M is 1.4x
-    faster than in float32 (BENCHMARKS.md, "bfloat16 on the CPU"); float32 elsewhere."""
+    faster than in float32 (BENCHMARKS.md, "The model writes 1.5x faster on the CPU"); float32 elsewhere."""
     import torch  # deferred: torch takes seconds to import; only model work needs it
 
     return torch.cuda.is_available() or cpu_has_bf16()
