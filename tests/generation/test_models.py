@@ -236,10 +236,14 @@ def test_adapters_change_output_and_differ(gen_with_adapters):
 
 
 def test_base_rows_with_adapters_loaded_match_plain_base_model(gen, gen_with_adapters):
+    """Also after a batch of one adapter (which activates it instead of naming it per row)."""
     prompts = _prompts(3)  # both generators hold the same seed-0 weights
-    assert [r.text for r in gen_with_adapters.generate(prompts, max_new_tokens=MAX_NEW)] == [
-        r.text for r in gen.generate(prompts, max_new_tokens=MAX_NEW)
-    ]
+    plain = [r.text for r in gen.generate(prompts, max_new_tokens=MAX_NEW)]
+    assert [r.text for r in gen_with_adapters.generate(prompts, max_new_tokens=MAX_NEW)] == plain
+    a = [r.text for r in gen_with_adapters.generate(prompts, adapters=["A"] * 3, max_new_tokens=MAX_NEW)]
+    assert [r.text for r in gen_with_adapters.generate(prompts, max_new_tokens=MAX_NEW)] == plain
+    assert [r.text for r in gen_with_adapters.generate(prompts, adapters=["B", "A", None],
+                                                       max_new_tokens=MAX_NEW)][1:] == [a[1], plain[2]]
 
 
 def test_mixed_adapter_batch_equals_rows_alone(gen_with_adapters):
