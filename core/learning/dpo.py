@@ -233,6 +233,10 @@ def _cached_ref_logps(cache: RefLogpCache, dataset, compute, save: bool = True):
     return dataset, len(keys) - len(missing)
 
 
+REF_CACHE_MAX_ENTRIES = 200_000  # ~16 MB of JSON; a reader's pairs of many months
+REF_CACHE_STALE_DAYS = 30
+
+
 class RefLogpCache:
     """Reference log-probs of preference pairs, kept across training runs in one JSON file per
     reference (:meth:`for_reference`): the nightly job re-trains each reader on their recent
@@ -289,11 +293,23 @@ class RefLogpCache:
         return len(self._values)
 
     def save(self) -> None:
-        """Write atomically (a temporary file renamed over the old one)."""
+        """Write atomically (a temporary file renamed over the old one), keeping the newest
+        :data:`REF_CACHE_MAX_ENTRIES` entries, and remove the files of other references that no
+        run has written for :data:`REF_CACHE_STALE_DAYS` days (a replaced base adapter, another
+        precision: their keys can never be asked for again)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if len(self._values) > REF_CACHE_MAX_ENTRIES:  # dicts keep insertion order: oldest first
+            self._values = dict(list(self._values.items())[-REF_CACHE_MAX_ENTRIES:])
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(self._values))
         os.replace(tmp, self.path)
+        cutoff = time.time() - REF_CACHE_STALE_DAYS * 86400
+        for other in self.path.parent.glob("ref-logps-*.json"):
+            try:
+                if other != self.path and other.stat().st_mtime < cutoff:
+                    other.unlink()
+            except OSError:
+                pass  # another process removed it, or it is not ours to remove
 
 
 def pair_beta(example: dict, config: TrainConfig) -> float:

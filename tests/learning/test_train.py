@@ -358,3 +358,28 @@ def test_reference_log_probs_are_cached_across_runs(tiny, tmp_path):
     # the other precision is another file
     assert RefLogpCache.for_reference(tmp_path / "cache", tiny, None, 512, not mixed_bf16()).path.name not in {
         f.name for f in (tmp_path / "cache").glob("*.json")}
+
+
+def test_reference_log_prob_cache_is_bounded(tmp_path, monkeypatch):
+    """The cache keeps its newest entries under the cap, and a save removes the files of other
+    references that nothing has written for a month (a replaced base adapter, the other
+    precision), never a recent one."""
+    import os
+    import time
+
+    from core.learning import dpo
+
+    monkeypatch.setattr(dpo, "REF_CACHE_MAX_ENTRIES", 3)
+    stale = tmp_path / "ref-logps-0000000000000000.json"
+    recent = tmp_path / "ref-logps-1111111111111111.json"
+    for f in (stale, recent):
+        f.write_text("{}")
+    month_ago = time.time() - 31 * 86400
+    os.utime(stale, (month_ago, month_ago))
+    cache = dpo.RefLogpCache(tmp_path / "ref-logps-2222222222222222.json")
+    for i in range(5):
+        cache[f"k{i}"] = (float(-i), float(-2 * i))
+    cache.save()
+    assert not stale.exists() and recent.exists()
+    again = dpo.RefLogpCache(cache.path)
+    assert len(again) == 3 and "k0" not in again and again["k4"] == (-4.0, -8.0)
