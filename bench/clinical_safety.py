@@ -132,6 +132,8 @@ class Replay:
         keys = [json.dumps([p, a]) for p, a in zip(prompts, adapters or [None] * len(prompts))]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
+            if kw.get("length_hint") is not None:
+                kw["length_hint"] = [kw["length_hint"][i] for i in todo]
             res = self.generator.generate([prompts[i] for i in todo],
                                           adapters=[(adapters or [None] * len(prompts))[i] for i in todo], **kw)
             for i, r in zip(todo, res):

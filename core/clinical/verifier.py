@@ -25,6 +25,7 @@ from core.clinical.vocabulary import NORMAL_STATEMENTS, OBSERVATION_NAMES, PRESE
 from core.errors import ClinicalError
 
 __all__ = ["CheckResult", "check_impression", "consistency", "repair_impression", "MAJOR_FINDINGS",
+           "NOT_ACUTE_MAJOR", "acute_qualified",
            "Verification", "major_findings", "verify"]
 
 
@@ -224,8 +225,9 @@ def repair_impression(findings: str, impression: str, style: str = "auto") -> tu
 # --------------------------------------------------------------------------------------------
 
 # Major findings: a normal statement ("No acute disease.") beside any of them in the findings is
-# wrong. Qualified as the radiologist would: a calcified nodule is a granuloma, an old or healed
-# fracture is not news, and of the devices only lines and tubes count (not wires or clips).
+# wrong. Qualified as the radiologist would: a calcified or granulomatous nodule is benign, an
+# old or healed fracture is not news, and of the devices only lines and tubes count (not wires
+# or clips).
 MAJOR_FINDINGS: dict[str, str | None] = {
     "Pleural Effusion": None,
     "Pneumothorax": None,
@@ -234,12 +236,32 @@ MAJOR_FINDINGS: dict[str, str | None] = {
     "Edema": None,
     "Cardiomegaly": None,
     "Mass": None,
-    "Nodule": r"^(?!.*\bcalcifi\w*).*$",
+    "Nodule": r"^(?!.*\b(?:calcifi|granulom)\w*).*$",
     "Fracture": None,
     "Free Air": None,
     "Support Devices": r"\b(?:catheters?|picc|line|tubes?|tracheostomy|drains?)\b",
 }
 _MAJOR_EXCLUDE = {"Fracture": next(cf.exclude for cf in CRITICAL_FINDINGS if cf.observation == "Fracture")}
+
+# Major findings that are not acute disease: "No acute cardiopulmonary abnormality." stays true
+# beside them, as radiologists write it ("Right PICC tip in the SVC. No acute cardiopulmonary
+# abnormality."). Beside one of these, a normal statement qualified by "acute"/"active" is kept
+# and the finding's own sentence goes before it; an unqualified one ("Normal chest.") still goes.
+NOT_ACUTE_MAJOR = frozenset({"Cardiomegaly", "Nodule", "Support Devices"})
+_ACUTE_QUALIFIED = re.compile(
+    r"\b(?:no|negative for|without) (?:evidence of |radiographic evidence of |signs? of |xxxx of |definite )?"
+    r"(?:acute|active)\b")
+
+
+def acute_qualified(sentence: str) -> bool:
+    """Whether a normal statement speaks only of acute disease ("No acute disease.", "No
+    evidence of active disease."), so that a chronic finding or a device beside it does not
+    make it false.
+
+    >>> acute_qualified("No acute cardiopulmonary abnormality."), acute_qualified("Normal chest.")
+    (True, False)
+    """
+    return bool(_ACUTE_QUALIFIED.search(normalise(sentence)))
 
 
 @dataclass
@@ -334,17 +356,23 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     numbered = bool(_ENUM_START.match(text))
     kept: list[str] = []
     removed: list[str] = []
+    first_normal: int | None = None  # where the first kept normal statement is
     for sent in (_ENUM_SPLIT.split(text) if numbered else sentences(text)):
         sent = sent.strip()
         if not sent:
             continue
         s_lab = label(sent)
         asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
-        denies = denied_set and (is_normal_statement(sent) or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
+        normal = is_normal_statement(sent)
+        stays_true = normal and denied_set <= NOT_ACUTE_MAJOR and acute_qualified(sent)
+        denies = denied_set and ((normal and not stays_true)
+                                 or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
         if asserts_bad or denies:
             removed.append(_end(sent))
         else:
             kept.append(_end(sent))
+            if normal and first_normal is None:
+                first_normal = len(kept) - 1
     majors = major_findings(findings)
     added: list[str] = []
     for obs in denied:
@@ -353,7 +381,9 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
             added.append(s)
     if not kept and not added:  # nothing true left to show: keep the text, flag it
         return text, [], []
-    items = kept + added
+    # the findings go before a normal statement that stays ("Gastrostomy tube. No acute disease.")
+    at = len(kept) if first_normal is None else first_normal
+    items = kept[:at] + added + kept[at:]
     text = " ".join(f"{i}. {x}" for i, x in enumerate(items, 1)) if numbered else " ".join(items)
     return text, removed, added
 
@@ -378,7 +408,9 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     2. A sentence that asserts what the findings negate is removed the same way.
     3. A normal statement ("No acute disease.") or a negation while the findings state a major
        finding (:data:`MAJOR_FINDINGS`) is replaced: the normal statement goes, the finding's own
-       sentence from the findings is added.
+       sentence from the findings is added. Beside findings that are not acute disease
+       (:data:`NOT_ACUTE_MAJOR`: cardiomegaly, a nodule, a line or tube), a statement of no
+       *acute* disease is true and stays, after the finding's sentence.
     4. A critical finding of the findings that the text omits is added (:func:`repair_impression`).
     5. Whatever is left sets ``needs_review`` with a reason. Misspelt critical terms are read
        through :func:`correct_typos` in both texts.
@@ -398,6 +430,8 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     >>> v = verify("Lungs are clear.", "Right chest tube in place. No pneumothorax.")
     >>> v.text, v.removed
     ('No pneumothorax.', ['Right chest tube in place.'])
+    >>> verify("Right PICC line tip in the SVC. Lungs clear.", "No acute disease.").text
+    'Right PICC line tip in the SVC. No acute disease.'
     """
     findings = _check_text(findings, "findings")
     original = _check_text(text, "text")

@@ -53,10 +53,45 @@ def test_every_major_finding_beats_a_normal_statement(findings, obs):
     "Calcified nodule in the left upper lobe. Lungs otherwise clear.",  # a granuloma
     "Old healed left rib fracture. Lungs clear.",
     "Median sternotomy wires. Lungs clear.",  # wires are not lines or tubes
+    "Small granulomatous nodule in the right base.",
 ])
 def test_benign_findings_do_not_count_as_major(findings):
     assert not major_findings(findings)
     assert not verify(findings, "No acute cardiopulmonary abnormality.").needs_review
+
+
+@pytest.mark.parametrize("findings, text, expected", [
+    ("Right IJ central line tip in the SVC. Lungs clear.", "No acute cardiopulmonary abnormality.",
+     "Right IJ central line tip in the SVC. No acute cardiopulmonary abnormality."),
+    ("The heart is mildly enlarged. Lungs clear.", "1. No evidence of active disease.",
+     "1. The heart is mildly enlarged. 2. No evidence of active disease."),
+    ("Small right upper lobe nodule. No effusion.", "Clear lungs. No acute disease.",
+     "Clear lungs. Small right upper lobe nodule. No acute disease."),
+])
+def test_a_statement_of_no_acute_disease_stays_beside_a_chronic_finding_or_a_device(findings, text, expected):
+    """Radiologists write "PICC tip in the SVC. No acute cardiopulmonary abnormality.": beside
+    cardiomegaly, a nodule or a line, no *acute* disease is true. The finding is added before it,
+    and nothing is left to flag."""
+    v = verify(findings, text)
+    assert v.text == expected and not v.needs_review and not v.removed
+
+
+@pytest.mark.parametrize("findings, text, expected", [
+    ("The heart is enlarged. Lungs clear.", "Normal chest.", "The heart is enlarged."),  # not qualified
+    ("Right IJ central line tip in the SVC. Small left effusion.", "No acute disease.",
+     "Right IJ central line tip in the SVC. Small left effusion."),  # an acute finding too
+    ("The heart is enlarged.", "No cardiomegaly. No acute disease.",  # negates the finding itself
+     "The heart is enlarged. No acute disease."),
+])
+def test_a_false_statement_still_goes_beside_a_chronic_finding(findings, text, expected):
+    v = verify(findings, text)
+    assert v.text == expected and v.removed and not v.needs_review
+    assert verify(findings, text, repair=False).normal_despite  # shown unrepaired, it is flagged
+
+
+def test_no_acute_disease_beside_an_unstated_device_is_flagged_when_repair_is_off():
+    v = verify("Right PICC line tip in the SVC.", "No acute disease.", repair=False)
+    assert v.needs_review and v.normal_despite == ["Support Devices"]
 
 
 def test_negation_of_a_stated_finding_is_replaced():
