@@ -22,7 +22,7 @@ _CLAUSE_SPLIT = re.compile(
     re.IGNORECASE,
 )
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]{2}\.)(?=[A-Z])|\n+|(?<=\s)(?=\d{1,2}\.\s)")
-_ENUM = re.compile(r"^\s*\d{1,2}[.)]\s*,?\s*")
+_ENUM = re.compile(r"^\s*\d{1,2}[.)](?!\d)\s*,?\s*")  # not "1.0 cm nodule"
 _TERM_SET = frozenset(TYPO_TERMS)
 
 

@@ -388,3 +388,13 @@ def test_human_impressions_rarely_flagged(iu_csv):
     df = pd.read_csv(iu_csv).fillna("").head(400)
     flagged = sum(not check_impression(r.findings, r.impression).ok for r in df.itertuples())
     assert flagged / len(df) < 0.08, flagged
+
+
+def test_a_size_at_the_start_of_a_sentence_is_not_a_list_number():
+    """"1.0 cm nodular opacity" is a size: read as the list number "1." it became "0 cm", and the
+    verifier quoted that sentence into an impression."""
+    from core.clinical.text import sentences
+
+    assert sentences("Aorta calcified. 1.0 cm nodular opacity in the left midlung.") == [
+        "Aorta calcified.", "1.0 cm nodular opacity in the left midlung."]
+    assert sentences("1. No acute disease. 2.Small left effusion.") == ["No acute disease.", "Small left effusion."]
