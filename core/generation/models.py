@@ -242,6 +242,8 @@ class Generator:
                 self.model = self._peft.unload()
                 self._peft = None
             else:
+                if self._peft.active_adapter == name:  # a one-adapter batch activated it
+                    self._peft.set_adapter(next(n for n in self._adapters if n != name), inference_mode=True)
                 self._peft.delete_adapter(name)
             del self._adapters[name]
 

@@ -329,6 +329,23 @@ def test_unload_and_replace_adapter(tmp_path, adapter_dirs):
         g.unload_adapter("reader")
 
 
+def test_unloading_the_adapter_a_batch_activated_leaves_the_others_working(tmp_path, adapter_dirs):
+    """A one-adapter batch activates that adapter; unloading it (a replaced reader version)
+    hands PEFT another one first, quietly, and the rest still write their own texts."""
+    import warnings
+
+    g = load_generator(ModelSpec(make_tiny_model(tmp_path / "m", seed=0), dtype="float32", device="cpu"))
+    prompts = _prompts(2)
+    g.load_adapter("A", adapter_dirs["A"])
+    g.load_adapter("B", adapter_dirs["B"])
+    with_b = [r.text for r in g.generate(prompts, adapters=["B"] * 2, max_new_tokens=MAX_NEW)]
+    g.generate(prompts, adapters=["A"] * 2, max_new_tokens=MAX_NEW)  # A is now active
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT warns when the active adapter is deleted
+        g.unload_adapter("A")
+    assert [r.text for r in g.generate(prompts, adapters=["B"] * 2, max_new_tokens=MAX_NEW)] == with_b
+
+
 def test_default_lora_config(gen):
     config = default_lora_config(gen)
     assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
