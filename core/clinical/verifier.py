@@ -25,7 +25,7 @@ from core.clinical.vocabulary import NORMAL_STATEMENTS, OBSERVATION_NAMES, PRESE
 from core.errors import ClinicalError
 
 __all__ = ["CheckResult", "check_impression", "consistency", "repair_impression", "MAJOR_FINDINGS",
-           "NOT_ACUTE_MAJOR", "acute_qualified",
+           "NOT_ACUTE_MAJOR", "CHRONIC_FINDINGS", "acute_qualified",
            "Verification", "major_findings", "verify"]
 
 
@@ -245,23 +245,49 @@ _MAJOR_EXCLUDE = {"Fracture": next(cf.exclude for cf in CRITICAL_FINDINGS if cf.
 
 # Major findings that are not acute disease: "No acute cardiopulmonary abnormality." stays true
 # beside them, as radiologists write it ("Right PICC tip in the SVC. No acute cardiopulmonary
-# abnormality."). Beside one of these, a normal statement qualified by "acute"/"active" is kept
-# and the finding's own sentence goes before it; an unqualified one ("Normal chest.") still goes.
+# abnormality."). Beside one of these, a normal statement that only speaks of acute disease is
+# kept and the finding's own sentence goes before it, provided everything else the findings
+# state is chronic too (:data:`CHRONIC_FINDINGS`) and no tube or line is malpositioned. An
+# unqualified normal statement ("Normal chest.") still goes.
 NOT_ACUTE_MAJOR = frozenset({"Cardiomegaly", "Nodule", "Support Devices"})
+CHRONIC_FINDINGS = NOT_ACUTE_MAJOR | {  # "Lung Lesion" comes with every nodule (a mass is "Mass")
+    "No Finding", "Lung Lesion", "Granuloma", "Calcification", "Scoliosis", "Degenerative Spine",
+    "Tortuous Aorta", "Scarring", "Emphysema", "Low Lung Volumes", "Hernia", "Elevated Diaphragm"}
 _ACUTE_QUALIFIED = re.compile(
     r"\b(?:no|negative for|without) (?:evidence of |radiographic evidence of |signs? of |xxxx of |definite )?"
-    r"(?:acute|active)\b")
+    r"(?:acute|active)\b(?: (?:or (?:acute|active|chronic) )?[a-z-]+){0,3}")
 
 
-def acute_qualified(sentence: str) -> bool:
-    """Whether a normal statement speaks only of acute disease ("No acute disease.", "No
-    evidence of active disease."), so that a chronic finding or a device beside it does not
-    make it false.
+def acute_qualified(text: str) -> bool:
+    """Whether every normal statement of a text speaks only of acute disease ("No acute
+    disease.", "No evidence of active disease."), so that a chronic finding or a device beside
+    it does not make it false. "Normal chest radiograph without acute abnormality." is not: it
+    also says "normal chest".
 
     >>> acute_qualified("No acute cardiopulmonary abnormality."), acute_qualified("Normal chest.")
     (True, False)
+    >>> acute_qualified("No acute disease. Normal chest."), acute_qualified("Normal chest without acute findings.")
+    (False, False)
     """
-    return bool(_ACUTE_QUALIFIED.search(normalise(sentence)))
+    for sent in sentences(text):
+        t = normalise(sent)
+        if not is_normal_statement(t):
+            continue
+        if not _ACUTE_QUALIFIED.search(t) or is_normal_statement(_ACUTE_QUALIFIED.sub(" ", t)):
+            return False
+    return True
+
+
+def _chronic_only(findings: str, denied: set[str], majors: dict[str, Mention]) -> bool:
+    """Whether a normal statement of no acute disease can stay beside these findings: every
+    denied major finding is one of :data:`NOT_ACUTE_MAJOR`, no tube or line in them is
+    malpositioned, and everything the findings state is chronic (:data:`CHRONIC_FINDINGS`)."""
+    if not denied or not denied <= NOT_ACUTE_MAJOR:
+        return False
+    device = majors.get("Support Devices")
+    if device is not None and critical_match("Support Devices", normalise(device.clause)):
+        return False
+    return all(obs in CHRONIC_FINDINGS for obs, lab in label(findings).items() if lab in PRESENT)
 
 
 @dataclass
@@ -354,6 +380,8 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     bad = set(unsupported) | {o for o in check.contradictions if check.impression_labels.get(o) in PRESENT}
     denied_set = set(denied)
     numbered = bool(_ENUM_START.match(text))
+    majors = major_findings(findings)
+    chronic_only = _chronic_only(findings, denied_set, majors)
     kept: list[str] = []
     removed: list[str] = []
     first_normal: int | None = None  # where the first kept normal statement is
@@ -364,7 +392,7 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
         s_lab = label(sent)
         asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
         normal = is_normal_statement(sent)
-        stays_true = normal and denied_set <= NOT_ACUTE_MAJOR and acute_qualified(sent)
+        stays_true = normal and chronic_only and acute_qualified(sent)
         denies = denied_set and ((normal and not stays_true)
                                  or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
         if asserts_bad or denies:
@@ -373,7 +401,6 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
             kept.append(_end(sent))
             if normal and first_normal is None:
                 first_normal = len(kept) - 1
-    majors = major_findings(findings)
     added: list[str] = []
     for obs in denied:
         s = _sentence_for(majors[obs])
@@ -409,8 +436,9 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     3. A normal statement ("No acute disease.") or a negation while the findings state a major
        finding (:data:`MAJOR_FINDINGS`) is replaced: the normal statement goes, the finding's own
        sentence from the findings is added. Beside findings that are not acute disease
-       (:data:`NOT_ACUTE_MAJOR`: cardiomegaly, a nodule, a line or tube), a statement of no
-       *acute* disease is true and stays, after the finding's sentence.
+       (:data:`NOT_ACUTE_MAJOR`: cardiomegaly, a nodule, a line or tube in place) and nothing
+       else but chronic findings, a statement of no *acute* disease is true and stays, after
+       the finding's sentence.
     4. A critical finding of the findings that the text omits is added (:func:`repair_impression`).
     5. Whatever is left sets ``needs_review`` with a reason. Misspelt critical terms are read
        through :func:`correct_typos` in both texts.

@@ -254,6 +254,7 @@ class RefLogpCache:
             try:
                 self._values = {k: (float(v[0]), float(v[1]))
                                 for k, v in json.loads(path.read_text()).items()}
+                os.utime(path)  # in use: not stale for another reference's save (see save)
             except (OSError, ValueError, TypeError, IndexError, AttributeError):
                 self._values = {}  # a damaged cache is only a slower night
 
@@ -284,7 +285,9 @@ class RefLogpCache:
         return key in self._values
 
     def __getitem__(self, key: str) -> tuple[float, float]:
-        return self._values[key]
+        value = self._values.pop(key)  # moved to the end: the newest entries are the ones in use
+        self._values[key] = value
+        return value
 
     def __setitem__(self, key: str, value: tuple[float, float]) -> None:
         self._values[key] = value
@@ -298,13 +301,14 @@ class RefLogpCache:
         run has written for :data:`REF_CACHE_STALE_DAYS` days (a replaced base adapter, another
         precision: their keys can never be asked for again)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if len(self._values) > REF_CACHE_MAX_ENTRIES:  # dicts keep insertion order: oldest first
-            self._values = dict(list(self._values.items())[-REF_CACHE_MAX_ENTRIES:])
+        values = self._values  # in memory all stay: this run may still read any of them
+        if len(values) > REF_CACHE_MAX_ENTRIES:  # insertion (and read) order: oldest first
+            values = dict(list(values.items())[-REF_CACHE_MAX_ENTRIES:])
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self._values))
+        tmp.write_text(json.dumps(values))
         os.replace(tmp, self.path)
         cutoff = time.time() - REF_CACHE_STALE_DAYS * 86400
-        for other in self.path.parent.glob("ref-logps-*.json"):
+        for other in [*self.path.parent.glob("ref-logps-*.json"), *self.path.parent.glob("ref-logps-*.tmp*")]:
             try:
                 if other != self.path and other.stat().st_mtime < cutoff:
                     other.unlink()

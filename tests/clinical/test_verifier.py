@@ -82,6 +82,19 @@ def test_a_statement_of_no_acute_disease_stays_beside_a_chronic_finding_or_a_dev
      "Right IJ central line tip in the SVC. Small left effusion."),  # an acute finding too
     ("The heart is enlarged.", "No cardiomegaly. No acute disease.",  # negates the finding itself
      "The heart is enlarged. No acute disease."),
+    # a malpositioned tube or line is critical, not a device in place
+    ("Endotracheal tube terminates in the right mainstem bronchus. Lungs clear.", "No acute disease.",
+     "Endotracheal tube terminates in the right mainstem bronchus."),
+    ("Nasogastric tube is coiled in the esophagus.", "No acute disease.", "Nasogastric tube is coiled in the esophagus."),
+    # anything acute in the findings, stated by the text or not, makes "no acute disease" false
+    ("Endotracheal tube in place. Small left pneumothorax.", "1. Small left pneumothorax. 2. No acute disease.",
+     "1. Small left pneumothorax. 2. Endotracheal tube in place."),
+    ("Heart is enlarged. Bibasilar airspace opacities.", "No acute disease.", "Heart is enlarged."),
+    ("Cardiomegaly with mild pulmonary vascular congestion.", "No acute disease.",
+     "Cardiomegaly with mild pulmonary vascular congestion."),
+    # every normal statement of a numbered item or sentence must speak only of acute disease
+    ("Right PICC line tip in the SVC.", "1. No acute disease. Normal chest.", "1. Right PICC line tip in the SVC."),
+    ("The heart is enlarged.", "Normal chest radiograph without acute abnormality.", "The heart is enlarged."),
 ])
 def test_a_false_statement_still_goes_beside_a_chronic_finding(findings, text, expected):
     v = verify(findings, text)

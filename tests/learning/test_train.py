@@ -379,7 +379,14 @@ def test_reference_log_prob_cache_is_bounded(tmp_path, monkeypatch):
     cache = dpo.RefLogpCache(tmp_path / "ref-logps-2222222222222222.json")
     for i in range(5):
         cache[f"k{i}"] = (float(-i), float(-2 * i))
+    assert cache["k0"] == (0.0, 0.0)  # read this run: the newest now
     cache.save()
     assert not stale.exists() and recent.exists()
+    assert all(f"k{i}" in cache for i in range(5))  # this run can still read every entry
     again = dpo.RefLogpCache(cache.path)
-    assert len(again) == 3 and "k0" not in again and again["k4"] == (-4.0, -8.0)
+    assert len(again) == 3 and "k1" not in again and again["k0"] == (0.0, 0.0) and again["k4"] == (-4.0, -8.0)
+    # a reference that is only read (every pair cached) is in use: its file is not stale
+    os.utime(recent, (month_ago, month_ago))
+    dpo.RefLogpCache(recent)
+    cache.save()
+    assert recent.exists()
