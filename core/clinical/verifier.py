@@ -278,16 +278,17 @@ def acute_qualified(text: str) -> bool:
     return True
 
 
-def _chronic_only(findings: str, denied: set[str], majors: dict[str, Mention]) -> bool:
+def _chronic_only(findings_labels: dict[str, Label], denied: set[str], majors: dict[str, Mention]) -> bool:
     """Whether a normal statement of no acute disease can stay beside these findings: every
     denied major finding is one of :data:`NOT_ACUTE_MAJOR`, no tube or line in them is
-    malpositioned, and everything the findings state is chronic (:data:`CHRONIC_FINDINGS`)."""
+    malpositioned, and everything the findings state (``findings_labels``, the check's) is
+    chronic (:data:`CHRONIC_FINDINGS`)."""
     if not denied or not denied <= NOT_ACUTE_MAJOR:
         return False
     device = majors.get("Support Devices")
     if device is not None and critical_match("Support Devices", normalise(device.clause)):
         return False
-    return all(obs in CHRONIC_FINDINGS for obs, lab in label(findings).items() if lab in PRESENT)
+    return all(obs in CHRONIC_FINDINGS for obs, lab in findings_labels.items() if lab in PRESENT)
 
 
 @dataclass
@@ -381,7 +382,7 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     denied_set = set(denied)
     numbered = bool(_ENUM_START.match(text))
     majors = major_findings(findings)
-    chronic_only = _chronic_only(findings, denied_set, majors)
+    chronic_only = _chronic_only(check.findings_labels, denied_set, majors)
     kept: list[str] = []
     removed: list[str] = []
     first_normal: int | None = None  # where the first kept normal statement is
