@@ -278,6 +278,33 @@ def acute_qualified(text: str) -> bool:
     return True
 
 
+# A normal statement after a finding the text itself states is false when that finding is acute
+# ("Small left pneumothorax. No acute disease."), unless it says "otherwise" ("Small left
+# pneumothorax. Otherwise no acute disease.") or, beside a fracture or free air, speaks only of
+# the heart and lungs ("Displaced clavicle fracture. No acute cardiopulmonary disease.": IU
+# radiologists write it so).
+_OTHERWISE = re.compile(r"\b(?:otherwise|other|additional|else|remaining|further)\b")
+_HEART_AND_LUNGS = re.compile(r"\b(?:cardiopulmonary|cardiothoracic|intrathoracic|pulmonary|cardiac|lungs?|pleural"
+                              r"|parenchymal)\b")
+
+
+def _normal_false_beside(sent: str, obs: str, mention: Mention) -> bool:
+    """Whether the normal statement ``sent`` is false beside the major finding ``obs`` that the
+    same text states elsewhere (``mention``: the finding in the findings)."""
+    t = normalise(sent)
+    if not is_normal_statement(t) or _OTHERWISE.search(t) or label(sent).get(obs) in PRESENT:
+        return False
+    if obs in NOT_ACUTE_MAJOR:  # in place, not acute; a malpositioned tube or line is
+        return obs == "Support Devices" and critical_match(obs, normalise(mention.clause)) is not None
+    return not (obs in ("Fracture", "Free Air") and _HEART_AND_LUNGS.search(t))
+
+
+def _units(text: str) -> list[str]:
+    """The numbered items of a numbered text, else its sentences."""
+    return [u.strip() for u in (_ENUM_SPLIT.split(text) if _ENUM_START.match(text) else sentences(text))
+            if u.strip()]
+
+
 def _chronic_only(findings_labels: dict[str, Label], denied: set[str], majors: dict[str, Mention]) -> bool:
     """Whether a normal statement of no acute disease can stay beside these findings: every
     denied major finding is one of :data:`NOT_ACUTE_MAJOR`, no tube or line in them is
@@ -361,10 +388,12 @@ def _problems(findings: str, text: str, context: dict[str, Label]) -> tuple[Chec
     t_lab = check.impression_labels
     says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
     denied = []
-    for obs in major_findings(findings):
-        if _stated(obs, t_lab):
-            continue
-        if says_normal or t_lab.get(obs) is Label.NEGATIVE:
+    majors = major_findings(findings)
+    for obs, mention in majors.items():
+        if _stated(obs, t_lab):  # stated, and a normal statement beside it is false
+            if says_normal and any(_normal_false_beside(u, obs, mention) for u in _units(text)):
+                denied.append(obs)
+        elif says_normal or t_lab.get(obs) is Label.NEGATIVE:
             denied.append(obs)
     return check, unsupported, denied
 
@@ -383,19 +412,19 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     numbered = bool(_ENUM_START.match(text))
     majors = major_findings(findings)
     chronic_only = _chronic_only(check.findings_labels, denied_set, majors)
+    stated = {o for o in denied_set if _stated(o, check.impression_labels)}  # the text's own finding
+    unstated = denied_set - stated
     kept: list[str] = []
     removed: list[str] = []
     first_normal: int | None = None  # where the first kept normal statement is
-    for sent in (_ENUM_SPLIT.split(text) if numbered else sentences(text)):
-        sent = sent.strip()
-        if not sent:
-            continue
+    for sent in _units(text):
         s_lab = label(sent)
         asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
         normal = is_normal_statement(sent)
         stays_true = normal and chronic_only and acute_qualified(sent)
-        denies = denied_set and ((normal and not stays_true)
-                                 or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
+        denies = ((normal and unstated and not stays_true)
+                  or any(_normal_false_beside(sent, o, majors[o]) for o in stated)
+                  or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
         if asserts_bad or denies:
             removed.append(_end(sent))
         else:
@@ -403,7 +432,7 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
             if normal and first_normal is None:
                 first_normal = len(kept) - 1
     added: list[str] = []
-    for obs in denied:
+    for obs in (o for o in denied if o in unstated):
         s = _sentence_for(majors[obs])
         if s not in added and s not in kept:
             added.append(s)
@@ -439,7 +468,9 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
        sentence from the findings is added. Beside findings that are not acute disease
        (:data:`NOT_ACUTE_MAJOR`: cardiomegaly, a nodule, a line or tube in place) and nothing
        else but chronic findings, a statement of no *acute* disease is true and stays, after
-       the finding's sentence.
+       the finding's sentence. A normal statement beside an acute finding the text itself
+       states goes too ("Small left pneumothorax. No acute disease."), unless it says
+       "otherwise", or speaks only of the heart and lungs beside a fracture or free air.
     4. A critical finding of the findings that the text omits is added (:func:`repair_impression`).
     5. Whatever is left sets ``needs_review`` with a reason. Misspelt critical terms are read
        through :func:`correct_typos` in both texts.

@@ -199,6 +199,7 @@ OBSERVATIONS: tuple[ObservationSpec, ...] = (
             r"\b(?:aicd|icd|defibrillator|loop recorder)\b",
             r"\b(?:endotracheal|et|ng|og|nasogastric|orogastric|enteric|feeding|chest|tracheostomy|dobhoff) tubes?\b",
             r"\btracheostomy\b",
+            r"\b(?:lines? (?:and|or|/) tubes?|tubes? (?:and|or|/) lines?)\b",  # MIMIC: "lines and tubes"
             r"\bdrains?\b",
             r"\bstents?\b",
             r"\b(?:sternotomy|sternal|cerclage|surgical) (?:wires?|sutures?)\b",

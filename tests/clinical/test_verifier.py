@@ -102,6 +102,42 @@ def test_a_false_statement_still_goes_beside_a_chronic_finding(findings, text, e
     assert verify(findings, text, repair=False).normal_despite  # shown unrepaired, it is flagged
 
 
+@pytest.mark.parametrize("findings, text, expected", [
+    ("Small left apical pneumothorax. Heart size normal.", "Small left pneumothorax. No acute disease.",
+     "Small left pneumothorax."),
+    ("Small left apical pneumothorax.", "1. Small left pneumothorax. 2. No acute cardiopulmonary process.",
+     "1. Small left pneumothorax."),
+    ("Mildly displaced fracture of the mid right clavicle.", "Clavicle fracture. No acute disease.",
+     "Clavicle fracture."),
+    ("Endotracheal tube terminates in the right mainstem bronchus.",
+     "Endotracheal tube in the right mainstem bronchus. No acute disease.",
+     "Endotracheal tube in the right mainstem bronchus."),
+])
+def test_a_normal_statement_beside_an_acute_finding_the_text_states_goes(findings, text, expected):
+    """The text names the finding itself and then calls the exam normal: the normal statement is
+    false and goes; nothing has to be added."""
+    v = verify(findings, text)
+    assert v.text == expected and v.removed and not v.added and not v.needs_review
+    assert verify(findings, text, repair=False).needs_review  # shown unrepaired, it is flagged
+
+
+@pytest.mark.parametrize("findings, text", [
+    ("Small left apical pneumothorax.", "Small left pneumothorax. Otherwise no acute disease."),
+    # IU radiologists scope it to the heart and lungs beside a fracture (uid 1782)
+    ("Mildly displaced fracture of the mid right clavicle.",
+     "Mildly displaced fracture of the mid right clavicle. No acute pulmonary findings."),
+    ("Endotracheal tube with tip 4 cm above the carina.", "Endotracheal tube in place. No acute disease."),
+])
+def test_a_normal_statement_that_stays_true_beside_the_texts_own_finding_stays(findings, text):
+    v = verify(findings, text)
+    assert v.text == text and not v.removed and not v.needs_review
+
+
+def test_no_lines_or_tubes_denies_a_stated_device():
+    v = verify("Right PICC line with tip in the SVC. Lungs clear.", "No lines or tubes.")
+    assert v.text == "Right PICC line with tip in the SVC." and v.removed == ["No lines or tubes."]
+
+
 def test_no_acute_disease_beside_an_unstated_device_is_flagged_when_repair_is_off():
     v = verify("Right PICC line tip in the SVC.", "No acute disease.", repair=False)
     assert v.needs_review and v.normal_despite == ["Support Devices"]
