@@ -133,7 +133,10 @@ class PairSet:
                 f"dropped {dropped or '{}'}; memory {len(self.memory)} accepted impressions")
 
 
-_WORDS = re.compile(r"[\w']+")
+# Words, and the symbols that carry meaning in an impression: "effusion >= 2 cm" -> "< 2 cm",
+# "+" / "-" before a number, "%", and "?" (a hedge) are edits; spacing, case, periods and commas
+# are not.
+_WORDS = re.compile(r"[\w']+|[<>\u2264\u2265=\u00b1%?]|[+\-\u2212](?=\s?\d)")
 
 
 def _norm(text: str | None) -> tuple[str, ...]:
@@ -141,7 +144,13 @@ def _norm(text: str | None) -> tuple[str, ...]:
 
 
 def same_words(a: str | None, b: str | None) -> bool:
-    """True when two texts differ only in whitespace, punctuation or letter case."""
+    """True when two texts differ only in whitespace, letter case or punctuation that carries no
+    meaning (periods, commas, hyphens between words); a changed comparison sign, a sign before
+    a number, "%" or "?" is an edit.
+
+    >>> same_words("No  acute disease", "no acute disease."), same_words("Effusion ≥ 2 cm.", "Effusion < 2 cm.")
+    (True, False)
+    """
     return _norm(a) == _norm(b)
 
 

@@ -28,6 +28,21 @@ def test_whitespace_only_edit_is_no_edit(store, users, cases):
     assert store.get_feedback(fid)["edited_text"] is None
 
 
+@pytest.mark.parametrize("shown, edited", [
+    ("Left pleural effusion \u2265 2 cm.", "Left pleural effusion < 2 cm."),
+    ("Nodule > 8 mm.", "Nodule < 8 mm."),
+    ("No pneumothorax.", "No pneumothorax?"),
+    ("Tip 2 cm above the carina.", "Tip -2 cm above the carina."),
+])
+def test_an_edit_of_a_sign_alone_is_kept(store, users, cases, shown, edited):
+    """A sign changes the finding: the reader's correction must reach the preference pairs."""
+    rad = users["rad1"]
+    case = annotate.next_case(store, rad)
+    fid = annotate.save_rating(store, rad, case.report_id, case.generation_id, shown,
+                               annotate.Rating(rating=-1, edited_text=edited))
+    assert store.get_feedback(fid)["edited_text"] == edited
+
+
 def test_form_fields_validated(store, users, cases):
     rad = users["rad1"]
     case = annotate.next_case(store, rad)
