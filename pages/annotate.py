@@ -224,11 +224,14 @@ def _spent() -> int:
 def _open_linked_case() -> None:
     """``?case=<report id>``: open that case (once per link), if this reader may see it."""
     want = st.query_params.get("case")
-    case = st.session_state.get("case")
-    if not want or want == st.session_state.get("case_link") or \
-            (case is not None and str(case.report_id) == want):
+    if not want or want == st.session_state.get("case_link"):
         return
+    # followed from here on, also when the case on screen is already the linked one (a refresh
+    # of an unrated case): else, after its rating, the old link would reopen it
     st.session_state["case_link"] = want
+    case = st.session_state.get("case")
+    if case is not None and str(case.report_id) == want:
+        return
     try:
         _load(screen.linked_case(store, user, want))
     except ImpressionistError as exc:

@@ -183,6 +183,18 @@ def test_refresh_keeps_the_session_and_a_link_opens_a_case(app, browser):
     browser.refresh()
     _wait(browser, lambda d: "Signed in as rad2" in _body(d) and _shown(d), what="refresh")
     assert _shown(browser) == shown and "Page not found" not in _body(browser)
+    # rated after the refresh, the case gives way to the next one (the link was its own)
+    from selenium.webdriver.common.keys import Keys
+
+    _blur(browser)
+    _keys(browser, "3")
+    time.sleep(0.3)
+    _keys(browser, Keys.CONTROL, Keys.ENTER)
+    _wait(browser, lambda d: _shown(d) not in (None, shown), what="the next case after the refresh")
+    _settle(browser)
+    assert _shown(browser) != shown
+    rows = _ratings(app, "rad2")
+    assert len(rows[rows["kind"] == "rating"]) == 1
     browser.get(f"{app.url}/my_feedback")  # a typed URL of another page
     _wait(browser, lambda d: "Signed in as rad2" in _body(d) and "My feedback" in _body(d))
     target = max(app.seed["external_id"])  # far down the queue
@@ -194,8 +206,6 @@ def test_refresh_keeps_the_session_and_a_link_opens_a_case(app, browser):
     browser.get(f"{app.url}/annotate?case={target - 1}")
     _wait(browser, lambda d: d.find_elements("css selector", "input[aria-label='Username']"))
     assert "Signed in as" not in _body(browser)  # the revoked cookie did not sign us in
-    from selenium.webdriver.common.keys import Keys
-
     browser.find_element("css selector", "input[aria-label='Username']").send_keys("rad2")
     browser.find_element("css selector", "input[aria-label='Password']").send_keys(
         app.passwords["rad2"] + Keys.ENTER)
