@@ -54,14 +54,17 @@ if user is None:
 else:
     home_file = "pages/feedback_all.py" if user.role == "coordinator" else "pages/annotate.py"
     # Pages of other roles answer "no access" at their URL instead of "Page not found".
-    pages = [st.Page(path, title=title, icon=icon, default=path == home_file)
-             if user.role in roles else
+    pages = [st.Page(path, title=title, icon=icon) if user.role in roles else
              st.Page(_no_access, title=title, url_path=_url(path), visibility="hidden")
              for path, title, icon, roles in PAGES]
     pages += [st.Page("pages/sign_out.py", title="Sign out", icon=":material/logout:")]
     mine = {_url(path): page for (path, *_, roles), page in zip(PAGES, pages)
             if user.role in roles}
     home = mine[_url(home_file)]
+    # The root URL goes to the role's home page; the home page keeps its own URL (/annotate):
+    # Streamlit serves a default page only at the root, and answers "Page not found" at its name.
+    pages.insert(0, st.Page(lambda: st.switch_page(home, query_params=st.query_params.to_dict() or None),
+                            title="Home", url_path="home", default=True, visibility="hidden"))
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
 

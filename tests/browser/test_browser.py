@@ -186,6 +186,7 @@ def test_refresh_keeps_the_session_and_a_link_opens_a_case(app, browser):
     # rated after the refresh, the case gives way to the next one (the link was its own)
     from selenium.webdriver.common.keys import Keys
 
+    before = _ratings(app, "rad2")
     _blur(browser)
     _keys(browser, "3")
     time.sleep(0.3)
@@ -194,9 +195,14 @@ def test_refresh_keeps_the_session_and_a_link_opens_a_case(app, browser):
     _settle(browser)
     assert _shown(browser) != shown
     rows = _ratings(app, "rad2")
-    assert len(rows[rows["kind"] == "rating"]) == 1
+    assert len(rows) == len(before) + 1 and not rows["revises"].notna().any()  # one rating, no revision
     browser.get(f"{app.url}/my_feedback")  # a typed URL of another page
     _wait(browser, lambda d: "Signed in as rad2" in _body(d) and "My feedback" in _body(d))
+    for home in ("annotate", ""):  # the home page at its own name and at the root
+        browser.get(f"{app.url}/{home}")
+        _wait(browser, lambda d: "Signed in as rad2" in _body(d) and _shown(d), what=f"/{home}")
+        _settle(browser)
+        assert "Page not found" not in _body(browser) and "/annotate" in browser.current_url
     target = max(app.seed["external_id"])  # far down the queue
     browser.get(f"{app.url}/annotate?case={target}")
     _wait(browser, lambda d: _shown(d) == app.seed["external_id"][target], what="the linked case")
