@@ -2,8 +2,9 @@
 (all or nothing, in short transactions).
 
 Three kinds of report are left out, each counted in the ``ImportResult``:
-    already imported   the same (source, external_id) is in the database (re-importing a file
-                       adds nothing)
+    already imported   the same (source, external_id) with the same findings and impression is
+                       in the database (re-importing a file adds nothing); the same id with
+                       other findings or impression is an error (another patient's report)
     duplicates         the same findings and impression (a content fingerprint, see
                        ``Store.content_duplicates``) came in earlier through another format,
                        e.g. a MIMIC-CXR folder and then a CSV export of it; imported all the
@@ -20,6 +21,7 @@ from pathlib import Path
 from core.errors import ImportValidationError
 from core.ingest.formats import detect_format, read_reports
 from core.store.database import Store
+from core.store.reports import ReportIdConflict
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ImportResult:
     duplicate_sources: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        parts = [f"{self.imported:,} reports imported, {self.skipped:,} skipped as already "
+        parts = [f"{_n(self.imported, 'report')} imported, {self.skipped:,} skipped as already "
                  "imported"]
         if self.duplicates:
             parts.append(f"{self.duplicates:,} skipped as the same report was already "
@@ -58,11 +60,15 @@ class ImportResult:
         if self.empty_findings:
             where = ", ".join(str(w) for w in self.skipped_where[:5])
             more = ", ..." if len(self.skipped_where) > 5 else ""
-            kind = "files" if isinstance(self.skipped_where[0], str) else "rows"
-            parts.append(f"{self.empty_findings:,} {kind} without findings skipped "
+            kind = "file" if isinstance(self.skipped_where[0], str) else "row"
+            parts.append(f"{_n(self.empty_findings, kind)} without findings skipped "
                          f"({where}{more})")
-        return (f"{self.file}: {', '.join(parts)} ({self.rows:,} rows, format "
-                f"{self.format})")
+        return f"{self.file}: {', '.join(parts)} ({_n(self.rows, 'row')}, format {self.format})"
+
+
+def _n(count: int, word: str) -> str:
+    """``1 report``, ``2 reports``, ``2,809 reports``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def import_file(store: Store, path: str | Path, fmt: str = "auto",
@@ -89,7 +95,7 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
         core.ingest.formats.ImportValidationError: naming file, row and field; nothing is written.
 
     >>> import_file(store, "mimic/", skip_empty_findings=True).summary()  # doctest: +SKIP
-    'mimic/: 2 reports imported, 0 skipped as already imported, 1 files without findings ...'
+    'mimic/: 2 reports imported, 0 skipped as already imported, 1 file without findings ...'
     """
     name = display_name or str(path)
     try:
@@ -107,8 +113,12 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
     # (a concurrent import of the other format cannot slip in between): the file is visible
     # whole or not at all, and no transaction holds the database for long
     # (Store.import_reports_staged).
-    staged = store.import_reports_staged(records, file=name, fmt=fmt, actor=actor,
-                                         check_duplicates=not allow_duplicates)
+    try:
+        staged = store.import_reports_staged(records, file=name, fmt=fmt, actor=actor,
+                                             check_duplicates=not allow_duplicates)
+    except ReportIdConflict as exc:
+        raise ImportValidationError(name, records[exc.k].row, None, str(exc).removeprefix(f"{name}: ")
+                                    ) from None
     dups = staged.duplicates
     return ImportResult(file=name, format=fmt, rows=records.rows, imported=staged.imported,
                         skipped=staged.skipped, duplicates=len(dups),

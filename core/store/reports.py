@@ -55,6 +55,24 @@ def _fingerprints(frame) -> list[str]:
         con.close()
 
 
+class ReportIdConflict(StoreError):
+    """A record's (source, id) is stored already with other findings or impression: another
+    patient's report under the same id (another site's file), never skipped as "already
+    imported". Nothing of the file is imported."""
+
+    def __init__(self, file: str, k: int, external_id: str, first_file: str | None):
+        self.file, self.k, self.external_id, self.first_file = file, k, external_id, first_file
+        super().__init__(
+            f"{file}: id '{external_id}' is already in the database"
+            + (f" (from {first_file})" if first_file else "")
+            + " with different findings or impression; nothing was imported. If these are other "
+              "patients' reports (another site), give them ids of their own, e.g. prefixed with "
+              "the site")
+
+    def __reduce__(self):
+        return (type(self), (self.file, self.k, self.external_id, self.first_file))
+
+
 @dataclass(frozen=True)
 class StagedImport:
     """What :meth:`ReportQueries.import_reports_staged` published."""
@@ -184,6 +202,14 @@ class ReportQueries:
                 raise StoreError(f"{file}: the staged reports of this import were removed (idle "
                                  f"for more than {STALE_STAGE_S:.0f} s?); nothing was imported. "
                                  f"Run the import again")
+            conflict = con.execute(
+                "SELECT s.k, s.external_id, i.file FROM report_staging s JOIN reports r ON "
+                "r.source = s.source AND r.external_id = s.external_id LEFT JOIN imports i ON "
+                "i.id = r.import_id WHERE s.stage_id = ? AND r.fingerprint <> s.fingerprint "
+                "ORDER BY s.k LIMIT 1", [stage_id]).fetchall()
+            if conflict:
+                k, external_id, first_file = conflict[0]
+                raise ReportIdConflict(file, int(k), external_id, first_file)
             dups: dict[int, str] = {}
             if check_duplicates:
                 dups = {int(k): src for k, src in con.execute(

@@ -710,7 +710,7 @@ def test_reimport_through_another_format_is_skipped_and_counted(store):
     assert (first.imported, first.skipped, first.duplicates, first.empty_findings) == (
         11, 0, 0, 1)
     assert first.rows == 12 and first.skipped_where == (MIMIC_NO_FINDINGS,)
-    assert "1 files without findings skipped (p10/p10000002/s50000007.txt)" in first.summary()
+    assert "1 file without findings skipped (p10/p10000002/s50000007.txt)" in first.summary()
     export = FIXTURES / "export_of_mimic.csv"
     # Two of its three reports are MIMIC fixtures again, in other case and line breaks.
     again = import_file(store, export, mapping={"id": "accession"})
@@ -786,11 +786,11 @@ def test_cli_import_flags(store, tmp_path):
     assert "skip_empty_findings" not in refused.stderr
     done = run(str(MIMIC_FOLDER), "--skip-empty-findings")
     assert done.returncode == 0, done.stderr
-    assert "11 reports imported" in done.stdout and "1 files without findings" in done.stdout
+    assert "11 reports imported" in done.stdout and "1 file without findings" in done.stdout
     export = str(FIXTURES / "export_of_mimic.csv")
     dup = run(export, "--map", "id=accession")
     assert dup.returncode == 0, dup.stderr
-    assert "1 reports imported" in dup.stdout and "2 skipped as" in dup.stdout
+    assert "1 report imported" in dup.stdout and "2 skipped as" in dup.stdout
     forced = run(export, "--map", "id=accession", "--allow-duplicates")
     assert forced.returncode == 0 and "2 reports imported" in forced.stdout, forced.stdout
 

@@ -390,3 +390,24 @@ def test_an_import_failing_half_way_writes_nothing_and_leaves_no_stage(store):
                     "report_stages) AS n")["n"][0] == 0
     assert store.import_reports_staged(good, file="good.csv", fmt="csv", chunk_rows=5
                                        ).imported == 12
+
+
+def test_another_report_under_a_stored_id_is_refused_not_skipped(store, tmp_path):
+    """Another site's file reuses an id with other findings: an error naming the file, the row and
+    the id, and nothing of that file is imported; the same file again is still skipped."""
+    from core.errors import ImportValidationError
+    from core.ingest.reports import import_file
+
+    first = tmp_path / "site_a.csv"
+    first.write_text("uid,findings,impression\nr1,Small left effusion.,Small left effusion.\n"
+                     "r2,Lungs clear.,Normal chest.\n")
+    other = tmp_path / "site_b.csv"
+    other.write_text("uid,findings,impression\nn1,Lungs clear.,Normal chest.\n"
+                     "r1,Large right pneumothorax.,Large right pneumothorax.\n")
+    assert import_file(store, first).imported == 2
+    with pytest.raises(ImportValidationError, match=r"site_b\.csv, row 3: id 'r1' is already in the "
+                                                   r"database \(from .*site_a\.csv\) with different"):
+        import_file(store, other)
+    assert store.count_reports() == 2 and len(store.imports()) == 1
+    again = import_file(store, first)
+    assert (again.imported, again.skipped) == (0, 2)
