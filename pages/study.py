@@ -28,7 +28,8 @@ with tab_new:
                    "never runs the model: other missing texts are created with "
                    "`python -m core study create ... --generate`.")
         c1, c2, c3 = st.columns(3)
-        n_items = c1.number_input("Reports (items)", 1, 100_000, 200, key="sn_n")
+        n_items = c1.number_input("Reports (items)", 1, 100_000, min(200, max(opts.base_texts, 1)),
+                                  key="sn_n")
         k = c2.number_input("Raters per text (k)", 1, 50, 2, key="sn_k")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="sn_seed")
         raters = st.multiselect("Raters", radiologists, key="sn_raters")

@@ -80,9 +80,19 @@ class StudyDesign:
 
 
 
-def _sample(rows: list[dict], n: int, seed: int, strata: Sequence[str], what: str) -> list[dict]:
+def _need(arms: Sequence[Arm], make_texts: MakeTexts | None) -> str:
+    """What a candidate report needs besides findings and an impression (for the message)."""
+    if (make_texts is not None and getattr(make_texts, "generates", True)) or \
+            all(a.kind == "original" for a in arms):
+        return ""
+    return (f" and a stored AI text for the arms {', '.join(a.name for a in arms if a.kind != 'original')}"
+            " (generate texts first: python -m core generate, or study create --generate)")
+
+
+def _sample(rows: list[dict], n: int, seed: int, strata: Sequence[str], what: str,
+            need: str = "") -> list[dict]:
     if len(rows) < n:
-        raise StudyError(f"{what}: only {len(rows)} reports with findings and an impression; "
+        raise StudyError(f"{what}: only {len(rows)} reports with findings and an impression{need}; "
                          f"the study asks for {n}")
     if len(rows) > MAX_LABELLED_CANDIDATES:
         rows = sorted(rows, key=lambda r: seeded_key(seed, "pool", r["id"]))
@@ -157,6 +167,25 @@ def _unseen(rows: list[dict], seen: set[int], n: int) -> list[dict]:
     return unseen if len(unseen) >= n else rows
 
 
+def _with_texts(store: Store, rows: list[dict], arms: Sequence[Arm], model: str | None,
+                make_texts: MakeTexts | None) -> list[dict]:
+    """The candidates that have a stored text for every one of ``arms``, when ``make_texts``
+    cannot generate one (the app, the CLI without ``--generate``): a study then samples only
+    reports it can show, as Annotate does. A style arm is rendered from the stored base text."""
+    if make_texts is not None and getattr(make_texts, "generates", True):
+        return rows
+    ids = [r["id"] for r in rows]
+    ok = set(ids)
+    for arm in arms:
+        if arm.kind == "original":
+            continue
+        have = set(store.latest_generations(ids, style=arm.style, adapter=arm.adapter, model=model))
+        if arm.kind == "style" and make_texts is not None:  # stored_style_maker styles the base
+            have |= set(store.latest_generations(ids, style="default"))
+        ok &= have
+    return [r for r in rows if r["id"] in ok]
+
+
 def _units(store: Store, design: StudyDesign, checked: _Checked,
            make_texts: MakeTexts | None, model_name: str):
     """The study's units (one row per item and arm), with their texts, labels and case numbers.
@@ -168,10 +197,12 @@ def _units(store: Store, design: StudyDesign, checked: _Checked,
     seen = set().union(*seen_on_annotate(
         store, [r.id for r in resolve_raters(store, design.raters)]).values())
     exclude = [design.external_source] if design.external_source else None
-    reports = _sample(_unseen(store.study_candidate_reports(design.sources, exclude), seen,
-                              design.n_items), design.n_items,
-                      design.seed, checked.strata,
-                      f"sources {list(design.sources) if design.sources else 'all'}")
+    paired = [a for a in checked.arms if a.paired]
+    reports = _sample(_unseen(_with_texts(store, store.study_candidate_reports(design.sources, exclude),
+                                          paired, design.model, make_texts), seen, design.n_items),
+                      design.n_items, design.seed, checked.strata,
+                      f"sources {list(design.sources) if design.sources else 'all'}",
+                      _need(paired, make_texts))
     ext_reports: list[dict] = []
     if any(not arm.paired for arm in checked.arms):
         ext_reports = _sample(_unseen(store.study_candidate_reports([design.external_source]),
@@ -284,6 +315,7 @@ class DesignOptions:
     sources: dict[str, int]
     radiologists: list[str]
     stored: list[str]
+    base_texts: int = 0  # reports with a stored base text (what a study of base/style arms can use)
 
 
 def design_options(store: Store, user: User) -> DesignOptions:
@@ -298,7 +330,10 @@ def design_options(store: Store, user: User) -> DesignOptions:
     if len(sources) > 1:
         arms.append("external")
     stored = []
+    base_texts = 0
     for k in kinds:
+        if not k["adapter"] and k["style"] == "default":
+            base_texts = int(k["n"])
         if k["adapter"]:
             name = f"adapter:{k['adapter']}" + (f" ({k['style']})" if k["style"] != "default"
                                                 else "")
@@ -307,4 +342,4 @@ def design_options(store: Store, user: User) -> DesignOptions:
                     f"style:{k['style']}" if k["style"] in STYLES else k["style"])
         stored.append(f"{name}: {int(k['n']):,}")
     radiologists = [r.username for r in store.list_readers(RATER_ROLE) if r.active]
-    return DesignOptions(arms, sources, radiologists, stored)
+    return DesignOptions(arms, sources, radiologists, stored, base_texts)

@@ -113,6 +113,7 @@ def stored_style_maker(store: Store, fallback: MakeTexts | None = None) -> MakeT
         return _styled_from_base(store, arm, reports, fallback)
 
     make.model_name = getattr(fallback, "model_name", None) or "core.generation.styles"  # type: ignore
+    make.generates = fallback is not None  # type: ignore  # without one: only stored texts
     return make
 
 

@@ -160,9 +160,29 @@ def test_sampling_is_stratified_and_reproducible(store, people):
     assert store.get_study(a)["seed"] == 5
 
 
+def test_without_a_generator_a_study_samples_only_reports_with_stored_texts(store, people):
+    """The app cannot generate: it samples among the reports it can show, as Annotate does,
+    and a style arm is rendered from the stored base text."""
+    from core.studies.texts import stored_style_maker
+
+    store.import_reports(make_reports(30), file="t", fmt="test")
+    ready = [r["id"] for r in store.reports()][::3]  # 10 of 30 have an AI text
+    store.add_generations([{"report_id": i, "model": "m", "style": "default",
+                            "text": f"AI text {i}."} for i in ready])
+    sid = _create(store, people, n=8, arms=("original", "base", "style:brief"),
+                  make=stored_style_maker(store))
+    units = store.study_units(sid)
+    assert set(units["report_id"]) <= set(ready) and len(set(units["report_id"])) == 8
+    with pytest.raises(StudyError, match=r"only 10 reports .* stored AI text for the arms base, "
+                                         r"style:brief .* the study asks for 12"):
+        _create(store, people, n=12, arms=("original", "base", "style:brief"),
+                make=stored_style_maker(store))
+
+
 def test_missing_texts_are_refused_without_a_generator_and_made_with_one(store, people):
     store.import_reports(make_reports(30), file="t", fmt="test")
-    with pytest.raises(StudyError, match=r"arm 'base': 10 of 10 sampled reports have no stored"):
+    with pytest.raises(StudyError, match=r"only 0 reports with findings and an impression and a "
+                                         r"stored AI text for the arms base \(generate texts first"):
         _create(store, people, n=10, make=None)
     fake_texts.calls.clear()
     sid = _create(store, people, n=10, arms=("original", "base", "style:brief", "typos"),
@@ -805,10 +825,10 @@ def test_style_arms_from_stored_base_texts_without_a_model(store, people):
     assert json.loads(row["flags"])["style_rules"] == "core.generation.styles"
     # without stored base texts (or a model) a style arm cannot be made
     store.import_reports(make_reports(30, source="site-b"), file="u", fmt="test")
-    with pytest.raises(StudyError, match="no stored base text"):
+    with pytest.raises(StudyError, match=r"only 0 reports .* stored AI text for the arms style:brief"):
         _create(store, people, n=5, arms=("style:brief",), sources=["site-b"],
                 make=texts.stored_style_maker(store))
-    with pytest.raises(StudyError, match="arm 'typos'"):
+    with pytest.raises(StudyError, match="arms typos"):
         _create(store, people, n=5, arms=("typos",), make=texts.stored_style_maker(store))
 
 
