@@ -27,7 +27,7 @@ with tab_active:
     if active.empty:
         st.info("No radiologists yet.")
     else:
-        st.dataframe(active, hide_index=True, use_container_width=True)
+        st.dataframe(active, hide_index=True, width="stretch")
         with_adapter = active.loc[active["active"] != "shared model", "reader"].tolist()
         if with_adapter:
             who = st.selectbox("Roll back a radiologist to their previous version",
@@ -64,7 +64,7 @@ with tab_runs:
         c1.metric("Runs", len(shown))
         c2.metric("Promoted", int((shown["decision"] == "promoted").sum()))
         c3.metric("Failed or abandoned", failed)
-        st.dataframe(shown, hide_index=True, use_container_width=True)
+        st.dataframe(shown, hide_index=True, width="stretch")
 
 with tab_metrics:
     runs = adapters.runs_table(store, user)
@@ -77,7 +77,7 @@ with tab_metrics:
                       hover_data=["run", "version", "ROUGE-L before", "label F1",
                                   "critical recall", "pairs"],
                       title="Candidate ROUGE-L on each radiologist's held-out feedback")
-        st.plotly_chart(fig, use_container_width=True, key="ad_metrics_chart")
+        st.plotly_chart(fig, width="stretch", key="ad_metrics_chart")
         trained = done[done["pairs/s"].fillna(0) > 0]  # memory-only runs train no weights
         if trained.empty:
             st.caption("No run has trained weights yet: memory-only runs have no training "
@@ -88,7 +88,7 @@ with tab_metrics:
                           x="run", y="pairs/s", color="reader",
                           title="Training speed of each run that trained weights (pairs/s)")
             fig2.update_xaxes(type="category", title="run")
-            st.plotly_chart(fig2, use_container_width=True, key="ad_speed_chart")
+            st.plotly_chart(fig2, width="stretch", key="ad_speed_chart")
 
 with tab_versions:
     names = [r.username for r in store.list_readers() if r.role in ("radiologist", "admin")]
@@ -107,7 +107,7 @@ with tab_versions:
                 "method": v["method"], "ROUGE-L": (v["metrics"] or {}).get("rougeL"),
                 "label F1": (v["metrics"] or {}).get("label_f1"),
                 "created": v["created_at"], "path": v["path"]} for v in versions]),
-                hide_index=True, use_container_width=True)
+                hide_index=True, width="stretch")
             by_version = {v["version"]: v for v in versions}
             choice = st.selectbox("Version to make active",
                                   [v["version"] for v in reversed(versions)],

@@ -52,7 +52,7 @@ with tab_import:
                 else:
                     st.success(result.summary())
     st.markdown("**Recent imports**")
-    st.dataframe(admin.recent_imports(store, user), hide_index=True, use_container_width=True)
+    st.dataframe(admin.recent_imports(store, user), hide_index=True, width="stretch")
 
 with tab_users:
     accounts = admin.users(store, user)

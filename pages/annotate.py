@@ -299,7 +299,7 @@ def _rating_buttons(tag: str, blind: bool):
         col.button(label, key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
                    type="primary" if current == value else "secondary",
                    icon=":material/check:" if current == value else None,
-                   on_click=_set_rating, args=(tag, value), use_container_width=True)
+                   on_click=_set_rating, args=(tag, value), width="stretch")
     for col, field in zip(st.columns(4), TICKS):
         col.checkbox(f"{TICKS[field][1]} ({TICKS[field][0].upper()})", key=f"{field}_{tag}")
     return current
@@ -308,11 +308,11 @@ def _rating_buttons(tag: str, blind: bool):
 def _actions(tag: str, blind: bool, current) -> None:
     b1, b2, b3 = st.columns(3)
     b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
-              on_click=_submit, args=(tag, blind, current), use_container_width=True)
+              on_click=_submit, args=(tag, blind, current), width="stretch")
     b2.button("Skip", key=f"skip_{tag}", shortcut="Alt+S", on_click=_skip, args=(tag,),
-              use_container_width=True)
+              width="stretch")
     b3.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
-              args=(tag,), use_container_width=True)
+              args=(tag,), width="stretch")
     st.caption("Keys: 1–5 rate · F O S C tick · Ctrl+Enter submit · Alt+S skip · Alt+Z undo · "
                "Esc leaves a text box · ? all keys")
 

@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.errors import ImpressionistError
 from core.feedback import annotate, history
+from core.studies import rating
 from core.util import safe_csv
 from ui import get_store, keep, kept, require_user
 
@@ -14,9 +15,16 @@ st.title("My feedback")
 if flash := st.session_state.pop("mf_flash", None):
     st.success(flash)
 rows = annotate.feedback_of(store, user)
+# A running study's ratings are not listed: beside the original impression they would unblind it.
+running = [s for s in rating.my_studies(store, user) if s.done and s.status != "closed"]
+hidden = " ".join(f"Your {s.done} ratings in the study {s.name} appear here once it is closed."
+                  if s.done != 1 else f"Your rating in the study {s.name} appears here once it "
+                  "is closed." for s in running)
 if rows.empty:
-    st.info("You have not rated any case yet.")
+    st.info(("Nothing to show yet. " + hidden) if running else "You have not rated any case yet.")
     st.stop()
+if hidden:
+    st.caption(hidden)
 
 LABELS = list(annotate.RATING_SCALE.values())
 

@@ -64,7 +64,7 @@ def _cols(pct=(), dec2=(), dec3=()) -> dict:
 def _chart(where, spec) -> None:
     """One study figure, from the same spec the HTML summary draws."""
     if spec is not None:
-        where.plotly_chart(figures.plotly_figure(spec), use_container_width=True,
+        where.plotly_chart(figures.plotly_figure(spec), width="stretch",
                            key=f"rs_fig_{spec.key}")
 
 
@@ -75,14 +75,14 @@ with tab_arms:
     _chart(left, figures.shares(res))
     _chart(right, figures.distribution(res))
     st.dataframe(results.on_keys(res.scale, res.shares).rename(columns={"mean": MEAN}),
-                 hide_index=True, use_container_width=True,
+                 hide_index=True, width="stretch",
                  column_config=_cols(pct=("share", "lo", "hi", "boot_lo", "boot_hi"),
                                      dec2=(MEAN,)))
     st.caption(res.scale.mean_note)
     _chart(st, figures.error_rates(res))
     if not res.by_stratum.empty:
         st.markdown("**Neutral or better by normal / abnormal report**")
-        st.dataframe(res.by_stratum, hide_index=True, use_container_width=True,
+        st.dataframe(res.by_stratum, hide_index=True, width="stretch",
                      column_config=_cols(pct=("share", "lo", "hi")))
 with tab_cmp:
     if res.paired.empty:
@@ -92,14 +92,14 @@ with tab_cmp:
         unit = res.scale.mean_unit
         st.dataframe(results.on_keys(res.scale, res.paired).rename(
                          columns={"mean_a": f"mean_a ({unit})", "mean_b": f"mean_b ({unit})"}),
-                     hide_index=True, use_container_width=True,
+                     hide_index=True, width="stretch",
                      column_config=_cols(dec2=(f"mean_a ({unit})", f"mean_b ({unit})",
                                                "mean_diff", "lo", "hi", "effect")))
         st.caption("Paired arms: Wilcoxon signed-rank on per-item mean ratings; effect = "
                    "rank-biserial (positive: A rated higher); p (Holm) adjusts for the number "
                    "of comparisons. External arm: Mann-Whitney U (different reports).")
 with tab_agree:
-    st.dataframe(res.agreement, hide_index=True, use_container_width=True,
+    st.dataframe(res.agreement, hide_index=True, width="stretch",
                  column_config=_cols(dec3=("estimate", "lo", "hi")))
     left, right = st.columns(2)
     _chart(left, figures.pairwise_kappa(res))
@@ -114,10 +114,10 @@ with tab_auto:
         st.dataframe(um.groupby("arm", sort=False)[["mean_rating", *names]]
                      .mean().reindex([a for a in arms if a in set(um["arm"])])
                      .reset_index().rename(columns={"mean_rating": MEAN}), hide_index=True,
-                     use_container_width=True, column_config=_cols(dec2=(MEAN,),
+                     width="stretch", column_config=_cols(dec2=(MEAN,),
                                                                    dec3=tuple(names)))
         st.markdown("**How well each metric tracks the human ratings** (Spearman, per text)")
-        st.dataframe(res.correlations, hide_index=True, use_container_width=True,
+        st.dataframe(res.correlations, hide_index=True, width="stretch",
                      column_config=_cols(dec3=("rho",)))
         metric = st.selectbox("Metric", list(res.correlations["metric"]), key="rs_metric")
         _chart(st, figures.metric_scatter(res, metric))

@@ -97,11 +97,11 @@ with tab_run:
         left, right = st.columns(2)
         with left:
             st.markdown("**Per rater**")
-            st.dataframe(p.per_rater, hide_index=True, use_container_width=True,
+            st.dataframe(p.per_rater, hide_index=True, width="stretch",
                          column_config=cfg)
         with right:
             st.markdown("**Per arm**")
-            st.dataframe(p.per_arm, hide_index=True, use_container_width=True,
+            st.dataframe(p.per_arm, hide_index=True, width="stretch",
                          column_config=cfg)
 
         try:
@@ -151,4 +151,4 @@ with tab_run:
         with st.expander("History"):
             st.dataframe([{"when": e["created_at"], "event": e["event"], "by": e["actor"],
                            "detail": json.dumps(e["detail"])} for e in p.events], hide_index=True,
-                         use_container_width=True)
+                         width="stretch")

@@ -137,14 +137,14 @@ def task_panel(rs: rating.RaterStudy) -> None:
         col.button(label, key=f"sa_rate_{i}_{tag}", shortcut=SHORTCUT_KEYS[i],
                    type="primary" if current == value else "secondary",
                    icon=":material/check:" if current == value else None,
-                   on_click=_set_rating, args=(tag, value), use_container_width=True)
+                   on_click=_set_rating, args=(tag, value), width="stretch")
     keys = _questions(rs, tag)
     b1, b2 = st.columns(2)
     b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
               type="primary", on_click=_submit, args=(tag, keys, current),
-              use_container_width=True)
+              width="stretch")
     b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
-              on_click=_undo, args=(tag, rs.study_id), use_container_width=True)
+              on_click=_undo, args=(tag, rs.study_id), width="stretch")
     st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
                                      enumerate(rs.scale.labels))
                + " · Ctrl+Enter submit · Alt+Z undo · ? all keys")

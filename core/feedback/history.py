@@ -121,7 +121,10 @@ def table(store: Store, view, with_reader: bool = False):
     shown = view.assign(rating_label=view["rating"].map(RATING_SCALE),
                         status=feedback_status(view), where=_where(store, view["study_id"]))
     cols = [c for c in COLUMNS if c in shown and (with_reader or c != "reader")]
-    return shown[cols].rename(columns=COLUMNS)
+    out = shown[cols].rename(columns=COLUMNS)
+    text = out.select_dtypes(include=["object", "string"]).columns
+    out[text] = out[text].astype(object).where(out[text].notna(), "")  # an empty cell, not "None"
+    return out
 
 
 def correctable(view):

@@ -152,11 +152,18 @@ class FeedbackQueries:
 
     def queue_counts(self, reader_id: int) -> tuple[int, int, int]:
         """(rated, skipped, total) for a reader's general queue: a skipped case is not rated."""
+        # the total leaves out the reports this reader rates in an open study (they are not in
+        # this queue: see _NEXT_ID_SQL), unless already rated or skipped here
         row = self._one(
-            "SELECT (SELECT count(DISTINCT report_id) FROM generations WHERE style = 'default') "
+            "SELECT (SELECT count(DISTINCT g.report_id) FROM generations g WHERE g.style = "
+            "'default' AND (g.report_id NOT IN (SELECT u.report_id FROM study_tasks t JOIN "
+            "study_units u ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN "
+            "(SELECT study_id FROM study_events WHERE event = 'closed')) OR g.report_id IN "
+            "(SELECT report_id FROM current_feedback WHERE reader_id = ? AND study_id IS NULL))) "
             "AS total, count(DISTINCT report_id) FILTER (WHERE kind = 'rating') AS rated, "
             "count(DISTINCT report_id) FILTER (WHERE kind = 'skip') AS skipped "
-            "FROM current_feedback WHERE reader_id = ? AND study_id IS NULL", [reader_id])
+            "FROM current_feedback WHERE reader_id = ? AND study_id IS NULL",
+            [reader_id, reader_id, reader_id])
         return row["rated"], row["skipped"], row["total"]
 
     # -- feedback (append-only) ------------------------------------------------------------------

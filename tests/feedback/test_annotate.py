@@ -210,3 +210,14 @@ def test_a_case_fetched_ahead_is_served_only_while_still_queued(store, users, ca
                                     client_token="a-1") == (fid, None)
     with pytest.raises(PermissionDenied):
         annotate.skip_and_next(store, users["coord"], case, None)
+
+
+def test_the_history_table_shows_an_empty_cell_not_none(store, users, cases):
+    from core.feedback import history
+
+    rad = users["rad1"]
+    case = annotate.next_case(store, rad)
+    annotate.submit_rating(store, rad, case, annotate.Rating(rating=1))  # no edit, no comment
+    table = history.table(store, annotate.feedback_of(store, rad))
+    assert list(table["Edited impression"]) == [""] and list(table["Comment"]) == [""]
+    assert table["AI impression"].iloc[0] == case.ai_text

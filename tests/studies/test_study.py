@@ -895,6 +895,9 @@ def test_annotate_queue_skips_reports_of_a_running_study(store, people):
         seen.add(case.report_id)
         annotate.skip(store, people["r0"], case)
     assert not seen & in_study
+    # the progress bar counts this queue only: every case of it skipped, none left
+    assert annotate.queue_counts(store, people["r0"]) == (0, len(seen), len(seen))
+    assert annotate.queue_counts(store, people["r1"])[2] == len(seen) + len(in_study)
 
 
 def test_design_options(store, people):

@@ -264,7 +264,8 @@ def test_general_rater_pages_do_not_unblind_a_running_study(store, users, cases)
         rating.submit(store, rad, t.task_id, 1, comment="study comment")
     at = _app(rad, "pages/my_feedback.py")
     assert not at.exception, at.exception
-    assert "not rated any case yet" in at.info[0].value
+    assert at.info[0].value == ("Nothing to show yet. Your 3 ratings in the study Blind appear "
+                                "here once it is closed.")
     assert "study comment" not in page_text(at)
     at = _app(rad)                                   # a radiologist's home page: Annotate
     assert not at.exception, at.exception
