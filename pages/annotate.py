@@ -326,7 +326,10 @@ def _edit_box(case, tag: str, blind: bool) -> None:
         edited = st.text_area("Edit the AI impression (optional)", key=f"edit_{tag}",
                               height=110, max_chars=annotate.MAX_TEXT)
         st.caption(f"{len(edited):,} / {annotate.MAX_TEXT:,} characters")
-        if edited.strip() != case.ai_text.strip():
+        if not edited.strip():
+            st.caption("An empty box is saved as no edit: type the impression you would sign, "
+                       "or rate the AI text as it is.")
+        elif edited.strip() != case.ai_text.strip():
             # Verbatim: st.html shows the escaped diff as it is (st.markdown would render
             # "**", "#" or "1." in the text as Markdown).
             st.html("<div style='white-space:pre-wrap'>Your edit: "

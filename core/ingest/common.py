@@ -214,10 +214,17 @@ class CsvTable:
                 return hits[0]
         if required:
             wanted = " or ".join(f"'{n}'" for n in names)
+            hint = ""
+            if len(self.header) == 1 and (sep := next((c for c in ";\t|" if c in self.header[0]), None)):
+                hint = (f"; the file looks {({';': 'semicolon', '|': 'pipe'}.get(sep, 'tab'))}-"
+                        "separated: save it as comma-separated CSV (spreadsheet: Save As, "
+                        "'CSV UTF-8 (comma delimited)')")
+            elif what == "impression":
+                hint = f"; {ALLOW_MISSING_IMPRESSION_HINT}"
             raise ImportValidationError(
                 self.display, None, names[0],
                 f"missing required column {wanted} for {what} (header has: "
-                f"{', '.join(self.header) or 'nothing'})")
+                f"{', '.join(self.header) or 'nothing'}){hint}")
         return None
 
 

@@ -545,8 +545,16 @@ def test_error_missing_required_column(tmp_path):
     err = raises_at(path, None, "findings", "missing required column 'findings'")
     assert "uid, impression" in str(err)
     path = write_csv(tmp_path / "noimp.csv", ["uid", "findings"], [["1", "Clear."]])
-    raises_at(path, None, "impression", "missing required column")
+    err = raises_at(path, None, "impression", "missing required column")
+    assert "'Accept reports without an impression'" in str(err)  # what to do about it
     assert read_reports(path, require_impression=False)[0].impression is None
+
+
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("uid;findings;impression\n1;Lungs clear.;Normal chest.\n")
+    err = raises_at(path, None, "findings", "missing required column 'findings'")
+    assert "looks semicolon-separated: save it as comma-separated CSV" in str(err)
 
 
 def test_error_empty_findings(tmp_path):
