@@ -228,6 +228,19 @@ class CsvTable:
         return None
 
 
+def csv_delimiter(text: str) -> str:
+    """The field separator: ``,`` unless the header (the first non-blank line) has no comma but
+    semicolons or tabs, as a spreadsheet in many European locales saves "CSV".
+
+    >>> csv_delimiter("uid;findings;impression\\n1;Clear, no effusion.;Normal.\\n")
+    ';'
+    """
+    line = next((x for x in text.splitlines() if x.strip()), "")
+    if "," in line:
+        return ","
+    return next((d for d in (";", "\t") if d in line), ",")
+
+
 def csv_header(path: Path) -> list[str]:
     """The lower-cased header of a CSV, read leniently from its first 64 KiB (to tell a format
     from its columns); [] when the file cannot be read or parsed."""
@@ -235,7 +248,7 @@ def csv_header(path: Path) -> list[str]:
         with path.open("rb") as fh:
             head = fh.read(65536)
         text = head.decode("utf-8-sig", errors="replace")
-        for cells in csv.reader(io.StringIO(text, newline="")):
+        for cells in csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text)):
             if cells and any(c.strip() for c in cells):
                 return [c.strip().lower() for c in cells]
     except (OSError, csv.Error):
@@ -244,7 +257,8 @@ def csv_header(path: Path) -> list[str]:
 
 
 def read_csv_table(path: Path, display: str) -> CsvTable:
-    """Read and structurally validate a comma-separated file with a header row.
+    """Read and structurally validate a comma-separated file with a header row (semicolons or
+    tabs are read as the separator when the header has no comma: :func:`csv_delimiter`).
 
     Checks: UTF-8 (BOM accepted), a header, quoting (an unterminated quoted field, e.g. a file cut
     off mid-cell, or text after a closing quote), the same number of fields in every row as in
@@ -261,7 +275,7 @@ def read_csv_table(path: Path, display: str) -> CsvTable:
         ImportValidationError: naming the row and, where it can be told, the field.
     """
     text = read_text(path, display, csv_header=True)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text), strict=True)
     header: list[str] | None = None
     header_row = 1
     rows: list[tuple[int, list[str]]] = []

@@ -550,11 +550,23 @@ def test_error_missing_required_column(tmp_path):
     assert read_reports(path, require_impression=False)[0].impression is None
 
 
-def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_semicolon_or_tab_separated_export_is_read(tmp_path, sep):
+    """Spreadsheets in many locales save "CSV" with semicolons; cells may hold commas."""
     path = tmp_path / "export.csv"
-    path.write_text("uid;findings;impression\n1;Lungs clear.;Normal chest.\n")
+    path.write_text(sep.join(["uid", "findings", "impression"]) + "\n"
+                    + sep.join(["1", "Clear lungs, no effusion.", "Normal chest."]) + "\n")
+    assert detect_format(path) == "csv"
+    (rec,) = read_reports(path)
+    assert (rec.external_id, rec.findings, rec.impression) == ("1", "Clear lungs, no effusion.",
+                                                              "Normal chest.")
+
+
+def test_a_pipe_separated_file_is_named_as_such(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("uid|findings|impression\n1|Lungs clear.|Normal chest.\n")
     err = raises_at(path, None, "findings", "missing required column 'findings'")
-    assert "looks semicolon-separated: save it as comma-separated CSV" in str(err)
+    assert "looks pipe-separated: save it as comma-separated CSV" in str(err)
 
 
 def test_error_empty_findings(tmp_path):
