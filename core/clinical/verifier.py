@@ -288,6 +288,9 @@ _HEART_AND_LUNGS = re.compile(r"\b(?:cardiopulmonary|cardiothoracic|intrathoraci
                               r"|parenchymal)\b")
 
 
+_OUTSIDE_HEART_AND_LUNGS = frozenset({"Fracture", "Free Air"})
+
+
 def _normal_false_beside(sent: str, obs: str, mention: Mention) -> bool:
     """Whether the normal statement ``sent`` is false beside the major finding ``obs`` that the
     same text states elsewhere (``mention``: the finding in the findings)."""
@@ -296,7 +299,7 @@ def _normal_false_beside(sent: str, obs: str, mention: Mention) -> bool:
         return False
     if obs in NOT_ACUTE_MAJOR:  # in place, not acute; a malpositioned tube or line is
         return obs == "Support Devices" and critical_match(obs, normalise(mention.clause)) is not None
-    return not (obs in ("Fracture", "Free Air") and _HEART_AND_LUNGS.search(t))
+    return not (obs in _OUTSIDE_HEART_AND_LUNGS and _HEART_AND_LUNGS.search(t))
 
 
 def _units(text: str) -> list[str]:
@@ -421,7 +424,9 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
         s_lab = label(sent)
         asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
         normal = is_normal_statement(sent)
-        stays_true = normal and chronic_only and acute_qualified(sent)
+        stays_true = normal and ((chronic_only and acute_qualified(sent))
+                                 or (unstated <= _OUTSIDE_HEART_AND_LUNGS
+                                     and bool(_HEART_AND_LUNGS.search(normalise(sent)))))
         denies = ((normal and unstated and not stays_true)
                   or any(_normal_false_beside(sent, o, majors[o]) for o in stated)
                   or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))

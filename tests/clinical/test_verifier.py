@@ -133,6 +133,19 @@ def test_a_normal_statement_that_stays_true_beside_the_texts_own_finding_stays(f
     assert v.text == text and not v.removed and not v.needs_review
 
 
+def test_a_fracture_is_added_before_a_statement_of_no_acute_cardiopulmonary_disease():
+    """The statement speaks of the heart and lungs: beside a rib fracture it stays true, after
+    the fracture; an unscoped "no acute disease" goes, and an effusion makes either false."""
+    findings = "Acute displaced fracture of the right 6th rib. Lungs clear."
+    v = verify(findings, "No acute cardiopulmonary disease.")
+    assert v.text == "Acute displaced fracture of the right 6th rib. No acute cardiopulmonary disease."
+    assert not v.removed and not v.needs_review
+    assert verify(findings, "No acute disease.").text == "Acute displaced fracture of the right 6th rib."
+    both = verify("Acute displaced fracture of the right 6th rib. Small right effusion.",
+                  "No acute cardiopulmonary disease.")
+    assert both.removed == ["No acute cardiopulmonary disease."]
+
+
 def test_no_lines_or_tubes_denies_a_stated_device():
     v = verify("Right PICC line with tip in the SVC. Lungs clear.", "No lines or tubes.")
     assert v.text == "Right PICC line with tip in the SVC." and v.removed == ["No lines or tubes."]
