@@ -17,7 +17,7 @@ from core.errors import ClinicalError
 
 __all__ = [
     "CriticalFinding", "CRITICAL_FINDINGS", "CRITICAL_BY_OBSERVATION", "WEIGHT_CRITICAL",
-    "WEIGHT_MAJOR", "WEIGHT_MODERATE", "WEIGHT_MINOR", "WEIGHTS", "mention_window",
+    "WEIGHT_MAJOR", "WEIGHT_MODERATE", "WEIGHT_MINOR", "WEIGHTS", "mention_window", "qualifier_window",
     "critical_match", "criticality",
 ]
 
@@ -104,9 +104,12 @@ CRITICAL_FINDINGS: tuple[CriticalFinding, ...] = (
             r"\bmal-?posi\w+|\bmisplac\w+|\bmain ?stem\b|\b(?:too|very) (?:high|low|deep|distal|proximal)\b|\bcoiled\b|\bkinked\b"
             r"|\bshould be (?:advanced|withdrawn|retracted|repositioned|pulled back)\b|\b(?:recommend|suggest) (?:repositioning|retraction|advancing|advancement|withdrawal)\b"
             r"|\breposition\w*\b|\bin the (?:right |left )?(?:main )?bronchus\b|\b(?:into|in|within) the (?:esophagus|hypopharynx|neck|azygos|internal jugular)\b"
-            r"|\bterminat\w+ (?:in|within|at|over) the (?:neck|right ventricle|internal jugular|azygos|esophagus|hypopharynx|pharynx)\b"
+            r"|\b(?:terminat\w+|project\w*|lies|lying|extends?|extending|courses?|coursing|tip) (?:is )?(?:in|within|at|over|into) the "
+            r"(?:right |left )?(?:neck|right ventricle|internal jugular|azygos|esophagus|hypopharynx|pharynx)\b"
             r"|\babove the (?:thoracic inlet|clavicles?)\b|\bperforat\w+\b|\bextravascular\b"
         ),
+        # a pacemaker or defibrillator lead belongs in the right ventricle (IU uids 3353, 3838)
+        exclude=r"\b(?:pace ?makers?|pacers?|pacing|aicd|icd|defibrillator|generator|leads?)\b",
     ),
     CriticalFinding(
         "acute fracture", "Fracture",
@@ -169,6 +172,13 @@ WEIGHTS: dict[str, float] = {
 def mention_window(clause: str, start: int, end: int) -> str:
     """The words around a mention (45 characters before, 30 after) where qualifiers are read."""
     return clause[max(0, start - 45): end + 30]
+
+
+def qualifier_window(observation: str, clause: str, start: int, end: int) -> str:
+    """Where a mention's critical qualifiers are read: :func:`mention_window`, but the whole
+    clause for a tube or line, whose position comes well after its name ("Right PICC tip
+    projects over the right internal jugular vein")."""
+    return clause if observation == "Support Devices" else mention_window(clause, start, end)
 
 
 def critical_match(observation: str, window: str) -> CriticalFinding | None:

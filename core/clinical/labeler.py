@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from core.clinical.critical import critical_match, mention_window
+from core.clinical.critical import critical_match, qualifier_window
 from core.clinical.text import clauses, normalise, sentences
 from core.clinical.vocabulary import (
     NORMAL_STATEMENTS,
@@ -249,7 +249,7 @@ def _extract(text: str) -> tuple[Mention, ...]:
                         if cls is None:
                             continue
                         lab, qualified = cls
-                        crit = lab in PRESENT and critical_match(name, mention_window(c, s, e)) is not None
+                        crit = lab in PRESENT and critical_match(name, qualifier_window(name, c, s, e)) is not None
                         out.append(Mention(name, lab, m.group(0), clause, sent, s, e, crit, "mention", qualified))
                 for p in negonly:
                     for m in p.finditer(c):

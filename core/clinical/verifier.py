@@ -18,10 +18,19 @@ from core.clinical.critical import (
     WEIGHTS,
     critical_match,
     mention_window,
+    qualifier_window,
 )
 from core.clinical.labeler import Mention, aggregate, extract, is_normal_statement, label
 from core.clinical.text import normalise, sentences
-from core.clinical.vocabulary import NORMAL_STATEMENTS, OBSERVATION_NAMES, PRESENT, RELATED, Label
+from core.clinical.vocabulary import (
+    NORMAL_STATEMENTS,
+    OBSERVATION_NAMES,
+    PRESENT,
+    DEVICE_KINDS,
+    RELATED,
+    Label,
+    device_kinds,
+)
 from core.errors import ClinicalError
 
 __all__ = ["CheckResult", "check_impression", "consistency", "repair_impression", "MAJOR_FINDINGS",
@@ -87,14 +96,26 @@ def check_impression(findings: str, impression: str) -> CheckResult:
     def covered(obs: str, extra: tuple[str, ...] = ()) -> bool:
         return i_lab.get(obs) in PRESENT or any(i_lab.get(o) in PRESENT for o in extra)
 
+    def device_covered(m: Mention) -> bool:
+        """A malpositioned tube or line is stated by a sentence that names its kind (any kind,
+        where the findings name none) as malpositioned: "NG tube in place." or "Endotracheal
+        tube 1 cm above the carina." does not state "NG tube coiled in the esophagus"."""
+        kinds = device_kinds(normalise(m.clause))
+        for sent in sentences(impression):
+            t = normalise(sent)
+            if (not kinds or kinds & device_kinds(t)) and critical_match("Support Devices", t):
+                return True
+        return False
+
     for m in f_mentions:
         if not m.critical or m.observation in res.missing_critical:
             continue
         if f_lab.get(m.observation) not in PRESENT:
             continue
-        cf = critical_match(m.observation, mention_window(normalise(m.clause), m.start, m.end))
+        cf = critical_match(m.observation, qualifier_window(m.observation, normalise(m.clause), m.start, m.end))
         extra = cf.satisfied_by if cf else ()
-        if not covered(m.observation, extra):
+        if not (device_covered(m) if m.observation == "Support Devices" and cf else
+                covered(m.observation, extra)):
             res.missing_critical.append(m.observation)
             res.evidence[m.observation] = m.sentence
             res.messages.append(
@@ -383,11 +404,22 @@ def _context_labels(indication: str | None, comparison: str | None) -> dict[str,
     return label(" ".join(x for x in (indication, comparison) if x))
 
 
-def _problems(findings: str, text: str, context: dict[str, Label]) -> tuple[CheckResult, list[str], list[str]]:
-    """(check, unsupported not stated in the context either, major findings a normal text denies)."""
+def _asserted_devices(text: str) -> set[str]:
+    """The kinds of device (:data:`DEVICE_KINDS`) that the sentences of a text assert."""
+    return {k for sent in sentences(text) if label(sent).get("Support Devices") in PRESENT
+            for k in device_kinds(normalise(sent))}
+
+
+def _problems(findings: str, text: str, context: dict[str, Label],
+              context_text: str = "") -> tuple[CheckResult, list[str], list[str]]:
+    """(check, unsupported not stated in the context either, major findings a normal text
+    denies). A kind of tube or line the text asserts and the report never names (an
+    endotracheal tube beside this report's nasogastric tube) is unsupported, by its kind."""
     check = check_impression(findings, text)
     unsupported = [o for o in check.unsupported
                    if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
+    if "Support Devices" not in unsupported:  # else no device at all is stated: that says it
+        unsupported += sorted(_asserted_devices(text) - device_kinds(normalise(f"{findings} {context_text}")))
     t_lab = check.impression_labels
     says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
     denied = []
@@ -411,6 +443,7 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
         be left to show, so that it is flagged instead.
     """
     bad = set(unsupported) | {o for o in check.contradictions if check.impression_labels.get(o) in PRESENT}
+    bad_devices = bad & set(DEVICE_KINDS)
     denied_set = set(denied)
     numbered = bool(_ENUM_START.match(text))
     majors = major_findings(findings)
@@ -422,7 +455,9 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     first_normal: int | None = None  # where the first kept normal statement is
     for sent in _units(text):
         s_lab = label(sent)
-        asserts_bad = any(s_lab.get(o) in PRESENT for o in bad)
+        asserts_bad = any(s_lab.get(o) in PRESENT for o in bad) or bool(
+            bad_devices and s_lab.get("Support Devices") in PRESENT
+            and device_kinds(normalise(sent)) & bad_devices)
         normal = is_normal_statement(sent)
         stays_true = normal and ((chronic_only and acute_qualified(sent))
                                  or (unstated <= _OUTSIDE_HEART_AND_LUNGS
@@ -441,8 +476,8 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
         s = _sentence_for(majors[obs])
         if s not in added and s not in kept:
             added.append(s)
-    if not kept and not added:  # nothing true left to show: keep the text, flag it
-        return text, [], []
+    if not kept and not added and not check.missing_critical:
+        return text, [], []  # nothing true left to show (rule 4 adds nothing): keep it, flag it
     # the findings go before a normal statement that stays ("Gastrostomy tube. No acute disease.")
     at = len(kept) if first_normal is None else first_normal
     items = kept[:at] + added + kept[at:]
@@ -502,13 +537,14 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     original = _check_text(text, "text")
     context = _context_labels(indication, comparison)
     out = Verification(text=original, original=original)
-    check, unsupported, denied = _problems(findings, original, context)
+    context_text = " ".join(x for x in (indication, comparison) if x)
+    check, unsupported, denied = _problems(findings, original, context, context_text)
     if repair:
         current, out.removed, out.added = _replace_false_sentences(findings, original, check, unsupported, denied)
         current, more = repair_impression(findings, current)
         out.added += more
         out.text = current
-        check, unsupported, denied = _problems(findings, current, context)
+        check, unsupported, denied = _problems(findings, current, context, context_text)
     out.check = check
     out.unsupported = unsupported
     out.normal_despite = denied

@@ -15,6 +15,7 @@ from enum import Enum
 __all__ = [
     "Label", "PRESENT", "ObservationSpec", "OBSERVATIONS", "OBSERVATION_NAMES",
     "CHEXPERT_OBSERVATIONS", "RELATED", "NORMAL_STATEMENTS", "TYPO_TERMS", "KNOWN_WORDS",
+    "DEVICE_KINDS", "device_kinds",
 ]
 
 
@@ -384,6 +385,34 @@ RELATED: dict[str, frozenset[str]] = {
 }
 
 # Global normal statements -> No Finding.
+# The kinds of tube and line: "Support Devices" alone cannot tell another patient's endotracheal
+# tube from this patient's nasogastric tube, nor a PICC from an internal jugular line. A text
+# naming a kind the report never names asserts a device it does not have; a malpositioned one is
+# only stated by naming its kind (any kind where the findings name none).
+DEVICE_KINDS: dict[str, re.Pattern] = {name: re.compile(rx) for name, rx in {
+    "endotracheal tube": r"\b(?:endotracheal|ett|et tube)\b",
+    "enteric tube": r"\b(?:nasogastric|orogastric|ng|og|enteric|feeding|dobhoff|gastric|duodenal) "
+                    r"(?:tubes?|catheters?)\b|\bdobhoff\b",
+    "PICC": r"\bpicc\b|\bperipherally inserted central\b",
+    "central venous line": r"\bcentral (?:venous )?(?:line|catheter)s?\b|\bcvc\b|\b(?:right |left )?"
+                           r"(?:internal jugular|ij|subclavian|femoral)(?: central| venous| vein)* "
+                           r"(?:line|catheter|introducer|sheath)s?\b|\bswan[- ]ganz\b|\bpulmonary "
+                           r"artery catheter\b",
+    "chest tube": r"\b(?:chest|thoracostomy) tubes?\b|\bpleural (?:drain|catheter)s?\b|\bpigtail\b",
+    "tracheostomy": r"\btracheostomy\b|\btrach\b",
+    "pacemaker": r"\b(?:pace ?makers?|pacers?|aicd|icd|defibrillator|pacing (?:wires?|leads?))\b",
+}.items()}
+
+
+def device_kinds(text: str) -> set[str]:
+    """The kinds of tube, line or implanted device a (normalised, lower-case) text names.
+
+    >>> sorted(device_kinds("right ij catheter tip in the svc. ng tube in the stomach."))
+    ['central venous line', 'enteric tube']
+    """
+    return {name for name, rx in DEVICE_KINDS.items() if rx.search(text)}
+
+
 NORMAL_STATEMENTS = re.compile(
     r"\bno (?:evidence of |radiographic evidence of |signs? of |xxxx of |definite )?(?:acute|active|significant|acute or active)"
     r" (?:(?:cardiopulmonary|cardiothoracic|intrathoracic|pulmonary|chest|thoracic|radiographic|lung|cardiac)"

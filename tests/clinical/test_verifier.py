@@ -146,6 +146,33 @@ def test_a_fracture_is_added_before_a_statement_of_no_acute_cardiopulmonary_dise
     assert both.removed == ["No acute cardiopulmonary disease."]
 
 
+@pytest.mark.parametrize("findings, text, expected", [
+    # another patient's endotracheal tube beside this patient's coiled NG tube
+    ("Nasogastric tube coiled in the esophagus with tip at the level of the carina. Lungs clear.",
+     "1. Endotracheal tube tip 1 cm above the carina.",
+     "Nasogastric tube coiled in the esophagus with tip at the level of the carina."),
+    # a PICC in the jugular vein is not "an IJ catheter in the right atrium"
+    ("Right PICC tip projects over the right internal jugular vein. Lungs clear. No pneumothorax.",
+     "Right IJ catheter tip in right atrium, recommend retraction.",
+     "Right PICC tip projects over the right internal jugular vein."),
+    # naming the tube without its malposition does not state the critical finding
+    ("Nasogastric tube coiled in the esophagus. Lungs clear.", "NG tube in place.",
+     "NG tube in place. Nasogastric tube coiled in the esophagus."),
+])
+def test_a_tube_or_line_is_checked_by_its_kind_and_position(findings, text, expected):
+    v = verify(findings, text)
+    assert v.text == expected and not v.needs_review
+    assert verify(findings, text, repair=False).needs_review
+
+
+@pytest.mark.parametrize("findings", [
+    "Cardiac generator over the left hemithorax with a lead terminating in the right ventricle.",
+    "A single cardiac defibrillator lead projects over the right ventricle, in stable position.",
+])
+def test_a_pacemaker_lead_in_the_right_ventricle_is_not_malpositioned(findings):
+    assert not verify(findings, "No acute cardiopulmonary findings.", repair=False).missing_critical
+
+
 def test_no_lines_or_tubes_denies_a_stated_device():
     v = verify("Right PICC line with tip in the SVC. Lungs clear.", "No lines or tubes.")
     assert v.text == "Right PICC line with tip in the SVC." and v.removed == ["No lines or tubes."]
