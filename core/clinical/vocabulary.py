@@ -391,16 +391,16 @@ RELATED: dict[str, frozenset[str]] = {
 # only stated by naming its kind (any kind where the findings name none).
 DEVICE_KINDS: dict[str, re.Pattern] = {name: re.compile(rx) for name, rx in {
     "endotracheal tube": r"\b(?:endotracheal|ett|et tube)\b",
-    "enteric tube": r"\b(?:nasogastric|orogastric|ng|og|enteric|feeding|dobhoff|gastric|duodenal) "
+    "nasogastric or feeding tube": r"\b(?:nasogastric|orogastric|ng|og|enteric|feeding|dobhoff|gastric|duodenal) "
                     r"(?:tubes?|catheters?)\b|\bdobhoff\b",
-    "PICC": r"\bpicc\b|\bperipherally inserted central\b",
+    "PICC line": r"\bpicc\b|\bperipherally inserted central\b",
     "central venous line": r"\bcentral (?:venous )?(?:line|catheter)s?\b|\bcvc\b|\b(?:right |left )?"
                            r"(?:internal jugular|ij|subclavian|femoral)(?: central| venous| vein)* "
                            r"(?:line|catheter|introducer|sheath)s?\b|\bswan[- ]ganz\b|\bpulmonary "
                            r"artery catheter\b",
     "chest tube": r"\b(?:chest|thoracostomy) tubes?\b|\bpleural (?:drain|catheter)s?\b|\bpigtail\b",
     "tracheostomy": r"\btracheostomy\b|\btrach\b",
-    "pacemaker": r"\b(?:pace ?makers?|pacers?|aicd|icd|defibrillator|pacing (?:wires?|leads?))\b",
+    "pacemaker or defibrillator": r"\b(?:pace ?makers?|pacers?|aicd|icd|defibrillator|pacing (?:wires?|leads?))\b",
 }.items()}
 
 
@@ -408,7 +408,7 @@ def device_kinds(text: str) -> set[str]:
     """The kinds of tube, line or implanted device a (normalised, lower-case) text names.
 
     >>> sorted(device_kinds("right ij catheter tip in the svc. ng tube in the stomach."))
-    ['central venous line', 'enteric tube']
+    ['central venous line', 'nasogastric or feeding tube']
     """
     return {name for name, rx in DEVICE_KINDS.items() if rx.search(text)}
 

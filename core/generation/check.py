@@ -9,8 +9,14 @@ from __future__ import annotations
 import re
 
 from core.clinical.verifier import verify
-from core.generation.prompts import PRIOR_WORDS, has_prior
+from core.generation.prompts import has_prior
 from core.generation.styles import apply_style
+
+
+# A text that speaks of a prior study ("No change.", "Resolution of the effusion.") beside a
+# report without one is flagged (the words PRIOR_WORDS adds, "new", "increased", are too common).
+_SAYS_PRIOR = re.compile(r"\b(?:compared|prior|previous|interval|unchanged|stable|no (?:significant )?change"
+                         r"|resolv\w+|resolution)\b", re.I)
 
 
 def fails(checked: dict) -> bool:
@@ -44,8 +50,7 @@ def checked_text(report: dict, text: str, style: str = "default", repair: bool =
     # what is shown is what is checked; verify already checked first.text after its repairs
     final = first if styled == text else verify(findings, styled, ind, comp, repair=False)
     messages = list(final.reasons)
-    prior = bool(not has_prior(comp) and PRIOR_WORDS.search(text) and
-                 re.search(r"\b(?:compared|prior|previous|interval|unchanged|stable)\b", text, re.I))
+    prior = bool(not has_prior(comp) and _SAYS_PRIOR.search(text))
     if prior:
         messages.append("context: the impression refers to a prior study but the report has no comparison")
     flags = {"repaired": first.added, "removed": first.removed, "check_ok": not final.needs_review,

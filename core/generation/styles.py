@@ -28,8 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.clinical.critical import critical_match
 from core.clinical.labeler import extract, is_normal_statement, label, positive_findings
-from core.clinical.vocabulary import PRESENT, Label
+from core.clinical.text import normalise
+from core.clinical.vocabulary import PRESENT, Label, device_kinds
 from core.errors import StyleError  # noqa: F401 (defined in core.errors)
 
 STYLES: dict[str, str] = {
@@ -161,14 +163,16 @@ def brief(impression: str, findings: str | None = None) -> str:
             return "Normal chest X-ray. No urgent problem was seen."
         # Nothing the labeler knows: keep the impression itself, in short sentences.
         return " ".join(sentences(impression)) or impression.strip()
-    if is_normal_statement(impression):
-        out.append("No urgent problem was seen.")
     urgent = False
     if "Mass" in labels or "Nodule" in labels:
         abnormal = [o for o in abnormal if o != "Lung Lesion"]  # the labeler co-labels these
     for obs in abnormal:
         phrase = LAY.get(obs)
         if phrase is None:
+            continue
+        if obs == "Support Devices" and (kind := _malpositioned_device(impression)) is not None:
+            out.append(f"A tube or line is not in the right place ({kind}, malpositioned).")
+            urgent = True
             continue
         if labels[obs] is Label.UNCERTAIN:
             out.append(f"There may be {phrase}.")
@@ -177,7 +181,19 @@ def brief(impression: str, findings: str | None = None) -> str:
         urgent = urgent or obs in URGENT
     if urgent:
         out.append("This needs prompt attention from your doctor.")
+    elif is_normal_statement(impression):  # "no urgent problem" beside an urgent one: never
+        out.insert(0, "No urgent problem was seen.")
     return " ".join(out)
+
+
+def _malpositioned_device(impression: str) -> str | None:
+    """The kind of tube or line an impression calls malpositioned ("endotracheal tube"; "tube
+    or line" where it names no kind), else None."""
+    for sent in sentences(impression):
+        t = normalise(sent)
+        if critical_match("Support Devices", t) is not None and label(sent).get("Support Devices") in PRESENT:
+            return next(iter(sorted(device_kinds(t))), "tube or line")
+    return None
 
 
 def bullets(impression: str) -> str:

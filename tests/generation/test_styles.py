@@ -1,6 +1,8 @@
 """Audience styles read as plain English for patients."""
 
-from core.generation.styles import brief
+import pytest
+
+from core.generation.styles import apply_style, brief
 
 
 def test_brief_agrees_verbs_with_plural_lay_phrases():
@@ -49,3 +51,33 @@ def test_aliases_resolve_and_unknown_or_blank_input_is_refused():
         resolve_style("haiku")
     with pytest.raises(ValidationError):  # StyleError is bad input: exit 2 on the CLI
         apply_style("   ", "brief")
+
+
+@pytest.mark.parametrize("impression, kind", [
+    ("Endotracheal tube tip is in the right mainstem bronchus.", "endotracheal tube"),
+    ("Nasogastric tube coiled in the esophagus.", "nasogastric or feeding tube"),
+    ("Right PICC tip projects over the right internal jugular vein.", "PICC line"),
+])
+def test_the_brief_style_tells_the_patient_a_tube_is_in_the_wrong_place(impression, kind):
+    text = apply_style(impression, "brief")
+    assert text == (f"A tube or line is not in the right place ({kind}, malpositioned). "
+                    "This needs prompt attention from your doctor.")
+
+
+def test_the_brief_style_never_says_no_urgent_problem_beside_an_urgent_one():
+    text = apply_style("Free air under the right hemidiaphragm. No acute cardiopulmonary process.", "brief")
+    assert "No urgent problem" not in text and "prompt attention" in text
+    assert apply_style("Right PICC line tip in the SVC. No acute disease.", "brief").startswith(
+        "No urgent problem was seen.")
+
+
+@pytest.mark.parametrize("text", ["No change. Small right pneumothorax.",
+                                  "Near-complete resolution of the right pleural effusion."])
+def test_a_text_that_speaks_of_a_prior_study_is_flagged_without_one(text):
+    from core.generation.check import checked_text
+
+    report = {"findings": "Small right apical pneumothorax.", "comparison": "None"}
+    _, flags = checked_text(report, text)
+    assert flags["needs_review"] and flags.get("prior_without_comparison")
+    _, flags = checked_text({**report, "comparison": "PA and lateral chest 2026-11-02."}, text)
+    assert not flags.get("prior_without_comparison")
