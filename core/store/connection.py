@@ -68,6 +68,22 @@ def _close_open_stores() -> None:
             store.close()
 
 
+def _check_database_file(path: str) -> None:
+    """Refuse an existing file that is not a DuckDB database (a CSV or Parquet file given as
+    ``--db``): DuckDB would read it as a table of a throw-away in-memory database, and every
+    write would be lost without a word."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except FileNotFoundError:
+        return  # a new database
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the database file ({exc.strerror})") from exc
+    if head and head[8:12] != b"DUCK":
+        raise StoreError(f"{path}: not a DuckDB database (a CSV, Parquet or other file?); "
+                         f"nothing was read or written. Name the database file, or a new path")
+
+
 class StoreConnection:
     """One process's side of the shared database file (see the module docstring); the
     arguments are those of :class:`core.store.database.Store`."""
@@ -109,6 +125,7 @@ class StoreConnection:
         if self.memory:
             self._con = duckdb.connect(":memory:")
             return
+        _check_database_file(self.path)
         deadline = time.monotonic() + self.lock_timeout
         waited = self._file.acquire(deadline, self.path)
         try:

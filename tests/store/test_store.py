@@ -411,3 +411,18 @@ def test_another_report_under_a_stored_id_is_refused_not_skipped(store, tmp_path
     assert store.count_reports() == 2 and len(store.imports()) == 1
     again = import_file(store, first)
     assert (again.imported, again.skipped) == (0, 2)
+
+
+def test_a_file_that_is_not_a_database_is_refused_not_read_as_a_throwaway(tmp_path):
+    """DuckDB opens a CSV or Parquet path as an in-memory database holding that table: every
+    write would be lost without a word."""
+    from core.errors import StoreError
+    from core.store.database import Store
+
+    path = tmp_path / "reports.csv"
+    path.write_text("uid,findings\n1,Lungs clear.\n")
+    store = Store(path)
+    with pytest.raises(StoreError, match="not a DuckDB database"):
+        store.migrate()
+    store.close()
+    assert path.read_text() == "uid,findings\n1,Lungs clear.\n"
