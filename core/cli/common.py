@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 from core.accounts.auth import User
 from core.config import settings
@@ -28,6 +31,35 @@ def existing_store(args) -> Store:
         raise ValidationError(f"database {db} does not exist: import reports first "
                               f"(python -m core --db {db} import FILE)")
     return open_store(args)
+
+
+def output_path(path: str | Path, option: str, inputs: tuple = ()) -> Path:
+    """Check an output file before any work is done (a long run must not end in a traceback
+    because its output cannot be written): not a folder, not one of the ``inputs``, its
+    folder there (made if missing) and writable. Returns the path.
+
+    Raises:
+        ValidationError: naming the option and the reason.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        raise ValidationError(f"{option} {path}: is a folder; name a file in it")
+    if any(Path(i).expanduser().resolve() == p.resolve() for i in inputs if i):
+        raise ValidationError(f"{option} {path}: is also the input file; write to another file")
+    parent = p.parent
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise ValidationError(f"{option} {path}: {up} is a file, not a folder")
+            try:  # a real write (os.access says yes to root on a read-only or special file system)
+                with tempfile.NamedTemporaryFile(dir=up, prefix=".impressionist-check-"):
+                    pass
+            except OSError as exc:
+                raise ValidationError(f"{option} {path}: cannot write in {up} ({exc.strerror})") from None
+            if p.exists() and not os.access(p, os.W_OK):
+                raise ValidationError(f"{option} {path}: cannot overwrite it (permission denied)")
+            break
+    return p
 
 
 def cli_user() -> User:

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from core.cli.common import existing_store
+from core.cli.common import existing_store, output_path
 from core.cli.flags import add_config_flags, config_values, positive_int
 from core.config import BACKENDS, settings
 from core.errors import ModelNotPrepared, RetrievalError, StyleError, ValidationError
@@ -76,6 +76,7 @@ def cmd_generate(args) -> int:
     if args.inp or args.out:
         if not (args.inp and args.out):
             raise ValidationError("--in and --out go together")
+        output_path(args.out, "--out", inputs=(args.inp,))
         cases = read_reports_csv(args.inp)  # checked (file, encoding, columns, cells) first
     store = existing_store(args)
     if args.reader:  # the reader's own adapter drafts: the model is needed

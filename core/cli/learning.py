@@ -7,8 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.adapters.registry import list_versions, promote, rollback
-from core.cli.common import open_store, table
+from core.cli.common import open_store, output_path, table
 from core.cli.flags import add_config_flags, config_values, nonnegative_int, positive_int
+from core.errors import NotFound, ValidationError
 from core.generation.pipeline import C2FConfig
 from core.learning import distributed
 from core.learning.nightly import NightlyConfig, follow, run_nightly
@@ -43,8 +44,18 @@ def cmd_nightly(args) -> int:
         follow()
         distributed.finish()
         return 0
+    if args.json:
+        output_path(args.json, "--json")
     store = open_store(args)
     nightly = config_values(args, NightlyConfig)
+    for name in nightly.get("readers") or ():  # a typo in a cron line must not train no one quietly
+        try:
+            reader = store.get_reader(name)
+        except NotFound:
+            raise ValidationError(f"--readers {name}: no such user (python -m core users list)") from None
+        if reader.role not in ("radiologist", "admin") or not reader.active:
+            raise ValidationError(f"--readers {name}: {'a ' + reader.role if reader.active else 'disabled'}"
+                                  f", not an active radiologist: only radiologists have adapters")
     train = TrainConfig(method="grpo" if nightly["method"] == "grpo" else "dpo",
                         **config_values(args, TrainConfig))
     try:

@@ -97,6 +97,9 @@ def _exit_status(exc: Exception) -> int:
     if isinstance(exc, ImpressionistError):
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if isinstance(exc, OSError) and exc.filename:  # a file the command could not read or write
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     duckdb = sys.modules.get("duckdb")  # loaded if the command opened a database
     if duckdb is not None and isinstance(exc, duckdb.Error):
         # e.g. the disk is full: the transaction was rolled back, nothing was written.
@@ -132,5 +135,12 @@ def main(argv: list[str] | None = None, process: bool = False) -> int:
         args.cleanup = cleanup
         try:
             return args.func(args)
+        except KeyboardInterrupt:
+            # Every write is a whole transaction (an import publishes all or nothing; a
+            # feedback import resumes where it stopped when run again): say so, no traceback.
+            print(f"\ninterrupted: {args.command} stopped (Ctrl-C). Nothing is half-written: what "
+                  f"it had saved stays, the rest was not written; run it again to finish",
+                  file=sys.stderr)
+            return 130
         except Exception as exc:  # noqa: BLE001 - mapped to an exit status, see _exit_status
             return _exit_status(exc)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.accounts.auth import User, require
-from core.cli.common import cli_user, open_store
+from core.cli.common import cli_user, open_store, output_path
 from core.cli.flags import comma_list, fraction, nonnegative_float, nonnegative_int, positive_int
 from core.cli.generation import generator
 from core.errors import NotFound, ValidationError
@@ -116,6 +116,8 @@ def _extend(args, store, user) -> None:
 
 
 def _report(args, store, user) -> None:
+    if args.html:
+        output_path(args.html, "--html")
     res = results(store, user, args.id, n_boot=args.n_boot, metrics=comma_list(args.metrics))
     print(summary_text(res))
     if args.html:
@@ -124,6 +126,7 @@ def _report(args, store, user) -> None:
 
 
 def _export(args, store, user) -> None:
+    output_path(args.out, "--out")
     fmt = (args.format or Path(args.out).suffix.lstrip(".")).lower()
     if fmt in ("csv", "parquet"):
         export_ratings(store, user, args.id, args.out, fmt=fmt)

@@ -119,3 +119,21 @@ def test_generate_csv_in_and_out_with_and_without_the_model(tmp_path, store, tin
     bad.write_text("uid,findings\nq1,\n")
     result = run("generate", "--in", str(bad), "--out", str(tmp_path / "x.csv"), "--model", str(model))
     assert result.returncode == 2 and "row 2" in result.stderr and "findings" in result.stderr
+
+
+@pytest.mark.slow
+def test_outputs_are_checked_before_the_work_and_a_typo_in_readers_is_an_error(tmp_path, store):
+    """generate never writes over its own input; an output under a file or in a folder that
+    cannot be written is refused before any work; nightly --readers names an unknown user."""
+    store.close()
+    cases = tmp_path / "cases.csv"
+    cases.write_text("uid,findings,impression\nP1,Lungs clear.,Normal chest.\n")
+    assert run("import", str(cases)).returncode == 0
+    same = run("generate", "--in", str(cases), "--out", str(cases), "--llm", "off")
+    assert same.returncode == 2 and "is also the input file" in same.stderr
+    assert cases.read_text() == "uid,findings,impression\nP1,Lungs clear.,Normal chest.\n"
+    under = run("generate", "--in", str(cases), "--out", str(cases / "x.csv"), "--llm", "off")
+    assert under.returncode == 2 and "is a file, not a folder" in under.stderr
+    ghost = run("nightly", "--readers", "ghost")
+    assert ghost.returncode == 2 and "--readers ghost: no such user" in ghost.stderr
+    assert "Traceback" not in same.stderr + under.stderr + ghost.stderr
