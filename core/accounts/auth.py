@@ -125,8 +125,10 @@ def create_user(store: Store, username: str, role: str, password: str,
     if not _USERNAME.fullmatch(username):
         raise ValidationError(
             f"username {username!r}: use 1-64 ASCII letters, digits, '.', '_' or '-'")
-    if any(r.username == username for r in store.list_readers()):
-        raise ValidationError(f"username {username!r} is already taken")
+    taken = next((r.username for r in store.list_readers() if r.username.lower() == username.lower()), None)
+    if taken is not None:  # "DR_LEE" beside "dr_lee" would be two people to the eye, one to a reader
+        raise ValidationError(f"username {username!r} is already taken"
+                              + (f" (as {taken!r})" if taken != username else ""))
     if role not in ROLES:
         raise ValidationError(f"role {role!r}: must be one of {', '.join(ROLES)}")
     if check_rules:

@@ -104,6 +104,10 @@ def read_reports_csv(path: str | Path) -> list[dict]:
         ImportValidationError: the file is missing, not UTF-8 or malformed, a required column is
             missing, or a uid or findings cell is blank (the message names the file, row and field).
     """
+    if Path(path).suffix.lower() in (".jsonl", ".json", ".txt"):
+        raise ImportValidationError(str(path), None, None,
+                                    "--in takes a CSV (uid, findings, ...); import other formats "
+                                    "with `python -m core import` and run generate without --in")
     table = read_csv_table(Path(path), str(path))
     uid_i = table.column(["uid"], required=True, what="uid")
     findings_i = table.column(["findings"], required=True, what="findings")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from core.accounts.auth import User, authorize
 from core.clinical.labeler import is_normal
-from core.errors import StudyClosed, StudyError
+from core.errors import NotFound, StudyClosed, StudyError
 from core.feedback.annotate import clean_text
 from core.store.database import Store
 from core.studies.access import COORDINATORS, RATER_ROLE, get_study
@@ -135,6 +135,15 @@ def _check_design(store: Store, design: StudyDesign) -> _Checked:
     if not arms:
         raise StudyError("arms: choose at least one arm")
     names = [a.name for a in arms]
+    adapters = [a.adapter for a in arms if a.adapter]
+    known = {k["adapter"] for k in store.generation_arms() if k["adapter"]} if adapters else set()
+    for name in adapters:  # a typo names neither a radiologist nor any stored text
+        if name not in known:
+            try:
+                store.get_reader(name)
+            except NotFound:
+                raise StudyError(f"arms: 'adapter:{name}': no radiologist named {name!r} and no "
+                                 f"stored texts of such an adapter") from None
     for a in names:
         if names.count(a) > 1:
             raise StudyError(f"arms: {a!r} is listed twice")

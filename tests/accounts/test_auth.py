@@ -29,6 +29,12 @@ def test_bad_role_and_username_refused(store):
         auth.create_user(store, "dr z; drop table", "admin", "Passw0rd-ok")
 
 
+def test_a_username_taken_in_other_letter_case_is_refused(store):
+    auth.create_user(store, "dr_lee", "radiologist", "Passw0rd-ok")
+    with pytest.raises(ValidationError, match=r"username 'DR_LEE' is already taken \(as 'dr_lee'\)"):
+        auth.create_user(store, "DR_LEE", "radiologist", "Passw0rd-ok")
+
+
 def test_signin_throttled_after_failures(store):
     auth.create_user(store, "dr_t", "radiologist", "Passw0rd-ok")
     for _ in range(auth.MAX_FAILED_SIGNINS):

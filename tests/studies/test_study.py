@@ -223,6 +223,8 @@ def test_arm_validation(store, people):
                      ("typos:2", "typo rate"), ("adapter:", "adapter:")]:
         with pytest.raises(StudyError, match=msg):
             _create(store, people, n=5, arms=("original", bad))
+    with pytest.raises(StudyError, match="'adapter:ghost': no radiologist named 'ghost'"):
+        _create(store, people, n=5, arms=("original", "adapter:ghost"))
     with pytest.raises(StudyError, match="listed twice"):
         _create(store, people, n=5, arms=("base", "base"))
     with pytest.raises(StudyError, match="'original' cannot be rated"):
