@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import util
-from core.errors import StoreError
+from core.errors import StoreError, ValidationError
 from core.store.migrations import MIGRATIONS
 
 
@@ -133,7 +133,7 @@ class Backups:
         """
         dest = Path(dest)
         if dest.exists():
-            raise StoreError(f"{dest}: already exists; choose a new backup file")
+            raise ValidationError(f"{dest}: already exists; choose a new backup file")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".partial")
         tmp.unlink(missing_ok=True)
@@ -176,7 +176,7 @@ class Backups:
         if self.memory:
             raise StoreError("cannot restore into an in-memory database")
         if not src.is_file():
-            raise StoreError(f"{src}: no such backup file; nothing was restored")
+            raise ValidationError(f"{src}: no such backup file; nothing was restored")
         stamp = util.now().strftime("%Y%m%dT%H%M%SZ")
         staged = Path(f"{self.path}.restoring-{stamp}-{os.getpid()}")
         kept = None
