@@ -218,17 +218,28 @@ def repair_impression(findings: str, impression: str, style: str = "auto") -> tu
         return impression, []
     mentions = [m for m in extract(findings) if m.critical]
     added: list[str] = []
+    misplaced: set[str] | None = None  # kinds of the malpositioned tube ({}: a tube of no kind)
     for obs in result.missing_critical:
         m = next(x for x in mentions if x.observation == obs)
         s = _sentence_for(m)
         if s not in added:
             added.append(s)
+        if obs == "Support Devices":
+            misplaced = device_kinds(normalise(m.clause))
+
+    def stale(sentence: str) -> bool:
+        """A sentence that states the malpositioned tube as if it were in place ("NG tube in
+        place." beside "Nasogastric tube coiled in the esophagus."): it goes."""
+        if misplaced is None or label(sentence).get("Support Devices") not in PRESENT:
+            return False
+        t = normalise(sentence)
+        return bool(not misplaced or misplaced & device_kinds(t)) and critical_match("Support Devices", t) is None
     numbered = style == "numbered" or (style == "auto" and bool(_ENUM_START.match(impression)))
     items = []
     for item in (_ENUM_SPLIT.split(impression) if numbered else [impression]):
         item = item.strip()
         sents = sentences(item)
-        kept = [x for x in sents if not NORMAL_STATEMENTS.search(normalise(x))]
+        kept = [x for x in sents if not NORMAL_STATEMENTS.search(normalise(x)) and not stale(x)]
         if not kept:
             continue
         text = item if len(kept) == len(sents) else " ".join(_end(x) for x in kept)

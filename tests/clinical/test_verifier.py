@@ -155,9 +155,12 @@ def test_a_fracture_is_added_before_a_statement_of_no_acute_cardiopulmonary_dise
     ("Right PICC tip projects over the right internal jugular vein. Lungs clear. No pneumothorax.",
      "Right IJ catheter tip in right atrium, recommend retraction.",
      "Right PICC tip projects over the right internal jugular vein."),
-    # naming the tube without its malposition does not state the critical finding
+    # naming the tube without its malposition does not state the critical finding, and the
+    # sentence that puts it in place goes (a PICC in place stays)
     ("Nasogastric tube coiled in the esophagus. Lungs clear.", "NG tube in place.",
-     "NG tube in place. Nasogastric tube coiled in the esophagus."),
+     "Nasogastric tube coiled in the esophagus."),
+    ("Nasogastric tube coiled in the esophagus. Right PICC tip in the SVC.",
+     "NG tube in place. PICC in the SVC.", "PICC in the SVC. Nasogastric tube coiled in the esophagus."),
 ])
 def test_a_tube_or_line_is_checked_by_its_kind_and_position(findings, text, expected):
     v = verify(findings, text)
