@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +18,27 @@ from core.learning.pairs import pairs_for_reader, write_jsonl
 from core.learning.sft import run_sft
 from core.learning.sft_trainer import SFTTrainConfig
 from core.learning.train import TrainConfig
+
+
+def _quiet_libraries() -> None:
+    """--quiet for cron: no progress bars or deprecation warnings from the model libraries
+    either (loading weights, tokenizing), only the summary and real errors."""
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging  # deferred: loads with the model anyway
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets comes with trl
+        pass
 
 
 def cmd_pairs(args) -> int:
@@ -46,6 +68,8 @@ def cmd_nightly(args) -> int:
         return 0
     if args.json:
         output_path(args.json, "--json")
+    if args.quiet:
+        _quiet_libraries()
     store = open_store(args)
     nightly = config_values(args, NightlyConfig)
     for name in nightly.get("readers") or ():  # a typo in a cron line must not train no one quietly

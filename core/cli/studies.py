@@ -94,7 +94,9 @@ def _list(args, store, user) -> None:
 def _status(args, store, user) -> None:
     p = progress(store, user, args.id)
     print(f"study {p.study_id}: {p.name} [{p.status}] k={p.k} items={p.n_items} "
-          f"done {p.done}/{p.total} (alpha so far {p.alpha_so_far:.3f})")
+          f"done {p.done}/{p.total} ("
+          + (f"alpha so far {p.alpha_so_far:.3f}" if p.alpha_so_far == p.alpha_so_far
+             else "alpha: not yet, no text rated by two raters") + ")")
     print(p.per_rater.to_string(index=False))
     print(p.per_arm.to_string(index=False))
 
