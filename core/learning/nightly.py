@@ -227,12 +227,13 @@ class NightlyReport:
                 lines.append(f"{o.reader:20} skipped: {o.reason}")
                 continue
             m, b = o.metrics, o.baseline
+            scores = ("" if "ROUGE-L" in (o.reason or "") else  # the gate's reason names them
+                      f"; ROUGE-L {b.get('rougeL', float('nan')):.1f} -> {m.get('rougeL', float('nan')):.1f}")
             lines.append(
                 f"{o.reader:20} run {o.run_id} {o.status}: v{o.version} "
                 f"{'PROMOTED' if o.promoted else 'not promoted'} ({o.reason}); "
                 f"{o.n_train_pairs} pairs, train {o.train_s:.0f} s ({o.pairs_per_s:.2f} pairs/s), "
-                f"wall {o.wall_s:.0f} s; ROUGE-L {b.get('rougeL', float('nan')):.1f} -> "
-                f"{m.get('rougeL', float('nan')):.1f}")
+                f"wall {o.wall_s:.0f} s{scores}")
             if o.phases_s:
                 lines.append(f"{'':20} time: " + ", ".join(f"{k} {v:.0f} s"
                                                           for k, v in o.phases_s.items()))
