@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +24,6 @@ from core.learning.train import TrainConfig
 def _quiet_libraries() -> None:
     """--quiet for cron: no progress bars or deprecation warnings from the model libraries
     either (loading weights, tokenizing), only the summary and real errors."""
-    import warnings
-
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -33,12 +32,9 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    try:
-        import datasets
+    import datasets  # deferred: a second to import, only for --quiet (TRL brings it)
 
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - datasets comes with trl
-        pass
+    datasets.disable_progress_bars()
 
 
 def cmd_pairs(args) -> int:
