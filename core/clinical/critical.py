@@ -103,13 +103,17 @@ CRITICAL_FINDINGS: tuple[CriticalFinding, ...] = (
         qualifier=(
             r"\bmal-?posi\w+|\bmisplac\w+|\bmain ?stem\b|\b(?:too|very) (?:high|low|deep|distal|proximal)\b|\bcoiled\b|\bkinked\b"
             r"|\bshould be (?:advanced|withdrawn|retracted|repositioned|pulled back)\b|\b(?:recommend|suggest) (?:repositioning|retraction|advancing|advancement|withdrawal)\b"
-            r"|\breposition\w*\b|\bin the (?:right |left )?(?:main )?bronchus\b|\b(?:into|in|within) the (?:esophagus|hypopharynx|neck|azygos|internal jugular)\b"
+            r"|\b(?:recommend\w*|suggest\w*|consider|advise\w*|needs?|requires?) (?:\w+ ){0,2}reposition\w*"
+            r"|\breposition\w* (?:is |are )?(?:recommended|suggested|advised|needed|required)\b"
+            r"|\bin the (?:right |left )?(?:main )?bronchus\b|\b(?:into|in|within) the (?:esophagus|hypopharynx|neck|azygos|internal jugular)\b"
             r"|\b(?:terminat\w+|project\w*|lies|lying|extends?|extending|courses?|coursing|tip) (?:is )?(?:in|within|at|over|into) the "
             r"(?:right |left )?(?:neck|right ventricle|internal jugular|azygos|esophagus|hypopharynx|pharynx)\b"
             r"|\babove the (?:thoracic inlet|clavicles?)\b|\bperforat\w+\b|\bextravascular\b"
         ),
-        # a pacemaker or defibrillator lead belongs in the right ventricle (IU uids 3353, 3838)
-        exclude=r"\b(?:pace ?makers?|pacers?|pacing|aicd|icd|defibrillator|generator|leads?)\b",
+        # a tube already put right ("has been repositioned and now terminates 4 cm above the
+        # carina", "no longer coiled")
+        exclude=r"\bno longer\b|\bhas been (?:repositioned|advanced|withdrawn|retracted|pulled back)\b"
+                r"|\bnow (?:terminat\w+|lies|projects?|in (?:good|standard|satisfactory|appropriate))",
     ),
     CriticalFinding(
         "acute fracture", "Fracture",
@@ -174,11 +178,20 @@ def mention_window(clause: str, start: int, end: int) -> str:
     return clause[max(0, start - 45): end + 30]
 
 
+_PACING = re.compile(r"\b(?:pace ?makers?|pacers?|pacing|aicd|icd|defibrillator|generator|leads?)\b(?! to)")
+_TUBE_OR_LINE = re.compile(r"\b(?:tubes?|lines?|catheters?|picc|ett|ngt|ogt|dobhoff|drains?|pigtail|trach\w*)\b")
+
+
 def qualifier_window(observation: str, clause: str, start: int, end: int) -> str:
     """Where a mention's critical qualifiers are read: :func:`mention_window`, but the whole
     clause for a tube or line, whose position comes well after its name ("Right PICC tip
-    projects over the right internal jugular vein")."""
-    return clause if observation == "Support Devices" else mention_window(clause, start, end)
+    projects over the right internal jugular vein") - unless the clause is only about a
+    pacemaker or defibrillator, whose lead belongs in the right ventricle (IU uids 3353, 3838)."""
+    if observation != "Support Devices":
+        return mention_window(clause, start, end)
+    if _PACING.search(clause) and not _TUBE_OR_LINE.search(clause):
+        return mention_window(clause, start, end)
+    return clause
 
 
 def critical_match(observation: str, window: str) -> CriticalFinding | None:

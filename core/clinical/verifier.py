@@ -233,7 +233,8 @@ def repair_impression(findings: str, impression: str, style: str = "auto") -> tu
         if misplaced is None or label(sentence).get("Support Devices") not in PRESENT:
             return False
         t = normalise(sentence)
-        return bool(not misplaced or misplaced & device_kinds(t)) and critical_match("Support Devices", t) is None
+        kinds = device_kinds(t)  # "Tubes and lines in place." names none: it goes too
+        return bool(not misplaced or not kinds or misplaced & kinds) and critical_match("Support Devices", t) is None
     numbered = style == "numbered" or (style == "auto" and bool(_ENUM_START.match(impression)))
     items = []
     for item in (_ENUM_SPLIT.split(impression) if numbered else [impression]):
@@ -315,7 +316,8 @@ def acute_qualified(text: str) -> bool:
 # pneumothorax. Otherwise no acute disease.") or, beside a fracture or free air, speaks only of
 # the heart and lungs ("Displaced clavicle fracture. No acute cardiopulmonary disease.": IU
 # radiologists write it so).
-_OTHERWISE = re.compile(r"\b(?:otherwise|other|additional|else|remaining|further)\b")
+_OTHERWISE = re.compile(r"\b(?:otherwise|elsewhere|else|remaining)\b|\bno (?:other|additional|further)\b")
+_NO_CHANGE = re.compile(r"\bno (?:significant |interval |appreciable )?(?:change|progression)")
 _HEART_AND_LUNGS = re.compile(r"\b(?:cardiopulmonary|cardiothoracic|intrathoracic|pulmonary|cardiac|lungs?|pleural"
                               r"|parenchymal)\b")
 
@@ -323,12 +325,16 @@ _HEART_AND_LUNGS = re.compile(r"\b(?:cardiopulmonary|cardiothoracic|intrathoraci
 _OUTSIDE_HEART_AND_LUNGS = frozenset({"Fracture", "Free Air"})
 
 
-def _normal_false_beside(sent: str, obs: str, mention: Mention) -> bool:
+def _normal_false_beside(sent: str, obs: str, mention: Mention, own: bool = False) -> bool:
     """Whether the normal statement ``sent`` is false beside the major finding ``obs`` that the
-    same text states elsewhere (``mention``: the finding in the findings)."""
+    same text states elsewhere (``mention``: the finding in the findings). With ``own``, also
+    when ``sent`` states the finding itself ("Small left pneumothorax, no acute disease."):
+    such a sentence is flagged, not removed (it holds the finding)."""
     t = normalise(sent)
-    if not is_normal_statement(t) or _OTHERWISE.search(t) or label(sent).get(obs) in PRESENT:
+    if not is_normal_statement(t) or _OTHERWISE.search(t):
         return False
+    if label(sent).get(obs) in PRESENT and (not own or _NO_CHANGE.search(t)):
+        return False  # "No significant change in the right pneumothorax." is no normal statement
     if obs in NOT_ACUTE_MAJOR:  # in place, not acute; a malpositioned tube or line is
         return obs == "Support Devices" and critical_match(obs, normalise(mention.clause)) is not None
     return not (obs in _OUTSIDE_HEART_AND_LUNGS and _HEART_AND_LUNGS.search(t))
@@ -430,14 +436,17 @@ def _problems(findings: str, text: str, context: dict[str, Label],
     unsupported = [o for o in check.unsupported
                    if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
     if "Support Devices" not in unsupported:  # else no device at all is stated: that says it
-        unsupported += sorted(_asserted_devices(text) - device_kinds(normalise(f"{findings} {context_text}")))
+        # the findings' devices that are there (not "no endotracheal tube"), and any the
+        # indication or comparison names ("PICC placement")
+        unsupported += sorted(_asserted_devices(text) - _asserted_devices(findings)
+                              - device_kinds(normalise(context_text)))
     t_lab = check.impression_labels
     says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
     denied = []
     majors = major_findings(findings)
     for obs, mention in majors.items():
         if _stated(obs, t_lab):  # stated, and a normal statement beside it is false
-            if says_normal and any(_normal_false_beside(u, obs, mention) for u in _units(text)):
+            if says_normal and any(_normal_false_beside(u, obs, mention, own=True) for u in sentences(text)):
                 denied.append(obs)
         elif says_normal or t_lab.get(obs) is Label.NEGATIVE:
             denied.append(obs)

@@ -200,6 +200,8 @@ OBSERVATIONS: tuple[ObservationSpec, ...] = (
             r"\b(?:aicd|icd|defibrillator|loop recorder)\b",
             r"\b(?:endotracheal|et|ng|og|nasogastric|orogastric|enteric|feeding|chest|tracheostomy|dobhoff) tubes?\b",
             r"\btracheostomy\b",
+            r"\b(?:ett|ngt|ogt|dobhoff|pigtail(?: catheter| drain)?|trach)\b",  # short names
+            r"\b(?:right |left )?ij (?:central |venous )?(?:line|catheter)s?\b",
             r"\b(?:lines? (?:and|or|/) tubes?|tubes? (?:and|or|/) lines?)\b",  # MIMIC: "lines and tubes"
             r"\bdrains?\b",
             r"\bstents?\b",
@@ -391,7 +393,7 @@ RELATED: dict[str, frozenset[str]] = {
 # only stated by naming its kind (any kind where the findings name none).
 DEVICE_KINDS: dict[str, re.Pattern] = {name: re.compile(rx) for name, rx in {
     "endotracheal tube": r"\b(?:endotracheal|ett|et tube)\b",
-    "nasogastric or feeding tube": r"\b(?:nasogastric|orogastric|ng|og|enteric|feeding|dobhoff|gastric|duodenal) "
+    "nasogastric or feeding tube": r"\b(?:ngt|ogt)\b|\b(?:nasogastric|orogastric|ng|og|enteric|feeding|dobhoff|gastric|duodenal) "
                     r"(?:tubes?|catheters?)\b|\bdobhoff\b",
     "PICC line": r"\bpicc\b|\bperipherally inserted central\b",
     "central venous line": r"\bcentral (?:venous )?(?:line|catheter)s?\b|\bcvc\b|\b(?:right |left )?"

@@ -139,8 +139,11 @@ class PairSet:
 _WORDS = re.compile(r"[\w']+|[<>\u2264\u2265=\u00b1%?]|[+\-\u2212](?=\s?\d)")
 
 
+_DASHES = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2212": "-"})  # an en dash for a hyphen is no edit
+
+
 def _norm(text: str | None) -> tuple[str, ...]:
-    return tuple(_WORDS.findall((text or "").lower()))
+    return tuple(_WORDS.findall((text or "").lower().translate(_DASHES)))
 
 
 def same_words(a: str | None, b: str | None) -> bool:

@@ -67,7 +67,8 @@ class ReportIdConflict(StoreError):
             + (f" (from {first_file})" if first_file else "")
             + " with different findings or impression; nothing was imported. If these are other "
               "patients' reports (another site), give them ids of their own, e.g. prefixed with "
-              "the site")
+              "the site; an amended report needs an id of its own too (the stored one stays, "
+              "with the feedback given on it)")
 
     def __reduce__(self):
         return (type(self), (self.file, self.k, self.external_id, self.first_file))

@@ -168,6 +168,42 @@ def test_a_tube_or_line_is_checked_by_its_kind_and_position(findings, text, expe
     assert verify(findings, text, repair=False).needs_review
 
 
+@pytest.mark.parametrize("findings, text, expected", [
+    # short names are devices, and a pacing lead nearby hides no malposition (review cases)
+    ("ETT tip in the right mainstem bronchus. Lungs clear.", "No acute disease.",
+     "ETT tip in the right mainstem bronchus."),
+    ("Right IJ central line tip terminates in the right ventricle near the pacing lead.",
+     "Right IJ line in place. No acute disease.",
+     "Right IJ central line tip terminates in the right ventricle near the pacing lead."),
+    ("The feeding tube is coiled in the esophagus and could lead to aspiration.", "Feeding tube in place.",
+     "The feeding tube is coiled in the esophagus and could lead to aspiration."),
+    ("Nasogastric tube tip in the stomach.", "ETT in good position. NG tube in stomach.", "NG tube in stomach."),
+    ("Endotracheal tube in the right mainstem bronchus.", "Tubes and lines in place. No pneumothorax.",
+     "No pneumothorax. Endotracheal tube in the right mainstem bronchus."),
+])
+def test_tubes_named_short_generic_or_beside_a_pacemaker(findings, text, expected):
+    v = verify(findings, text)
+    assert v.text == expected and not v.needs_review
+    assert verify(findings, text, repair=False).needs_review
+
+
+@pytest.mark.parametrize("findings, text", [
+    ("The endotracheal tube has been repositioned and now terminates 4 cm above the carina.",
+     "Endotracheal tube in standard position. No acute disease."),
+    ("NG tube in stomach, no endotracheal tube.", "NG tube in stomach."),
+    ("Small left pneumothorax.", "Small left pneumothorax. No acute disease elsewhere."),
+])
+def test_a_repositioned_tube_a_negated_device_and_elsewhere_stay(findings, text):
+    v = verify(findings, text)
+    assert v.text == text and not v.needs_review
+
+
+@pytest.mark.parametrize("text", ["1. Small left pneumothorax. No acute disease.",
+                                  "Small left pneumothorax, no acute disease."])
+def test_a_normal_statement_in_the_findings_own_sentence_or_item_is_flagged(text):
+    assert verify("Small left pneumothorax.", text).needs_review
+
+
 @pytest.mark.parametrize("findings", [
     "Cardiac generator over the left hemithorax with a lead terminating in the right ventricle.",
     "A single cardiac defibrillator lead projects over the right ventricle, in stable position.",

@@ -35,7 +35,11 @@ def test_whitespace_only_edit_is_no_edit(store, users, cases):
     ("Tip 2 cm above the carina.", "Tip -2 cm above the carina."),
 ])
 def test_an_edit_of_a_sign_alone_is_kept(store, users, cases, shown, edited):
-    """A sign changes the finding: the reader's correction must reach the preference pairs."""
+    """A sign changes the finding: the reader's correction must reach the preference pairs
+    (an en dash for a hyphen does not)."""
+    from core.learning.pairs import same_words
+
+    assert same_words("T4-5 fracture, 2-3 cm.", "T4\u20135 fracture, 2\u20133 cm.")
     rad = users["rad1"]
     case = annotate.next_case(store, rad)
     fid = annotate.save_rating(store, rad, case.report_id, case.generation_id, shown,
