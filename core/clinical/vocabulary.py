@@ -418,7 +418,7 @@ def device_kinds(text: str) -> set[str]:
 NORMAL_STATEMENTS = re.compile(
     r"\bno (?:evidence of |radiographic evidence of |signs? of |xxxx of |definite )?(?:acute|active|significant|acute or active)"
     r" (?:(?:cardiopulmonary|cardiothoracic|intrathoracic|pulmonary|chest|thoracic|radiographic|lung|cardiac)"
-    r"(?: or (?:cardiopulmonary|pulmonary|osseous|intrathoracic))? )?"
+    r"(?: or (?:cardiopulmonary|pulmonary|osseous|intrathoracic|other))? )?"
     r"(?:abnormalit\w+|disease|process\w*|findings?|pathology|changes?|infiltrates?|abnormal findings?|diseases?)\b"
     r"|\bno (?:cardiopulmonary|intrathoracic) (?:abnormalit\w+|disease|process|findings?)\b"
     r"|\bno (?:acute )?(?:cardiopulmonary|intrathoracic) (?:abnormalit\w+|disease|process|findings?)\b"

@@ -112,6 +112,8 @@ def test_a_false_statement_still_goes_beside_a_chronic_finding(findings, text, e
     ("Endotracheal tube terminates in the right mainstem bronchus.",
      "Endotracheal tube in the right mainstem bronchus. No acute disease.",
      "Endotracheal tube in the right mainstem bronchus."),
+    ("Small left pneumothorax.", "Small left pneumothorax. No acute cardiopulmonary or other abnormality.",
+     "Small left pneumothorax."),
 ])
 def test_a_normal_statement_beside_an_acute_finding_the_text_states_goes(findings, text, expected):
     """The text names the finding itself and then calls the exam normal: the normal statement is
