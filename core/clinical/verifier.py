@@ -560,11 +560,16 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     context_text = " ".join(x for x in (indication, comparison) if x)
     check, unsupported, denied = _problems(findings, original, context, context_text)
     if repair:
-        current, out.removed, out.added = _replace_false_sentences(findings, original, check, unsupported, denied)
-        current, more = repair_impression(findings, current)
-        out.added += more
+        current = original
+        for _ in range(2):  # a second pass for what the first one's removals uncover
+            current, removed, added = _replace_false_sentences(findings, current, check, unsupported, denied)
+            current, more = repair_impression(findings, current)
+            out.removed += removed
+            out.added += added + more
+            check, unsupported, denied = _problems(findings, current, context, context_text)
+            if not (removed or added or more) or not (unsupported or denied or check.contradictions):
+                break
         out.text = current
-        check, unsupported, denied = _problems(findings, current, context, context_text)
     out.check = check
     out.unsupported = unsupported
     out.normal_despite = denied

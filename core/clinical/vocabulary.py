@@ -399,7 +399,8 @@ DEVICE_KINDS: dict[str, re.Pattern] = {name: re.compile(rx) for name, rx in {
     "central venous line": r"\bcentral (?:venous )?(?:line|catheter)s?\b|\bcvc\b|\b(?:right |left )?"
                            r"(?:internal jugular|ij|subclavian|femoral)(?: central| venous| vein)* "
                            r"(?:line|catheter|introducer|sheath)s?\b|\bswan[- ]ganz\b|\bpulmonary "
-                           r"artery catheter\b",
+                           r"artery catheter\b|\bport-?a-?cath\b|\b(?:chest |power |subcutaneous )?port(?: catheter)?\b(?! of)"
+                           r"|\bhickman\b|\b(?:hemo)?dialysis catheters?\b|\btunnell?ed (?:line|catheter)s?\b|\bpermcath\b",
     "chest tube": r"\b(?:chest|thoracostomy) tubes?\b|\bpleural (?:drain|catheter)s?\b|\bpigtail\b",
     "tracheostomy": r"\btracheostomy\b|\btrach\b",
     "pacemaker or defibrillator": r"\b(?:pace ?makers?|pacers?|aicd|icd|defibrillator|pacing (?:wires?|leads?))\b",

@@ -214,6 +214,14 @@ def test_a_pacemaker_lead_in_the_right_ventricle_is_not_malpositioned(findings):
     assert not verify(findings, "No acute cardiopulmonary findings.", repair=False).missing_critical
 
 
+def test_another_patients_port_goes_and_a_second_pass_states_this_ones_chest_tube():
+    """Removing the port leaves a text that no longer names the report's chest tube: the
+    second pass adds it instead of flagging the text."""
+    v = verify("Right chest tube in place. No pneumothorax.", "Left chest port catheter tip in the SVC. No pneumothorax.")
+    assert v.text == "No pneumothorax. Right chest tube in place." and not v.needs_review
+    assert v.removed == ["Left chest port catheter tip in the SVC."]
+
+
 def test_no_lines_or_tubes_denies_a_stated_device():
     v = verify("Right PICC line with tip in the SVC. Lungs clear.", "No lines or tubes.")
     assert v.text == "Right PICC line with tip in the SVC." and v.removed == ["No lines or tubes."]
