@@ -320,8 +320,6 @@ _OTHERWISE = re.compile(r"\b(?:otherwise|elsewhere|else|remaining)\b|\bno (?:oth
 _NO_CHANGE = re.compile(r"\bno (?:significant |interval |appreciable )?(?:change|progression)")
 _HEART_AND_LUNGS = re.compile(r"\b(?:cardiopulmonary|cardiothoracic|intrathoracic|pulmonary|cardiac|lungs?|pleural"
                               r"|parenchymal)\b")
-
-
 _OUTSIDE_HEART_AND_LUNGS = frozenset({"Fracture", "Free Air"})
 
 
@@ -336,7 +334,7 @@ def _normal_false_beside(sent: str, obs: str, mention: Mention, own: bool = Fals
     if label(sent).get(obs) in PRESENT and (not own or _NO_CHANGE.search(t)):
         return False  # "No significant change in the right pneumothorax." is no normal statement
     if obs in NOT_ACUTE_MAJOR:  # in place, not acute; a malpositioned tube or line is
-        return obs == "Support Devices" and critical_match(obs, normalise(mention.clause)) is not None
+        return obs == "Support Devices" and mention.critical
     return not (obs in _OUTSIDE_HEART_AND_LUNGS and _HEART_AND_LUNGS.search(t))
 
 
@@ -354,7 +352,7 @@ def _chronic_only(findings_labels: dict[str, Label], denied: set[str], majors: d
     if not denied or not denied <= NOT_ACUTE_MAJOR:
         return False
     device = majors.get("Support Devices")
-    if device is not None and critical_match("Support Devices", normalise(device.clause)):
+    if device is not None and device.critical:  # the labeler's reading (qualifier_window)
         return False
     return all(obs in CHRONIC_FINDINGS for obs, lab in findings_labels.items() if lab in PRESENT)
 
@@ -435,11 +433,11 @@ def _problems(findings: str, text: str, context: dict[str, Label],
     check = check_impression(findings, text)
     unsupported = [o for o in check.unsupported
                    if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
-    if "Support Devices" not in unsupported:  # else no device at all is stated: that says it
+    asserted = _asserted_devices(text) if "Support Devices" not in unsupported else set()
+    if asserted:  # (else no device at all is stated, and "Support Devices" says it)
         # the findings' devices that are there (not "no endotracheal tube"), and any the
         # indication or comparison names ("PICC placement")
-        unsupported += sorted(_asserted_devices(text) - _asserted_devices(findings)
-                              - device_kinds(normalise(context_text)))
+        unsupported += sorted(asserted - _asserted_devices(findings) - device_kinds(normalise(context_text)))
     t_lab = check.impression_labels
     says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
     denied = []
