@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.clinical.critical import critical_match
 from core.clinical.labeler import extract, is_normal_statement, label, positive_findings
 from core.clinical.text import normalise
 from core.clinical.vocabulary import PRESENT, Label, device_kinds
@@ -188,11 +187,11 @@ def brief(impression: str, findings: str | None = None) -> str:
 
 def _malpositioned_device(impression: str) -> str | None:
     """The kind of tube or line an impression calls malpositioned ("endotracheal tube"; "tube
-    or line" where it names no kind), else None."""
-    for sent in sentences(impression):
-        t = normalise(sent)
-        if critical_match("Support Devices", t) is not None and label(sent).get("Support Devices") in PRESENT:
-            return next(iter(sorted(device_kinds(t))), "tube or line")
+    or line" where it names no kind), else None: the labeler's critical mentions, so a
+    pacemaker lead in the right ventricle is where it belongs."""
+    for m in extract(impression):
+        if m.observation == "Support Devices" and m.critical:
+            return next(iter(sorted(device_kinds(normalise(m.clause)))), "tube or line")
     return None
 
 

@@ -64,6 +64,11 @@ def test_the_brief_style_tells_the_patient_a_tube_is_in_the_wrong_place(impressi
                     "This needs prompt attention from your doctor.")
 
 
+def test_the_brief_style_leaves_a_pacemaker_lead_in_the_right_ventricle_alone():
+    text = apply_style("Pacemaker lead terminating in the right ventricle. No acute disease.", "brief")
+    assert "not in the right place" not in text and "prompt attention" not in text
+
+
 def test_the_brief_style_never_says_no_urgent_problem_beside_an_urgent_one():
     text = apply_style("Free air under the right hemidiaphragm. No acute cardiopulmonary process.", "brief")
     assert "No urgent problem" not in text and "prompt attention" in text
