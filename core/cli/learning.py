@@ -12,6 +12,7 @@ from core.adapters.registry import list_versions, promote, rollback
 from core.cli.common import open_store, output_path, table
 from core.cli.flags import add_config_flags, config_values, nonnegative_int, positive_int
 from core.errors import NotFound, ValidationError
+from core.feedback.annotate import RATERS
 from core.generation.pipeline import C2FConfig
 from core.learning import distributed
 from core.learning.nightly import NightlyConfig, follow, run_nightly
@@ -73,7 +74,7 @@ def cmd_nightly(args) -> int:
             reader = store.get_reader(name)
         except NotFound:
             raise ValidationError(f"--readers {name}: no such user (python -m core users list)") from None
-        if reader.role not in ("radiologist", "admin") or not reader.active:
+        if reader.role not in RATERS or not reader.active:
             raise ValidationError(f"--readers {name}: {'a ' + reader.role if reader.active else 'disabled'}"
                                   f", not an active radiologist: only radiologists have adapters")
     train = TrainConfig(method="grpo" if nightly["method"] == "grpo" else "dpo",

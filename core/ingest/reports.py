@@ -117,8 +117,7 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
         staged = store.import_reports_staged(records, file=name, fmt=fmt, actor=actor,
                                              check_duplicates=not allow_duplicates)
     except ReportIdConflict as exc:
-        raise ImportValidationError(name, records[exc.k].row, None, str(exc).removeprefix(f"{name}: ")
-                                    ) from None
+        raise ImportValidationError(name, records[exc.k].row, None, exc.problem) from None
     dups = staged.duplicates
     return ImportResult(file=name, format=fmt, rows=records.rows, imported=staged.imported,
                         skipped=staged.skipped, duplicates=len(dups),

@@ -49,6 +49,13 @@ class Case:
     adapter_version: int | None = None  # the reader's adapter version that wrote ai_text
 
 
+# The reports a reader (the one ``?``) rates in a study that is not closed: they stay out of the
+# general queue and its count, since it shows the AI impression beside the original.
+OPEN_STUDY_REPORTS_SQL = ("SELECT u.report_id FROM study_tasks t JOIN study_units u ON u.id = t.unit_id "
+                          "WHERE t.reader_id = ? AND t.study_id NOT IN "
+                          "(SELECT study_id FROM study_events WHERE event = 'closed')")
+
+
 class FeedbackQueries:
     """The annotation queue, ``feedback`` and ``feedback_imports`` (mixed into
     :class:`core.store.database.Store`)."""
@@ -67,9 +74,7 @@ class FeedbackQueries:
         WHERE {_READY}
           AND NOT EXISTS (SELECT 1 FROM current_feedback f WHERE f.reader_id = ? AND
                           f.report_id = g.report_id AND f.study_id IS NULL)
-          AND g.report_id NOT IN (SELECT u.report_id FROM study_tasks t JOIN study_units u
-              ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN
-              (SELECT study_id FROM study_events WHERE event = 'closed'))
+          AND g.report_id NOT IN ({OPEN_STUDY_REPORTS_SQL})
           {{after}}
     """
     # One report as served: the reader's adapter's draft when there is one, else the newest
@@ -156,9 +161,7 @@ class FeedbackQueries:
         # this queue: see _NEXT_ID_SQL), unless already rated or skipped here
         row = self._one(
             "SELECT (SELECT count(DISTINCT g.report_id) FROM generations g WHERE g.style = "
-            "'default' AND (g.report_id NOT IN (SELECT u.report_id FROM study_tasks t JOIN "
-            "study_units u ON u.id = t.unit_id WHERE t.reader_id = ? AND t.study_id NOT IN "
-            "(SELECT study_id FROM study_events WHERE event = 'closed')) OR g.report_id IN "
+            f"'default' AND (g.report_id NOT IN ({OPEN_STUDY_REPORTS_SQL}) OR g.report_id IN "
             "(SELECT report_id FROM current_feedback WHERE reader_id = ? AND study_id IS NULL))) "
             "AS total, count(DISTINCT report_id) FILTER (WHERE kind = 'rating') AS rated, "
             "count(DISTINCT report_id) FILTER (WHERE kind = 'skip') AS skipped "

@@ -62,13 +62,14 @@ class ReportIdConflict(StoreError):
 
     def __init__(self, file: str, k: int, external_id: str, first_file: str | None):
         self.file, self.k, self.external_id, self.first_file = file, k, external_id, first_file
-        super().__init__(
-            f"{file}: id '{external_id}' is already in the database"
+        self.problem = (
+            f"id '{external_id}' is already in the database"
             + (f" (from {first_file})" if first_file else "")
             + " with different findings or impression; nothing was imported. If these are other "
               "patients' reports (another site), give them ids of their own, e.g. prefixed with "
               "the site; an amended report needs an id of its own too (the stored one stays, "
               "with the feedback given on it)")
+        super().__init__(f"{file}: {self.problem}")
 
     def __reduce__(self):
         return (type(self), (self.file, self.k, self.external_id, self.first_file))

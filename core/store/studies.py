@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from core import util
 from core.errors import ValidationError
+from core.store.feedback import OPEN_STUDY_REPORTS_SQL
 
 # Migrations 30-39 belong to studies; core.store.migrations registers them.
 STUDY_MIGRATIONS: list[tuple[int, str, str]] = [
@@ -487,6 +488,4 @@ class StudyQueries:
         original, which would tell the rater which study text came from which arm.
         """
         return [r["report_id"] for r in self._rows(
-            "SELECT DISTINCT u.report_id FROM study_tasks t JOIN study_units u ON u.id = t.unit_id "
-            "WHERE t.reader_id = ? AND t.study_id NOT IN (SELECT study_id FROM study_events "
-            "WHERE event = 'closed') ORDER BY 1", [reader_id])]
+            f"SELECT DISTINCT report_id FROM ({OPEN_STUDY_REPORTS_SQL}) ORDER BY 1", [reader_id])]

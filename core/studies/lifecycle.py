@@ -80,10 +80,15 @@ class StudyDesign:
 
 
 
+def _generates(make_texts: MakeTexts | None) -> bool:
+    """Whether ``make_texts`` makes missing texts (the CLI's --generate), not only styles
+    stored ones (:func:`core.studies.texts.stored_style_maker` without a fallback)."""
+    return make_texts is not None and getattr(make_texts, "generates", True)
+
+
 def _need(arms: Sequence[Arm], make_texts: MakeTexts | None) -> str:
     """What a candidate report needs besides findings and an impression (for the message)."""
-    if (make_texts is not None and getattr(make_texts, "generates", True)) or \
-            all(a.kind == "original" for a in arms):
+    if _generates(make_texts) or all(a.kind == "original" for a in arms):
         return ""
     return (f" and a stored AI text for the arms {', '.join(a.name for a in arms if a.kind != 'original')}"
             " (generate texts first: python -m core generate, or study create --generate)")
@@ -181,7 +186,7 @@ def _with_texts(store: Store, rows: list[dict], arms: Sequence[Arm], model: str 
     """The candidates that have a stored text for every one of ``arms``, when ``make_texts``
     cannot generate one (the app, the CLI without ``--generate``): a study then samples only
     reports it can show, as Annotate does. A style arm is rendered from the stored base text."""
-    if make_texts is not None and getattr(make_texts, "generates", True):
+    if _generates(make_texts):
         return rows
     ids = [r["id"] for r in rows]
     ok = set(ids)
