@@ -71,8 +71,10 @@ def _feedback_help() -> str:
     lines = [textwrap.fill(
         "Import existing feedback: each row is a radiologist's signed impression for a report, "
         "optionally with the draft it replaced and a rating. The whole file is checked first; "
-        "nothing is written unless every row is valid. Columns (header names in any case; the "
-        "first spelling present wins):", 92), ""]
+        "nothing is written unless every row is valid. A row for a report the reader already "
+        "answered (in the app or an earlier import) revises that answer, as a second rating in "
+        "the app does; importing the same file again changes nothing. Columns (header names in "
+        "any case; the first spelling present wins):", 92), ""]
     for key, names in COLUMNS.items():
         lines.append(f"  {' | '.join(names)}")
         lines.append(textwrap.fill(need[key], 92, initial_indent=" " * 6,

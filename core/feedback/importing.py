@@ -25,6 +25,12 @@ unfinished import; running the same file again resumes that import id and writes
 not yet written. Rows already imported (same reader, report and texts) and repeated rows are
 skipped, so importing a file twice is safe.
 
+One answer per reader and report counts: a row for a report the reader already answered outside
+studies (rated or skipped in the app, or imported before) revises that answer (``revises``), as a
+second rating in the app does; the earlier one stays on record, and preference pairs use only the
+current one. Two rows of one file for the same reader and report: the later one revises the
+earlier.
+
 Each row becomes a ``feedback`` row (kind ``rating``, ``source = 'import'``). With ``ai_text``
 the draft is stored as a generation (model ``imported-draft``, style ``imported``, so it never
 enters anyone's queue) and the row yields an edit-over-draft pair. Without it the row is linked to

@@ -182,8 +182,9 @@ class FeedbackQueries:
         returns the id of the first row instead of writing a second one. The same token with
         a different save (a collision) is refused: a save is only ever acknowledged with the
         id of a row that holds it. A rating or skip of a case the reader already rated or
-        skipped in the general queue (two tabs) is stored as a revision of the standing one
-        (``revises``): the later rating counts, the earlier stays on record.
+        skipped outside studies (two tabs, a correction, a case whose answer was imported) is
+        stored as a revision of the standing one (``revises``): the later rating counts, the
+        earlier stays on record.
 
         Raises:
             PermissionDenied: the account is disabled or does not exist.
@@ -215,20 +216,19 @@ class FeedbackQueries:
                         f"(feedback {row['id']}); nothing was saved. Reload the case and "
                         f"submit again")
             revises = None
-            if fields.get("kind") in ("rating", "skip") and fields.get("study_id") is None \
-                    and fields.get("source", "app") == "app":
+            if fields.get("kind") in ("rating", "skip") and fields.get("study_id") is None:
                 case = [fields["reader_id"], fields.get("report_id")]
                 # The first rating of a case (nearly every save) is told by a plain scan, ~2 ms;
                 # the standing one through the view (anti-joins over all feedback) only if any.
+                # Whatever stands outside studies is revised, an imported answer included: one
+                # answer per reader and case counts.
                 rated = con.execute(
                     "SELECT count(*) FROM feedback WHERE reader_id = ? AND report_id = ? AND "
-                    "kind IN ('rating', 'skip') AND study_id IS NULL AND source = 'app'",
-                    case).fetchall()[0][0]
+                    "kind IN ('rating', 'skip') AND study_id IS NULL", case).fetchall()[0][0]
                 if rated:
                     revises = con.execute(
                         "SELECT max(id) FROM current_feedback WHERE reader_id = ? AND "
-                        "report_id = ? AND study_id IS NULL AND source = 'app'",
-                        case).fetchall()[0][0]
+                        "report_id = ? AND study_id IS NULL", case).fetchall()[0][0]
             values = [fields[k] for k in cols] + [revises, util.now()]
             con.execute(
                 f"INSERT INTO feedback ({', '.join(cols)}, revises, created_at) VALUES "
@@ -265,7 +265,8 @@ class FeedbackQueries:
             draft_flags: the ``flags`` of the stored drafts.
         Returns:
             Feedback rows written (rows whose reader already holds the token are skipped: a
-            resumed import writes each row once).
+            resumed import writes each row once); each revises the answer standing for its
+            reader and report (see :meth:`_insert_imported_feedback`).
         Raises:
             PermissionDenied: a reader was disabled, or lost the role to give feedback, since
                 the file was checked; nothing of this chunk was written.
@@ -310,12 +311,7 @@ class FeedbackQueries:
                     "created_at) SELECT new_gid, report_id, 'imported-draft', 'imported', "
                     "draft_text, ?::JSON, ? FROM fb_new WHERE new_gid IS NOT NULL ORDER BY k",
                     [json.dumps(draft_flags), now])
-                con.execute(
-                    "INSERT INTO feedback (reader_id, report_id, generation_id, kind, rating, "
-                    "edited_text, source, client_token, created_at) SELECT reader_id, report_id, "
-                    "coalesce(new_gid, generation_id), 'rating', rating, edited_text, 'import', "
-                    "client_token, ? FROM fb_new ORDER BY k", [now])
-                written = con.execute("SELECT count(*) FROM fb_new").fetchall()[0][0]
+                written = self._insert_imported_feedback(con, now)
             finally:
                 with contextlib.suppress(Exception):  # keep the original error
                     con.execute("DROP TABLE IF EXISTS fb_new")
@@ -324,6 +320,31 @@ class FeedbackQueries:
             con.execute("UPDATE feedback_imports SET n_imported = n_imported + ?, chunks_done = "
                         "chunks_done + 1 WHERE id = ?", [written, import_id])
         return written
+
+    @staticmethod
+    def _insert_imported_feedback(con, now) -> int:
+        """Insert the rows of ``fb_new`` as feedback, each revising the answer that stands for
+        its reader and report outside studies (from the app or an earlier import), as a second
+        rating in the app does: one answer per reader and case counts. Rows of one case in the
+        same chunk go in passes (the first of each case, then the second, ...), so each revises
+        the one before it. Returns the rows written."""
+        con.execute("ALTER TABLE fb_new ADD COLUMN pass_no BIGINT")
+        con.execute("UPDATE fb_new SET pass_no = o.n FROM (SELECT k, row_number() OVER "
+                    "(PARTITION BY reader_id, report_id ORDER BY k) AS n FROM fb_new) o "
+                    "WHERE fb_new.k = o.k")
+        passes = con.execute("SELECT coalesce(max(pass_no), 0) FROM fb_new").fetchall()[0][0]
+        for n in range(1, passes + 1):
+            con.execute(
+                "INSERT INTO feedback (reader_id, report_id, generation_id, kind, rating, "
+                "edited_text, source, client_token, created_at, revises) SELECT c.reader_id, "
+                "c.report_id, coalesce(c.new_gid, c.generation_id), 'rating', c.rating, "
+                "c.edited_text, 'import', c.client_token, ?, s.id FROM fb_new c LEFT JOIN "
+                "(SELECT reader_id, report_id, max(id) AS id FROM current_feedback WHERE "
+                "study_id IS NULL AND report_id IN (SELECT report_id FROM fb_new) "
+                "GROUP BY reader_id, report_id) s ON s.reader_id = c.reader_id "
+                "AND s.report_id = c.report_id WHERE c.pass_no = ? ORDER BY c.k",
+                [now, n])
+        return con.execute("SELECT count(*) FROM fb_new").fetchall()[0][0]
 
     def finish_feedback_import(self, import_id: int, actor: str | None, detail: dict) -> dict:
         """Mark an import finished and audit it (``feedback_import``); returns its row."""

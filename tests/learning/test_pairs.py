@@ -206,6 +206,52 @@ def test_feedback_import_turns_draft_to_signed_pairs_into_feedback(store, users,
     assert main(["--db", store.path, "feedback", "import", str(path)]) == 0
 
 
+def test_an_imported_answer_revises_the_one_standing_for_that_reader_and_report(
+        store, users, cases, tmp_path):
+    """One answer per (reader, report) counts: an import revises an app rating, a later import
+    an earlier one (and a later row of one file the earlier row), and an app correction an
+    imported answer; importing the same files again changes nothing."""
+    from core.feedback import annotate
+    from core.feedback.importing import import_feedback
+
+    rad = users["rad1"]
+    case = annotate.next_case(store, rad)
+    in_app = annotate.submit_rating(store, rad, case, annotate.Rating(
+        rating=-2, edited_text="App: small left effusion."))
+    other = next(r for r in store.reports() if r["id"] != case.report_id)
+    first = _csv(tmp_path / "first.csv", [
+        ["rad1", case.external_id, "Import: no acute disease.", "", "2"],
+        ["rad1", other["external_id"], "File one: cardiomegaly.", "Draft A.", "-1"]])
+    second = _csv(tmp_path / "second.csv", [
+        ["rad1", other["external_id"], "File two, row one: normal heart.", "Draft B.", "0"],
+        ["rad1", other["external_id"], "File two, row two: clear lungs.", "Draft B.", "1"]])
+
+    def standing() -> dict[int, list[str]]:
+        rows = store.df("SELECT report_id, edited_text FROM current_feedback WHERE "
+                        "reader_id = ? AND study_id IS NULL ORDER BY id", [rad.id])
+        return rows.groupby("report_id")["edited_text"].apply(list).to_dict()
+
+    assert import_feedback(store, first).imported == 2
+    assert import_feedback(store, second).imported == 2
+    want = {case.report_id: ["Import: no acute disease."],
+            other["id"]: ["File two, row two: clear lungs."]}
+    assert standing() == want
+    imported = store.df("SELECT id, revises FROM feedback WHERE source = 'import' ORDER BY id")
+    assert in_app in set(imported["revises"])  # the app rating stays on record, revised
+    # re-importing either file is idempotent: nothing written, the same answers stand
+    assert (import_feedback(store, first).imported, import_feedback(store, second).imported) \
+        == (0, 0)
+    assert standing() == want
+    ps = pairs_for_reader(store, rad.id, heldout_fraction=0, record_heldout=False)
+    assert sorted(p.chosen for p in ps.train if p.kind == "edit") == [
+        "File two, row two: clear lungs.", "Import: no acute disease."]
+    # a rating in the app (a correction) of a case answered by import revises the import
+    fid = annotate.save_rating(store, rad, other["id"], None, None, annotate.Rating(
+        rating=0, edited_text="App again: normal chest."))
+    assert store.get_feedback(fid)["revises"] == int(imported["id"].iloc[-1])
+    assert standing()[other["id"]] == ["App again: normal chest."]
+
+
 @pytest.mark.parametrize("row,field,message", [
     (["nobody", "U", "x", "", ""], "reader", "no user named 'nobody'"),
     (["coord", "U", "x", "", ""], "reader", "coordinator"),
