@@ -1,7 +1,8 @@
 """Import report files into the store: validate the whole file first, then stage and publish it
 (all or nothing, in short transactions).
 
-Three kinds of report are left out, each counted in the ``ImportResult``:
+Three kinds of report are left out, each counted in the ``ImportResult`` (and all together in
+the ``imports`` row's ``n_skipped``, which Admin's "Recent imports" shows beside the rows read):
     already imported   the same (source, external_id) with the same findings and impression is
                        in the database (re-importing a file adds nothing); the same id with
                        other findings or impression is an error (another patient's report)
@@ -115,7 +116,9 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto",
     # (Store.import_reports_staged).
     try:
         staged = store.import_reports_staged(records, file=name, fmt=fmt, actor=actor,
-                                             check_duplicates=not allow_duplicates)
+                                             check_duplicates=not allow_duplicates,
+                                             rows_read=records.rows,
+                                             left_out=len(records.skipped))
     except ReportIdConflict as exc:
         raise ImportValidationError(name, records[exc.k].row, None, exc.problem) from None
     dups = staged.duplicates

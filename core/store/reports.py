@@ -105,7 +105,8 @@ class ReportQueries:
 
     def import_reports_staged(self, records: Iterable[Any], file: str, fmt: str,
                               actor: str | None = None, check_duplicates: bool = True,
-                              chunk_rows: int | None = None) -> StagedImport:
+                              chunk_rows: int | None = None, rows_read: int | None = None,
+                              left_out: int = 0) -> StagedImport:
         """Import report records without holding the database in one long transaction.
 
         The records are written to ``report_staging`` under a fresh stage id, ``chunk_rows``
@@ -120,6 +121,11 @@ class ReportQueries:
             check_duplicates: leave out records whose content (``fingerprint_sql``) repeats a
                 stored report of another source (checked in the publishing transaction).
             chunk_rows: records per staging transaction (default ``STAGE_ROWS``).
+            rows_read: the rows (or report files) the file had, left-out ones included (default:
+                one per record); the ``imports`` row's ``n_rows``.
+            left_out: rows (or files) the reader left out before staging (no findings, with
+                ``skip_empty_findings``); counted in the ``imports`` row's ``n_skipped`` with the
+                reports already imported and the content duplicates.
         """
         records = list(records)
         chunk_rows = max(1, chunk_rows or STAGE_ROWS)
@@ -131,7 +137,7 @@ class ReportQueries:
                 self._stage_chunk(stage_id, start, records[start:start + chunk_rows],
                                   (file, fmt, len(records), actor) if start == 0 else None)
             return self._publish_stage(stage_id, file, fmt, len(records), actor,
-                                       check_duplicates)
+                                       check_duplicates, (rows_read, left_out))
         except BaseException:
             with contextlib.suppress(Exception):  # keep the original error
                 self._drop_stage(stage_id)
@@ -195,8 +201,10 @@ class ReportQueries:
                     con.unregister("incoming")
 
     def _publish_stage(self, stage_id: str, file: str, fmt: str, n_rows: int,
-                       actor: str | None, check_duplicates: bool) -> StagedImport:
-        """Make a staged import visible: ONE transaction of a few set statements."""
+                       actor: str | None, check_duplicates: bool,
+                       read: tuple[int | None, int] = (None, 0)) -> StagedImport:
+        """Make a staged import visible: ONE transaction of a few set statements. ``read``:
+        (rows the file had, rows left out before staging), see :meth:`import_reports_staged`."""
         now = util.now()
         with self.tx() as con:
             if not con.execute("SELECT 1 FROM report_stages WHERE stage_id = ?",
@@ -220,9 +228,11 @@ class ReportQueries:
                     "AND NOT EXISTS (SELECT 1 FROM reports x WHERE x.source = s.source AND "
                     "x.external_id = s.external_id) GROUP BY s.k", [stage_id]).fetchall()}
             kept = n_rows - len(dups)
+            rows_read, left_out = read
             con.execute(
                 "INSERT INTO imports (file, format, n_rows, n_imported, n_skipped, actor, "
-                "created_at) VALUES (?, ?, ?, 0, 0, ?, ?)", [file, fmt, kept, actor, now])
+                "created_at) VALUES (?, ?, ?, 0, 0, ?, ?)",
+                [file, fmt, n_rows + left_out if rows_read is None else rows_read, actor, now])
             import_id = con.execute("SELECT currval('imports_id_seq')").fetchall()[0][0]
             before = con.execute("SELECT count(*) FROM reports").fetchall()[0][0]
             con.execute(
@@ -236,12 +246,15 @@ class ReportQueries:
                 [import_id, now, stage_id, sorted(dups)])
             imported = con.execute("SELECT count(*) FROM reports").fetchall()[0][0] - before
             skipped = kept - imported
+            # every report or row left out counts: already imported, the same content from
+            # another format, and what the reader left out (no findings)
             con.execute("UPDATE imports SET n_imported = ?, n_skipped = ? WHERE id = ?",
-                        [imported, skipped, import_id])
+                        [imported, skipped + len(dups) + left_out, import_id])
             con.execute("INSERT INTO audit_log (created_at, actor, action, detail) VALUES "
                         "(?, ?, ?, ?)", [now, actor, "import", json.dumps(
                             {"file": os.path.basename(file), "format": fmt,
-                             "imported": imported, "skipped": skipped})])
+                             "imported": imported, "skipped": skipped,
+                             "duplicates": len(dups), "empty_findings": left_out})])
             self._drop_stage(stage_id)
         return StagedImport(import_id, imported, skipped, dups)
 

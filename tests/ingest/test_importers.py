@@ -746,6 +746,29 @@ def test_reimport_through_another_format_is_skipped_and_counted(store):
     assert store.count_reports() == 14
 
 
+def test_the_imports_table_counts_every_report_left_out(store):
+    """Admin's "Recent imports" (the ``imports`` table): rows read, imported, and skipped for
+    any reason: no findings (--skip-empty-findings), already imported, the same content from
+    another format."""
+    from core.ingest.reports import import_file
+
+    def last() -> tuple[int, int, int]:
+        row = store.imports()[0]
+        return row["n_rows"], row["n_imported"], row["n_skipped"]
+
+    import_file(store, MIMIC_FOLDER, skip_empty_findings=True)
+    assert last() == (12, 11, 1)  # one report file without findings
+    import_file(store, CHEXPERT_SAMPLE, skip_empty_findings=True)
+    assert last() == (7, 3, 3)  # spreadsheet rows: rows 4, 6 and 7 have no findings
+    export = FIXTURES / "export_of_mimic.csv"
+    import_file(store, export, mapping={"id": "accession"})
+    assert last() == (3, 1, 2)  # two MIMIC reports again, through a CSV export
+    import_file(store, export, mapping={"id": "accession"})
+    assert last() == (3, 0, 3)  # one already imported, two duplicates
+    audit = store.df("SELECT detail FROM audit_log WHERE action = 'import' ORDER BY id")
+    assert json.loads(audit["detail"].iloc[1])["empty_findings"] == 3
+
+
 def test_identical_texts_within_one_source_are_not_duplicates(store, tmp_path):
     """Two studies may share a templated normal report: only another source's copy counts."""
     from core.ingest.reports import import_file
