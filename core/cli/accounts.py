@@ -6,11 +6,13 @@ import sys
 
 from core.accounts.admin import set_user_active
 from core.accounts.auth import ROLES, create_user
-from core.cli.common import cli_user, open_store, table
+from core.cli.common import cli_user, existing_store, open_store, table
 
 
 def cmd_users(args) -> int:
-    store = open_store(args)
+    # only `users add` may start a new database (the first account); list, disable and
+    # enable need one that is there
+    store = open_store(args) if args.users_cmd == "add" else existing_store(args)
     if args.users_cmd == "add":
         password = sys.stdin.readline().rstrip("\n")
         reader = create_user(store, args.name, args.role, password, actor="cli")

@@ -23,13 +23,25 @@ def open_store(args) -> Store:
     return store
 
 
+# The verbs that may make a new database (the first step on a new server, or of `make run`):
+# every other verb reads or changes data already there and opens it with existing_store.
+CREATING_VERBS = ("setup", "demo", "import", "users add", "restore")
+
+
 def existing_store(args) -> Store:
-    """:func:`open_store` for commands that need data already there: a missing file is bad
-    input (instead of a new, empty database created by a typo in --db)."""
+    """:func:`open_store` for commands that need data already there (every verb but those of
+    :data:`CREATING_VERBS`): a missing file is bad input, instead of a new, empty database
+    created by a typo in --db and an empty answer.
+
+    Raises:
+        ValidationError: naming the path.
+    """
     db = settings().db_path
     if not db.is_file():
-        raise ValidationError(f"database {db} does not exist: import reports first "
-                              f"(python -m core --db {db} import FILE)")
+        what = "is not a file" if db.exists() else "does not exist"
+        raise ValidationError(
+            f"database {db} {what}: check --db (or IMPRESSIONIST_DB); only "
+            f"{', '.join(CREATING_VERBS)} make a new one")
     return open_store(args)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from core.cli.common import open_store
+from core.cli.common import existing_store, open_store
 from core.errors import ValidationError
 from core.evaluation.compare import evaluate_pairs, format_result, read_pairs, write_json
 from core.feedback.annotate import RATING_SCALE
@@ -38,8 +38,9 @@ def cmd_import(args) -> int:
 
 
 def cmd_feedback(args) -> int:
-    """Import existing draft -> signed impression pairs as feedback."""
-    store = open_store(args)
+    """Import existing draft -> signed impression pairs as feedback (into a database that has
+    the readers and reports)."""
+    store = existing_store(args)
     result = import_feedback(store, args.file, actor="cli")
     print(result.summary())
     return 0

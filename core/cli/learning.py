@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.adapters.registry import list_versions, promote, rollback
-from core.cli.common import open_store, output_path, table
+from core.cli.common import existing_store, output_path, table
 from core.cli.flags import add_config_flags, config_values, nonnegative_int, positive_int
 from core.errors import NotFound, ValidationError
 from core.feedback.annotate import RATERS
@@ -40,7 +40,7 @@ def _quiet_libraries() -> None:
 
 def cmd_pairs(args) -> int:
     """Export one radiologist's preference pairs as JSONL (TRL preference format)."""
-    store = open_store(args)
+    store = existing_store(args)
     reader = store.get_reader(args.reader)
     heldout = config_values(args, NightlyConfig)["heldout_fraction"]  # the nightly job's split
     pairs = pairs_for_reader(store, reader.id, heldout_fraction=heldout,
@@ -67,7 +67,7 @@ def cmd_nightly(args) -> int:
         output_path(args.json, "--json")
     if args.quiet:
         _quiet_libraries()
-    store = open_store(args)
+    store = existing_store(args)
     nightly = config_values(args, NightlyConfig)
     for name in nightly.get("readers") or ():  # a typo in a cron line must not train no one quietly
         try:
@@ -93,7 +93,7 @@ def cmd_nightly(args) -> int:
 
 def cmd_adapters(args) -> int:
     """List adapter versions; promote one; roll back to the previous one."""
-    store = open_store(args)
+    store = existing_store(args)
     if args.adapters_cmd == "list":
         rows = list_versions(store, reader=args.reader)
         if not rows:
@@ -121,7 +121,7 @@ def cmd_adapters(args) -> int:
 
 def cmd_train_sft(args) -> int:
     """SFT of the shared base adapter on the store's train-split reports (core.learning.sft)."""
-    store = open_store(args)
+    store = existing_store(args)
     config = SFTTrainConfig(**config_values(args, SFTTrainConfig), progress=not args.quiet)
     run = run_sft(store, config, model_path=args.model, max_examples=args.max_examples,
                   shots=C2FConfig().shots if args.shots is None else args.shots,

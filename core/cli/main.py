@@ -21,7 +21,9 @@ Import formats (import --format; auto picks one from the file name and header):
 Every command works on the database given by --db (default: $IMPRESSIONIST_DB, else
 data/impressionist.duckdb). What belongs to a database (its adapters, the nightly lock, the
 retrieval cache, logs) lives beside it: in its folder for impressionist.duckdb, else in
-NAME-data/ next to NAME.duckdb. Add --help after a command for its options.
+NAME-data/ next to NAME.duckdb. Only setup, demo, import, users add and restore make a new
+database; every other command refuses one that does not exist (a typo in --db), with status 2.
+Add --help after a command for its options.
 
 Exit status: 0 on success, 2 on bad input (the message names the file, row and field, the
 option, or the IMPRESSIONIST_* setting), 1 on any other failure.

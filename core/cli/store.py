@@ -6,7 +6,7 @@ import getpass
 import os
 from pathlib import Path
 
-from core.cli.common import open_store
+from core.cli.common import existing_store
 from core.config import settings
 from core.store.database import Store
 
@@ -22,7 +22,7 @@ def _os_actor(args) -> str:
 
 
 def cmd_backup(args) -> int:
-    store = open_store(args)
+    store = existing_store(args)
     counts = store.backup(args.dest)
     store.audit(_os_actor(args), "backup", {"to": Path(args.dest).name, **counts})
     print(f"backup written to {args.dest}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))

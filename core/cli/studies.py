@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.accounts.auth import User, require
-from core.cli.common import cli_user, open_store, output_path
+from core.cli.common import cli_user, existing_store, output_path
 from core.cli.flags import comma_list, fraction, nonnegative_float, nonnegative_int, positive_int
 from core.cli.generation import generator
 from core.errors import NotFound, ValidationError
@@ -153,7 +153,7 @@ _VERBS = {"create": _create, "assign": _assign, "list": _list, "status": _status
 def cmd_study(args) -> int:
     """Human evaluation studies: create, assign, status, pause/resume, extend, close, report,
     export (see core.studies)."""
-    store = open_store(args)
+    store = existing_store(args)
     _VERBS[args.study_cmd](args, store, _user(args, store))
     return 0
 

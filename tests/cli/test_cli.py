@@ -137,3 +137,38 @@ def test_outputs_are_checked_before_the_work_and_a_typo_in_readers_is_an_error(t
     ghost = run("nightly", "--readers", "ghost")
     assert ghost.returncode == 2 and "--readers ghost: no such user" in ghost.stderr
     assert "Traceback" not in same.stderr + under.stderr + ghost.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["users", "list"], ["users", "disable", "dr_x"], ["adapters", "list"],
+    ["adapters", "rollback", "dr_x"], ["study", "list"], ["study", "report", "1"],
+    ["pairs", "--reader", "dr_x", "--out", "{tmp}/p.jsonl"], ["nightly", "--quiet"],
+    ["backup", "{tmp}/b.duckdb"], ["feedback", "import", "{tmp}/fb.csv"],
+    ["generate", "--limit", "1"], ["train-sft", "--max-steps", "1"],
+])
+def test_a_verb_that_needs_data_refuses_a_missing_database_naming_it(argv, tmp_path, capsys):
+    """A typo in --db must not create an empty database and answer from it with status 0."""
+    from core.cli.main import main
+
+    db = tmp_path / "typo" / "x.duckdb"
+    assert main(["--db", str(db), *[a.format(tmp=tmp_path) for a in argv]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"database {db} does not exist" in err[0], err
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_the_verbs_that_make_a_database_still_make_one(tmp_path, monkeypatch, capsys):
+    import io
+
+    from core.cli.main import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("A-long-Passw0rd\n"))
+    first = tmp_path / "new" / "a.duckdb"
+    assert main(["--db", str(first), "users", "add", "dr_x", "--role", "radiologist"]) == 0
+    assert first.is_file()
+    assert main(["--db", str(first), "users", "list"]) == 0
+    assert "dr_x" in capsys.readouterr().out
+    reports = tmp_path / "r.jsonl"
+    reports.write_text('{"uid": "1", "findings": "Lungs clear.", "impression": "Normal."}\n')
+    second = tmp_path / "new" / "b.duckdb"
+    assert main(["--db", str(second), "import", str(reports)]) == 0 and second.is_file()
