@@ -18,7 +18,11 @@ message. Modules raise these classes; none defines its own.
     │   ├── StudyError                a study request is not acceptable
     │   │   ├── StudyClosed
     │   │   └── StudyPaused
-    │   └── UnknownVersion            (also an AdapterRegistryError) no such adapter version
+    │   ├── UnknownVersion            (also an AdapterRegistryError) no such adapter version
+    │   ├── GateRejected              (also an AdapterRegistryError) a version the gate rejected,
+    │   │                             promoted without the explicit override
+    │   └── UnusableBackup            (also a StoreError) restore of a file that is not a
+    │                                 whole Impressionist database
     ├── PermissionDenied              the signed-in user may not do this
     │   └── StudyBlinded              the unblinded key before the study is closed
     ├── AuthError                     wrong credentials, throttled sign-in, weak password
@@ -31,7 +35,6 @@ message. Modules raise these classes; none defines its own.
     │   ├── AdapterError              a LoRA adapter is missing or malformed
     │   └── BackendUnavailable
     ├── AdapterRegistryError          an adapter version cannot be promoted or rolled back
-    │   └── GateRejected              the gate rejected it; promoting needs an explicit override
     ├── RetrievalError                the retrieval index cannot be built or used
     ├── GenerationError               a report cannot be generated for
     ├── PairsError                    pairs cannot be built or exported
@@ -137,6 +140,10 @@ class StudyPaused(StudyError):
     """The study is paused: ratings are refused until a coordinator resumes it."""
 
 
+class UnusableBackup(StoreError, ValidationError):
+    """A file given to restore is not a whole Impressionist database; nothing was restored."""
+
+
 
 # -- access ------------------------------------------------------------------------------------
 
@@ -172,8 +179,9 @@ class AdapterRegistryError(ImpressionistError):
     """An adapter version is missing, malformed, or cannot be promoted/rolled back."""
 
 
-class GateRejected(AdapterRegistryError):
-    """A version the nightly gate rejected, promoted without an explicit override."""
+class GateRejected(AdapterRegistryError, ValidationError):
+    """A version the nightly gate rejected, promoted without an explicit override (bad input:
+    the request lacks the override it needs, ``--override-gate`` on the command line)."""
 
 
 class UnknownVersion(AdapterRegistryError, ValidationError):

@@ -298,7 +298,8 @@ def promote(store, reader: str | int, version: int, *, user: User | None = None,
             raise GateRejected(
                 f"{av.reader} v{version} was rejected by the nightly gate (it did not beat "
                 f"the active version on held-out feedback, or it lost critical findings); "
-                f"promoting it needs an explicit override")
+                f"promoting it needs an explicit override (--override-gate on the command "
+                f"line); nothing was changed")
         reason = f"{reason or 'promoted'} (overriding the gate's rejection)"
     if not av.path.is_dir():
         raise AdapterRegistryError(f"adapter folder {av.path} is missing; cannot promote "

@@ -167,7 +167,8 @@ def add_adapters(sub) -> None:
     a.add_argument("reader")
     a.add_argument("version", type=positive_int)
     a.add_argument("--override-gate", action="store_true",
-                   help="promote a version the nightly gate rejected (recorded in the log)")
+                   help="promote a version the nightly gate rejected (recorded in the log); "
+                        "without it such a promotion is refused with exit status 2")
     a = ad.add_parser("rollback", help="back to the version active before the current one")
     a.add_argument("reader")
     a.add_argument("--to", type=positive_int, help="a specific version instead")

@@ -26,7 +26,10 @@ database; every other command refuses one that does not exist (a typo in --db), 
 Add --help after a command for its options.
 
 Exit status: 0 on success, 2 on bad input (the message names the file, row and field, the
-option, or the IMPRESSIONIST_* setting), 1 on any other failure.
+option, or the IMPRESSIONIST_* setting: a file that is not what the command needs, such as a
+restore of a file that is no Impressionist database, or a request that lacks the option it
+needs, such as adapters promote of a version the nightly gate rejected without
+--override-gate), 1 on any other failure.
 """
 
 from __future__ import annotations

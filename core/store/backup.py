@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import util
-from core.errors import StoreError, ValidationError
+from core.errors import StoreError, UnusableBackup, ValidationError
 from core.store.migrations import MIGRATIONS
 
 
@@ -170,7 +170,10 @@ class Backups:
         audited with ``actor``.
 
         Raises:
-            StoreError: the backup is missing, unreadable or damaged (nothing was changed).
+            UnusableBackup: ``src`` is not a whole Impressionist database (not DuckDB, cut
+                short, damaged, foreign, newer): bad input, nothing was changed.
+            ValidationError: ``src`` is missing; nothing was changed.
+            StoreError: the database could not be swapped (nothing was changed).
         """
         src = Path(src)
         if self.memory:
@@ -181,9 +184,12 @@ class Backups:
         staged = Path(f"{self.path}.restoring-{stamp}-{os.getpid()}")
         kept = None
         try:
-            verify_database_file(src)
-            _rebuild_from(src, staged)
-            counts = verify_database_file(staged, shown_as=src)
+            try:
+                verify_database_file(src)
+                _rebuild_from(src, staged)
+                counts = verify_database_file(staged, shown_as=src)
+            except StoreError as exc:  # the file given is no usable backup: bad input
+                raise UnusableBackup(str(exc)) from exc
             with self._lock:
                 self._release()  # our own connection first; then the file, in turn
                 self._file.acquire(time.monotonic() + self.lock_timeout, self.path)

@@ -154,6 +154,26 @@ def test_cli_adapters_list_promote_rollback(store, users, capsys):
     assert main(["--db", db, "adapters", "promote", "rad1", "9"]) == 2  # no such version: bad input
 
 
+def test_cli_promote_of_a_version_the_gate_rejected_is_bad_input_without_the_override(
+        store, users, capsys):
+    """`--help` says 2 on bad input: a promotion that lacks the --override-gate it needs is
+    refused with 2 and one line naming the flag; nothing changes until the flag is given."""
+    from core.cli.main import main
+
+    version, tmp = adapters.allocate_version(store, "rad1")
+    adapters.write_memory(tmp, [])
+    adapters.commit_version(store, "rad1", version, tmp, None, "memory", {}, status="rejected")
+    db = store.path
+    assert main(["--db", db, "adapters", "promote", "rad1", str(version)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rejected by the nightly gate" in err[0] \
+        and "--override-gate" in err[0], err
+    assert adapters.active_adapter(store, "rad1") is None
+    assert main(["--db", db, "adapters", "promote", "rad1", str(version),
+                 "--override-gate"]) == 0
+    assert adapters.active_adapter(store, "rad1").version == version
+
+
 def test_version_numbers_skip_orphan_folders(store, users):
     (adapters.reader_dir("rad1") / "v5").mkdir(parents=True)
     version, tmp = adapters.allocate_version(store, "rad1")

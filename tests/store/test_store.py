@@ -150,12 +150,21 @@ def test_backup_while_writing_then_restore(store, users, cases, tmp_path):
     assert store.count_reports() == 12
 
 
-def test_restore_refuses_a_non_database(store, tmp_path):
+def test_restore_refuses_a_non_database(store, tmp_path, capsys):
+    from core.cli.main import main
+
     junk = tmp_path / "junk.duckdb"
     junk.write_bytes(b"not a database")
     with pytest.raises(StoreError, match="not a usable"):
         store.restore(junk)
     assert store.schema_version() >= 1
+    # on the command line a file that is no database is bad input: status 2, one line
+    store.close()
+    live = Path(store.path).read_bytes()
+    assert main(["--db", store.path, "restore", str(junk)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "junk.duckdb: not a usable Impressionist backup" in err[0], err
+    assert Path(store.path).read_bytes() == live
 
 
 # -- issue 16: idempotency keys, two tabs, restore ------------------------------------------------
