@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from core.adapters.registry import active_adapter
 from core.cli.common import existing_store, output_path
 from core.cli.flags import add_config_flags, config_values, positive_int
 from core.config import BACKENDS, settings
@@ -15,6 +16,7 @@ from core.errors import ModelNotPrepared, RetrievalError, StyleError, Validation
 from core.generation.backends import load_backend
 from core.generation.csvfile import generate_csv, read_reports_csv, write_predictions_csv
 from core.generation.models import BATCH_SIZE
+from core.generation.personal import reader_adapter
 from core.generation.pipeline import C2FConfig, fill_missing, pipeline_for
 from core.generation.styles import ALIASES, STYLES, resolve_style
 
@@ -69,6 +71,19 @@ def _generate_rows(args, store, config: C2FConfig, cases: list[dict]) -> int:
     return 0
 
 
+def _say_when_no_adapter(store, reader: str) -> None:
+    """One line on stderr when ``reader`` has no adapter of their own (none promoted yet, and
+    none copied in by hand): the shared base writes, which --help's "their active adapter"
+    would not lead anyone to expect. An unknown reader is bad input (before the model loads).
+
+    Raises:
+        ValidationError: no user named ``reader``.
+    """
+    if active_adapter(store, reader) is None and reader_adapter(reader, store=store) is None:
+        print(f"{reader} has no active adapter: the shared base writes their impressions",
+              file=sys.stderr)
+
+
 def cmd_generate(args) -> int:
     """Fill the queue (stored impressions), or write impressions for a CSV (--in/--out)."""
     config = C2FConfig(**config_values(args, C2FConfig))
@@ -83,6 +98,7 @@ def cmd_generate(args) -> int:
         if cases is None:
             raise ValidationError("--reader goes with --in/--out (the queue is filled for "
                                   "everyone; the nightly job pre-drafts each reader's cases)")
+        _say_when_no_adapter(store, args.reader)
         return generate_csv(args.inp, args.out, generator=generator(args.model, args.backend),
                             style=args.style, reader=args.reader,
                             batch_size=args.batch_size, store=store, config=config)
@@ -134,7 +150,9 @@ def add_generate(sub) -> None:
                    help="CSV to write: uid, prediction, style, needs_review, flags")
     p.add_argument("--style", type=style, default="default",
                    help="audience style (below): default, brief, bullets, comprehensive")
-    p.add_argument("--reader", help="with --in: draft as this radiologist (their active adapter)")
+    p.add_argument("--reader", help="with --in: draft as this radiologist (their active "
+                                    "adapter; without one the shared base drafts, and a notice "
+                                    "says so)")
     add_config_flags(p, C2FConfig, {"llm": "--llm"})
     p.add_argument("--backend", choices=list(BACKENDS),
                    help="generation backend (default: $IMPRESSIONIST_BACKEND or transformers; "

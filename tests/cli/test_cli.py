@@ -172,3 +172,40 @@ def test_the_verbs_that_make_a_database_still_make_one(tmp_path, monkeypatch, ca
     reports.write_text('{"uid": "1", "findings": "Lungs clear.", "impression": "Normal."}\n')
     second = tmp_path / "new" / "b.duckdb"
     assert main(["--db", str(second), "import", str(reports)]) == 0 and second.is_file()
+
+
+@pytest.mark.slow
+def test_generate_for_a_reader_without_an_adapter_says_the_shared_base_writes(
+        tmp_path, store, users, cases, tiny, capsys):
+    """--help promises "their active adapter": without one, one notice line on stderr and the
+    shared pipeline writes; a reader with an adapter gets no notice; an unknown name is an
+    error (status 2) before the model loads."""
+    import csv
+
+    from core.adapters import registry as adapters
+    from core.cli.main import main
+
+    version, tmp = adapters.allocate_version(store, "rad2")
+    adapters.write_memory(tmp, [])
+    adapters.commit_version(store, "rad2", version, tmp, None, "memory", {})
+    adapters.promote(store, "rad2", version, actor="test")
+    inp = tmp_path / "in.csv"
+    inp.write_text("uid,findings\nq1,Small left pleural effusion. No pneumothorax.\n")
+
+    def generate(reader: str) -> tuple[int, list[str]]:
+        out = tmp_path / f"{reader}.csv"
+        status = main(["--db", store.path, "generate", "--in", str(inp), "--out", str(out),
+                       "--reader", reader, "--model", str(tiny), "--llm", "off"])
+        lines = [ln for ln in capsys.readouterr().err.splitlines()
+                 if ln.strip() and "%|" not in ln]  # less the progress bars
+        if status == 0:
+            assert [r["uid"] for r in csv.DictReader(out.open())] == ["q1"]
+        return status, lines
+
+    status, lines = generate("rad1")
+    assert status == 0 and lines == [
+        "rad1 has no active adapter: the shared base writes their impressions"], lines
+    status, lines = generate("rad2")
+    assert status == 0 and not [ln for ln in lines if "no active adapter" in ln], lines
+    status, lines = generate("nobody")
+    assert status == 2 and lines == ["error: no user named 'nobody'"], lines
