@@ -16,6 +16,13 @@ Layout (``settings().adapters_dir``)::
     <reader>/ACTIVE.json      pointer to the active version (mirror of the database)
     <reader>/.tmp-*           a version being written (removed at the next nightly start)
 
+A version's files are always ``<reader>/v<N>`` of *this* database's adapters folder
+(:func:`version_dir`); the ``path`` recorded with it says where it was written. A backup holds
+the database only: restored under another database's path, its versions name folders of the
+database it was taken from, which are never used (two databases never share adapters);
+:func:`versions_without_files` lists them so that ``restore`` can say their files were not
+restored.
+
 A version directory appears only complete: it is written under ``.tmp-*`` and renamed into
 place with ``os.replace``. The database is the authority on which version is active
 (``active_adapters``): promotion and rollback change it in ONE transaction together with the
@@ -51,7 +58,7 @@ from core.errors import (  # noqa: F401 (defined in core.errors)
 from core.store.accounts import Reader
 
 __all__ = ["AdapterRegistryError", "GateRejected", "UnknownVersion", "AdapterVersion",
-           "reader_dir", "active_adapter", "get_version", "list_versions", "allocate_version",
+           "reader_dir", "version_dir", "versions_without_files", "active_adapter", "get_version", "list_versions", "allocate_version",
            "commit_version", "promote", "rollback", "sync_pointers", "cleanup_partial", "read_memory",
            "write_memory", "DraftConfig", "Drafter", "DraftOutput", "shared_adapter_dir"]
 
@@ -97,6 +104,13 @@ def reader_dir(username: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", username or "") or username in (".", ".."):
         raise ValidationError(f"reader name {username!r} cannot name an adapter folder")
     return settings().adapters_dir / username
+
+
+def version_dir(username: str, version: int) -> Path:
+    """Where the files of one version live: in this database's adapters folder, whatever path
+    the version was recorded with (a restored backup's rows name another database's folders).
+    """
+    return reader_dir(username) / f"v{version}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +176,8 @@ def _reader(store, reader: str | int):
 
 
 def _version_from_row(row: dict, username: str) -> AdapterVersion:
-    return AdapterVersion(username, row["reader_id"], row["version"], Path(row["path"]),
+    return AdapterVersion(username, row["reader_id"], row["version"],
+                          version_dir(username, row["version"]),
                           row.get("status") or "candidate", row.get("method"),
                           row.get("metrics") or {})
 
@@ -203,7 +218,26 @@ def list_versions(store, user: User | None = None, reader: str | None = None) ->
     for r in rows:
         r["state"] = ("active" if r["active"] else
                       left.get((r["reader"], r["version"]), r["status"]))
+        r["path"] = str(version_dir(r["reader"], r["version"]))  # its files, in this database's home
     return rows
+
+
+def versions_without_files(store) -> list[dict]:
+    """The adapter versions of ``store`` whose files are not in this database's adapters folder:
+    the folder is missing, or the version was written under another folder (a backup of another
+    database restored here: the folder here, if any, holds another version of that number).
+    What ``restore`` reports: a backup holds the database, not the adapter files.
+
+    Returns:
+        Dicts with ``reader``, ``version``, ``written_to`` (the recorded path) and ``here``.
+    """
+    out = []
+    for r in store.adapters_of(None):
+        here = version_dir(r["reader"], r["version"])
+        if not here.is_dir() or Path(r["path"]).resolve() != here.resolve():
+            out.append({"reader": r["reader"], "version": r["version"],
+                        "written_to": r["path"], "here": str(here)})
+    return out
 
 
 def _disk_versions(folder: Path) -> list[int]:
@@ -232,7 +266,7 @@ def commit_version(store, reader: str | int, version: int, tmp: Path, run_id: in
                    base_model: str | None = None) -> AdapterVersion:
     """Rename a finished temporary folder to ``v<version>`` and record it in the database."""
     r = _reader(store, reader)
-    final = reader_dir(r.username) / f"v{version}"
+    final = version_dir(r.username, version)
     if final.exists():
         raise AdapterRegistryError(f"{final} already exists; refusing to overwrite a version")
     os.replace(tmp, final)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from pathlib import Path
 
+from core.adapters.registry import sync_pointers, versions_without_files
 from core.cli.common import existing_store
 from core.config import settings
 from core.store.database import Store
@@ -31,13 +33,33 @@ def cmd_backup(args) -> int:
 
 def cmd_restore(args) -> int:
     """Restore a backup (checked completely first). The live database is never opened, so a
-    good backup also restores over a damaged one: no ``open_store`` (which migrates)."""
+    good backup also restores over a damaged one: no ``open_store`` (which migrates).
+
+    A backup holds the database, not the adapter files: the pointer files of this database's
+    adapters folder are rewritten from the restored database, and a warning names the versions
+    whose files are not there (e.g. a backup of another database: its versions' folders are
+    that database's, never used here)."""
     store = Store(settings().db_path)
     args.cleanup.callback(store.close)
     result = store.restore(args.src, actor=_os_actor(args))
     print(f"restored {args.src}: " + ", ".join(f"{v:,} {k}" for k, v in result.counts.items())
           + (f" (previous database kept as {result.kept_as})" if result.kept_as else ""))
+    sync_pointers(store)
+    _warn_adapters_not_restored(versions_without_files(store))
     return 0
+
+
+def _warn_adapters_not_restored(missing: list[dict]) -> None:
+    """One line on stderr naming the adapter versions whose files a restore did not bring."""
+    if not missing:
+        return
+    named = ", ".join(f"{m['reader']} v{m['version']} (written to {m['written_to']})"
+                      for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    folder = Path(missing[0]["here"]).parent.parent
+    print(f"warning: the adapter files were not restored (a backup holds the database only): "
+          f"{len(missing)} adapter version(s) are not in {folder}: {named}; copy each version's "
+          f"folder to {folder}/<reader>/v<N> to use it (until then it cannot be promoted, and an "
+          f"active one drafts as the shared base)", file=sys.stderr)
 
 
 def add_backup(sub) -> None:

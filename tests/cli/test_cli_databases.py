@@ -104,6 +104,41 @@ def test_two_databases_side_by_side_share_nothing(tmp_path, monkeypatch, capsys)
         p.name for p in settings().data_dir.glob("*")}
 
 
+def test_a_restored_backup_never_uses_another_databases_adapter_files(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A backup holds the database, not the adapter folders: restored over its own database it
+    finds its versions where they were; restored under another database's path its versions
+    are looked for in that database's own folder (never the other's), and restore says that
+    their files were not restored."""
+    from core.adapters import registry as adapters
+    from core.store.database import Store
+
+    a, b = str(tmp_path / "dbs" / "a.duckdb"), str(tmp_path / "dbs" / "b.duckdb")
+    _add_user(a, "dr_x", monkeypatch)
+    _promote_versions(a, "dr_x", 1, monkeypatch)
+    backup = str(tmp_path / "bk.duckdb")
+    assert main(["--db", a, "backup", backup]) == 0
+    capsys.readouterr()
+    assert main(["--db", a, "restore", backup]) == 0  # its own database: nothing missing
+    assert "warning" not in capsys.readouterr().err
+
+    assert main(["--db", b, "restore", backup]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "adapter files were not restored" in err[0], err
+    assert "dr_x v1" in err[0] and str(tmp_path / "dbs" / "a-data") in err[0], err
+    assert main(["--db", b, "adapters", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert str(tmp_path / "dbs" / "b-data") in listed and "a-data" not in listed, listed
+    monkeypatch.setenv("IMPRESSIONIST_DB", b)
+    store = Store(b)
+    try:
+        active = adapters.active_adapter(store, "dr_x")
+        assert active.version == 1 and not active.path.exists()  # a's files are never read
+        assert active.path.is_relative_to(tmp_path / "dbs" / "b-data")
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 def test_every_verb_closes_its_database_and_bad_input_exits_2(tmp_path):
     """Each cheap verb in its own process, as from a shell or cron: the right exit status, one
