@@ -127,7 +127,11 @@ def keyboard_guard(shortcuts: list[tuple[str, str]] | None = None,
     - a key pressed while a checkbox or radio button has the focus (Streamlit ignores its
       shortcuts there) is handed to the page as if nothing had the focus;
     - ``ticks`` ({key: checkbox label}) ticks or unticks that checkbox on the page;
-    - ``?`` shows (and ``?`` or Escape hides) an overlay listing ``shortcuts`` ((keys, what)).
+    - ``?`` shows (and ``?`` or Escape hides) an overlay listing ``shortcuts`` ((keys, what));
+    - on a page that draws :func:`run_mark` last: after Submit (Ctrl+Enter), Skip, Undo or Next,
+      keys are dropped (with a note) until the page has drawn the outcome, and for 450 ms after a
+      new case appears: a fast reader's "5, Ctrl+Enter, 2" gives the 2 neither to the case that
+      is leaving nor to one that has not been read.
 
     The page's ``shortcuts`` and ``ticks`` travel in a hidden element beside the script and are
     read at each key press, so a page without it gets none of the page-specific keys. Ticks
@@ -185,11 +189,56 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
     }
     return false;
   };
+  // After Submit, Skip, Undo or Next: until the page has drawn the answer (a run mark newer
+  // than the one on screen when the key was pressed), the keys of the page that is about to go
+  // are dropped: they were typed for a case the reader has not seen yet.
+  // A case that has just appeared cannot have been read: a rating, tick or action key within
+  // FRESH ms of it was typed ahead for the case before and is dropped too.
+  var pending = null, FRESH = 450, seen = {key: null, at: 0};
+  var runMark = function () {
+    var el = document.querySelector('[data-imp-run]');
+    return el ? el.getAttribute('data-imp-run') : null;
+  };
+  var look = function () {
+    var el = document.querySelector('[data-imp-run]');
+    var key = el ? el.getAttribute('data-imp-case') : null;
+    if (key !== seen.key) { seen = {key: key, at: Date.now()}; }
+  };
+  setInterval(look, 40);
+  var note = function () {
+    var old = document.getElementById('imp-key-note');
+    if (old) { old.remove(); }
+    var n = document.createElement('div'); n.id = 'imp-key-note'; n.setAttribute('role', 'status');
+    n.textContent = 'Key ignored: pressed before the next case appeared.';
+    n.style.cssText = 'position:fixed;bottom:18px;left:50%;transform:translateX(-50%);' +
+      'z-index:1000090;background:#333;color:#fff;padding:6px 14px;border-radius:6px;' +
+      'font:14px sans-serif;';
+    document.body.appendChild(n);
+    setTimeout(function () { n.remove(); }, 2500);
+  };
   window.addEventListener('keydown', function (e) {
     var t = e.target, tag = t && t.tagName;
     var typing = t && (t.isContentEditable || tag === 'TEXTAREA' || tag === 'SELECT' ||
                        (tag === 'INPUT' && !/^(checkbox|radio|button|submit|range)$/.test(t.type)));
     var plain = !e.ctrlKey && !e.altKey && !e.metaKey;
+    var submit = e.key === 'Enter' && e.ctrlKey && !e.altKey;
+    var undo = e.altKey && !e.ctrlKey && /^z$/i.test(e.key);  // never dropped: see below
+    var action = submit || (e.altKey && !e.ctrlKey && /^s$/i.test(e.key)) ||
+                 (plain && !typing && /^n$/i.test(e.key));
+    var mark = runMark();
+    if (pending && (mark === null || mark !== pending.mark || Date.now() > pending.until)) {
+      pending = null;
+    }
+    look();
+    var fresh = seen.key !== null && Date.now() - seen.at < FRESH;
+    if ((pending || fresh) && (action || (plain && !typing && e.key.length === 1 && e.key !== '?'))) {
+      e.preventDefault(); e.stopImmediatePropagation(); note(); return;
+    }
+    // Undo acts on the last saved answer, whatever is on screen: it goes through, and the keys
+    // after it wait for the case it brings back.
+    if ((action || undo) && mark !== null && !(typing && !submit)) {
+      pending = {mark: mark, until: Date.now() + 10000};
+    }
     if (typing) {
       if (e.altKey && !e.ctrlKey && !e.metaKey) { e.stopImmediatePropagation(); }
       if (e.key === 'Escape' && plain) { t.blur(); }
@@ -218,6 +267,15 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
     if (label && !e.shiftKey && tick(label)) { e.preventDefault(); e.stopImmediatePropagation(); }
   }, true);
 }"""
+
+
+def run_mark(case: str) -> None:
+    """A hidden mark that changes with every run of the calling fragment and names the ``case``
+    on screen; draw it after everything else, so that it changes once the run has drawn the
+    page (see :func:`keyboard_guard`)."""
+    st.session_state["_run_mark"] = st.session_state.get("_run_mark", 0) + 1
+    st.html(f"<span hidden data-imp-run=\"{st.session_state['_run_mark']}\" "
+            f"data-imp-case=\"{html.escape(case, quote=True)}\"></span>", width="content")
 
 
 def require_user(*roles: str) -> User:

@@ -16,7 +16,7 @@ from core.errors import ImpressionistError
 from core.feedback import annotate, screen
 from core.studies import rating
 from ui import (findings_text, get_store, keyboard_guard, report_context, require_user,
-                sync_session_cookie)
+                run_mark, sync_session_cookie)
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -91,8 +91,18 @@ def _current(tag: str) -> bool:
     return False
 
 
-def _set_rating(tag: str, value: int) -> None:
-    if _current(tag):
+def _pressed_after_submit(tag: str, drawn: int) -> bool:
+    """Was this key pressed on a page drawn before a Submit of the same case was handled (typed
+    on, without seeing what became of the Submit)? Then it is ignored: a fast reader's "5,
+    Ctrl+Enter, 2, Ctrl+Enter" means 2 for the next case, never a second answer for this one."""
+    if st.session_state.get(f"submitted_{tag}", -1) < drawn:
+        return False
+    st.session_state["annotate_flash"] = STALE
+    return True
+
+
+def _set_rating(tag: str, value: int, drawn: int = 0) -> None:
+    if _current(tag) and not _pressed_after_submit(tag, drawn):
         st.session_state[f"rating_{tag}"] = value
 
 
@@ -100,21 +110,28 @@ def _fail(exc: ImpressionistError | str) -> None:
     st.session_state["annotate_error"] = str(exc)
 
 
-def _submit(tag: str, blind: bool, shown: int | None) -> None:
+def _submit(tag: str, blind: bool, shown: int | None, drawn: int = 0) -> None:
     """Save the rating of the case rendered with ``tag`` (only while it is the current one).
 
-    ``shown`` is the rating selected on the page the Submit belongs to. Keys that reach the
-    server together (typed while a run was in progress) arrive in one run in no known order:
-    when a rating key came with the Submit, the selection on screen is not known, so nothing is
-    saved and the reader checks the rating and submits again.
+    ``shown`` is the rating selected on the page the Submit belongs to, ``drawn`` the run of
+    this panel that drew it. Keys reach the server in the order they were pressed; keys that
+    arrive while a run is in progress are handled together in the next run, in no known order.
+    A rating key handled in an earlier run than the Submit was pressed before it: that rating is
+    the answer, even when the page had not shown it yet. A rating key handled in the same run
+    may have come before or after the Submit: nothing is saved and the reader checks the rating
+    and submits again (and the keys pressed on the page the Submit came from are ignored).
     """
     chosen = st.session_state.get(f"rating_{tag}")
-    if not _current(tag):
+    if not _current(tag) or _pressed_after_submit(tag, drawn):
         return
     if chosen is None:
         st.session_state["annotate_flash"] = "Choose a rating (keys 1-5) first."
         return
-    if chosen != shown:
+    # rating buttons of this case pressed in this same run (their triggers are set for the run,
+    # whichever callback ran first)
+    together = {value for value in SHORTCUTS if st.session_state.get(f"rate_{value}_{tag}")}
+    if together - {shown}:
+        st.session_state[f"submitted_{tag}"] = drawn
         st.session_state["annotate_flash"] = ("A rating key arrived together with Submit: "
                                               "nothing was saved. Check the rating and submit "
                                               "again.")
@@ -299,7 +316,8 @@ def _rating_buttons(tag: str, blind: bool):
         col.button(label, key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
                    type="primary" if current == value else "secondary",
                    icon=":material/check:" if current == value else None,
-                   on_click=_set_rating, args=(tag, value), width="stretch")
+                   on_click=_set_rating, args=(tag, value, st.session_state["panel_runs"]),
+                   width="stretch")
     for col, field in zip(st.columns(4), TICKS):
         col.checkbox(f"{TICKS[field][1]} ({TICKS[field][0].upper()})", key=f"{field}_{tag}")
     return current
@@ -308,7 +326,8 @@ def _rating_buttons(tag: str, blind: bool):
 def _actions(tag: str, blind: bool, current) -> None:
     b1, b2, b3 = st.columns(3)
     b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
-              on_click=_submit, args=(tag, blind, current), width="stretch")
+              on_click=_submit, args=(tag, blind, current, st.session_state["panel_runs"]),
+              width="stretch")
     b2.button("Skip", key=f"skip_{tag}", shortcut="Alt+S", on_click=_skip, args=(tag,),
               width="stretch")
     b3.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
@@ -358,6 +377,9 @@ def _case_view(case, tag: str, blind: bool) -> None:
 
 @st.fragment
 def case_panel() -> None:
+    # Counts the runs of this panel (rating keys rerun only the fragment): the callbacks of one
+    # run see one value, so _submit can tell keys handled together from keys handled in order.
+    st.session_state["panel_runs"] = st.session_state.get("panel_runs", 0) + 1
     if "case" not in st.session_state:
         _load()
     _open_linked_case()
@@ -390,6 +412,7 @@ def case_panel() -> None:
                   args=(tag,))
     else:
         _case_view(case, tag, st.session_state.get("blind", False))
+    run_mark(tag)  # once the page is drawn: keys typed after a Submit wait for it (keyboard_guard)
     if case is not None:
         _fetch_ahead(case)  # after the page is drawn
 

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.errors import ImpressionistError
 from core.studies import rating
-from ui import findings_text, get_store, keyboard_guard, report_context, require_user
+from ui import findings_text, get_store, keyboard_guard, report_context, require_user, run_mark
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -28,27 +28,38 @@ def _load(task=None) -> None:
                             sa_tag=f"{task.task_id}_{nonce}" if task is not None else nonce)
 
 
-def _current(tag: str) -> bool:
-    if st.session_state.get("sa_tag") == tag:
+STALE = "A key pressed before the next text appeared was ignored (nothing was saved for it)."
+
+
+def _current(tag: str, drawn: int | None = None) -> bool:
+    """Is the task a widget was drawn for still current, and (``drawn``: the run that drew it)
+    was the key not pressed on a page drawn before a Submit of it was handled (see
+    pages/annotate.py)?"""
+    if st.session_state.get("sa_tag") == tag and (
+            drawn is None or st.session_state.get(f"sa_sent_{tag}", -1) < drawn):
         return True
-    st.session_state["sa_flash"] = ("A key pressed before the next text appeared was ignored "
-                                    "(nothing was saved for it).")
+    st.session_state["sa_flash"] = STALE
     return False
 
 
-def _set_rating(tag: str, value: int) -> None:
-    if _current(tag):
+def _set_rating(tag: str, value: int, drawn: int = 0) -> None:
+    if _current(tag, drawn):
         st.session_state[f"sa_rating_{tag}"] = value
 
 
-def _submit(tag: str, keys: dict, shown) -> None:
-    """Save the rating of the task rendered with ``tag`` (only while it is the current one);
-    ``shown``: the rating selected on that page (see pages/annotate.py: a rating key that
-    arrives together with Submit saves nothing)."""
+def _submit(tag: str, keys: dict, shown, drawn: int = 0, values: tuple = ()) -> None:
+    """Save the rating of the task rendered with ``tag`` (only while it is the current one).
+    ``shown``: the rating selected on that page; a rating key handled in an earlier run was
+    pressed before the Submit and is the answer; one handled in the same run (``values``: the
+    scale, to read which were pressed) may have come after it, so nothing is saved and keys
+    from that page are ignored (see pages/annotate.py)."""
     chosen = st.session_state.get(f"sa_rating_{tag}")
-    if not _current(tag):
+    if not _current(tag, drawn):
         return
-    if chosen is None or chosen != shown:
+    together = {v for i, v in enumerate(values) if st.session_state.get(f"sa_rate_{i}_{tag}")}
+    if chosen is None or together - {shown}:
+        if chosen is not None:
+            st.session_state[f"sa_sent_{tag}"] = drawn
         st.session_state["sa_flash"] = ("Choose a rating first." if chosen is None else
                                         "A rating key arrived together with Submit: nothing "
                                         "was saved. Check the rating and submit again.")
@@ -101,6 +112,8 @@ def task_panel(rs: rating.RaterStudy) -> None:
     if st.session_state.get("sa_task_study") != rs.study_id or "sa_task" not in st.session_state:
         _load()
     task, tag = st.session_state["sa_task"], st.session_state["sa_tag"]
+    # the run that draws the buttons: a key from it after a refused Submit is ignored
+    drawn = st.session_state["sa_runs"] = st.session_state.get("sa_runs", 0) + 1
     done, total = rating.rater_progress(store, user, rs.study_id)
     st.progress(done / total if total else 0.0, text=f"{done} of {total} texts rated")
     if (msg := st.session_state.pop("sa_flash", None)) is not None:
@@ -137,18 +150,19 @@ def task_panel(rs: rating.RaterStudy) -> None:
         col.button(label, key=f"sa_rate_{i}_{tag}", shortcut=SHORTCUT_KEYS[i],
                    type="primary" if current == value else "secondary",
                    icon=":material/check:" if current == value else None,
-                   on_click=_set_rating, args=(tag, value), width="stretch")
+                   on_click=_set_rating, args=(tag, value, drawn), width="stretch")
     keys = _questions(rs, tag)
     b1, b2 = st.columns(2)
     b1.button("Submit and next", key=f"sa_submit_{tag}", shortcut="Ctrl+Enter",
-              type="primary", on_click=_submit, args=(tag, keys, current),
-              width="stretch")
+              type="primary", on_click=_submit,
+              args=(tag, keys, current, drawn, tuple(rs.scale.values)), width="stretch")
     b2.button("Undo last rating", key=f"sa_undo_{tag}", shortcut="Alt+Z",
               on_click=_undo, args=(tag, rs.study_id), width="stretch")
     st.caption("Keys: " + " · ".join(f"{SHORTCUT_KEYS[i]} {lab}" for i, lab in
                                      enumerate(rs.scale.labels))
                + " · Ctrl+Enter submit · Alt+Z undo · ? all keys")
     st.text_input("Comment (optional)", key=f"sa_comment_{tag}", max_chars=5_000)
+    run_mark(tag)  # last: keys typed after a Submit wait for it (ui.keyboard_guard)
 
 
 st.title("Study queue")

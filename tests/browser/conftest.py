@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 N_CASES = 40
 PASSWORDS = {"rad1": "rad1-Passw0rd", "rad2": "rad2-Passw0rd", "rad3": "rad3-Passw0rd",
-             "coord": "coord-Passw0rd"}
+             "rad4": "rad4-Passw0rd", "coord": "coord-Passw0rd"}
 
 
 def _free_port() -> int:
@@ -44,7 +44,8 @@ def _seed(db: Path) -> dict:
     try:
         store.migrate()
         for name, role in [("rad1", "radiologist"), ("rad2", "radiologist"),
-                           ("rad3", "radiologist"), ("coord", "coordinator")]:
+                           ("rad3", "radiologist"), ("rad4", "radiologist"),
+                           ("coord", "coordinator")]:
             auth.create_user(store, name, role, PASSWORDS[name])
         store.import_reports(synthetic_reports(N_CASES, seed=7), file="synthetic", fmt="demo")
         reports = store.reports()

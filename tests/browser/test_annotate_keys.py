@@ -5,10 +5,11 @@ a selected rating that does not look like an error, progress that does not count
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from tests.browser.test_browser import _blur, _body, _keys, _settle, _shown, _sign_in, _wait
+from tests.browser.test_browser import READ, _blur, _body, _keys, _settle, _shown, _sign_in, _wait
 
 # one app and one browser for the session: under pytest-xdist (make test) every browser test
 # runs on the same worker (--dist loadgroup)
@@ -100,5 +101,6 @@ def test_annotate_keys_and_layout(app, browser):
     assert "Checked." in (row["edited_text"] or "")
     # a skip moves on but is not counted as rated
     _blur(browser)
+    time.sleep(READ)
     _keys(browser, Keys.ALT, "s")
     _wait(browser, lambda d: "1 of 40 cases rated · 1 skipped" in _body(d), what="the progress")
