@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from core.clinical.vocabulary import KNOWN_WORDS, TYPO_TERMS
 
-__all__ = ["correct_word", "correct_typos", "normalise", "sentences", "clauses"]
+__all__ = ["correct_word", "correct_typos", "normalise", "sentences", "clauses", "ABBREVIATIONS"]
 
 _CLAUSE_SPLIT = re.compile(
     r";|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhich\b|\bwhereas\b|\bexcept\b|\baside from\b|\bapart from\b"
@@ -21,7 +22,9 @@ _CLAUSE_SPLIT = re.compile(
     r"|\band (?=there (?:is|are)\b)",
     re.IGNORECASE,
 )
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]{2}\.)(?=[A-Z])|\n+|(?<=\s)(?=\d{1,2}\.\s)")
+# not after a title or a common abbreviation ("Dr. Smith", "vs. atelectasis", "approx. 2 cm")
+ABBREVIATIONS = "".join(f"(?<!\\b{a}\\.)" for a in ("Dr", "dr", "Drs", "Mr", "Mrs", "Ms", "vs", "approx", "St"))
+_SENT_SPLIT = re.compile(ABBREVIATIONS + r"(?<=[.!?])\s+|(?<=[a-z]{2}\.)(?=[A-Z])|\n+|(?<=\s)(?=\d{1,2}\.\s)")
 _ENUM = re.compile(r"^\s*\d{1,2}[.)](?!\d)\s*,?\s*")  # not "1.0 cm nodule"
 _TERM_SET = frozenset(TYPO_TERMS)
 
@@ -85,9 +88,20 @@ def correct_typos(text: str) -> str:
     return _WORD.sub(lambda m: correct_word(m.group(0)), text)
 
 
+def _fold(text: str) -> str:
+    """Accents dropped ("cardiomégaly" -> "cardiomegaly"), typographic quotes made plain."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return text.translate(_PLAIN)
+
+
+_PLAIN = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
+                        "\u2014": "-", "\u00a0": " "})
+
+
 def normalise(text: str) -> str:
     """Lower-case, read 'x-XXXX' as 'x-ray', squeeze whitespace, spell critical terms right."""
-    t = text.lower()
+    t = text.lower() if text.isascii() else _fold(text).lower()
     t = re.sub(r"\bx-\s?xxxx\b", "x-ray", t)
     t = re.sub(r"\s+", " ", t)
     return correct_typos(t)

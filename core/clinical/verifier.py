@@ -20,6 +20,8 @@ from core.clinical.critical import (
     mention_window,
     qualifier_window,
 )
+from core.clinical.details import (asserted_devices, detail_reasons, is_communication, misstated,
+                                   resolved_unmentioned, same_device, unmatched_measurements)
 from core.clinical.labeler import Mention, aggregate, extract, is_normal_statement, label
 from core.clinical.text import normalise, sentences
 from core.clinical.vocabulary import (
@@ -383,6 +385,7 @@ class Verification:
     missing_critical: list[str] = field(default_factory=list)
     normal_despite: list[str] = field(default_factory=list)
     check: CheckResult | None = None
+    details: dict = field(default_factory=dict)  # left: see _problems
 
     @property
     def repaired(self) -> bool:
@@ -415,29 +418,24 @@ def _stated(obs: str, labels: dict[str, Label]) -> bool:
     return labels.get(obs) in PRESENT or any(labels.get(o) in PRESENT for o in (*cf_extra, *RELATED.get(obs, ())))
 
 
-def _context_labels(indication: str | None, comparison: str | None) -> dict[str, Label]:
-    return label(" ".join(x for x in (indication, comparison) if x))
-
-
-def _asserted_devices(text: str) -> set[str]:
-    """The kinds of device (:data:`DEVICE_KINDS`) that the sentences of a text assert."""
-    return {k for sent in sentences(text) if label(sent).get("Support Devices") in PRESENT
-            for k in device_kinds(normalise(sent))}
-
-
 def _problems(findings: str, text: str, context: dict[str, Label],
-              context_text: str = "") -> tuple[CheckResult, list[str], list[str]]:
+              context_text: str = "") -> tuple[CheckResult, list[str], list[str], dict]:
     """(check, unsupported not stated in the context either, major findings a normal text
-    denies). A kind of tube or line the text asserts and the report never names (an
-    endotracheal tube beside this report's nasogastric tube) is unsupported, by its kind."""
+    denies, the details it gets wrong: :mod:`core.clinical.details`). A kind of tube or line the
+    text asserts and the report never names (an endotracheal tube beside this report's
+    nasogastric tube) is unsupported, by its kind."""
     check = check_impression(findings, text)
+    details = {"wrong": misstated(findings, text),
+               "history": resolved_unmentioned(check.findings_labels, text, context),
+               "lengths": unmatched_measurements(findings, text, context_text),
+               "calls": [u for u in sentences(text) if is_communication(u)]}
     unsupported = [o for o in check.unsupported
                    if not (context.get(o) in PRESENT or any(context.get(r) in PRESENT for r in RELATED.get(o, ())))]
-    asserted = _asserted_devices(text) if "Support Devices" not in unsupported else set()
+    asserted = asserted_devices(text) if "Support Devices" not in unsupported else set()
     if asserted:  # (else no device at all is stated, and "Support Devices" says it)
         # the findings' devices that are there (not "no endotracheal tube"), and any the
         # indication or comparison names ("PICC placement")
-        unsupported += sorted(asserted - _asserted_devices(findings) - device_kinds(normalise(context_text)))
+        unsupported += sorted(asserted - asserted_devices(findings) - device_kinds(normalise(context_text)))
     t_lab = check.impression_labels
     says_normal = t_lab.get("No Finding") is Label.POSITIVE or is_normal_statement(text)
     denied = []
@@ -448,19 +446,25 @@ def _problems(findings: str, text: str, context: dict[str, Label],
                 denied.append(obs)
         elif says_normal or t_lab.get(obs) is Label.NEGATIVE:
             denied.append(obs)
-    return check, unsupported, denied
+    return check, unsupported, denied, details
 
 
 def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsupported: list[str],
-                             denied: list[str]) -> tuple[str, list[str], list[str]]:
+                             denied: list[str], details: dict) -> tuple[str, list[str], list[str]]:
     """Rules 1-3 of :func:`verify`: remove each sentence that asserts an unsupported or negated
-    finding, or denies a major finding, and add that major finding's own sentence.
+    finding, denies a major finding, or misstates a finding's side or severity (its sentence from
+    the findings is added), says that a finding this report never mentions has resolved, or
+    records a call; add each denied major finding's own sentence.
 
     Returns:
         ``(text, removed, added)``; the text unchanged (nothing removed) when nothing true would
         be left to show, so that it is flagged instead.
     """
     bad = set(unsupported) | {o for o in check.contradictions if check.impression_labels.get(o) in PRESENT}
+    wrong = {w.observation: w.mention for w in details["wrong"]}
+    # negations of what the findings state, and histories of what they never mention
+    gone = {o for o in check.contradictions if check.impression_labels.get(o) is Label.NEGATIVE
+            and o in check.missing_critical} | set(details["history"])
     bad_devices = bad & set(DEVICE_KINDS)
     denied_set = set(denied)
     numbered = bool(_ENUM_START.match(text))
@@ -471,7 +475,11 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     kept: list[str] = []
     removed: list[str] = []
     first_normal: int | None = None  # where the first kept normal statement is
-    for sent in _units(text):
+    for unit in _units(text):
+        # a call recorded in another report's words goes alone, not with its numbered item
+        sent = " ".join(u for u in sentences(unit) if not is_communication(u)) or unit
+        if sent != unit:
+            removed += [_end(u) for u in sentences(unit) if is_communication(u)]
         s_lab = label(sent)
         asserts_bad = any(s_lab.get(o) in PRESENT for o in bad) or bool(
             bad_devices and s_lab.get("Support Devices") in PRESENT
@@ -483,15 +491,17 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
         denies = ((normal and unstated and not stays_true)
                   or any(_normal_false_beside(sent, o, majors[o]) for o in stated)
                   or any(s_lab.get(o) is Label.NEGATIVE for o in denied_set))
-        if asserts_bad or denies:
+        misstates = any(s_lab.get(o) in PRESENT and same_device(o, sent, m) for o, m in wrong.items()) or any(
+            s_lab.get(o) is Label.NEGATIVE for o in gone) or is_communication(sent)
+        if asserts_bad or denies or misstates:
             removed.append(_end(sent))
         else:
             kept.append(_end(sent))
             if normal and first_normal is None:
                 first_normal = len(kept) - 1
     added: list[str] = []
-    for obs in (o for o in denied if o in unstated):
-        s = _sentence_for(majors[obs])
+    for s in [*(_sentence_for(majors[o]) for o in denied if o in unstated),
+              *(_sentence_for(m) for m in wrong.values())]:
         if s not in added and s not in kept:
             added.append(s)
     if not kept and not added and not check.missing_critical:
@@ -503,9 +513,10 @@ def _replace_false_sentences(findings: str, text: str, check: CheckResult, unsup
     return text, removed, added
 
 
-def _reasons(check: CheckResult, unsupported: list[str], denied: list[str]) -> list[str]:
+def _reasons(check: CheckResult, unsupported: list[str], denied: list[str], details: dict) -> list[str]:
     """One line per problem left, for the reviewer."""
     reasons = [f"unsupported: the text states {obs}, which this report never mentions" for obs in unsupported]
+    reasons += detail_reasons(details)
     reasons += [msg for msg in check.messages if msg.startswith(("missing critical", "contradiction"))]
     reasons += [f"normal statement although the findings report {obs}" for obs in denied]
     return reasons
@@ -553,19 +564,21 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     """
     findings = _check_text(findings, "findings")
     original = _check_text(text, "text")
-    context = _context_labels(indication, comparison)
+    context = label(" ".join(x for x in (indication, comparison) if x))
     out = Verification(text=original, original=original)
     context_text = " ".join(x for x in (indication, comparison) if x)
-    check, unsupported, denied = _problems(findings, original, context, context_text)
+    check, unsupported, denied, details = _problems(findings, original, context, context_text)
     if repair:
         current = original
         for _ in range(2):  # a second pass for what the first one's removals uncover
-            current, removed, added = _replace_false_sentences(findings, current, check, unsupported, denied)
+            current, removed, added = _replace_false_sentences(findings, current, check, unsupported, denied,
+                                                               details)
             current, more = repair_impression(findings, current)
             out.removed += removed
             out.added += added + more
-            check, unsupported, denied = _problems(findings, current, context, context_text)
-            if not (removed or added or more) or not (unsupported or denied or check.contradictions):
+            check, unsupported, denied, details = _problems(findings, current, context, context_text)
+            if not (removed or added or more) or not (unsupported or denied or check.contradictions
+                                                      or details["wrong"] or details["history"]):
                 break
         out.text = current
     out.check = check
@@ -573,6 +586,7 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     out.normal_despite = denied
     out.missing_critical = list(check.missing_critical)
     out.contradictions = list(check.contradictions)
-    out.reasons = _reasons(check, unsupported, denied)
+    out.details = details
+    out.reasons = _reasons(check, unsupported, denied, details)
     out.needs_review = bool(out.reasons)
     return out

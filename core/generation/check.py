@@ -22,7 +22,7 @@ _SAYS_PRIOR = re.compile(r"\b(?:compared|prior|previous|interval|unchanged|stabl
 def fails(checked: dict) -> bool:
     """A text the clinical check could not make right (the context-only prior flag aside)."""
     return bool(checked["unsupported"] or checked["contradictions"] or checked["missing_critical"]
-                or checked["normal_despite"])
+                or checked["normal_despite"] or checked.get("misstated"))
 
 
 
@@ -50,12 +50,15 @@ def checked_text(report: dict, text: str, style: str = "default", repair: bool =
     # what is shown is what is checked; verify already checked first.text after its repairs
     final = first if styled == text else verify(findings, styled, ind, comp, repair=False)
     messages = list(final.reasons)
-    prior = bool(not has_prior(comp) and _SAYS_PRIOR.search(text))
+    # (findings that say "unchanged" or "resolved" speak of a prior study themselves)
+    prior = bool(not has_prior(comp) and _SAYS_PRIOR.search(text) and not _SAYS_PRIOR.search(findings))
     if prior:
         messages.append("context: the impression refers to a prior study but the report has no comparison")
     flags = {"repaired": first.added, "removed": first.removed, "check_ok": not final.needs_review,
              "missing_critical": final.missing_critical, "contradictions": final.contradictions,
              "unsupported": final.unsupported, "normal_despite": final.normal_despite,
+             "misstated": [f"{w.reason} ({w.observation})" for w in final.details.get("wrong", [])]
+             + [f"says {o} resolved" for o in final.details.get("history", [])],
              "messages": messages, "needs_review": bool(final.needs_review or prior)}
     if prior:
         flags["prior_without_comparison"] = True

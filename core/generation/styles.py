@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from core.clinical.labeler import extract, is_normal_statement, label, positive_findings
-from core.clinical.text import normalise
+from core.clinical.text import ABBREVIATIONS as _ABBREV, normalise
 from core.clinical.vocabulary import PRESENT, Label, device_kinds
 from core.errors import StyleError  # noqa: F401 (defined in core.errors)
 
@@ -101,7 +101,7 @@ QUESTIONS = (
 
 _WS = re.compile(r"\s+")
 _NUM = re.compile(r"^\s*(?:\d{1,2}|[a-z])[.)]\s*,?\s*", re.I)
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|(?<=[.!?])(?=\d{1,2}[.)]\s)|\n+|(?<=\s)(?=\d{1,2}[.)]\s)")
+_SENT = re.compile(_ABBREV + r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|(?<=[.!?])(?=\d{1,2}[.)]\s)|\n+|(?<=\s)(?=\d{1,2}[.)]\s)")
 _DOUBLE_DOT = re.compile(r"(?<=[.!?])(?:\s*\.)+")
 
 

@@ -152,7 +152,7 @@ def test_a_fracture_is_added_before_a_statement_of_no_acute_cardiopulmonary_dise
     # another patient's endotracheal tube beside this patient's coiled NG tube
     ("Nasogastric tube coiled in the esophagus with tip at the level of the carina. Lungs clear.",
      "1. Endotracheal tube tip 1 cm above the carina.",
-     "Nasogastric tube coiled in the esophagus with tip at the level of the carina."),
+     "1. Nasogastric tube coiled in the esophagus with tip at the level of the carina."),
     # a PICC in the jugular vein is not "an IJ catheter in the right atrium"
     ("Right PICC tip projects over the right internal jugular vein. Lungs clear. No pneumothorax.",
      "Right IJ catheter tip in right atrium, recommend retraction.",

@@ -77,7 +77,7 @@ def test_the_brief_style_never_says_no_urgent_problem_beside_an_urgent_one():
 
 
 @pytest.mark.parametrize("text", ["No change. Small right pneumothorax.",
-                                  "Near-complete resolution of the right pleural effusion."])
+                                  "Interval decrease in the small right pneumothorax."])
 def test_a_text_that_speaks_of_a_prior_study_is_flagged_without_one(text):
     from core.generation.check import checked_text
 

@@ -118,7 +118,7 @@ def test_cli_promotes_a_rejected_version_only_with_override_gate(store, users, c
     from core.cli.main import main
 
     _version(store, "rad1", status="rejected")
-    assert main(["--db", store.path, "adapters", "promote", "rad1", "1"]) == 2  # refused: --override-gate is missing (bad input)
+    assert main(["--db", store.path, "adapters", "promote", "rad1", "1"]) == 2
     assert "rejected by the nightly gate" in capsys.readouterr().err
     assert adapters.active_adapter(store, "rad1") is None
     assert main(["--db", store.path, "adapters", "promote", "rad1", "1", "--override-gate"]) == 0
