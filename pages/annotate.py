@@ -250,9 +250,18 @@ def _open_linked_case() -> None:
     if case is not None and str(case.report_id) == want:
         return
     try:
-        _load(screen.linked_case(store, user, want))
+        linked = screen.linked_case(store, user, want)
+        answer = annotate.standing_answer(store, user, linked.report_id)
     except ImpressionistError as exc:
         st.session_state["annotate_error"] = f"Cannot open case {want}: {exc}"
+        return
+    same = answer is not None and answer["generation_id"] == linked.generation_id
+    _load(linked, answer=answer if same else None)
+    if answer is not None:
+        st.session_state["annotate_flash"] = (
+            "You rated this case before: your answer is filled in, and submitting again replaces "
+            "it." if same else "You rated an earlier AI text of this case: rating this one replaces "
+                               "that answer.")
 
 
 def _restore_drafts(tag: str) -> None:

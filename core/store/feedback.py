@@ -368,6 +368,12 @@ class FeedbackQueries:
             "SELECT * FROM current_feedback WHERE reader_id = ? AND study_id IS NOT DISTINCT "
             "FROM ? ORDER BY id DESC LIMIT 1", [reader_id, study_id])
 
+    def standing_rating(self, reader_id: int, report_id: int) -> dict | None:
+        """The reader's rating of a report that stands (outside studies), or None."""
+        return self._one(
+            "SELECT * FROM current_feedback WHERE reader_id = ? AND report_id = ? AND study_id IS NULL "
+            "AND kind = 'rating' ORDER BY id DESC LIMIT 1", [reader_id, report_id])
+
     def get_feedback(self, feedback_id: int) -> dict:
         row = self._one("SELECT * FROM feedback WHERE id = ?", [feedback_id])
         if row is None:

@@ -144,3 +144,21 @@ def test_the_next_case_is_fetched_while_the_reader_reads(store, users, cases):
     assert at.session_state["case"].report_id not in {shown.report_id, ahead.report_id,
                                                       tab.report_id}
     assert "2 of 12 cases rated" in at.get("progress")[0].proto.text
+
+
+def test_a_link_to_a_case_already_rated_fills_in_the_answer(store, users, cases):
+    """The browser's Back (or a link) to a case rated a moment ago: the answer is on screen and
+    the reader is told that submitting again replaces it (it used to open blank, and a second
+    rating silently revised the first)."""
+    at = _signed_in(users["rad1"])
+    first = at.session_state["case"]
+    _button(at, "rate_1_").click().run()
+    _button(at, "submit_").click().run()
+    assert at.session_state["case"].report_id != first.report_id
+    at.query_params["case"] = str(first.report_id)
+    at.run()
+    assert not at.exception, at.exception
+    tag = at.session_state["case_tag"]
+    assert at.session_state["case"].report_id == first.report_id
+    assert at.session_state[f"rating_{tag}"] == 1
+    assert any("You rated this case before" in t.value for t in at.toast)
