@@ -138,7 +138,8 @@ def _submit(tag: str, blind: bool, shown: int | None, drawn: int = 0) -> None:
         return
     case = st.session_state["case"]
     get = st.session_state.get
-    edited = case.ai_text if blind else get(f"edit_{tag}", case.ai_text)
+    edited = (None if len(case.ai_text) > annotate.MAX_TEXT  # too long to edit (_edit_box)
+              else case.ai_text if blind else get(f"edit_{tag}", case.ai_text))
     try:
         _, upcoming = annotate.submit_and_next(store, user, case, annotate.Rating(
             rating=screen.stored_rating(chosen, blind, user.id, case.report_id),
@@ -349,6 +350,10 @@ def _edit_box(case, tag: str, blind: bool) -> None:
     if blind:
         # An edit box holding the AI's text would say which of A and B it is.
         st.caption("Blinded: rate and comment only; switch blinding off to edit the AI text.")
+    elif len(case.ai_text) > annotate.MAX_TEXT:
+        # the box would cut the text at its limit, and the cut text would be saved as an edit
+        st.caption(f"The AI text is longer than an edit can be ({annotate.MAX_TEXT:,} "
+                   f"characters): rate it and say what to change in the comment.")
     else:
         st.session_state.setdefault(f"edit_{tag}", case.ai_text)
         edited = st.text_area("Edit the AI impression (optional)", key=f"edit_{tag}",

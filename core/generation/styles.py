@@ -208,8 +208,14 @@ def bullets(impression: str) -> str:
     return "\n".join(f"- {s}" for s in items) if items else f"- {impression.strip()}"
 
 
+# At most this many supporting sentences: a specialist's summary, not the findings again (a
+# 20,000-character findings section made a text longer than the edit box holds).
+MAX_SUPPORTING = 6
+
+
 def _supporting(findings: str, observations: set[str]) -> list[str]:
-    """Findings sentences that positively mention one of ``observations`` (in order, unique)."""
+    """Findings sentences that positively mention one of ``observations`` (in order, unique, at
+    most :data:`MAX_SUPPORTING`)."""
     out: list[str] = []
     for m in extract(findings):
         if m.observation in observations and m.label in PRESENT:
@@ -217,6 +223,8 @@ def _supporting(findings: str, observations: set[str]) -> list[str]:
             s = s if s.endswith((".", "!", "?")) else s + "."
             if s not in out:
                 out.append(s)
+            if len(out) == MAX_SUPPORTING:
+                break
     return out
 
 

@@ -86,3 +86,12 @@ def test_a_text_that_speaks_of_a_prior_study_is_flagged_without_one(text):
     assert flags["needs_review"] and flags.get("prior_without_comparison")
     _, flags = checked_text({**report, "comparison": "PA and lateral chest 2026-11-02."}, text)
     assert not flags.get("prior_without_comparison")
+
+
+def test_comprehensive_quotes_at_most_a_few_supporting_sentences():
+    from core.generation.styles import MAX_SUPPORTING
+
+    findings = " ".join(f"A {i} mm nodule in the right upper lobe, segment {i}." for i in range(1, 40))
+    text = apply_style("Multiple right upper lobe nodules.", "comprehensive", findings)
+    support = next(line for line in text.splitlines() if line.startswith("SUPPORTING FINDINGS"))
+    assert support.count("nodule in the right upper lobe") == MAX_SUPPORTING and len(text) < 2_000

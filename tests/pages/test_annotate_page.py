@@ -162,3 +162,24 @@ def test_a_link_to_a_case_already_rated_fills_in_the_answer(store, users, cases)
     assert at.session_state["case"].report_id == first.report_id
     assert at.session_state[f"rating_{tag}"] == 1
     assert any("You rated this case before" in t.value for t in at.toast)
+
+
+def test_an_ai_text_longer_than_an_edit_is_rated_without_an_edit_box(store, users, cases):
+    """A text over the edit limit: the box would cut it at its limit and the cut text would be
+    saved as the reader's edit. There is no box; the rating is saved with no edit."""
+    from core.feedback.annotate import MAX_TEXT
+
+    at = _signed_in(users["rad1"])
+    case = at.session_state["case"]
+    long_case = type(case)(**{**case.__dict__, "ai_text": "Stable nodules. " * (MAX_TEXT // 16 + 10)})
+    at.session_state["case"] = long_case
+    at.run()
+    assert not at.exception, at.exception
+    tag = at.session_state["case_tag"]
+    assert f"edit_{tag}" not in [t.key for t in at.text_area]
+    assert any("longer than an edit can be" in c.value for c in at.caption)
+    _button(at, "rate_0_").click().run()
+    _button(at, "submit_").click().run()
+    assert not at.exception, at.exception
+    rows = store.feedback_history(reader_id=users["rad1"].id)
+    assert rows.iloc[0]["report_id"] == case.report_id and rows.iloc[0]["edited_text"] is None
