@@ -167,7 +167,7 @@ def consistency(findings: str, impression: str) -> float:
 
 
 _LEAD_IN = re.compile(
-    r"^(?:and |also |again |but |however |otherwise |,\s*)*"
+    r"^(?:[a-z][a-z/& -]{0,24}:\s+)?(?:and |also |again |but |however |otherwise |,\s*)*"  # "LUNGS: "
     r"(?:there (?:is|are|has been|have been) (?:(?:now|again|also) )?(?:seen |noted )?(?:a |an |the )?"
     r"|(?:again )?(?:seen|noted|demonstrated|identified) (?:is|are) (?:a |an |the )?)?",
     re.IGNORECASE,

@@ -95,3 +95,9 @@ def test_titles_do_not_end_a_sentence_and_accents_are_read():
     assert sentences("Findings called to Dr. Smith at 14:05. No pneumothorax.") == [
         "Findings called to Dr. Smith at 14:05.", "No pneumothorax."]
     assert normalise("Mild cardiomégaly") == "mild cardiomegaly"
+
+
+def test_a_findings_sub_heading_is_not_copied_into_the_text():
+    v = verify("HEART: Normal size. LUNGS: New left lower lobe consolidation. PLEURA: No effusion.",
+               "No acute cardiopulmonary process.")
+    assert v.text == "New left lower lobe consolidation."
