@@ -12,6 +12,8 @@ Modules:
     text        text normalisation, typo correction, sentence and clause splitting
     critical    critical findings (what an impression must never omit) and clinical weights
     labeler     mentions, negation/uncertainty, ``label``, ``is_normal``, ``positive_findings``
+    details     the side, severity, history, measurements and call records a text must not get
+                wrong about its report (``misstated``)
     verifier    ``check_impression``, ``consistency``, ``repair_impression``, ``verify``
 
 May import: config, errors, util (nothing else: the labeler knows no store, model or page).
