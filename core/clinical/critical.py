@@ -178,6 +178,7 @@ def mention_window(clause: str, start: int, end: int) -> str:
     return clause[max(0, start - 45): end + 30]
 
 
+_SHIFT = re.compile(r"\bmediastinal shift\b|\bshift of the mediastinum\b")
 _PACING = re.compile(r"\b(?:pace ?makers?|pacers?|pacing|aicd|icd|defibrillator|generator|leads?)\b(?! to)")
 _TUBE_OR_LINE = re.compile(r"\b(?:tubes?|lines?|catheters?|picc|ett|ngt|ogt|dobhoff|drains?|pigtail|trach\w*)\b")
 
@@ -186,7 +187,10 @@ def qualifier_window(observation: str, clause: str, start: int, end: int) -> str
     """Where a mention's critical qualifiers are read: :func:`mention_window`, but the whole
     clause for a tube or line, whose position comes well after its name ("Right PICC tip
     projects over the right internal jugular vein") - unless the clause is only about a
-    pacemaker or defibrillator, whose lead belongs in the right ventricle (IU uids 3353, 3838)."""
+    pacemaker or defibrillator, whose lead belongs in the right ventricle (IU uids 3353, 3838) -
+    and for a pneumothorax beside a mediastinal shift (tension)."""
+    if observation == "Pneumothorax" and _SHIFT.search(clause):
+        return clause  # "Large right pneumothorax with leftward mediastinal shift": tension
     if observation != "Support Devices":
         return mention_window(clause, start, end)
     if _PACING.search(clause) and not _TUBE_OR_LINE.search(clause):

@@ -30,6 +30,8 @@ from core.generation.check import checked_text
     ("Small left pleural effusion, unchanged.", "New large left pleural effusion.",
      "Small left pleural effusion, unchanged."),
     ("Tension pneumothorax on the right.", "Small right pneumothorax.", "Tension pneumothorax on the right."),
+    ("Large right pneumothorax with leftward mediastinal shift.", "Large right pneumothorax.",
+     "Large right pneumothorax with leftward mediastinal shift."),  # the shift is the tension
     # a tube misstated goes alone: the other device's sentence stays
     ("Nasogastric tube coiled in the esophagus. Right PICC tip in the SVC.", "NG tube in place. PICC in the SVC.",
      "PICC in the SVC. Nasogastric tube coiled in the esophagus."),
