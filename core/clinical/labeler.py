@@ -138,6 +138,9 @@ MAX_SCOPE_WORDS = 14
 SHORT_SCOPE_WORDS = 4
 
 
+_TENSION = re.compile(r"\bpneumothora\w*|\btension\b")
+
+
 def _words_between(text: str) -> int:
     return len(re.findall(r"[a-z0-9]+", text))
 
@@ -244,6 +247,8 @@ def _extract(text: str) -> tuple[Mention, ...]:
                         s, e = m.span()
                         if any(s < e2 and s2 < e for s2, e2 in seen):
                             continue
+                        if name == "Emphysema" and "diaphragm" in m.group(0) and _TENSION.search(sent_norm):
+                            continue  # a flat hemidiaphragm beside a pneumothorax is its tension
                         seen.append((s, e))
                         cls = _classify(c, s, e)
                         if cls is None:

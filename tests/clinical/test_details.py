@@ -103,3 +103,14 @@ def test_a_findings_sub_heading_is_not_copied_into_the_text():
     v = verify("HEART: Normal size. LUNGS: New left lower lobe consolidation. PLEURA: No effusion.",
                "No acute cardiopulmonary process.")
     assert v.text == "New left lower lobe consolidation."
+
+
+def test_a_flat_hemidiaphragm_beside_a_pneumothorax_is_not_emphysema():
+    from core.clinical.labeler import label
+    from core.generation.styles import apply_style
+
+    findings = ("Large right pneumothorax with leftward mediastinal shift and flattening of the "
+                "right hemidiaphragm, concerning for tension physiology.")
+    assert "Emphysema" not in label(findings)
+    assert "emphysema" not in apply_style(findings, "brief", findings)
+    assert label("Hyperinflated lungs with flattening of the hemidiaphragms.")["Emphysema"].name == "POSITIVE"
