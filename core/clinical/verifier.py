@@ -134,10 +134,13 @@ def check_impression(findings: str, impression: str) -> CheckResult:
         elif f is Label.NEGATIVE and i is Label.POSITIVE:
             res.contradictions.append(obs)
             res.messages.append(f"contradiction: the impression reports {obs}, the findings negate it")
+    f_said = {m.observation for m in f_mentions if m.source != "normal"}
     for obs, i in i_lab.items():
         if obs == "No Finding" or i not in PRESENT or obs in f_lab:
             continue
-        if any(o in f_lab for o in RELATED.get(obs, ())):
+        # a related finding supports it, unless only a normal statement names it: "The lungs
+        # are clear." (no opacity) is no support for "Left upper lobe nodule."
+        if any(o in f_said for o in RELATED.get(obs, ())):
             continue
         res.unsupported.append(obs)
         res.messages.append(f"unsupported: the impression reports {obs}, which the findings never mention")

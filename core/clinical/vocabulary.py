@@ -79,7 +79,7 @@ OBSERVATIONS: tuple[ObservationSpec, ...] = (
         (
             r"\bcardiomegaly\b",
             r"\bcardiac enlargement\b",
-            r"\benlargement of the (?:cardiac|heart)\b",
+            r"\benlargement of (?:the )?(?:cardiac|heart)\b",
             r"\b(?:enlarged|large|prominent|increased) (?:heart|cardiac (?:silhouette|shadow|size))\b",
             r"\b" + _HEART + r"\b[^;,]{0,30}?\b(?:enlarged|large|enlargement|increased)\b",
             r"\bcardiomediastinal silhouette[^;,]{0,25}?\benlarged\b",

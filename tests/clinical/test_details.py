@@ -114,3 +114,13 @@ def test_a_flat_hemidiaphragm_beside_a_pneumothorax_is_not_emphysema():
     assert "Emphysema" not in label(findings)
     assert "emphysema" not in apply_style(findings, "brief", findings)
     assert label("Hyperinflated lungs with flattening of the hemidiaphragms.")["Emphysema"].name == "POSITIVE"
+
+
+@pytest.mark.parametrize("text", ["Left upper lobe nodule; recommend CT for further evaluation.",
+                                  "Left basilar atelectasis."])
+def test_the_lungs_are_clear_is_no_support_for_a_finding_in_them(text):
+    """A normal statement names related findings only to deny them: another patient's nodule
+    or atelectasis beside "The lungs are clear." was shown unflagged (exploratory run)."""
+    findings = "The heart is normal in size. No pleural effusion or pneumothorax. The lungs are clear."
+    v = verify(findings, text)
+    assert v.needs_review and any(r.startswith("unsupported") for r in v.reasons), v.reasons
