@@ -202,9 +202,17 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
   var look = function () {
     var el = document.querySelector('[data-imp-run]');
     var key = el ? el.getAttribute('data-imp-case') : null;
-    if (key !== seen.key) { seen = {key: key, at: Date.now()}; }
+    // (a mark missing for a moment while a run redraws it is not a new case)
+    if (key !== null && key !== seen.key) { seen = {key: key, at: Date.now()}; }
   };
   setInterval(look, 40);
+  var has = function (label) {
+    var buttons = document.querySelectorAll('button');
+    for (var i = 0; i < buttons.length; i++) {
+      if (buttons[i].innerText.trim().indexOf(label) === 0 && !buttons[i].disabled) { return true; }
+    }
+    return false;
+  };
   var note = function () {
     var old = document.getElementById('imp-key-note');
     if (old) { old.remove(); }
@@ -222,11 +230,13 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
                        (tag === 'INPUT' && !/^(checkbox|radio|button|submit|range)$/.test(t.type)));
     var plain = !e.ctrlKey && !e.altKey && !e.metaKey;
     var submit = e.key === 'Enter' && e.ctrlKey && !e.altKey;
-    var undo = e.altKey && !e.ctrlKey && /^z$/i.test(e.key);  // never dropped: see below
-    var action = submit || (e.altKey && !e.ctrlKey && /^s$/i.test(e.key)) ||
-                 (plain && !typing && /^n$/i.test(e.key));
+    var undo = e.altKey && !e.ctrlKey && /^z$/i.test(e.key) && has('Undo');  // never dropped
+    // an action only where the page has its button: a key with no button changes nothing, and
+    // must not hold the keys after it
+    var action = (submit && has('Submit')) || (e.altKey && !e.ctrlKey && /^s$/i.test(e.key) && has('Skip')) ||
+                 (plain && !typing && /^n$/i.test(e.key) && has('Next case'));
     var mark = runMark();
-    if (pending && (mark === null || mark !== pending.mark || Date.now() > pending.until)) {
+    if (pending && ((mark !== null && mark !== pending.mark) || Date.now() > pending.until)) {
       pending = null;
     }
     look();
@@ -237,7 +247,7 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
     // Undo acts on the last saved answer, whatever is on screen: it goes through, and the keys
     // after it wait for the case it brings back.
     if ((action || undo) && mark !== null && !(typing && !submit)) {
-      pending = {mark: mark, until: Date.now() + 10000};
+      pending = {mark: mark, until: Date.now() + 4000};
     }
     if (typing) {
       if (e.altKey && !e.ctrlKey && !e.metaKey) { e.stopImmediatePropagation(); }

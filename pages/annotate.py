@@ -281,7 +281,10 @@ def _impressions(case, blind: bool) -> None:
     """The two impressions side by side (blinded: as A and B in this reader's order)."""
     texts = {"ai": case.ai_text, "original": case.impression or "(no original impression)"}
     order = annotate.blind_order(user.id, case.report_id) if blind else ("ai", "original")
-    labels = ("Impression A", "Impression B") if blind else ("AI impression",
+    # whose draft it is: the reader's own adapter (after a nightly promotion) or the shared model
+    own = (f"your adapter v{case.adapter_version}" if case.adapter and case.adapter_version
+           else "shared model")
+    labels = ("Impression A", "Impression B") if blind else (f"AI impression ({own})",
                                                               "Original impression")
     for col, label, key in zip(st.columns(2), labels, order):
         with col:
@@ -314,8 +317,11 @@ def _show_reveal(revealed: dict, tag: str) -> None:
             st.markdown(f"**{label}**")
             st.container(border=True).text(text)
     st.caption(f"Report {revealed['report']} (rated)")
-    st.button("Next case", key=f"next_after_reveal_{tag}", shortcut="N", type="primary",
-              on_click=_next)
+    b1, b2 = st.columns(2)
+    b1.button("Next case", key=f"next_after_reveal_{tag}", shortcut="N", type="primary",
+              on_click=_next, width="stretch")
+    b2.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
+              args=(tag,), width="stretch")
 
 
 def _rating_buttons(tag: str, blind: bool):

@@ -104,3 +104,17 @@ def test_annotate_keys_and_layout(app, browser):
     time.sleep(READ)
     _keys(browser, Keys.ALT, "s")
     _wait(browser, lambda d: "1 of 40 cases rated · 1 skipped" in _body(d), what="the progress")
+
+
+def test_a_key_with_no_button_does_not_hold_the_keys_after_it(app, browser):
+    """'n' (Next, only on a blinded reveal) pressed on a case: the guard held every key for ten
+    seconds with a false 'Key ignored' note (exploratory run); a key with no button on the page
+    changes nothing and the next rating key works."""
+    _sign_in(browser, app, "rad3")
+    _wait(browser, _shown, what="a case")
+    _settle(browser)
+    _blur(browser)
+    _keys(browser, "n")
+    time.sleep(READ)
+    _keys(browser, "3")
+    _wait(browser, lambda d: _selected(d, "Equivalent"), timeout=5, what="Equivalent selected")

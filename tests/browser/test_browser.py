@@ -221,6 +221,7 @@ def test_refresh_keeps_the_session_and_a_link_opens_a_case(app, browser):
 
     before = _ratings(app, "rad2")
     _blur(browser)
+    time.sleep(READ)
     _keys(browser, "3")
     time.sleep(0.3)
     _keys(browser, Keys.CONTROL, Keys.ENTER)
@@ -258,6 +259,7 @@ def test_undo_restores_the_answer_and_alt_s_does_not_fire_in_the_edit_box(app, b
 
     _sign_in(browser, app, "rad2")
     first = _wait(browser, _shown, what="a case")
+    time.sleep(READ)
     box = _wait(browser, lambda d: d.find_elements(
         By.CSS_SELECTOR, "textarea[aria-label*='Edit the AI impression']"), what="the edit box")[0]
     box.send_keys(Keys.END, " Edited in the box.")

@@ -183,3 +183,17 @@ def test_an_ai_text_longer_than_an_edit_is_rated_without_an_edit_box(store, user
     assert not at.exception, at.exception
     rows = store.feedback_history(reader_id=users["rad1"].id)
     assert rows.iloc[0]["report_id"] == case.report_id and rows.iloc[0]["edited_text"] is None
+
+
+def test_undo_on_the_blinded_reveal_brings_the_case_back(store, users, cases):
+    """Alt+Z right after a blinded rating: the reveal screen had no Undo button, so the key did
+    nothing (exploratory run)."""
+    at = _signed_in(users["rad1"])
+    at.toggle(key="blind").set_value(True).run()
+    case = at.session_state["case"]
+    _button(at, "rate_1_").click().run()
+    _button(at, "submit_").click().run()
+    assert "was the AI" in at.success[0].value
+    _button(at, "undo_").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["case"].report_id == case.report_id and not at.session_state["revealed"]

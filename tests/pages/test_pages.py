@@ -309,9 +309,12 @@ def test_a_promoted_reader_is_shown_their_own_draft_and_the_rating_names_it(stor
     assert case.report_id == first and case.ai_text == "Personal draft for rad1."
     assert case.adapter == "rad1" and case.adapter_version == version
     assert "Personal draft for rad1." in [t.value for t in mine.text]
+    # the page says whose draft it is
+    assert f"**AI impression (your adapter v{version})**" in [m.value for m in mine.markdown]
     other = _signed_in(users["rad2"])
     assert other.session_state["case"].report_id == first
     assert other.session_state["case"].ai_text == f"AI impression for report {first}."
+    assert "**AI impression (shared model)**" in [m.value for m in other.markdown]
 
     _button(mine, "rate_1_").click().run()
     _button(mine, "submit_").click().run()
