@@ -338,6 +338,9 @@ def promote(store, reader: str | int, version: int, *, user: User | None = None,
     if not av.path.is_dir():
         raise AdapterRegistryError(f"adapter folder {av.path} is missing; cannot promote "
                                    f"{av.reader} v{version}")
+    current = store.active_adapter_row(av.reader_id)
+    if current is not None and current["version"] == version:
+        return version  # already active: nothing to do, nothing to log
     previous = store.set_active_adapter(av.reader_id, version, "promote", who, reason)
     _write_pointer(av.reader, version)
     return previous

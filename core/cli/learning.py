@@ -110,7 +110,8 @@ def cmd_adapters(args) -> int:
     elif args.adapters_cmd == "promote":
         prev = promote(store, args.reader, args.version, actor="cli", reason="promoted by hand",
                        override_gate=args.override_gate)
-        print(f"{args.reader}: v{args.version} is active (was "
+        print(f"{args.reader}: v{args.version} is already active" if prev == args.version else
+              f"{args.reader}: v{args.version} is active (was "
               f"{'v' + str(prev) if prev else 'the shared model'})")
     elif args.adapters_cmd == "rollback":
         old, new = rollback(store, args.reader, args.to, actor="cli")

@@ -270,7 +270,9 @@ def standing_answer(store: Store, user: User, report_id: int) -> dict | None:
     """The user's own rating of a report that stands (a link or the browser's Back opens a case
     already rated: its answer is filled in, and a new one revises it), or None."""
     require(user, *RATERS)
-    return store.standing_rating(user.id, report_id)
+    with store.tx():
+        authorize(store, user, *RATERS)
+        return store.standing_rating(user.id, report_id)
 
 
 def undo_last(store: Store, user: User, study_id: int | None = None) -> dict | None:

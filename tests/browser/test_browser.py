@@ -314,7 +314,8 @@ def test_a_double_create_study_makes_one_study(app, browser):
     _wait(browser, lambda d: "Create study" in _body(d), what="the New study tab")
     name = browser.find_element(By.CSS_SELECTOR, "input[aria-label^='Name']")
     name.send_keys("Double click study")
-    n = browser.find_element(By.CSS_SELECTOR, "input[aria-label='Reports (items)']")
+    n = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[aria-label='Reports (items)']"),
+              what="the form's size")[0]
     n.send_keys(Keys.CONTROL, "a")
     n.send_keys("4")
     raters = browser.find_element(By.XPATH, "//label[contains(., 'Raters')][not(contains(., "

@@ -123,3 +123,8 @@ def test_cli_promotes_a_rejected_version_only_with_override_gate(store, users, c
     assert adapters.active_adapter(store, "rad1") is None
     assert main(["--db", store.path, "adapters", "promote", "rad1", "1", "--override-gate"]) == 0
     assert adapters.active_adapter(store, "rad1").version == 1
+    events = len(store.adapter_events())
+    capsys.readouterr()
+    assert main(["--db", store.path, "adapters", "promote", "rad1", "1", "--override-gate"]) == 0
+    assert "already active" in capsys.readouterr().out
+    assert len(store.adapter_events()) == events  # a promotion that changes nothing is not logged
