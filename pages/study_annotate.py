@@ -23,9 +23,12 @@ def _load(task=None) -> None:
     sid = st.session_state["sa_study"]
     task = task if task is not None else rating.next_task(store, user, sid)
     nonce = uuid.uuid4().hex  # the save key: a full UUID, never reused
+    tag = f"{task.task_id}_{nonce}" if task is not None else nonce
     st.session_state.update(sa_task=task, sa_task_study=sid, sa_started=time.monotonic(),
-                            sa_nonce=nonce,
-                            sa_tag=f"{task.task_id}_{nonce}" if task is not None else nonce)
+                            sa_nonce=nonce, sa_tag=tag)
+    if task is not None and task.answer:  # an undone rating comes back filled in
+        st.session_state[f"sa_rating_{tag}"] = task.answer["rating"]
+        st.session_state[f"sa_comment_{tag}"] = task.answer["comment"] or ""
 
 
 STALE = "A key pressed before the next text appeared was ignored (nothing was saved for it)."

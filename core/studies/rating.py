@@ -8,7 +8,7 @@ custom questions go to ``study_answers``. Ratings after close (or while paused) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,6 +50,7 @@ class StudyTask:
     comparison: str | None
     reference: str | None
     done: bool
+    answer: dict | None = None  # after an undo: the retracted rating and comment, to fill in
 
 
 
@@ -191,4 +192,7 @@ def undo_last(store: Store, user: User, study_id: int) -> StudyTask | None:
             return None
         task_id = store.study_task_of_feedback(last["id"])
         row = store.get_study_task(task_id) if task_id is not None else None
-    return task_of(row, scale_of(study["scale"])) if row else None
+    if not row:
+        return None
+    return replace(task_of(row, scale_of(study["scale"])),
+                   answer={"rating": last["rating"], "comment": last["comment"]})
