@@ -195,13 +195,13 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
   // A case that has just appeared cannot have been read: a rating, tick or action key within
   // FRESH ms of it was typed ahead for the case before and is dropped too.
   var pending = null, FRESH = 450, seen = {key: null, at: 0};
-  var runMark = function () {
+  var markOf = function (attr) {
     var el = document.querySelector('[data-imp-run]');
-    return el ? el.getAttribute('data-imp-run') : null;
+    return el ? el.getAttribute(attr) : null;
   };
+  var runMark = function () { return markOf('data-imp-run'); };
   var look = function () {
-    var el = document.querySelector('[data-imp-run]');
-    var key = el ? el.getAttribute('data-imp-case') : null;
+    var key = markOf('data-imp-case');
     // (a mark missing for a moment while a run redraws it is not a new case)
     if (key !== null && key !== seen.key) { seen = {key: key, at: Date.now()}; }
   };
@@ -279,12 +279,19 @@ _KEYS_JS = """if (!window.__impKeyGuard) { window.__impKeyGuard = true;
 }"""
 
 
+def new_run() -> int:
+    """Count a run of a rating fragment; call it first. Its number is the ``drawn`` the run's
+    buttons carry to their callbacks (a key from a page drawn before a Submit was handled is
+    ignored) and the mark :func:`run_mark` draws."""
+    st.session_state["_runs"] = st.session_state.get("_runs", 0) + 1
+    return st.session_state["_runs"]
+
+
 def run_mark(case: str) -> None:
-    """A hidden mark that changes with every run of the calling fragment and names the ``case``
-    on screen; draw it after everything else, so that it changes once the run has drawn the
-    page (see :func:`keyboard_guard`)."""
-    st.session_state["_run_mark"] = st.session_state.get("_run_mark", 0) + 1
-    st.html(f"<span hidden data-imp-run=\"{st.session_state['_run_mark']}\" "
+    """A hidden mark naming this run (:func:`new_run`) and the ``case`` on screen; draw it after
+    everything else, so that it changes once the run has drawn the page (see
+    :func:`keyboard_guard`)."""
+    st.html(f"<span hidden data-imp-run=\"{st.session_state.get('_runs', 0)}\" "
             f"data-imp-case=\"{html.escape(case, quote=True)}\"></span>", width="content")
 
 

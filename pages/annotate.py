@@ -15,7 +15,7 @@ import streamlit as st
 from core.errors import ImpressionistError
 from core.feedback import annotate, screen
 from core.studies import rating
-from ui import (findings_text, get_store, keyboard_guard, report_context, require_user,
+from ui import (findings_text, get_store, keyboard_guard, new_run, report_context, require_user,
                 run_mark, sync_session_cookie)
 
 user = require_user("radiologist", "admin")
@@ -324,7 +324,7 @@ def _show_reveal(revealed: dict, tag: str) -> None:
               args=(tag,), width="stretch")
 
 
-def _rating_buttons(tag: str, blind: bool):
+def _rating_buttons(tag: str, blind: bool, drawn: int):
     st.markdown("How does **B** compare with **A**?" if blind else
                 "How does the **AI impression** compare with the original?")
     current = st.session_state.get(f"rating_{tag}")
@@ -332,17 +332,17 @@ def _rating_buttons(tag: str, blind: bool):
         col.button(label, key=f"rate_{value}_{tag}", shortcut=SHORTCUTS[value],
                    type="primary" if current == value else "secondary",
                    icon=":material/check:" if current == value else None,
-                   on_click=_set_rating, args=(tag, value, st.session_state["panel_runs"]),
+                   on_click=_set_rating, args=(tag, value, drawn),
                    width="stretch")
     for col, field in zip(st.columns(4), TICKS):
         col.checkbox(f"{TICKS[field][1]} ({TICKS[field][0].upper()})", key=f"{field}_{tag}")
     return current
 
 
-def _actions(tag: str, blind: bool, current) -> None:
+def _actions(tag: str, blind: bool, current, drawn: int) -> None:
     b1, b2, b3 = st.columns(3)
     b1.button("Submit and next", key=f"submit_{tag}", shortcut="Ctrl+Enter", type="primary",
-              on_click=_submit, args=(tag, blind, current, st.session_state["panel_runs"]),
+              on_click=_submit, args=(tag, blind, current, drawn),
               width="stretch")
     b2.button("Skip", key=f"skip_{tag}", shortcut="Alt+S", on_click=_skip, args=(tag,),
               width="stretch")
@@ -376,7 +376,7 @@ def _edit_box(case, tag: str, blind: bool) -> None:
     st.text_input("Comment (optional)", key=f"comment_{tag}", max_chars=MAX_COMMENT)
 
 
-def _case_view(case, tag: str, blind: bool) -> None:
+def _case_view(case, tag: str, blind: bool, drawn: int) -> None:
     """Findings beside the impressions; under them, full width, the rating, the ticks and
     Submit/Skip/Undo (above the fold at 1000 px: long findings scroll in their own box), then
     the edit box and the comment."""
@@ -389,17 +389,17 @@ def _case_view(case, tag: str, blind: bool) -> None:
         st.caption(f"Report {case.external_id} · source {case.source}")
     with right:
         _impressions(case, blind)
-    current = _rating_buttons(tag, blind)
-    _actions(tag, blind, current)
+    current = _rating_buttons(tag, blind, drawn)
+    _actions(tag, blind, current, drawn)
     _edit_box(case, tag, blind)
     _keep_drafts(tag)
 
 
 @st.fragment
 def case_panel() -> None:
-    # Counts the runs of this panel (rating keys rerun only the fragment): the callbacks of one
-    # run see one value, so _submit can tell keys handled together from keys handled in order.
-    st.session_state["panel_runs"] = st.session_state.get("panel_runs", 0) + 1
+    # the run that draws the buttons (rating keys rerun only this fragment): a key from it after
+    # a refused Submit is ignored (_pressed_after_submit)
+    drawn = new_run()
     if "case" not in st.session_state:
         _load()
     _open_linked_case()
@@ -431,7 +431,7 @@ def case_panel() -> None:
         st.button("Undo last rating", key=f"undo_{tag}", shortcut="Alt+Z", on_click=_undo,
                   args=(tag,))
     else:
-        _case_view(case, tag, st.session_state.get("blind", False))
+        _case_view(case, tag, st.session_state.get("blind", False), drawn)
     run_mark(tag)  # once the page is drawn: keys typed after a Submit wait for it (keyboard_guard)
     if case is not None:
         _fetch_ahead(case)  # after the page is drawn

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.errors import ImpressionistError
 from core.studies import rating
-from ui import findings_text, get_store, keyboard_guard, report_context, require_user, run_mark
+from ui import findings_text, get_store, keyboard_guard, new_run, report_context, require_user, run_mark
 
 user = require_user("radiologist", "admin")
 store = get_store()
@@ -116,7 +116,7 @@ def task_panel(rs: rating.RaterStudy) -> None:
         _load()
     task, tag = st.session_state["sa_task"], st.session_state["sa_tag"]
     # the run that draws the buttons: a key from it after a refused Submit is ignored
-    drawn = st.session_state["sa_runs"] = st.session_state.get("sa_runs", 0) + 1
+    drawn = new_run()
     done, total = rating.rater_progress(store, user, rs.study_id)
     st.progress(done / total if total else 0.0, text=f"{done} of {total} texts rated")
     if (msg := st.session_state.pop("sa_flash", None)) is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.clinical.critical import CRITICAL_BY_OBSERVATION, critical_match, qualifier_window
+from core.clinical.critical import CRITICAL_BY_OBSERVATION, critical_match, mention_window, qualifier_window
 from core.clinical.labeler import Mention, extract, label
 from core.clinical.text import normalise, sentences
 from core.clinical.vocabulary import PRESENT, Label, device_kinds
@@ -102,10 +102,11 @@ def _near(m: Mention) -> str:
 
 def _anywhere(obs: str, name: str, findings: str) -> bool:
     """Whether the qualifier of critical finding ``name`` occurs anywhere in the findings."""
-    cf = next((c for c in CRITICAL_BY_OBSERVATION.get(obs, ()) if c.name == name), None)
-    if obs == "Support Devices" and _TIP_WHERE.search(normalise(findings)):
+    text = normalise(findings)
+    if obs == "Support Devices" and _TIP_WHERE.search(text):
         return True  # the findings place a tip somewhere it may not belong, in their own words
-    return cf is not None and bool(cf.qualifier) and bool(re.search(cf.qualifier, normalise(findings)))
+    cf = next((c for c in CRITICAL_BY_OBSERVATION.get(obs, ()) if c.name == name), None)
+    return cf is not None and bool(cf.qualifier) and bool(re.search(cf.qualifier, text))
 
 
 _TIP_WHERE = re.compile(r"\b(?:innominate|azygos|jugular|subclavian|atri(?:um|al)|ventric\w+|esophag\w+|"
@@ -181,8 +182,7 @@ def resolved_unmentioned(findings_labels: dict, text: str, context_labels: dict)
     for m in extract(text):
         if m.label is not Label.NEGATIVE or m.observation in findings_labels or m.observation in context_labels:
             continue
-        c = normalise(m.clause)
-        if _HISTORY.search(c[max(0, m.start - 45): m.end + 30]) and m.observation not in out:
+        if _HISTORY.search(mention_window(normalise(m.clause), m.start, m.end)) and m.observation not in out:
             out.append(m.observation)
     return out
 

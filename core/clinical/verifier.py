@@ -567,9 +567,9 @@ def verify(findings: str, text: str, indication: str | None = None, comparison: 
     """
     findings = _check_text(findings, "findings")
     original = _check_text(text, "text")
-    context = label(" ".join(x for x in (indication, comparison) if x))
-    out = Verification(text=original, original=original)
     context_text = " ".join(x for x in (indication, comparison) if x)
+    context = label(context_text)
+    out = Verification(text=original, original=original)
     check, unsupported, denied, details = _problems(findings, original, context, context_text)
     if repair:
         current = original
