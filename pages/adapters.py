@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.adapters import registry as adapters
 from core.errors import ImpressionistError
+from core.learning.nightly import plan
 from ui import get_store, require_user
 
 user = require_user("coordinator", "admin")
@@ -27,7 +28,11 @@ with tab_active:
     if active.empty:
         st.info("No radiologists yet.")
     else:
+        # the reasons the nightly summary gives, worked out now (default settings)
+        active["next nightly run"] = active["reader"].map(plan(store)).fillna("not trained: inactive")
         st.dataframe(active, hide_index=True, width="stretch")
+        st.caption("**next nightly run**: whether the next run with the default settings trains "
+                   "the radiologist, or why they wait (`python -m core nightly --plan`).")
         with_adapter = active.loc[active["active"] != "shared model", "reader"].tolist()
         if with_adapter:
             who = st.selectbox("Roll back a radiologist to their previous version",

@@ -15,7 +15,7 @@ from core.errors import NotFound, ValidationError
 from core.feedback.annotate import RATERS
 from core.generation.pipeline import C2FConfig
 from core.learning import distributed
-from core.learning.nightly import NightlyConfig, follow, run_nightly
+from core.learning.nightly import NightlyConfig, follow, plan, run_nightly
 from core.learning.pairs import pairs_for_reader, write_jsonl
 from core.learning.sft import run_sft
 from core.learning.sft_trainer import SFTTrainConfig
@@ -79,6 +79,14 @@ def cmd_nightly(args) -> int:
                                   f", not an active radiologist: only radiologists have adapters")
     train = TrainConfig(method="grpo" if nightly["method"] == "grpo" else "dpo",
                         **config_values(args, TrainConfig))
+    if args.plan:
+        todo = plan(store, NightlyConfig(**nightly, train=train))
+        print(table(sorted(todo.items()), ("reader", "next nightly run")) if todo else
+              "no active radiologists")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"plan": todo}, indent=2))
+        return 0
     try:
         report = run_nightly(store, NightlyConfig(**nightly, train=train),
                              progress=not args.quiet)
@@ -156,6 +164,9 @@ def add_nightly(sub) -> None:
                                         "model_path": "--model"})
     p.add_argument("--json", help="write the run report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--plan", action="store_true",
+                   help="only say who this run would train and why the others wait (trains "
+                        "and writes nothing)")
     p.set_defaults(func=cmd_nightly)
 
 

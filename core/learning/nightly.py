@@ -464,6 +464,36 @@ def _adapter_intact(path: Path) -> bool:
         return False
 
 
+def _waits(store, candidate: dict, config: NightlyConfig, record_heldout: bool = True):
+    """Why the nightly job would not train this candidate (``store.training_candidates`` row)
+    now, or "" and their pairs. ``record_heldout``: remember newly held-out reports."""
+    new = store.count_new_ratings(candidate["reader_id"], candidate["last_high_water"])
+    if not config.force and new < config.min_new_feedback:
+        return f"{new} new ratings (< {config.min_new_feedback})", None
+    pairs = pairs_for_reader(store, candidate["reader_id"], config.heldout_fraction,
+                             record_heldout=record_heldout)
+    if config.method != "memory" and len(pairs.train) < config.min_pairs:
+        return f"{len(pairs.train)} training pairs (< {config.min_pairs})", pairs
+    if not pairs.memory and config.method == "memory":
+        return "no accepted edits", pairs
+    n_heldout = len(pairs.heldout_refs)
+    if n_heldout < config.min_heldout_reports:
+        # the gate would refuse any candidate: do not spend a training run on it
+        more = math.ceil((config.min_heldout_reports - n_heldout) / config.heldout_fraction)
+        return (f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}): "
+                f"about {more} more rated reports before a version can be promoted"), pairs
+    return "", pairs
+
+
+def plan(store, config: NightlyConfig | None = None) -> dict[str, str]:
+    """What the next nightly run would do for each radiologist, without training or writing
+    anything: ``"trains"`` or why they wait (the reasons the run's summary gives)."""
+    config = config or NightlyConfig()
+    return {c["username"]: _waits(store, c, config, record_heldout=False)[0] or "trains"
+            for c in store.training_candidates()
+            if not config.readers or c["username"] in config.readers}
+
+
 def run_nightly(store, config: NightlyConfig | None = None, generator=None,
                 progress: bool = True) -> NightlyReport:
     """Run the nightly job once (see the module docstring).
@@ -506,35 +536,16 @@ def _run_nightly(store, config: NightlyConfig, generator, progress: bool, t0: fl
         for c in store.training_candidates():
             if config.readers and c["username"] not in config.readers:
                 continue
-            new = store.count_new_ratings(c["reader_id"], c["last_high_water"])
-            if not config.force and new < config.min_new_feedback:
-                outcomes.append(ReaderOutcome(c["username"], "skipped",
-                                              f"{new} new ratings (< {config.min_new_feedback})"))
-                continue
-            todo.append(c)
+            reason, pairs = _waits(store, c, config)
+            if reason:
+                outcomes.append(ReaderOutcome(c["username"], "skipped", reason))
+            else:
+                todo.append((c, pairs))
         drafter = None
         promoted = []
         # No bar over readers: it would nest with the trainer's bar; the summary lists them.
-        for c in todo:
+        for c, pairs in todo:
             reader = store.get_reader_by_id(c["reader_id"])
-            pairs = pairs_for_reader(store, reader.id, config.heldout_fraction)
-            if config.method != "memory" and len(pairs.train) < config.min_pairs:
-                outcomes.append(ReaderOutcome(reader.username, "skipped",
-                                              f"{len(pairs.train)} training pairs (< "
-                                              f"{config.min_pairs})"))
-                continue
-            if not pairs.memory and config.method == "memory":
-                outcomes.append(ReaderOutcome(reader.username, "skipped", "no accepted edits"))
-                continue
-            n_heldout = len(pairs.heldout_refs)
-            if n_heldout < config.min_heldout_reports:
-                # the gate would refuse any candidate: do not spend a training run on it
-                more = math.ceil((config.min_heldout_reports - n_heldout) / config.heldout_fraction)
-                outcomes.append(ReaderOutcome(
-                    reader.username, "skipped",
-                    f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}): "
-                    f"about {more} more rated reports before a version can be promoted"))
-                continue
             run_id = store.start_run(reader.id, config.method, pid=os.getpid(),
                                      host=socket.gethostname(), config=config.to_dict())
             store.update_run(run_id, feedback_high_water=pairs.high_water,

@@ -17,7 +17,7 @@ from core.adapters import registry as adapters
 
 from core.feedback import annotate
 from core.learning.gate import GateResult, gate
-from core.learning.nightly import NightlyConfig, run_nightly
+from core.learning.nightly import NightlyConfig, plan, run_nightly
 from core.learning.train import TrainConfig
 
 # Each test trains or runs the nightly job on a tiny model: seconds to minutes.
@@ -218,6 +218,22 @@ def test_a_reader_the_gate_could_never_promote_is_not_trained(store, users, tiny
     assert o.status == "skipped"
     assert "held-out reports (the gate needs 10)" in o.reason and "more rated reports" in o.reason
     assert store.training_runs(store.get_reader("rad1").id) == []  # no training run was spent
+
+
+def test_plan_gives_the_runs_reasons_without_training_or_writing(store, users, tiny):
+    reports = _seed(store, 40)
+    rad = store.get_reader("rad1")
+    _rate(store, users["rad1"], reports[:25])
+    config = _config(tiny, method="dpo", min_heldout_reports=10, force=False, min_new_feedback=5)
+    before = store.heldout_report_ids(rad.id)
+    todo = plan(store, config)
+    assert "held-out reports (the gate needs 10)" in todo["rad1"]
+    assert store.heldout_report_ids(rad.id) == before and store.training_runs(rad.id) == []
+    (o,) = [o for o in run_nightly(store, config, progress=False).outcomes if o.reader == "rad1"]
+    assert o.status == "skipped" and o.reason == todo["rad1"]
+    assert plan(store, _config(tiny, min_heldout_reports=2))["rad1"] == "trains"
+    assert plan(store, _config(tiny, force=False, min_new_feedback=100))["rad1"] == \
+        "25 new ratings (< 100)"
 
 
 def test_nightly_prefills_the_queue_with_the_readers_adapter(store, users, tiny):

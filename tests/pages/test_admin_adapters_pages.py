@@ -128,3 +128,10 @@ def test_cli_promotes_a_rejected_version_only_with_override_gate(store, users, c
     assert main(["--db", store.path, "adapters", "promote", "rad1", "1", "--override-gate"]) == 0
     assert "already active" in capsys.readouterr().out
     assert len(store.adapter_events()) == events  # a promotion that changes nothing is not logged
+
+
+def test_active_versions_say_why_the_next_nightly_run_would_skip_a_reader(store, users, open_page):
+    at = open_page("adapters.py", users["coord"])
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "next nightly run" in d.value.columns)
+    assert table.set_index("reader").loc["rad1", "next nightly run"] == "0 new ratings (< 20)"
