@@ -29,6 +29,9 @@ def _load(task=None) -> None:
     if task is not None and task.answer:  # an undone rating comes back filled in
         st.session_state[f"sa_rating_{tag}"] = task.answer["rating"]
         st.session_state[f"sa_comment_{tag}"] = task.answer["comment"] or ""
+        for key, value in task.answer.get("answers", {}).items():
+            if value is not None:  # the widget keys of _questions
+                st.session_state[f"sa_q_{key}_{tag}"] = value
 
 
 STALE = "A key pressed before the next text appeared was ignored (nothing was saved for it)."

@@ -463,6 +463,11 @@ class StudyQueries:
         return self._scalar("SELECT task_id FROM study_answers WHERE feedback_id = ?",
                             [feedback_id])
 
+    def study_answers_of(self, feedback_id: int) -> dict:
+        """The custom answers given with a study rating ({} when none)."""
+        raw = self._scalar("SELECT answers FROM study_answers WHERE feedback_id = ?", [feedback_id])
+        return json.loads(raw) if raw else {}
+
     def is_study_case_of(self, study_id: int, reader_id: int, report_id: int) -> bool:
         """Does the reader have a (not withdrawn) task on this report in this study?"""
         return bool(self._scalar(

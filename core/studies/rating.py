@@ -50,7 +50,7 @@ class StudyTask:
     comparison: str | None
     reference: str | None
     done: bool
-    answer: dict | None = None  # after an undo: the retracted rating and comment, to fill in
+    answer: dict | None = None  # after an undo: the retracted rating, comment and answers, to fill in
 
 
 
@@ -194,5 +194,8 @@ def undo_last(store: Store, user: User, study_id: int) -> StudyTask | None:
         row = store.get_study_task(task_id) if task_id is not None else None
     if not row:
         return None
+    custom = store.study_answers_of(last["id"])
+    answers = {q.key: bool(last.get(q.key)) if q.builtin else custom.get(q.key)
+               for q in questions_of(study)}
     return replace(task_of(row, scale_of(study["scale"])),
-                   answer={"rating": last["rating"], "comment": last["comment"]})
+                   answer={"rating": last["rating"], "comment": last["comment"], "answers": answers})

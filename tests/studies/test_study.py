@@ -373,7 +373,9 @@ def test_submit_validates_and_double_submit_and_undo(store, people):
     assert store.study_rater_progress(sid, u.id)[0] == 1
     back = rating.undo_last(store, u, sid)
     assert back.task_id == task.task_id and not back.done
-    assert back.answer == {"rating": 1, "comment": None}  # the page fills it in again
+    # the page fills it in again, answers too (an unticked built-in box is a "no")
+    assert back.answer == {"rating": 1, "comment": None,
+                           "answers": {"omission": False, "hedged": True}}
     assert rating.next_task(store, u, sid).task_id == task.task_id
     assert store.study_rater_progress(sid, u.id)[0] == 0
 

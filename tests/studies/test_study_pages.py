@@ -107,6 +107,9 @@ def test_rater_page_never_reveals_the_arm(store, users, study_setup):
     _button(at, "sa_undo_").click().run()
     assert at.session_state["sa_task"].task_id == store.study_task_of_feedback(int(last["id"]))
     assert store.study_rater_progress(sid, rad.id) == (5, 16)
+    tag = at.session_state["sa_tag"]  # ...filled in as it was sent: the rating and the ticked box
+    assert at.session_state[f"sa_rating_{tag}"] == 1
+    assert at.checkbox(key=f"sa_q_omission_{tag}").value is True
 
 
 def test_rater_page_relative_scale_shows_reference_not_arm(store, users):
