@@ -11,7 +11,8 @@ from core.config import settings
 from core.errors import StoreError, ValidationError
 from core.generation.checkpoint import prepare_default_model
 from core.generation.models import BATCH_SIZE
-from core.generation.pipeline import C2FConfig, fill_missing
+from core.generation.personal import fill_missing
+from core.generation.pipeline import C2FConfig
 from core.ingest.demo import synthetic_reports
 
 DEMO_USERS = (

@@ -16,8 +16,8 @@ from core.errors import ModelNotPrepared, RetrievalError, StyleError, Validation
 from core.generation.backends import load_backend
 from core.generation.csvfile import generate_csv, read_reports_csv, write_predictions_csv
 from core.generation.models import BATCH_SIZE
-from core.generation.personal import reader_adapter
-from core.generation.pipeline import C2FConfig, fill_missing, pipeline_for
+from core.generation.personal import fill_missing, reader_adapter
+from core.generation.pipeline import C2FConfig, pipeline_for
 from core.generation.styles import ALIASES, STYLES, resolve_style
 
 

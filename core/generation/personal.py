@@ -4,7 +4,8 @@ A reader's active adapter version (:mod:`core.adapters.registry`) has LoRA weigh
 their accepted impressions. :class:`Drafter` drafts for many readers at once: one
 ``Generator.generate`` call with a per-row adapter name (PEFT mixed-adapter batches), each row's
 coarse stage retrieving from its reader's memory and the shared index (:class:`RoutedIndex`).
-:func:`refresh_drafts` pre-drafts a reader's next cases (the nightly job, never while they wait);
+:func:`refresh_drafts` pre-drafts a reader's next cases (the nightly job, never while they wait),
+:func:`fill_missing` the shared drafts of reports that have none (``generate``, ``demo``);
 :func:`reader_adapter` names the LoRA folder a reader's drafts use.
 """
 
@@ -29,8 +30,9 @@ from core.errors import AdapterError, ImpressionistError, RetrievalError, Valida
 from core.evaluation.metrics import rouge
 from core.generation.check import checked_text
 from core.generation.models import BATCH_SIZE, ModelSpec, load_generator
-from core.generation.pipeline import C2FConfig, CoarseToFine
+from core.generation.pipeline import PIPELINE, C2FConfig, CoarseToFine, pipeline_for
 from core.generation.retrieval import RetrievalIndex, index_for_store, tidy
+from core.generation.styles import resolve_style
 
 
 @dataclass
@@ -362,6 +364,52 @@ def refresh_drafts(store, drafter: Drafter, readers: Sequence[str], per_reader: 
                            "flags": o.flags, "latency_ms": o.latency_ms}
                           for rep, av, o in zip(rows, avs, outputs))
     return len(rows)
+
+
+def fill_missing(store, generator, limit: int | None = None, batch_size: int = BATCH_SIZE,
+                 chunk: int = 64, progress: bool = True, style: str = "default",
+                 pipeline: CoarseToFine | None = None) -> int:
+    """Generate and store impressions for reports that have none yet. Returns how many.
+
+    Works in chunks so that each chunk is stored (and visible in the app) as soon as it is
+    done, and the database is held only for the short insert. A report is never retrieved
+    as its own neighbour.
+
+    Args:
+        store: the store.
+        generator: a loaded model, or None for retrieval only.
+        limit: at most this many reports.
+        batch_size: model batch size.
+        chunk: reports per stored chunk.
+        progress: show a progress bar.
+        style: the style to generate (stored in ``generations.style``).
+        pipeline: a ready pipeline (default: :func:`pipeline_for` of this store and model).
+
+    Returns:
+        The number of generated impressions.
+    """
+    from tqdm.auto import tqdm  # deferred: tqdm is only needed for a progress bar
+
+    style = resolve_style(style)
+    todo = store.reports_without_generation(style=style, limit=limit)
+    if not todo:
+        return 0
+    pipeline = pipeline or pipeline_for(store, generator)
+    name = getattr(generator, "name", None) or f"retrieval-{PIPELINE}"
+    bar = tqdm(total=len(todo), desc="generate", unit="report", disable=not progress)
+    done = 0
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        outputs = pipeline.generate(part, style=style, batch_size=batch_size)
+        # drafts of the shared base adapter are the shared model's (generations.adapter NULL)
+        store.add_generations({"report_id": r["id"], "model": name, "text": o.text, "style": style,
+                               "adapter": (None if o.flags.get("adapter") == pipeline.base_adapter
+                                           else o.flags.get("adapter")), "flags": o.flags,
+                               "latency_ms": o.latency_ms} for r, o in zip(part, outputs))
+        done += len(part)
+        bar.update(len(part))
+    bar.close()
+    return done
 
 
 def _load_generator(model_path: str | None):

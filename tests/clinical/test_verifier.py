@@ -3,6 +3,7 @@ paths that must go through it (issue 13)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -391,3 +392,26 @@ def test_a_failing_model_text_falls_back_to_the_flagged_coarse_draft():
     assert "chest tube" not in out.text.lower()
     assert out.flags["model_text"] == "Left chest tube in place."
     assert "failed the clinical check" in out.flags["messages"][0]
+
+
+def test_auto_shows_the_base_models_text_only_where_it_agrees_more_with_the_neighbours():
+    imps = ["Cardiomegaly. Small right effusion.", "Cardiomegaly. Bibasilar atelectasis.",
+            "Small right effusion. Bibasilar atelectasis."]
+    rows = [{"uid": str(i), "impression": imp, "findings": "The heart is enlarged. Small right pleural "
+             f"effusion. Bibasilar atelectasis. Case {i}."} for i, imp in enumerate(imps)]
+    index = RetrievalIndex.build(rows)
+    report = [{"uid": "q", "findings": "The heart is enlarged. Small right pleural effusion. "
+               "Bibasilar atelectasis."}]
+    auto = C2FConfig(k=3, llm="auto", llm_threshold=2.0)  # the model writes every row here
+    merged = "Cardiomegaly. Small right effusion. Bibasilar atelectasis."  # closer to all three
+    out = CoarseToFine(index, _Drafts(merged), auto).generate(report)[0]
+    assert out.text == merged and out.flags["source"] == "model" and "declined" not in out.flags
+    reworded = "Enlarged heart with a small right pleural effusion and atelectasis at both bases."
+    out = CoarseToFine(index, _Drafts(reworded), auto).generate(report)[0]
+    assert out.text in imps and out.flags["source"] == "retrieval"
+    assert out.flags["model_text"] == reworded and out.flags["declined"] and out.flags["llm"]
+    # the model's text stands under "always", and under a reader's own adapter (their style)
+    out = CoarseToFine(index, _Drafts(reworded), replace(auto, llm="always")).generate(report)[0]
+    assert out.text == reworded
+    out = CoarseToFine(index, _Drafts(reworded), auto).generate(report, adapter="rad1")[0]
+    assert out.text == reworded and out.flags["source"] == "model"
