@@ -388,4 +388,11 @@ def results(store: Store, user: User, study_id: int, n_boot: int = 1000, seed: i
     ratings = ratings_frame(store, study, scale_of(study["scale"]))
     if metric_fns is None:
         metric_fns = default_metric_fns(metrics) if metrics else {}
-    return compute_results(study, ratings, n_boot=n_boot, seed=seed, metric_fns=metric_fns)
+    res = compute_results(study, ratings, n_boot=n_boot, seed=seed, metric_fns=metric_fns)
+    row = next((r for r in store.list_studies() if r["id"] == study["id"]), None)
+    if row and 0 < row["n_done"] < row["n_tasks"]:  # closed early: first of the notes
+        res.notes.insert(0, f"Closed with {row['n_done']:,} of {row['n_tasks']:,} assigned texts rated "
+                            f"({100 * row['n_done'] / row['n_tasks']:.0f} %): the statistics use the "
+                            f"ratings given, so texts rated fewer than k = {study['effective_k']} "
+                            f"times weigh less and some agreement figures rest on fewer raters.")
+    return res

@@ -205,6 +205,7 @@ def test_results_page_after_close_with_exports(store, users, study_setup):
     at.run()
     assert not at.exception, at.exception
     text = page_text(at)
+    assert not any("Closed with" in w.value for w in at.warning)  # every text was rated
     for arm in ("original", "base", "style:brief", "typos"):
         assert arm in text                     # unblinded for the coordinator after close
     assert len(at.get("plotly_chart")) >= 5
@@ -233,6 +234,17 @@ def test_results_page_of_a_study_closed_without_ratings(store, users, study_setu
     assert not at.exception, at.exception
     assert any("No ratings yet" in i.value for i in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_results_page_says_a_study_was_closed_early(store, users, study_setup):
+    for _ in range(3):
+        t = rating.next_task(store, users["rad1"], study_setup)
+        rating.submit(store, users["rad1"], t.task_id, 1)
+    lifecycle.close(store, users["coord"], study_setup)
+    assigned = store.list_studies()[0]["n_tasks"]
+    at = _page("results.py", users["coord"]).run()
+    assert not at.exception, at.exception
+    assert any(f"Closed with 3 of {assigned} assigned texts rated" in w.value for w in at.warning)
 
 
 def test_forbidden_words_check_is_not_vacuous(store, users, study_setup):
