@@ -192,6 +192,8 @@ rs = rating.rater_study(store, user, st.session_state["sa_study"])
 with st.expander("Guideline", expanded=rs.done == 0):
     st.markdown(rs.guideline or "No guideline was given for this study.")
     st.markdown("**Scale:** " + " · ".join(rs.scale.labels))
+    st.caption("Ratings here serve this evaluation only: they do not change the drafts you "
+               "are shown on the Annotate page (ratings given there do).")
 if rs.status == "paused":
     st.warning("This study is paused by its coordinator. Your ratings so far are saved; "
                "please come back when it resumes.")
