@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from core.generation.pipeline import C2FConfig, CoarseToFine  # noqa: E402
 from core.evaluation.metrics import label_f1, rouge  # noqa: E402
-from core.generation.retrieval import RetrievalIndex  # noqa: E402
+from core.generation.check import fails  # noqa: E402
+from core.generation.retrieval import RetrievalIndex, consensus, tidy  # noqa: E402
 from core.ingest.splits import load_iu_csv  # noqa: E402
 from quality import IU_CSV, paired_bootstrap  # noqa: E402
 
@@ -78,19 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# dev split {n_dev} reports + {args.loo} leave-one-out train reports ({len(novel)} whose "
           f"findings are not verbatim in the index), index train {len(train)}; model ({dtype}) pass "
           f"{time.perf_counter() - t0:.0f} s; {time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}\n")
-    prefer = [coarse.prefers_model(q, v, nb, m.text) for q, v, nb, m in zip(queries, votes, neighbours, m_out)]
+    # the check as shipped: both texts verified, scored alike (and a draft that fails the check
+    # never replaces the model's text); as first written (2026-12-08 00:19): the model's verified
+    # text against the vote's own score of the raw draft, reader bonus included
+    shipped = [coarse.prefers_model(q, nb, m.text, c.text) or fails(c.flags)
+               for q, nb, m, c in zip(queries, neighbours, m_out, c_out)]
+    first = [not nb or not v["text"] or consensus(
+        [tidy(m.text)], [tidy(n.impression) for n in nb], [max(n.score, 0.0) ** config.power for n in nb],
+        [coarse._prior(q, tidy(m.text))]).scores[0] > v["score"]
+        for q, nb, m, v in zip(queries, neighbours, m_out, votes)]
+    checks = {"no": [True] * len(queries), "first (vote score)": first, "yes (shipped)": shipped}
 
-    def texts(t: float, check: bool) -> list[str]:
-        return [m.text if c.flags["agreement"] < t and (p or not check) else c.text
-                for c, m, p in zip(c_out, m_out, prefer)]
+    def texts(t: float, keep: list[bool]) -> list[str]:
+        return [m.text if c.flags["agreement"] < t and k else c.text for c, m, k in zip(c_out, m_out, keep)]
 
-    before = texts(0.45, False)
+    before = texts(0.45, checks["no"])
     print("| threshold t | consensus check | model texts shown | ROUGE-L | not in index | label micro-F1 | "
           "- before, paired bootstrap | not in index |\n|---:|---|---:|---:|---:|---:|---|---|")
     rows = []
     for t in GRID:
-        for check in (False, True):
-            got = texts(t, check)
+        for check, keep in checks.items():
+            got = texts(t, keep)
             b, bn = paired_bootstrap(got, before, refs), paired_bootstrap(
                 [got[i] for i in novel], [before[i] for i in novel], [refs[i] for i in novel])
             row = {"t": t, "check": check, "model": sum(g != c.text for g, c in zip(got, c_out)),
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                    "rougeL_novel": rouge([got[i] for i in novel], [refs[i] for i in novel])["rougeL"],
                    "label_f1": label_f1(got, refs)["micro_f1"], "vs_before": b, "vs_before_novel": bn}
             rows.append(row)
-            print(f"| {t} | {'yes' if check else 'no'} | {row['model']} | {row['rougeL']:.2f} | "
+            print(f"| {t} | {check} | {row['model']} | {row['rougeL']:.2f} | "
                   f"{row['rougeL_novel']:.2f} | {row['label_f1']:.3f} | {b['mean']:+.2f} ({b['ci95'][0]:+.2f} "
                   f"to {b['ci95'][1]:+.2f}) | {bn['mean']:+.2f} ({bn['ci95'][0]:+.2f} to {bn['ci95'][1]:+.2f}) |")
     out = ROOT / "bench" / "out" / f"tune_writer-{dtype}.json"

@@ -6,11 +6,19 @@ import streamlit as st
 
 from core.adapters import registry as adapters
 from core.errors import ImpressionistError
-from core.learning.nightly import plan
+from core.learning import nightly
 from ui import get_store, require_user
 
 user = require_user("coordinator", "admin")
 store = get_store()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _next_runs(n_readers: int, db: str) -> dict[str, str]:
+    """``nightly.plan`` of this page's store, at most once a minute (the arguments are the
+    cache key: the database, and its radiologists' count)."""
+    return nightly.plan(store)
+
 
 st.title("Adapters")
 st.caption("Each radiologist's adapter (LoRA weights + their accepted impressions) is retrained "
@@ -28,18 +36,25 @@ with tab_active:
     if active.empty:
         st.info("No radiologists yet.")
     else:
-        # the reasons the nightly summary gives, worked out now (default settings)
-        active["next nightly run"] = active["reader"].map(plan(store)).fillna("not trained: inactive")
+        # the reasons the nightly summary gives, worked out now (default settings): builds each
+        # waiting reader's pairs, so once a minute at most
+        try:
+            waits = _next_runs(len(active), store.path)
+        except ImpressionistError as exc:
+            waits = {}
+            st.warning(f"Could not work out the next nightly run: {exc}")
+        active["next nightly run"] = active["reader"].map(waits).fillna("not trained: inactive")
         st.dataframe(active, hide_index=True, width="stretch")
         st.caption("**next nightly run**: whether the next run with the default settings trains "
-                   "the radiologist, or why they wait (`python -m core nightly --plan`).")
+                   "the radiologist, or why they wait (worked out once a minute; `python -m core "
+                   "nightly --plan` says it now).")
         with_adapter = active.loc[active["active"] != "shared model", "reader"].tolist()
         if with_adapter:
             who = st.selectbox("Roll back a radiologist to their previous version",
                                with_adapter, key="ad_rollback_reader")
-            plan = adapters.rollback_preview(store, who, user)
-            if plan is not None:
-                old_v, new_v = plan
+            preview = adapters.rollback_preview(store, who, user)
+            if preview is not None:
+                old_v, new_v = preview
                 target = f"v{new_v}" if new_v else "the shared model"
                 sure = st.checkbox(f"Yes, roll {who} back from v{old_v} to {target}",
                                    key=f"ad_rollback_confirm_{who}_{old_v}",

@@ -57,6 +57,8 @@ def cmd_pairs(args) -> int:
 
 def cmd_nightly(args) -> int:
     """Train, evaluate and maybe promote each radiologist's adapter (safe while the app runs)."""
+    if args.plan:  # trains nothing: no other rank to wait for
+        return _plan(args)
     # Under `accelerate launch` (several GPUs): rank 0 runs the job; the others only train.
     distributed.init()
     if not distributed.is_main():
@@ -67,7 +69,25 @@ def cmd_nightly(args) -> int:
         output_path(args.json, "--json")
     if args.quiet:
         _quiet_libraries()
-    store = existing_store(args)
+    try:
+        store = existing_store(args)
+        config = _nightly_config(args, store)
+    except BaseException:
+        distributed.broadcast(None)  # a bad flag or database: the other ranks stop waiting
+        distributed.finish()
+        raise
+    try:
+        report = run_nightly(store, config, progress=not args.quiet)
+    finally:
+        distributed.finish()
+    print(report.summary())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(asdict(report), indent=2, default=str))
+    return 0 if all(o.status != "failed" for o in report.outcomes) else 1
+
+
+def _nightly_config(args, store) -> NightlyConfig:
     nightly = config_values(args, NightlyConfig)
     for name in nightly.get("readers") or ():  # a typo in a cron line must not train no one quietly
         try:
@@ -79,24 +99,20 @@ def cmd_nightly(args) -> int:
                                   f", not an active radiologist: only radiologists have adapters")
     train = TrainConfig(method="grpo" if nightly["method"] == "grpo" else "dpo",
                         **config_values(args, TrainConfig))
-    if args.plan:
-        todo = plan(store, NightlyConfig(**nightly, train=train))
-        print(table(sorted(todo.items()), ("reader", "next nightly run")) if todo else
-              "no active radiologists")
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({"plan": todo}, indent=2))
-        return 0
-    try:
-        report = run_nightly(store, NightlyConfig(**nightly, train=train),
-                             progress=not args.quiet)
-    finally:
-        distributed.finish()
-    print(report.summary())
+    return NightlyConfig(**nightly, train=train)
+
+
+def _plan(args) -> int:
+    """``nightly --plan``: who the run would train, and why the others wait."""
+    if args.json:
+        output_path(args.json, "--json")
+    store = existing_store(args)
+    todo = plan(store, _nightly_config(args, store))
+    print(table(sorted(todo.items()), ("reader", "next nightly run")) if todo else "no active radiologists")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(asdict(report), indent=2, default=str))
-    return 0 if all(o.status != "failed" for o in report.outcomes) else 1
+        Path(args.json).write_text(json.dumps({"plan": todo}, indent=2))
+    return 0
 
 
 def cmd_adapters(args) -> int:

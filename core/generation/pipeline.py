@@ -21,9 +21,9 @@ Fine (the text a radiologist sees):
        finding, adds missing critical findings, and flags what is left (``needs_review``);
     5. the coarse draft is shown instead when the model's text fails that check and the draft
        does not: always flagged, with the reason (``source: retrieval-fallback``); and, under
-       ``llm="auto"`` and the shared base adapter, when the draft agrees more with the
-       neighbours' impressions than the model's checked text (:meth:`CoarseToFine.prefers_model`,
-       the vote's own score; ``declined`` in the flags, the model's text kept beside it);
+       ``llm="auto"`` without a reader's adapter, when the verified draft agrees more with the
+       neighbours' impressions than the model's verified text (:meth:`CoarseToFine.prefers_model`:
+       both scored alike; ``declined`` in the flags, the model's text kept beside it);
     6. style (:mod:`core.generation.styles`): default, brief, bullets or comprehensive, rendered by rules
        from the checked impression (a 135M model asked for a patient version invents findings),
        then checked again as shown.
@@ -89,10 +89,10 @@ class C2FConfig:
         prior_penalty: vote penalty for a candidate that refers to a prior study (stable, unchanged,
             interval, compared) when the report has no comparison.
         own_bonus: vote bonus for candidates written by the requesting radiologist (``reader``).
-        llm: ``auto`` (the default: under the shared base adapter the model writes where the
-            vote agreement is below ``llm_threshold``, and its text is shown where it agrees with
-            the neighbours' impressions more than the draft does (the vote's own score); under a
-            reader's own adapter it writes every impression and its text is shown), ``always``
+        llm: ``auto`` (the default: without a reader's adapter the model writes where the vote
+            agreement is below ``llm_threshold``, and its text is shown where it agrees with the
+            neighbours' impressions more than the verified draft does (:meth:`CoarseToFine.prefers_model`);
+            under a reader's own adapter it writes every impression and its text is shown), ``always``
             (the model writes every impression and its text is shown) or ``off`` (retrieval only;
             an ablation).
         llm_threshold: vote agreement below which a text is flagged low-confidence (and below
@@ -442,26 +442,30 @@ class CoarseToFine:
             bonus -= cfg.prior_penalty
         return bonus
 
-    def prefers_model(self, report: dict, vote: dict, neighbours: list, text: str) -> bool:
-        """Does the model's (checked) text agree with the neighbours' impressions more than the
-        coarse draft, by the vote's own score (weighted ROUGE-L to them plus the clinical bonus)?
-        ``auto`` shows the base model's text only then: where it does not, the 135M model's
-        rewrite scores below the draft on held-out reports (``bench/tune_writer.py``)."""
-        if not neighbours or not vote["text"]:
+    def prefers_model(self, report: dict, neighbours: list, text: str, draft: str | None) -> bool:
+        """Does the model's text agree with the neighbours' impressions more than the coarse
+        draft? Both as shown (verified, default style), both scored alike: similarity-weighted
+        ROUGE-L to the neighbours' impressions plus the vote's clinical bonus (no reader bonus:
+        neither text is the reader's). ``auto`` shows the shared model's text only then: where it
+        does not, the 135M model's rewrite scores below the draft on held-out reports
+        (``bench/tune_writer.py``). The same text as the draft is the model's."""
+        if not neighbours or not draft or tidy(text) == tidy(draft):
             return True
-        text = tidy(text)
+        texts = [tidy(text), tidy(draft)]
         support = [tidy(nb.impression) for nb in neighbours]
         weights = [max(nb.score, 0.0) ** self.config.power for nb in neighbours]
-        score = consensus([text], support, weights, [self._prior(report, text)]).scores[0]
-        return score > vote["score"]
+        scores = consensus(texts, support, weights, [self._prior(report, t) for t in texts]).scores
+        return scores[0] > scores[1]
 
     def _fine(self, report: dict, vote: dict, neighbours: list, draft, adapter: str | None,
               style: str) -> GenerationOutput:
         """Verify and style the text: the model's when it wrote one, else the coarse draft.
 
-        The model's text is the impression. The coarse draft is shown instead only when the
-        model's text fails the clinical check even after repair (or is empty) and the draft
-        does not fail it too; that fallback is always flagged for review with the reason.
+        The model's text is the impression. The coarse draft is shown instead when the model's
+        text fails the clinical check even after repair (or is empty) and the draft does not
+        fail it too (that fallback is always flagged for review with the reason), and, under
+        ``auto`` without a reader's adapter, when the draft passes the check and agrees more
+        with the neighbours (:meth:`prefers_model`; ``declined`` in the flags).
         """
         cfg = self.config
         coarse_text = vote["text"] or "No impression generated."
@@ -481,11 +485,14 @@ class CoarseToFine:
             model_text = clean_output(draft.text)
             m_styled, m_checked = checked_text(report, model_text, style, repair=cfg.repair)
             m_fails = fails(m_checked) or model_text == "No impression generated." or draft.truncated
-            declined = (not m_fails and cfg.llm == "auto" and adapter is None
-                        and not self.prefers_model(report, vote, neighbours, m_styled if style == "default"
-                                                   else checked_text(report, model_text, repair=cfg.repair)[0]))
-            if (m_fails or declined) and neighbours:  # only then is the coarse draft checked at all
+            gate = not m_fails and cfg.llm == "auto" and adapter is None and bool(neighbours)
+            if (m_fails or gate) and neighbours:  # only then is the coarse draft checked at all
                 styled, checked = checked_text(report, coarse_text, style, repair=cfg.repair)
+            declined = False
+            if gate and not fails(checked):  # both as shown in the default style
+                shown = ((m_styled, styled) if style == "default" else
+                         tuple(checked_text(report, t, repair=cfg.repair)[0] for t in (model_text, coarse_text)))
+                declined = not self.prefers_model(report, neighbours, *shown)
             if declined:  # the draft agrees with the similar reports more: it stands
                 flags.update(model_text=model_text, declined="the draft agrees more with the similar reports")
             elif not m_fails or not neighbours or fails(checked):

@@ -479,6 +479,9 @@ def _waits(store, candidate: dict, config: NightlyConfig, record_heldout: bool =
     n_heldout = len(pairs.heldout_refs)
     if n_heldout < config.min_heldout_reports:
         # the gate would refuse any candidate: do not spend a training run on it
+        if not config.heldout_fraction:
+            return (f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}) "
+                    f"and the held-out fraction is 0: no version can be promoted"), pairs
         more = math.ceil((config.min_heldout_reports - n_heldout) / config.heldout_fraction)
         return (f"only {n_heldout} held-out reports (the gate needs {config.min_heldout_reports}): "
                 f"about {more} more rated reports before a version can be promoted"), pairs

@@ -392,7 +392,7 @@ def results(store: Store, user: User, study_id: int, n_boot: int = 1000, seed: i
     row = next((r for r in store.list_studies() if r["id"] == study["id"]), None)
     if row and 0 < row["n_done"] < row["n_tasks"]:  # closed early: first of the notes
         res.notes.insert(0, f"Closed with {row['n_done']:,} of {row['n_tasks']:,} assigned texts rated "
-                            f"({100 * row['n_done'] / row['n_tasks']:.0f} %): the statistics use the "
+                            f"({100 * row['n_done'] // row['n_tasks']} %): the statistics use the "
                             f"ratings given, so texts rated fewer than k = {study['effective_k']} "
                             f"times weigh less and some agreement figures rest on fewer raters.")
     return res

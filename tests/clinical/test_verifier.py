@@ -415,3 +415,13 @@ def test_auto_shows_the_base_models_text_only_where_it_agrees_more_with_the_neig
     assert out.text == reworded
     out = CoarseToFine(index, _Drafts(reworded), auto).generate(report, adapter="rad1")[0]
     assert out.text == reworded and out.flags["source"] == "model"
+
+
+def test_auto_never_declines_the_models_text_for_a_draft_that_fails_the_check():
+    rows = [{"uid": str(i), "impression": "No acute disease.",
+             "findings": f"Lungs clear. Heart normal. Small right pleural effusion. Case {i}."} for i in range(3)]
+    report = [{"uid": "q", "findings": "Lungs clear. Heart normal. Small right pleural effusion."}]
+    cfg = C2FConfig(k=3, llm="auto", llm_threshold=2.0, repair=False)  # the draft stays "normal"
+    out = CoarseToFine(RetrievalIndex.build(rows), _Drafts("Small right pleural effusion."), cfg).generate(report)[0]
+    assert out.text == "Small right pleural effusion." and out.flags["source"] == "model"
+    assert "declined" not in out.flags

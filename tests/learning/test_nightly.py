@@ -232,6 +232,8 @@ def test_plan_gives_the_runs_reasons_without_training_or_writing(store, users, t
     (o,) = [o for o in run_nightly(store, config, progress=False).outcomes if o.reader == "rad1"]
     assert o.status == "skipped" and o.reason == todo["rad1"]
     assert plan(store, _config(tiny, min_heldout_reports=2))["rad1"] == "trains"
+    assert "the held-out fraction is 0" in plan(store, _config(tiny, heldout_fraction=0.0,
+                                                           min_heldout_reports=100))["rad1"]
     assert plan(store, _config(tiny, force=False, min_new_feedback=100))["rad1"] == \
         "25 new ratings (< 100)"
 
