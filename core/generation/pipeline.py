@@ -129,9 +129,9 @@ class C2FConfig:
         "choices": LLM_MODES})
     # The consensus check of the model's text under "auto" (prefers_model): on dev + 500
     # leave-one-out train reports (bench/tune_writer.py; BENCHMARKS.md, "The model's text
-    # against the draft", 2026-12-08) +0.24 ROUGE-L (CI -0.12..+0.60) and label F1 0.747 vs
+    # against the draft", 2026-12-08) +0.24 ROUGE-L (CI -0.11..+0.61) and label F1 0.748 vs
     # 0.730 over showing the model's text wherever agreement < 0.45; a higher threshold asks
-    # the model more often for no gain (0.6: +0.26, 45% more model rows).
+    # the model more often for no gain (0.6: +0.20).
     llm_threshold: float = field(default=0.45, metadata={
         "help": "vote agreement below which a text is flagged (and auto asks the model)"})
     # The shipped base adapter is trained on the draft-only prompt (shots=0): an example costs
