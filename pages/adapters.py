@@ -13,7 +13,7 @@ user = require_user("coordinator", "admin")
 store = get_store()
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@st.cache_data(ttl=60, show_spinner="Working out the next nightly run…")
 def _next_runs(n_readers: int, db: str) -> dict[str, str]:
     """``nightly.plan`` of this page's store, at most once a minute (the arguments are the
     cache key: the database, and its radiologists' count)."""
