@@ -226,6 +226,9 @@ class Browser:
         return next((line for line in self.body().splitlines() if "cases rated" in line), "")
 
 
+READ = 0.6  # as tests/browser: the key guard drops keys typed within 450 ms of a new case
+
+
 def latency(b: Browser, cases: int, password: str, matched: bool) -> list[float]:
     """Submit -> next case painted (ms) over ``cases`` keyboard ratings, measured in the page."""
     from selenium.webdriver.common.keys import Keys
@@ -237,6 +240,7 @@ def latency(b: Browser, cases: int, password: str, matched: bool) -> list[float]
     b.driver.execute_script(LATENCY_JS + f"window.__latMatch = {'true' if matched else 'false'};")
     for i in range(cases):
         b.driver.execute_script("if (document.activeElement) document.activeElement.blur();")
+        time.sleep(READ)  # a glance at the case: keys within 450 ms of a new case are dropped
         b.keys(str(1 + i % 5))
         b.wait(lambda d: d.find_elements("css selector", "[data-testid='stBaseButton-primary']"
                                                          " [data-testid='stIconMaterial']"))

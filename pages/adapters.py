@@ -157,5 +157,6 @@ with tab_versions:
 
 st.code("python -m core nightly            # cron: 0 2 * * * cd /srv/impressionist && "
         ".venv/bin/python -m core nightly --quiet\n"
+        "python -m core nightly --plan     # who it would train, and why the others wait\n"
         "python -m core adapters list\npython -m core adapters rollback <reader>",
         language="bash")
