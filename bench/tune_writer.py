@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = [coarse.prefers_model(q, nb, m.text, c.text) or fails(c.flags)
                for q, nb, m, c in zip(queries, neighbours, m_out, c_out)]
     first = [not nb or not v["text"] or consensus(
-        [tidy(m.text)], [tidy(n.impression) for n in nb], [max(n.score, 0.0) ** config.power for n in nb],
-        [coarse._prior(q, tidy(m.text))]).scores[0] > v["score"]
+        [tidy(m.text)], *coarse.support(nb), [coarse._prior(q, tidy(m.text))]).scores[0] > v["score"]
         for q, nb, m, v in zip(queries, neighbours, m_out, votes)]
     checks = {"no": [True] * len(queries), "first (vote score)": first, "yes (shipped)": shipped}
 

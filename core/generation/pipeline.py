@@ -421,13 +421,18 @@ class CoarseToFine:
         if not cands:
             return {"text": None, "agreement": 0.0, "margin": 0.0, "origin": None}
         prior = [self._prior(query, c) + (cfg.own_bonus if mine else 0.0) for c, mine in zip(cands, own)]
-        support = [tidy(nb.impression) for nb in neighbours]
-        weights = [max(nb.score, 0.0) ** cfg.power for nb in neighbours]
+        support, weights = self.support(neighbours)
         if not support:  # model only: nothing to vote against
             return {"text": cands[0], "agreement": 0.0, "margin": 0.0, "origin": origin[0], "score": 0.0}
         res = consensus(cands, support, weights, prior)
         return {"text": cands[res.best], "agreement": res.scores[res.best] - prior[res.best],
                 "margin": res.margin, "origin": origin[res.best], "score": res.scores[res.best]}
+
+    def support(self, neighbours: list) -> tuple[list[str], list[float]]:
+        """What the vote scores a text against: the neighbours' impressions, each weighted by
+        its similarity ** ``power``."""
+        return ([tidy(nb.impression) for nb in neighbours],
+                [max(nb.score, 0.0) ** self.config.power for nb in neighbours])
 
     def _prior(self, report: dict, text: str) -> float:
         """The vote's clinical bonus of a candidate text: + each positive finding of the report's
@@ -452,9 +457,7 @@ class CoarseToFine:
         if not neighbours or not draft or tidy(text) == tidy(draft):
             return True
         texts = [tidy(text), tidy(draft)]
-        support = [tidy(nb.impression) for nb in neighbours]
-        weights = [max(nb.score, 0.0) ** self.config.power for nb in neighbours]
-        scores = consensus(texts, support, weights, [self._prior(report, t) for t in texts]).scores
+        scores = consensus(texts, *self.support(neighbours), [self._prior(report, t) for t in texts]).scores
         return scores[0] > scores[1]
 
     def _fine(self, report: dict, vote: dict, neighbours: list, draft, adapter: str | None,
